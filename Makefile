@@ -1,0 +1,91 @@
+# Thin wrapper over CMake. Build trees: build/ (release, gcc),
+# build-asan/ (ASan+UBSan, clang), build-tsan/, build-valgrind/, build-fuzz/.
+# `make help` lists the targets.
+
+JOBS      ?= $(shell nproc)
+PREFIX    ?= /usr/local
+SOAK_KEYS ?= 10000000
+FUZZ_SECS ?= 60
+CTEST      = ctest --output-on-failure -j $(JOBS)
+MAKEFLAGS += --no-print-directory
+
+.PHONY: all build deps run test asan tsan valgrind bench soak fuzz install \
+        lint clean help
+
+all: build
+
+help:
+	@echo "make            release build in build/"
+	@echo "make run        install deps, build, run the demo"
+	@echo "make test       install deps, build, run every test, then again"
+	@echo "                under ASan+UBSan"
+	@echo "make asan|tsan  sanitizer build and tests (tsan: threaded tests)"
+	@echo "make valgrind   the tests under valgrind memcheck, zero leaks"
+	@echo "make bench      build and run the benchmarks (figures only)"
+	@echo "make soak       long leak proofs ($(SOAK_KEYS) keys)"
+	@echo "make fuzz       run each libFuzzer target $(FUZZ_SECS)s (clang)"
+	@echo "make install    install libidem (PREFIX=$(PREFIX))"
+	@echo "make lint       banned functions, format of the sources"
+
+deps:
+	@scripts/deps.sh
+
+# configure DIR [cmake args]: configure once, then reuse.
+define configure
+	@test -f $(1)/CMakeCache.txt || cmake -S . -B $(1) -DCMAKE_INSTALL_PREFIX=$(PREFIX) $(2) >/dev/null
+endef
+
+build:
+	$(call configure,build,-DCMAKE_C_COMPILER=gcc)
+	@cmake --build build -j $(JOBS)
+
+run: deps build
+	./build/keylock_demo
+
+test: deps build
+	cd build && $(CTEST) -LE soak
+	$(MAKE) --no-print-directory asan
+
+asan: build-asan
+	cd build-asan && $(CTEST) -LE soak
+
+build-asan: FORCE
+	$(call configure,build-asan,-DCMAKE_C_COMPILER=clang -DIDEM_SANITIZE=asan -DCMAKE_BUILD_TYPE=Debug)
+	@cmake --build build-asan -j $(JOBS)
+
+tsan:
+	$(call configure,build-tsan,-DCMAKE_C_COMPILER=clang -DIDEM_SANITIZE=tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo)
+	@cmake --build build-tsan -j $(JOBS)
+	cd build-tsan && $(CTEST) -L threads
+
+valgrind:
+	$(call configure,build-valgrind,-DCMAKE_C_COMPILER=gcc "-DIDEM_TEST_WRAPPER=valgrind;-q;--error-exitcode=99;--leak-check=full;--errors-for-leak-kinds=definite,indirect;--show-leak-kinds=definite,indirect")
+	@cmake --build build-valgrind -j $(JOBS)
+	cd build-valgrind && $(CTEST) -LE soak
+
+bench: deps build
+	./build/bench/bench_keylock
+
+soak: deps build
+	./build/soak_keylock $(SOAK_KEYS)
+
+fuzz:
+	$(call configure,build-fuzz,-DCMAKE_C_COMPILER=clang -DIDEM_FUZZ=ON -DIDEM_SANITIZE=asan)
+	@cmake --build build-fuzz -j $(JOBS)
+	@for f in build-fuzz/fuzz_*; do \
+	  name=$${f#build-fuzz/fuzz_}; mkdir -p build-fuzz/corpus/$$name; \
+	  echo "fuzz $$name: $(FUZZ_SECS)s"; \
+	  $$f -max_total_time=$(FUZZ_SECS) -print_final_stats=1 \
+	    build-fuzz/corpus/$$name fuzz/corpus/$$name || exit 1; \
+	done
+
+install: build
+	cmake --install build --prefix $(PREFIX)
+
+lint:
+	@scripts/lint.sh
+
+clean:
+	rm -rf build build-asan build-tsan build-valgrind build-fuzz
+
+FORCE:

@@ -1,0 +1,28 @@
+/* The environment a libidem object runs in: its clock and its allocator.
+ * Injected so that tests can move time and fail the Nth allocation; every
+ * object copies the struct at creation, so the caller's copy may go away. */
+#ifndef IDEM_ENV_H
+#define IDEM_ENV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "status.h"
+
+struct idem_env {
+    /* Milliseconds on a monotonic clock. NULL: CLOCK_MONOTONIC. */
+    uint64_t (*now_ms)(void *ud);
+    /* realloc(3) semantics: (NULL, n) allocates, (p, 0) frees and returns
+     * NULL, otherwise resizes; returns NULL on failure. NULL: libc. */
+    void *(*alloc)(void *ud, void *ptr, size_t size);
+    /* Passed to both hooks. */
+    void *ud;
+};
+
+/* The default environment: CLOCK_MONOTONIC and libc malloc. Thread-safe. */
+IDEM_API const struct idem_env *idem_env_default(void);
+
+/* The environment's clock, in milliseconds. env NULL: the default. */
+IDEM_API uint64_t idem_env_now_ms(const struct idem_env *env);
+
+#endif

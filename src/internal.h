@@ -1,0 +1,56 @@
+/* Helpers shared by libidem's source files: allocation through the env,
+ * invariant macros, small utilities. Never installed. */
+#ifndef IDEM_INTERNAL_H
+#define IDEM_INTERNAL_H
+
+#include <assert.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "idem/env.h"
+
+/* ALWAYS(x)/NEVER(x) wrap conditions believed always true/false that still
+ * get a defensive branch in release builds (SQLite's convention). */
+#ifdef NDEBUG
+#define ALWAYS(x) (x)
+#define NEVER(x) (x)
+#else
+#define ALWAYS(x) (assert(x), 1)
+#define NEVER(x) (assert(!(x)), 0)
+#endif
+
+#define IDEM_CONTAINER_OF(p, type, member)                                   \
+    ((type *)(void *)((char *)(p)-offsetof(type, member)))
+
+#define IDEM_CACHELINE 64
+
+/* Allocate n bytes through env, or NULL. */
+static inline void *idem__alloc(const struct idem_env *env, size_t n)
+{
+    return env->alloc(env->ud, NULL, n);
+}
+
+/* Free p (NULL harmless) through env. */
+static inline void idem__free(const struct idem_env *env, void *p)
+{
+    if (p)
+        env->alloc(env->ud, p, 0);
+}
+
+/* Copy *src into *dst, filling unset hooks with the defaults. */
+void idem__env_resolve(const struct idem_env *src, struct idem_env *dst);
+
+/* A random 64-bit seed for keyed hashing (getrandom, else clock bits). */
+uint64_t idem__random_seed(void);
+
+/* Smallest power of two >= x, for 1 <= x <= 2^31. */
+static inline uint32_t idem__pow2_ceil(uint32_t x)
+{
+    uint32_t p = 1;
+
+    while (p < x)
+        p <<= 1;
+    return p;
+}
+
+#endif

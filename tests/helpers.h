@@ -1,0 +1,122 @@
+/* Test helpers: a fake clock, an allocator that fails on demand and counts
+ * what is live, and resident-memory readings. Header-only; each test file
+ * includes it once. */
+#ifndef IDEM_TEST_HELPERS_H
+#define IDEM_TEST_HELPERS_H
+
+#include <malloc.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "idem/env.h"
+
+/* -- Fake clock and counting, failing allocator, as one env. ----------- */
+
+struct test_env {
+    struct idem_env env;
+    atomic_uint_fast64_t now_ms;
+    atomic_long allocs;   /* allocation attempts so far */
+    atomic_long live;     /* blocks allocated and not yet freed */
+    atomic_long fail_at;  /* fail the allocation with this index (0-based) */
+    atomic_long failures; /* allocations refused */
+};
+
+static uint64_t test_now_ms(void *ud)
+{
+    return atomic_load(&((struct test_env *)ud)->now_ms);
+}
+
+static void *test_alloc(void *ud, void *ptr, size_t size)
+{
+    struct test_env *te = ud;
+
+    if (size == 0) {
+        if (ptr)
+            atomic_fetch_sub(&te->live, 1);
+        free(ptr);
+        return NULL;
+    }
+    if (atomic_fetch_add(&te->allocs, 1) == atomic_load(&te->fail_at)) {
+        atomic_fetch_add(&te->failures, 1);
+        return NULL;
+    }
+    if (!ptr)
+        atomic_fetch_add(&te->live, 1);
+    return realloc(ptr, size);
+}
+
+/* A fresh env at time start_ms that fails no allocation. */
+static inline void test_env_init(struct test_env *te, uint64_t start_ms)
+{
+    atomic_init(&te->now_ms, start_ms);
+    atomic_init(&te->allocs, 0);
+    atomic_init(&te->live, 0);
+    atomic_init(&te->fail_at, -1);
+    atomic_init(&te->failures, 0);
+    te->env = (struct idem_env){ .now_ms = test_now_ms,
+                                 .alloc = test_alloc,
+                                 .ud = te };
+}
+
+/* Fail the allocation n allocations from now (0: the next one). */
+static inline void test_env_fail_in(struct test_env *te, long n)
+{
+    atomic_store(&te->fail_at, atomic_load(&te->allocs) + n);
+}
+
+static inline void test_env_fail_never(struct test_env *te)
+{
+    atomic_store(&te->fail_at, -1);
+}
+
+static inline void test_clock_advance(struct test_env *te, uint64_t ms)
+{
+    atomic_fetch_add(&te->now_ms, ms);
+}
+
+/* -- Resident memory --------------------------------------------------- */
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define TEST_RSS_MEANINGFUL_BUILD 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define TEST_RSS_MEANINGFUL_BUILD 0
+#endif
+#endif
+#ifndef TEST_RSS_MEANINGFUL_BUILD
+#define TEST_RSS_MEANINGFUL_BUILD 1
+#endif
+
+/* False under sanitizers and valgrind, whose allocators keep freed memory
+ * on purpose (quarantine): a resident-memory bound means nothing there. */
+static inline bool test_rss_meaningful(void)
+{
+    return TEST_RSS_MEANINGFUL_BUILD && !getenv("IDEM_UNDER_VALGRIND");
+}
+
+/* Resident set size in bytes, from /proc/self/statm; 0 if unreadable. */
+static inline size_t test_rss_bytes(void)
+{
+    unsigned long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+
+    if (!f)
+        return 0;
+    if (fscanf(f, "%lu %lu", &pages, &resident) != 2)
+        resident = 0;
+    fclose(f);
+    return resident * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Give freed heap back to the kernel, then read RSS. */
+static inline size_t test_rss_after_trim(void)
+{
+    malloc_trim(0);
+    return test_rss_bytes();
+}
+
+#endif
