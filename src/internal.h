@@ -24,6 +24,15 @@
 
 #define IDEM_CACHELINE 64
 
+/* Thread-local storage without a __tls_get_addr call in PIC code. Fine for
+ * a few bytes even when the shared library is dlopen()ed: glibc keeps a
+ * surplus of static TLS for exactly this. */
+#if defined(__GNUC__)
+#define IDEM_TLS_FAST __attribute__((tls_model("initial-exec")))
+#else
+#define IDEM_TLS_FAST
+#endif
+
 /* Allocate n bytes through env, or NULL. */
 static inline void *idem__alloc(const struct idem_env *env, size_t n)
 {

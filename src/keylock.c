@@ -14,6 +14,7 @@
 #define DEFAULT_STRIPES 64u
 #define MAX_STRIPES 65536u
 #define MIN_BUCKETS 16u
+#define SPARE_MAX_KEY 256u /* a freed entry this small may be kept for reuse */
 
 enum req_state { REQ_IDLE = 0, REQ_WAITING, REQ_HOLDING };
 
@@ -33,7 +34,8 @@ struct stripe {
     struct entry **buckets;
     size_t mask; /* buckets - 1 */
     size_t count;
-    size_t bytes; /* bucket array + live entries */
+    size_t bytes;        /* bucket array + live entries */
+    struct entry *spare; /* one freed entry kept to spare a malloc+free */
     uint64_t waiters, created, freed, acquired, handoffs, busy, timeouts,
         cancels;
 };
@@ -58,11 +60,12 @@ struct thread_waiter {
 
 /* Identifies the calling thread as a lock owner: its address differs
  * between live threads. */
-static _Thread_local char thread_token;
+static _Thread_local char thread_token IDEM_TLS_FAST;
 
+/* Key storage is rounded up to 16 bytes, the size class a spare serves. */
 static size_t entry_size(size_t klen)
 {
-    return sizeof(struct entry) + klen;
+    return sizeof(struct entry) + ((klen + 15u) & ~(size_t)15u);
 }
 
 static bool key_ok(const void *key, size_t klen)
@@ -115,10 +118,13 @@ static struct entry *entry_insert_locked(struct idem_keylock *t,
                                          struct stripe *s, uint64_t h,
                                          const void *key, size_t klen)
 {
-    struct entry *e = idem__alloc(&t->env, entry_size(klen));
+    struct entry *e = s->spare;
 
-    if (!e)
+    if (e && entry_size(e->klen) == entry_size(klen))
+        s->spare = NULL;
+    else if (!(e = idem__alloc(&t->env, entry_size(klen)))) {
         return NULL;
+    }
     *e = (struct entry){ .hash = h, .klen = (uint32_t)klen };
     if (klen)
         memcpy(e->key, key, klen);
@@ -144,7 +150,10 @@ static void entry_delete_locked(struct idem_keylock *t, struct stripe *s,
     s->count--;
     s->freed++;
     s->bytes -= entry_size(e->klen);
-    idem__free(&t->env, e);
+    if (!s->spare && e->klen <= SPARE_MAX_KEY)
+        s->spare = e;
+    else
+        idem__free(&t->env, e);
     if (s->mask + 1 > MIN_BUCKETS && s->count < (s->mask + 1) / 4)
         rehash_locked(t, s, (s->mask + 1) / 2);
 }
@@ -319,6 +328,7 @@ void idem_keylock_free(struct idem_keylock *t)
             }
         }
         idem__free(&t->env, s->buckets);
+        idem__free(&t->env, s->spare);
         pthread_mutex_destroy(&s->mu);
     }
     idem__free(&t->env, t->stripes_mem);
@@ -369,7 +379,7 @@ static int wait_locked(struct stripe *s, struct thread_waiter *tw,
 static int lock_thread(struct idem_keylock *t, const void *key, size_t klen,
                        bool wait, const struct timespec *deadline)
 {
-    struct thread_waiter tw = { .req.data = &thread_token };
+    struct thread_waiter tw; /* the queue links are set if it waits */
     struct entry *e;
     struct stripe *s;
     uint64_t h;
@@ -377,6 +387,8 @@ static int lock_thread(struct idem_keylock *t, const void *key, size_t klen,
 
     if (!t || !key_ok(key, klen))
         return IDEM_EINVAL;
+    tw.req.cb = NULL;
+    tw.req.data = &thread_token;
     h = idem__hash(key, klen, t->seed);
     s = stripe_for(t, h);
     pthread_mutex_lock(&s->mu);
@@ -561,6 +573,7 @@ void idem_keylock_stats(struct idem_keylock *t,
         st.timeouts += s->timeouts;
         st.cancels += s->cancels;
         st.table_bytes += s->bytes;
+        st.spare_bytes += s->spare ? entry_size(s->spare->klen) : 0;
         pthread_mutex_unlock(&s->mu);
     }
     if (t)

@@ -407,7 +407,38 @@ static void test_table_shrinks_back(void **state)
     }
     assert_int_equal(idem_keylock_count(t), 0);
     assert_int_equal(stats_of(t).table_bytes, empty_bytes);
+    assert_true(stats_of(t).spare_bytes <= 64); /* one entry, short key */
     idem_keylock_free(t);
+}
+
+/* A key locked again and again reuses its stripe's spare entry. */
+static void test_spare_entry_spares_allocations(void **state)
+{
+    struct test_env te;
+    struct idem_keylock_opts o = { .stripes = 1, .env = &te.env };
+    struct idem_keylock *t;
+    long before;
+    int i;
+
+    (void)state;
+    test_env_init(&te, 0);
+    t = new_table(&o);
+    before = atomic_load(&te.allocs);
+    for (i = 0; i < 1000; i++) {
+        assert_int_equal(idem_keylock_lock(t, K("same")), IDEM_OK);
+        assert_int_equal(idem_keylock_unlock(t, K("same")), IDEM_OK);
+    }
+    assert_int_equal(atomic_load(&te.allocs) - before, 1);
+    assert_true(stats_of(t).spare_bytes > 0 && stats_of(t).spare_bytes <= 64);
+    /* a key of another size class cannot use it, and is freed */
+    assert_int_equal(idem_keylock_lock(t, K("a-key-longer-than-16")), IDEM_OK);
+    assert_int_equal(idem_keylock_unlock(t, K("a-key-longer-than-16")),
+                     IDEM_OK);
+    assert_int_equal(atomic_load(&te.allocs) - before, 2);
+    /* the table, its stripes, their buckets, the spare */
+    assert_int_equal(atomic_load(&te.live), 4);
+    idem_keylock_free(t);
+    assert_int_equal(atomic_load(&te.live), 0);
 }
 
 /* Free a table that still holds and queues: nothing leaks. */
@@ -511,6 +542,7 @@ int main(void)
         cmocka_unit_test(test_max_waiters),
         cmocka_unit_test(test_callback_reenters_table),
         cmocka_unit_test(test_table_shrinks_back),
+        cmocka_unit_test(test_spare_entry_spares_allocations),
         cmocka_unit_test(test_free_nonempty_table),
         cmocka_unit_test(test_allocation_failure_sweep),
     };

@@ -58,6 +58,8 @@ struct idem_keylock_stats {
     uint64_t timeouts;    /* timed locks that gave up */
     uint64_t cancels;     /* waiting requests cancelled */
     uint64_t table_bytes; /* memory the table holds: stripes, buckets, entries */
+    uint64_t spare_bytes; /* freed entries kept for reuse: at most one per
+                             stripe, for keys of at most 256 bytes */
 };
 
 /* Create a table. opts NULL: all defaults. On success *table_out is set.
