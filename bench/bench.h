@@ -33,8 +33,7 @@ static inline size_t bench_rss_bytes(void)
     return resident * (size_t)sysconf(_SC_PAGESIZE);
 }
 
-static inline void bench_print(const char *name, double value,
-                               const char *unit)
+static inline void bench_print(const char *name, double value, const char *unit)
 {
     printf("%s %.6g %s\n", name, value, unit);
     fflush(stdout);

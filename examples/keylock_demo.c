@@ -58,8 +58,7 @@ int main(void)
     idem_keylock_stats(table, &st);
     printf("entries created %llu, freed %llu, live %llu, table bytes %llu\n",
            (unsigned long long)st.created, (unsigned long long)st.freed,
-           (unsigned long long)st.entries,
-           (unsigned long long)st.table_bytes);
+           (unsigned long long)st.entries, (unsigned long long)st.table_bytes);
     printf("(GoFiber's lock map would now hold 1,000,000 mutexes forever.)\n");
     idem_keylock_free(table);
     return 0;

@@ -20,21 +20,21 @@ struct model {
     int holder[NKEY];
     int queue[NKEY][NREQ];
     int qlen[NKEY];
-    int key_of[NREQ];  /* -1: idle */
+    int key_of[NREQ]; /* -1: idle */
     bool holding[NREQ];
-    int spare;         /* size class of the table's spare entry, or -1 */
-    int expect_grant;  /* request the next callback must name, or -1 */
-    int granted;       /* callbacks seen for expect_grant */
+    int spare;        /* size class of the table's spare entry, or -1 */
+    int expect_grant; /* request the next callback must name, or -1 */
+    int granted;      /* callbacks seen for expect_grant */
 };
 
 static struct model m;
 static struct idem_lock_req reqs[NREQ];
 static const char *const keys[NKEY] = { "a", "b", "ab", "" };
 
-#define CHECK(c)                                                             \
-    do {                                                                     \
-        if (!(c))                                                            \
-            abort();                                                         \
+#define CHECK(c)                                                               \
+    do {                                                                       \
+        if (!(c))                                                              \
+            abort();                                                           \
     } while (0)
 
 static void grant_cb(struct idem_lock_req *req, int status)
@@ -247,11 +247,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (fail)
             test_env_fail_in(&te, 0);
         switch (op) {
-        case 0: case 5: op_acquire(t, r, k, fail); break;
-        case 1: case 6: op_release(t, r); break;
-        case 2: op_cancel(t, r); break;
-        case 3: case 7: op_thread(t, k, false, fail); break;
-        default: op_thread(t, k, true, false); break;
+        case 0:
+        case 5:
+            op_acquire(t, r, k, fail);
+            break;
+        case 1:
+        case 6:
+            op_release(t, r);
+            break;
+        case 2:
+            op_cancel(t, r);
+            break;
+        case 3:
+        case 7:
+            op_thread(t, k, false, fail);
+            break;
+        default:
+            op_thread(t, k, true, false);
+            break;
         }
         test_env_fail_never(&te);
         check_counts(t);

@@ -19,7 +19,7 @@
 #define NEVER(x) (assert(!(x)), 0)
 #endif
 
-#define IDEM_CONTAINER_OF(p, type, member)                                   \
+#define IDEM_CONTAINER_OF(p, type, member)                                     \
     ((type *)(void *)((char *)(p)-offsetof(type, member)))
 
 #define IDEM_CACHELINE 64

@@ -14,12 +14,13 @@
 #define DEFAULT_STRIPES 64u
 #define MAX_STRIPES 65536u
 #define MIN_BUCKETS 16u
-#define SPARE_MAX_KEY 256u /* a freed entry this small may be kept for reuse */
+/* A freed entry for a key this long or shorter may be kept for reuse. */
+#define SPARE_MAX_KEY 256u
 
 enum req_state { REQ_IDLE = 0, REQ_WAITING, REQ_HOLDING };
 
 struct entry {
-    struct entry *next;         /* bucket chain */
+    struct entry *next; /* bucket chain */
     uint64_t hash;
     const void *owner;          /* holder: a request or a thread token */
     struct idem_lock_req *head; /* waiters, first in first out */
@@ -262,9 +263,9 @@ static int stripes_init(struct idem_keylock *t)
     t->stripes_mem = idem__alloc(&t->env, bytes + IDEM_CACHELINE - 1);
     if (!t->stripes_mem)
         return IDEM_ENOMEM;
-    t->stripes = (struct stripe *)(((uintptr_t)t->stripes_mem +
-                                    IDEM_CACHELINE - 1) &
-                                   ~(uintptr_t)(IDEM_CACHELINE - 1));
+    t->stripes =
+        (struct stripe *)(((uintptr_t)t->stripes_mem + IDEM_CACHELINE - 1) &
+                          ~(uintptr_t)(IDEM_CACHELINE - 1));
     memset(t->stripes, 0, bytes);
     for (i = 0; i < t->nstripes; i++) {
         struct stripe *s = &t->stripes[i];
@@ -410,8 +411,8 @@ int idem_keylock_trylock(struct idem_keylock *t, const void *key, size_t klen)
     return lock_thread(t, key, klen, false, NULL);
 }
 
-int idem_keylock_timedlock(struct idem_keylock *t, const void *key,
-                           size_t klen, uint64_t timeout_ms)
+int idem_keylock_timedlock(struct idem_keylock *t, const void *key, size_t klen,
+                           uint64_t timeout_ms)
 {
     struct timespec deadline;
     int rc;
@@ -577,7 +578,8 @@ void idem_keylock_stats(struct idem_keylock *t,
         pthread_mutex_unlock(&s->mu);
     }
     if (t)
-        st.table_bytes += sizeof(*t) + (size_t)t->nstripes *
-                          sizeof(struct stripe) + IDEM_CACHELINE - 1;
+        st.table_bytes += sizeof(*t) +
+                          (size_t)t->nstripes * sizeof(struct stripe) +
+                          IDEM_CACHELINE - 1;
     *stats_out = st;
 }

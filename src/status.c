@@ -1,11 +1,11 @@
 /* Status names and messages, generated from IDEM_STATUS_MAP. */
 #include "idem/idem.h"
 
-#define STATUS_CASE_TEXT(name, value, text)                                  \
-    case IDEM_##name:                                                        \
+#define STATUS_CASE_TEXT(name, value, text)                                    \
+    case IDEM_##name:                                                          \
         return text;
-#define STATUS_CASE_NAME(name, value, text)                                  \
-    case IDEM_##name:                                                        \
+#define STATUS_CASE_NAME(name, value, text)                                    \
+    case IDEM_##name:                                                          \
         return #name;
 
 const char *idem_strerror(int status)

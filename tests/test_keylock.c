@@ -375,8 +375,7 @@ static void test_callback_reenters_table(void **state)
     assert_int_equal(idem_keylock_acquire(t, &first, K("k")), IDEM_OK);
     assert_int_equal(idem_keylock_acquire(t, &second, K("k")),
                      IDEM_EINPROGRESS);
-    assert_int_equal(idem_keylock_acquire(t, &third, K("k")),
-                     IDEM_EINPROGRESS);
+    assert_int_equal(idem_keylock_acquire(t, &third, K("k")), IDEM_EINPROGRESS);
     /* first -> second (releases in its callback) -> third (releases too) */
     assert_int_equal(idem_keylock_release(t, &first), IDEM_OK);
     assert_int_equal(c.granted, 2);

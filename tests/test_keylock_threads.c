@@ -50,11 +50,11 @@ static void await_waiters(struct idem_keylock *t, uint64_t n)
 struct excl {
     struct idem_keylock *t;
     long iters;
-    long counter[NKEYS];   /* plain longs: only the lock protects them */
+    long counter[NKEYS]; /* plain longs: only the lock protects them */
     atomic_int inside[NKEYS];
     atomic_long violations;
     atomic_long errors;
-    int mode;              /* 0 lock, 1 trylock spin, 2 async spin */
+    int mode; /* 0 lock, 1 trylock spin, 2 async spin */
 };
 
 struct async_flag {
@@ -180,9 +180,9 @@ static void *blocker_main(void *arg)
 
     /* the key is the main thread's: this thread may not unlock it */
     b->rc_foreign_unlock = idem_keylock_unlock(b->t, K("k"));
-    b->rc_lock = b->timeout_ms ? idem_keylock_timedlock(b->t, K("k"),
-                                                         b->timeout_ms)
-                               : idem_keylock_lock(b->t, K("k"));
+    b->rc_lock = b->timeout_ms
+                     ? idem_keylock_timedlock(b->t, K("k"), b->timeout_ms)
+                     : idem_keylock_lock(b->t, K("k"));
     atomic_store(&b->got, 1);
     b->rc_unlock = idem_keylock_unlock(b->t, K("k"));
     return NULL;

@@ -48,16 +48,17 @@ struct idem_keylock_opts {
 };
 
 struct idem_keylock_stats {
-    uint64_t entries;     /* live entries: keys held or waited for */
-    uint64_t waiters;     /* requests and threads waiting now */
-    uint64_t created;     /* entries ever created */
-    uint64_t freed;       /* entries ever freed; created - freed == entries */
-    uint64_t acquired;    /* locks granted, at once or after waiting */
-    uint64_t handoffs;    /* grants that went to a waiter on release */
-    uint64_t busy;        /* IDEM_EBUSY answers */
-    uint64_t timeouts;    /* timed locks that gave up */
-    uint64_t cancels;     /* waiting requests cancelled */
-    uint64_t table_bytes; /* memory the table holds: stripes, buckets, entries */
+    uint64_t entries;  /* live entries: keys held or waited for */
+    uint64_t waiters;  /* requests and threads waiting now */
+    uint64_t created;  /* entries ever created */
+    uint64_t freed;    /* entries ever freed; created - freed == entries */
+    uint64_t acquired; /* locks granted, at once or after waiting */
+    uint64_t handoffs; /* grants that went to a waiter on release */
+    uint64_t busy;     /* IDEM_EBUSY answers */
+    uint64_t timeouts; /* timed locks that gave up */
+    uint64_t cancels;  /* waiting requests cancelled */
+    uint64_t
+        table_bytes; /* memory the table holds: stripes, buckets, entries */
     uint64_t spare_bytes; /* freed entries kept for reuse: at most one per
                              stripe, for keys of at most 256 bytes */
 };

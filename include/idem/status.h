@@ -10,18 +10,18 @@
 #define IDEM_API
 #endif
 
-#define IDEM_STATUS_MAP(X)                                                   \
-    X(OK, 0, "success")                                                      \
-    X(EINVAL, -1, "invalid argument")                                        \
-    X(ENOMEM, -2, "out of memory")                                           \
-    X(EBUSY, -3, "busy: held by another owner or a bound is reached")        \
-    X(ETIMEDOUT, -4, "timed out")                                            \
-    X(EPERM, -5, "not held by the caller")                                   \
-    X(EDEADLK, -6, "already held by the caller")                             \
-    X(EINPROGRESS, -7, "queued: the callback will follow")                   \
-    X(EALREADY, -8, "already granted: the caller holds the lock")            \
-    X(ENOTFOUND, -9, "not found")                                            \
-    X(ESTALE, -10, "stale owner token")                                      \
+#define IDEM_STATUS_MAP(X)                                                     \
+    X(OK, 0, "success")                                                        \
+    X(EINVAL, -1, "invalid argument")                                          \
+    X(ENOMEM, -2, "out of memory")                                             \
+    X(EBUSY, -3, "busy: held by another owner or a bound is reached")          \
+    X(ETIMEDOUT, -4, "timed out")                                              \
+    X(EPERM, -5, "not held by the caller")                                     \
+    X(EDEADLK, -6, "already held by the caller")                               \
+    X(EINPROGRESS, -7, "queued: the callback will follow")                     \
+    X(EALREADY, -8, "already granted: the caller holds the lock")              \
+    X(ENOTFOUND, -9, "not found")                                              \
+    X(ESTALE, -10, "stale owner token")                                        \
     X(EIO, -11, "input/output error")
 
 enum idem_status {
