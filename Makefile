@@ -17,8 +17,8 @@ all: build
 help:
 	@echo "make            release build in build/"
 	@echo "make run        install deps, build, run the demo"
-	@echo "make test       install deps, build, run every test, then again"
-	@echo "                under ASan+UBSan"
+	@echo "make test       install deps, lint, build, run every test, then"
+	@echo "                again under ASan+UBSan"
 	@echo "make asan|tsan  sanitizer build and tests (tsan: threaded tests)"
 	@echo "make valgrind   the tests under valgrind memcheck, zero leaks"
 	@echo "make bench      build and run the benchmarks (figures only)"
@@ -42,7 +42,7 @@ build:
 run: deps build
 	./build/keylock_demo
 
-test: deps build
+test: deps lint build
 	cd build && $(CTEST) -LE soak
 	$(MAKE) --no-print-directory asan
 
@@ -65,9 +65,11 @@ valgrind:
 
 bench: deps build
 	./build/bench/bench_keylock
+	./build/bench/bench_cache
 
 soak: deps build
 	./build/soak_keylock $(SOAK_KEYS)
+	./build/soak_cache 100000
 
 fuzz:
 	$(call configure,build-fuzz,-DCMAKE_C_COMPILER=clang -DIDEM_FUZZ=ON -DIDEM_SANITIZE=asan)

@@ -5,7 +5,7 @@
 set -u
 cd "$(dirname "$0")/.." || exit 2
 status=0
-sources=$(git ls-files '*.c' '*.h' 2>/dev/null || find src include tests bench fuzz examples -name '*.[ch]')
+sources=$(git ls-files --cached --others --exclude-standard '*.c' '*.h' 2>/dev/null || find src include tests bench fuzz examples -name '*.[ch]')
 
 # Unbounded or state-hiding libc calls: use snprintf, memcpy with a length,
 # strtol with end checks, strtok_r.

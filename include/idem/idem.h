@@ -10,6 +10,7 @@
 #include "status.h"
 #include "env.h"
 #include "keylock.h"
+#include "cache.h"
 
 /* The library's version string, which may differ from the header's when an
  * application runs against a newer shared library. */

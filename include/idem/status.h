@@ -22,7 +22,9 @@
     X(EALREADY, -8, "already granted: the caller holds the lock")              \
     X(ENOTFOUND, -9, "not found")                                              \
     X(ESTALE, -10, "stale owner token")                                        \
-    X(EIO, -11, "input/output error")
+    X(EIO, -11, "input/output error")                                          \
+    X(EEXIST, -12, "already exists")                                           \
+    X(E2BIG, -13, "too big for the bound")
 
 enum idem_status {
 #define IDEM_STATUS_ENUM(name, value, text) IDEM_##name = (value),

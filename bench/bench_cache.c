@@ -1,0 +1,236 @@
+/* cache benchmark: 1M entries of 16-byte keys and 64-byte values (TTL 1 h)
+ * set, read, missed and removed, one thread and two; resident bytes per
+ * entry beyond key and value; the gcache reproduction's resident growth;
+ * and what is left after sustained unique keys with TTL 1 s expire.
+ * Prints "name value unit" lines; best of REPS runs per speed. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+#include "idem/cache.h"
+
+#define REPS 3
+#define ENTRIES 1000000L
+#define STRIDE 7919L /* coprime with ENTRIES: a permutation of the keys */
+#define TTL_MS (3600 * 1000)
+#define SEED_ITERS 100000L
+#define SUSTAINED_SECONDS 15
+#define SUSTAINED_PER_MS 100 /* 100,000 keys per second */
+
+struct key16 {
+    uint64_t n;
+    uint64_t salt;
+};
+
+static const unsigned char value64[64];
+
+static void die(const char *what)
+{
+    fprintf(stderr, "bench_cache: %s\n", what);
+    exit(1);
+}
+
+static struct idem_cache *cache(const struct idem_env *env)
+{
+    struct idem_cache_opts o = { .max_bytes = (size_t)1 << 30, .env = env };
+    struct idem_cache *c = NULL;
+
+    if (idem_cache_new(&o, &c) != IDEM_OK)
+        die("cannot create cache");
+    return c;
+}
+
+static double ops_per_s(long ops, uint64_t t0)
+{
+    return (double)ops * 1e9 / (double)(bench_now_ns() - t0);
+}
+
+static double best(double a, double b)
+{
+    return a > b ? a : b;
+}
+
+static double run_sets(struct idem_cache *c)
+{
+    struct key16 k = { 0, 1 };
+    uint64_t t0 = bench_now_ns();
+    long i;
+
+    for (i = 0; i < ENTRIES; i++) {
+        k.n = (uint64_t)i;
+        if (idem_cache_set(c, &k, sizeof(k), value64, sizeof(value64),
+                           TTL_MS) != IDEM_OK)
+            die("set failed");
+    }
+    return ops_per_s(ENTRIES, t0);
+}
+
+/* Get every key once in a scrambled order; salt 1 hits, others miss. */
+static double run_gets(struct idem_cache *c, uint64_t salt, long offset)
+{
+    struct key16 k = { 0, salt };
+    struct idem_cache_value *v;
+    uint64_t t0 = bench_now_ns();
+    long i, found = 0;
+
+    for (i = 0; i < ENTRIES; i++) {
+        k.n = (uint64_t)((i * STRIDE + offset) % ENTRIES);
+        if (idem_cache_get(c, &k, sizeof(k), &v) == IDEM_OK) {
+            found++;
+            idem_cache_value_release(v);
+        }
+    }
+    if (found != (salt == 1 ? ENTRIES : 0))
+        die("unexpected get results");
+    return ops_per_s(ENTRIES, t0);
+}
+
+static double run_removes(struct idem_cache *c)
+{
+    struct key16 k = { 0, 1 };
+    uint64_t t0 = bench_now_ns();
+    long i;
+
+    for (i = 0; i < ENTRIES; i++) {
+        k.n = (uint64_t)((i * STRIDE) % ENTRIES);
+        if (idem_cache_remove(c, &k, sizeof(k)) != IDEM_OK)
+            die("remove failed");
+    }
+    return ops_per_s(ENTRIES, t0);
+}
+
+struct reader {
+    struct idem_cache *c;
+    long offset;
+};
+
+static void *reader_main(void *arg)
+{
+    struct reader *r = arg;
+
+    run_gets(r->c, 1, r->offset);
+    return NULL;
+}
+
+/* Two threads each get every key once; total gets per second. */
+static double run_gets_2threads(struct idem_cache *c)
+{
+    struct reader r[2] = { { c, 0 }, { c, ENTRIES / 2 } };
+    pthread_t th[2];
+    uint64_t t0 = bench_now_ns();
+    int i;
+
+    for (i = 0; i < 2; i++)
+        pthread_create(&th[i], NULL, reader_main, &r[i]);
+    for (i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    return ops_per_s(2 * ENTRIES, t0);
+}
+
+/* -- gcache's reproduction: set(unique key, 1 MiB, 30 min), remove ---- */
+
+static void set_remove_1mib(struct idem_cache *c, const void *mib, long from,
+                            long to)
+{
+    struct key16 k = { 0, 2 };
+    long i;
+
+    for (i = from; i < to; i++) {
+        k.n = (uint64_t)i;
+        if (idem_cache_set(c, &k, sizeof(k), mib, 1u << 20, 30 * 60 * 1000) !=
+                IDEM_OK ||
+            idem_cache_remove(c, &k, sizeof(k)) != IDEM_OK)
+            die("seed reproduction failed");
+    }
+}
+
+static double seed_repro_mib(void)
+{
+    struct idem_cache *c = cache(NULL);
+    void *mib = calloc(1, 1u << 20);
+    size_t rss0, rss1;
+
+    if (!mib)
+        die("out of memory");
+    set_remove_1mib(c, mib, 0, SEED_ITERS / 100);
+    rss0 = bench_rss_bytes();
+    set_remove_1mib(c, mib, SEED_ITERS / 100, SEED_ITERS);
+    rss1 = bench_rss_bytes();
+    idem_cache_free(c);
+    free(mib);
+    return ((double)rss1 - (double)rss0) / (1024.0 * 1024.0);
+}
+
+/* -- Sustained unique keys, TTL 1 s, on a fake clock ------------------ */
+
+static atomic_uint_fast64_t fake_ms;
+
+static uint64_t fake_now(void *ud)
+{
+    (void)ud;
+    return atomic_load(&fake_ms);
+}
+
+/* SUSTAINED_SECONDS of unique keys with a tick each second, as a server's
+ * timer would; then the clock passes the last expiry and the timer fires
+ * once more. Returns the entries still held. */
+static double sustained_left(void)
+{
+    struct idem_env env = { .now_ms = fake_now };
+    struct idem_cache_stats st;
+    struct idem_cache *c;
+    struct key16 k = { 0, 3 };
+    long ms, i;
+
+    atomic_store(&fake_ms, 1000000);
+    c = cache(&env);
+    for (ms = 0; ms < SUSTAINED_SECONDS * 1000L; ms++) {
+        for (i = 0; i < SUSTAINED_PER_MS; i++, k.n++)
+            if (idem_cache_set(c, &k, sizeof(k), value64, sizeof(value64),
+                               1000) != IDEM_OK)
+                die("sustained set failed");
+        atomic_fetch_add(&fake_ms, 1);
+        if (ms % 1000 == 999)
+            idem_cache_tick(c);
+    }
+    atomic_fetch_add(&fake_ms, 2000);
+    idem_cache_tick(c);
+    idem_cache_stats(c, &st);
+    idem_cache_free(c);
+    return (double)st.entries;
+}
+
+int main(void)
+{
+    double set = 0, hit = 0, miss = 0, rm = 0, hit2 = 0, overhead = 0;
+    size_t rss0;
+    int r;
+
+    for (r = 0; r < REPS; r++) {
+        struct idem_cache *c = cache(NULL);
+
+        rss0 = bench_rss_bytes();
+        set = best(set, run_sets(c));
+        if (r == 0) /* a fresh heap: what the entries really cost */
+            overhead = ((double)bench_rss_bytes() - (double)rss0) / ENTRIES -
+                       sizeof(struct key16) - sizeof(value64);
+        hit = best(hit, run_gets(c, 1, 0));
+        miss = best(miss, run_gets(c, 9, 0));
+        hit2 = best(hit2, run_gets_2threads(c));
+        rm = best(rm, run_removes(c));
+        idem_cache_free(c);
+    }
+    bench_print("cache.set", set, "ops/s");
+    bench_print("cache.get_hit", hit, "ops/s");
+    bench_print("cache.get_miss", miss, "ops/s");
+    bench_print("cache.remove", rm, "ops/s");
+    bench_print("cache.get_hit_2threads", hit2, "ops/s");
+    bench_print("cache.overhead", overhead, "bytes/entry");
+    bench_print("cache.seed_repro_rss_growth", seed_repro_mib(), "MiB");
+    bench_print("cache.sustained_entries_after_expiry", sustained_left(),
+                "entries");
+    return 0;
+}
