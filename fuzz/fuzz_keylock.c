@@ -5,6 +5,8 @@
  * `make test`. */
 #include <stdbool.h>
 #include <stdint.h>
+
+#include "fuzz.h"
 #include <stdlib.h>
 
 #include "helpers.h"
@@ -30,12 +32,6 @@ struct model {
 static struct model m;
 static struct idem_lock_req reqs[NREQ];
 static const char *const keys[NKEY] = { "a", "b", "ab", "" };
-
-#define CHECK(c)                                                               \
-    do {                                                                       \
-        if (!(c))                                                              \
-            abort();                                                           \
-    } while (0)
 
 static void grant_cb(struct idem_lock_req *req, int status)
 {
@@ -209,8 +205,6 @@ static void drain(struct idem_keylock *t)
     check_counts(t);
     CHECK(idem_keylock_count(t) == 0);
 }
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

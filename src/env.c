@@ -5,13 +5,24 @@
 
 #include "internal.h"
 
-static uint64_t monotonic_ms(void *ud)
+static uint64_t clock_ms(clockid_t id)
 {
     struct timespec ts;
 
-    (void)ud;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint64_t monotonic_ms(void *ud)
+{
+    (void)ud;
+    return clock_ms(CLOCK_MONOTONIC);
+}
+
+static uint64_t realtime_ms(void *ud)
+{
+    (void)ud;
+    return clock_ms(CLOCK_REALTIME);
 }
 
 static void *libc_alloc(void *ud, void *ptr, size_t size)
@@ -26,6 +37,7 @@ static void *libc_alloc(void *ud, void *ptr, size_t size)
 
 static const struct idem_env default_env = {
     .now_ms = monotonic_ms,
+    .wall_ms = realtime_ms,
     .alloc = libc_alloc,
 };
 
@@ -41,11 +53,20 @@ uint64_t idem_env_now_ms(const struct idem_env *env)
     return env->now_ms(env->ud);
 }
 
+uint64_t idem_env_wall_ms(const struct idem_env *env)
+{
+    if (!env || !env->wall_ms)
+        return realtime_ms(NULL);
+    return env->wall_ms(env->ud);
+}
+
 void idem__env_resolve(const struct idem_env *src, struct idem_env *dst)
 {
     *dst = src ? *src : default_env;
     if (!dst->now_ms)
         dst->now_ms = monotonic_ms;
+    if (!dst->wall_ms)
+        dst->wall_ms = realtime_ms;
     if (!dst->alloc)
         dst->alloc = libc_alloc;
 }

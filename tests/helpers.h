@@ -30,6 +30,14 @@ static uint64_t test_now_ms(void *ud)
     return atomic_load(&((struct test_env *)ud)->now_ms);
 }
 
+/* The fake wall clock moves with the fake monotonic one. */
+#define TEST_WALL_EPOCH_MS 1763900000000u
+
+static uint64_t test_wall_ms(void *ud)
+{
+    return TEST_WALL_EPOCH_MS + test_now_ms(ud);
+}
+
 static void *test_alloc(void *ud, void *ptr, size_t size)
 {
     struct test_env *te = ud;
@@ -58,6 +66,7 @@ static inline void test_env_init(struct test_env *te, uint64_t start_ms)
     atomic_init(&te->fail_at, -1);
     atomic_init(&te->failures, 0);
     te->env = (struct idem_env){ .now_ms = test_now_ms,
+                                 .wall_ms = test_wall_ms,
                                  .alloc = test_alloc,
                                  .ud = te };
 }
@@ -76,6 +85,37 @@ static inline void test_env_fail_never(struct test_env *te)
 static inline void test_clock_advance(struct test_env *te, uint64_t ms)
 {
     atomic_fetch_add(&te->now_ms, ms);
+}
+
+/* Run run(n) for n = 0, 1, ... where run fails allocation n of a scenario
+ * and returns the failures it saw, until a run sees none: every
+ * allocation was failed once. Aborts past max runs. Returns the runs. */
+static inline long test_alloc_sweep(long (*run)(long n), long max)
+{
+    long n;
+
+    for (n = 0; run(n) > 0; n++) {
+        if (n >= max) {
+            fprintf(stderr, "allocation sweep: more than %ld runs\n", max);
+            abort();
+        }
+    }
+    return n;
+}
+
+/* A soak's size from argv[1] (default *n). 0, or 2 after a usage line. */
+static inline int test_parse_count(int argc, char **argv, long *n, long min)
+{
+    char *end;
+
+    if (argc < 2)
+        return 0;
+    *n = strtol(argv[1], &end, 10);
+    if (*end || *n < min) {
+        fprintf(stderr, "usage: %s [count >= %ld]\n", argv[0], min);
+        return 2;
+    }
+    return 0;
 }
 
 /* -- Resident memory --------------------------------------------------- */

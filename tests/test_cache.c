@@ -823,8 +823,7 @@ static void test_allocation_failure_sweep(void **state)
     long n;
 
     (void)state;
-    for (n = 0; failing_run(n) > 0; n++)
-        assert_true(n < 100000);
+    n = test_alloc_sweep(failing_run, 100000);
     assert_true(n > 100); /* the sweep reached every set's allocation */
 }
 

@@ -394,6 +394,7 @@ static void test_bytes_bound_under_two_writers(void **state)
 
 struct walker {
     struct idem_cache *c;
+    atomic_int walked; /* the first walk is over: the writer may start */
     atomic_int stop;
     atomic_int errors;
     atomic_long visited;
@@ -423,9 +424,11 @@ static void *walker_main(void *arg)
     struct walker *w = arg;
     int i;
 
-    for (i = 0; i < 200; i++)
+    for (i = 0; i < 200; i++) {
         if (idem_cache_foreach(w->c, walk_check, w) != IDEM_OK)
             atomic_fetch_add(&w->errors, 1);
+        atomic_store(&w->walked, 1);
+    }
     atomic_store(&w->stop, 1);
     return NULL;
 }
@@ -438,6 +441,8 @@ static void *writer_main(void *arg)
     uint64_t x = 12345;
     int i;
 
+    while (!atomic_load(&w->walked))
+        sched_yield();
     while (!atomic_load(&w->stop)) {
         if (write_one(&m, xorshift(&x)) != IDEM_OK)
             atomic_fetch_add(&w->errors, 1);
@@ -451,15 +456,23 @@ static void test_foreach_beside_writer(void **state)
 {
     struct walker w = { 0 };
     pthread_t th[2];
+    int k;
 
     (void)state;
     w.c = new_cache((struct idem_cache_opts){ .shards = 4 });
+    for (k = 0; k < SHARED_KEYS; k++) { /* the first walk sees them all */
+        unsigned char val[8];
+
+        memset(val, k, sizeof(val));
+        assert_int_equal(
+            idem_cache_set(w.c, &k, sizeof(k), val, sizeof(val), 0), IDEM_OK);
+    }
     assert_int_equal(pthread_create(&th[0], NULL, writer_main, &w), 0);
     assert_int_equal(pthread_create(&th[1], NULL, walker_main, &w), 0);
     pthread_join(th[0], NULL);
     pthread_join(th[1], NULL);
     assert_int_equal(atomic_load(&w.errors), 0);
-    assert_true(atomic_load(&w.visited) > 0);
+    assert_true(atomic_load(&w.visited) >= SHARED_KEYS);
     assert_consistent(w.c);
     idem_cache_free(w.c);
     assert_int_equal(atomic_load(&te.live), 0);

@@ -62,6 +62,8 @@ static void test_default_env(void **state)
 
     (void)state;
     assert_non_null(env->now_ms);
+    assert_non_null(env->wall_ms);
+    assert_true(idem_env_wall_ms(NULL) > 1700000000000u); /* after 2023 */
     assert_non_null(env->alloc);
     a = idem_env_now_ms(NULL);
     b = idem_env_now_ms(env);

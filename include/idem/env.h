@@ -12,6 +12,9 @@
 struct idem_env {
     /* Milliseconds on a monotonic clock. NULL: CLOCK_MONOTONIC. */
     uint64_t (*now_ms)(void *ud);
+    /* Milliseconds since the Unix epoch, for what outlives the process
+     * (snapshots, records shared through Redis). NULL: CLOCK_REALTIME. */
+    uint64_t (*wall_ms)(void *ud);
     /* realloc(3) semantics: (NULL, n) allocates, (p, 0) frees and returns
      * NULL, otherwise resizes; returns NULL on failure. NULL: libc. */
     void *(*alloc)(void *ud, void *ptr, size_t size);
@@ -24,5 +27,9 @@ IDEM_API const struct idem_env *idem_env_default(void);
 
 /* The environment's clock, in milliseconds. env NULL: the default. */
 IDEM_API uint64_t idem_env_now_ms(const struct idem_env *env);
+
+/* The environment's wall clock, in Unix milliseconds. env NULL: the
+ * default. */
+IDEM_API uint64_t idem_env_wall_ms(const struct idem_env *env);
 
 #endif

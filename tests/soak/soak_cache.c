@@ -241,14 +241,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_sustained_unique_keys_with_ttl),
     };
 
-    if (argc > 1) {
-        char *end;
-
-        scale = strtol(argv[1], &end, 10);
-        if (*end || scale < 3000) {
-            fprintf(stderr, "usage: %s [scale >= 3000]\n", argv[0]);
-            return 2;
-        }
-    }
+    if (test_parse_count(argc, argv, &scale, 3000) != 0)
+        return 2;
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -97,14 +97,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_distinct_keys_leave_nothing),
     };
 
-    if (argc > 1) {
-        char *end;
-
-        nkeys = strtol(argv[1], &end, 10);
-        if (*end || nkeys < 200) {
-            fprintf(stderr, "usage: %s [keys >= 200]\n", argv[0]);
-            return 2;
-        }
-    }
+    if (test_parse_count(argc, argv, &nkeys, 200) != 0)
+        return 2;
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
