@@ -59,17 +59,19 @@ tsan:
 	cd build-tsan && $(CTEST) -L threads
 
 valgrind:
-	$(call configure,build-valgrind,-DCMAKE_C_COMPILER=gcc "-DIDEM_TEST_WRAPPER=valgrind;-q;--error-exitcode=99;--leak-check=full;--errors-for-leak-kinds=definite,indirect;--show-leak-kinds=definite,indirect")
+	$(call configure,build-valgrind,-DCMAKE_C_COMPILER=gcc -DIDEM_VALGRIND=ON)
 	@cmake --build build-valgrind -j $(JOBS)
 	cd build-valgrind && $(CTEST) -LE soak
 
 bench: deps build
 	./build/bench/bench_keylock
+	./build/bench/bench_engine
 	./build/bench/bench_cache
 
 soak: deps build
 	./build/soak_keylock $(SOAK_KEYS)
 	./build/soak_cache 100000
+	./build/soak_engine $(SOAK_KEYS)
 
 fuzz:
 	$(call configure,build-fuzz,-DCMAKE_C_COMPILER=clang -DIDEM_FUZZ=ON -DIDEM_SANITIZE=asan)

@@ -11,6 +11,8 @@
 #include "env.h"
 #include "keylock.h"
 #include "cache.h"
+#include "engine.h"
+#include "store.h"
 
 /* The library's version string, which may differ from the header's when an
  * application runs against a newer shared library. */

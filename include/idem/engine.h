@@ -1,0 +1,233 @@
+/* The idempotency engine: IETF Idempotency-Key rules (draft-ietf-httpapi-
+ * idempotency-key-header) as an HTTP-agnostic state machine. A request
+ * comes in as method, target, headers and body; a decision comes out:
+ * pass, proceed (then complete or abort), replay, or refuse with a reason.
+ * docs/semantics.md is the specification this code keeps. */
+#ifndef IDEM_ENGINE_H
+#define IDEM_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "env.h"
+#include "status.h"
+
+#define IDEM_KEY_MAX_LEN 255  /* default longest key, in characters */
+#define IDEM_KEY_MAX_CAP 4096 /* the most a deployment may allow */
+#define IDEM_FP_LEN 32        /* SHA-256 fingerprint */
+
+/* A header as bytes: neither part is NUL-terminated. */
+struct idem_header {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+};
+
+struct idem_key_rules {
+    /* Longest key accepted, in characters, at most IDEM_KEY_MAX_CAP.
+     * 0: IDEM_KEY_MAX_LEN. */
+    size_t max_len;
+    /* Accept only RFC 8941 sf-strings ("abc"). false: also a bare value
+     * (abc), as most clients send. */
+    bool sf_string_only;
+};
+
+/* Parse an Idempotency-Key field value into the key it names: an sf-string
+ * (quotes removed, \" and \\ unescaped) or a bare value, surrounded by
+ * optional spaces and tabs. The key is 1..max_len visible ASCII characters
+ * (0x21-0x7E); a bare value may not hold '"', '\' or ','. Parameters after
+ * an sf-string are refused. key_out must have room for max_len bytes.
+ * IDEM_OK: *klen_out is set. IDEM_EINVAL: the value is refused and, if
+ * reason_out is not NULL, *reason_out is a static sentence saying why, fit
+ * for a problem+json "detail" (it never quotes the input). Thread-safe. */
+IDEM_API int idem_key_parse(const char *field, size_t flen,
+                            const struct idem_key_rules *rules, char *key_out,
+                            size_t *klen_out, const char **reason_out);
+
+/* -- The engine ------------------------------------------------------ */
+
+struct idem_engine;
+struct idem_call;
+struct idem_store;
+
+enum idem_outcome {
+    IDEM_OUTCOME_PASS = 1,    /* not subject to idempotency: forward as is */
+    IDEM_OUTCOME_PENDING,     /* subject: feed the body, then decide */
+    IDEM_OUTCOME_PROCEED,     /* execute it, then complete or abort */
+    IDEM_OUTCOME_REPLAY,      /* answer with the stored response */
+    IDEM_OUTCOME_CONFLICT,    /* 409: the key is in flight */
+    IDEM_OUTCOME_MISMATCH,    /* 422: the key was used for another request */
+    IDEM_OUTCOME_INVALID,     /* 400: bad key, or missing where required */
+    IDEM_OUTCOME_UNAVAILABLE, /* 503: the store failed */
+};
+
+enum idem_conflict_mode {
+    IDEM_CONFLICT_REJECT = 0, /* 409 with Retry-After at once */
+    IDEM_CONFLICT_WAIT,       /* wait up to wait_ms, then replay or 409 */
+};
+
+struct idem_engine_opts {
+    /* Methods subject to idempotency. nmethods 0: POST and PATCH. */
+    const char *const *methods;
+    size_t nmethods;
+    /* The key's header. NULL: "Idempotency-Key". */
+    const char *key_header;
+    /* A second accepted name, e.g. "X-Idempotency-Key". NULL: none. */
+    const char *alt_key_header;
+    struct idem_key_rules key_rules;
+    /* Headers whose values make the client's key space. NULL:
+     * Authorization. Not NULL with nscope_headers 0: one space for all. */
+    const char *const *scope_headers;
+    size_t nscope_headers;
+    /* Request headers the fingerprint covers beyond method, target,
+     * Content-Type and body. */
+    const char *const *fingerprint_headers;
+    size_t nfingerprint_headers;
+    int64_t lease_ms;       /* in-flight lease. 0: 60 s */
+    int64_t lifetime_ms;    /* stored responses. 0: 24 h */
+    uint32_t retry_after_s; /* on 409. 0: 1 */
+    enum idem_conflict_mode conflict;
+    int64_t wait_ms;        /* bound of a wait. 0: 10 s */
+    unsigned max_waiters;   /* waiting calls at once. 0: 10,000 */
+    size_t max_stored_body; /* longest body stored. 0: 1 MiB */
+    /* Whether a response status is stored. NULL: every status below 500
+     * but 408, 425 and 429. */
+    bool (*storable)(unsigned status, void *ud);
+    void *storable_ud;
+    /* The store; the engine does not own it. NULL: the engine makes a
+     * memory store with default options and frees it with itself. */
+    struct idem_store *store;
+    const struct idem_env *env; /* copied. NULL: idem_env_default() */
+};
+
+/* A request as the engine sees it: views, read during the call only. */
+struct idem_request {
+    const char *method;
+    size_t method_len;
+    const char *target; /* path and query */
+    size_t target_len;
+    const char *route; /* the matched route prefix, or NULL */
+    size_t route_len;
+    bool key_required; /* the route refuses requests without a key */
+    const struct idem_header *headers;
+    size_t nheaders;
+};
+
+struct idem_response {
+    unsigned status;
+    const struct idem_header *headers;
+    size_t nheaders;
+    const void *body;
+    size_t body_len;
+};
+
+/* What to do with a request. Views stay valid until idem_call_free(). */
+struct idem_decision {
+    enum idem_outcome outcome;
+    /* The status to answer with: 400, 409, 422 or 503 for refusals, the
+     * stored status for REPLAY, 0 for PASS, PENDING and PROCEED. */
+    unsigned status;
+    /* Why, for a problem+json "detail": static text, never client input. */
+    const char *detail;
+    uint32_t retry_after_s; /* CONFLICT */
+    /* REPLAY: the stored response. body_omitted: it was longer than
+     * max_stored_body, so only status and headers were kept. */
+    struct idem_response replay;
+    bool body_omitted;
+};
+
+struct idem_engine_stats {
+    uint64_t outcomes[IDEM_OUTCOME_UNAVAILABLE + 1]; /* by enum idem_outcome */
+    uint64_t stored;                                 /* responses stored */
+    uint64_t not_stored; /* completions released by policy */
+    uint64_t stale;      /* completions refused: the lease was lost */
+    uint64_t waiting;    /* calls waiting now */
+    uint64_t wait_timeouts;
+    uint64_t in_flight; /* calls that proceeded and have not finished */
+};
+
+/* Called when a waiting call is decided, on the thread whose complete or
+ * abort (or tick, for a timeout) decided it, with no engine lock held. */
+typedef void (*idem_decide_cb)(struct idem_call *call,
+                               const struct idem_decision *d, void *ud);
+
+/* Create an engine. IDEM_OK, IDEM_EINVAL, IDEM_ENOMEM. */
+IDEM_API int idem_engine_new(const struct idem_engine_opts *opts,
+                             struct idem_engine **engine_out);
+
+/* Free an engine whose calls are all freed. NULL is harmless. */
+IDEM_API void idem_engine_free(struct idem_engine *e);
+
+/* Time out waits past their bound (their callbacks get CONFLICT) and
+ * reclaim the store's expired records. Call it from a timer, e.g. every
+ * 100 ms in wait mode. Returns the waits timed out. Thread-safe. */
+IDEM_API size_t idem_engine_tick(struct idem_engine *e);
+
+IDEM_API void idem_engine_stats(struct idem_engine *e,
+                                struct idem_engine_stats *stats_out);
+
+/* The engine's store (for idem_store_stats() and snapshots). */
+IDEM_API struct idem_store *idem_engine_store(struct idem_engine *e);
+
+/* One request's passage through the engine. A call is used by one thread
+ * at a time. IDEM_OK, IDEM_ENOMEM, IDEM_EINVAL. */
+IDEM_API int idem_call_new(struct idem_engine *e, struct idem_call **call_out);
+
+/* Free a call. One that proceeded and was neither completed nor aborted is
+ * aborted (its key released); a waiting one is cancelled. A call whose
+ * callback may still come (idem_call_cancel() said IDEM_EALREADY) must
+ * not be freed until it has. NULL is harmless. */
+IDEM_API void idem_call_free(struct idem_call *call);
+
+/* Look at method and headers: *out is PASS, INVALID (with detail) or
+ * PENDING. IDEM_OK; IDEM_EINVAL if the call was started already. */
+IDEM_API int idem_call_start(struct idem_call *call,
+                             const struct idem_request *req,
+                             struct idem_decision *out);
+
+/* Feed the next piece of a PENDING call's body to its fingerprint.
+ * IDEM_OK, IDEM_EINVAL (not pending), IDEM_ENOMEM. */
+IDEM_API int idem_call_body(struct idem_call *call, const void *data,
+                            size_t len);
+
+/* Decide a PENDING call whose body is complete. IDEM_OK: *out is PROCEED,
+ * REPLAY, CONFLICT, MISMATCH or UNAVAILABLE. IDEM_EINPROGRESS: in wait
+ * mode the key is in flight; cb(call, decision, ud) comes once it is
+ * decided (REPLAY, PROCEED after an abort, or CONFLICT at the bound).
+ * IDEM_EINVAL: the call is not pending. */
+IDEM_API int idem_call_decide(struct idem_call *call, idem_decide_cb cb,
+                              void *ud, struct idem_decision *out);
+
+/* Finish a call that PROCEEDed with its response. A storable response is
+ * stored for lifetime_ms (*stored_out true); any other releases the key so
+ * a retry executes again (*stored_out false). A response carrying
+ * "Idempotency-Policy: no-store" is never stored. Hop-by-hop headers,
+ * Content-Length, Date and Idempotency-Policy are not stored. IDEM_OK;
+ * IDEM_ESTALE if the lease was lost (nothing written: another call may
+ * own the key now); IDEM_EINVAL; IDEM_ENOMEM and store errors (the key is
+ * released). stored_out may be NULL. */
+IDEM_API int idem_call_complete(struct idem_call *call,
+                                const struct idem_response *resp,
+                                bool *stored_out);
+
+/* Stop a call waiting (wait mode), e.g. because its client left.
+ * IDEM_OK: no callback will come. IDEM_EALREADY: it was decided first;
+ * its callback has run or is about to, exactly once, and the call must
+ * not be freed before it has. IDEM_ENOTFOUND: the call is not waiting. */
+IDEM_API int idem_call_cancel(struct idem_call *call);
+
+/* Release the key of a call that PROCEEDed without a response worth
+ * keeping (upstream error, timeout). IDEM_OK, IDEM_ESTALE, IDEM_EINVAL. */
+IDEM_API int idem_call_abort(struct idem_call *call);
+
+/* Whether a response header is hop-by-hop (RFC 9110 7.6.1) and so is never
+ * forwarded or stored: Connection, Keep-Alive, Proxy-Connection, TE,
+ * Trailer, Transfer-Encoding, Upgrade. Case-insensitive. */
+IDEM_API bool idem_header_is_hop_by_hop(const char *name, size_t len);
+
+/* The name of an outcome ("proceed", "replay", ...), for logs and metrics. */
+IDEM_API const char *idem_outcome_name(enum idem_outcome o);
+
+#endif

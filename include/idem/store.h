@@ -1,0 +1,65 @@
+/* Stores keep idempotency records for the engine. A store is an ops table
+ * behind an opaque handle; this header declares the memory store. The
+ * records are opaque bytes to the caller (src/record.h encodes them). */
+#ifndef IDEM_STORE_H
+#define IDEM_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "env.h"
+#include "status.h"
+
+struct idem_store;
+
+struct idem_store_memory_opts {
+    /* Bytes of records held at most; past it the least valuable completed
+     * records are evicted (never one in flight), each counted. 0: 64 MiB. */
+    size_t max_memory;
+    /* Cache shards (see idem_cache_opts). 0: the cache's default. */
+    unsigned shards;
+    const struct idem_env *env; /* copied. NULL: idem_env_default() */
+};
+
+struct idem_store_stats {
+    uint64_t records;      /* records held, in flight or completed */
+    uint64_t bytes;        /* bytes charged against max_memory */
+    uint64_t in_flight;    /* records in flight (pinned) */
+    uint64_t evicted;      /* completed records evicted for room */
+    uint64_t expired;      /* records whose lifetime or lease ended */
+    uint64_t lock_entries; /* per-key lock entries now: 0 when idle */
+};
+
+struct idem_snapshot_stats {
+    uint64_t loaded;  /* records taken in */
+    uint64_t expired; /* records skipped: their lifetime had ended */
+    uint64_t saved;   /* records written */
+};
+
+/* An in-memory store: records in a TTL cache, per-key atomicity from a
+ * keylock. IDEM_OK, IDEM_EINVAL, IDEM_ENOMEM. */
+IDEM_API int idem_store_memory_new(const struct idem_store_memory_opts *opts,
+                                   struct idem_store **store_out);
+
+/* Free any store. NULL is harmless. */
+IDEM_API void idem_store_free(struct idem_store *s);
+
+IDEM_API void idem_store_stats(struct idem_store *s,
+                               struct idem_store_stats *stats_out);
+
+/* Write every completed record of a memory store to path, atomically: a
+ * temporary file beside it, fsync, rename, fsync of the directory. Records
+ * keep their absolute expiry (wall clock). IDEM_OK; IDEM_EIO (errno tells
+ * why; path is untouched); IDEM_EINVAL; IDEM_ENOMEM. stats_out may be
+ * NULL. */
+IDEM_API int idem_store_memory_save(struct idem_store *s, const char *path,
+                                    struct idem_snapshot_stats *stats_out);
+
+/* Load a snapshot into a memory store, skipping records whose time is up.
+ * The file is checked whole before anything is loaded: a truncated or
+ * corrupt snapshot answers IDEM_EIO and loads nothing. IDEM_ENOTFOUND if
+ * path does not exist. IDEM_OK, IDEM_EINVAL, IDEM_ENOMEM. */
+IDEM_API int idem_store_memory_load(struct idem_store *s, const char *path,
+                                    struct idem_snapshot_stats *stats_out);
+
+#endif

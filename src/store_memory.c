@@ -1,0 +1,203 @@
+/* The memory store: records live in an idem_cache (in-flight ones pinned,
+ * so eviction takes only completed records), and a keylock makes each
+ * read-check-write on one key atomic. Lease and lifetime are cache TTLs,
+ * so an abandoned lease frees its key at its exact end. */
+#include <string.h>
+
+#include "idem/cache.h"
+#include "idem/keylock.h"
+#include "internal.h"
+#include "record.h"
+#include "store_internal.h"
+#include "store_memory.h"
+
+#define DEFAULT_MAX_MEMORY (64u << 20)
+
+static void value_release(void *ctx)
+{
+    idem_cache_value_release(ctx);
+}
+
+/* Key's record, decoded, with its handle in *v (caller releases).
+ * IDEM_OK, IDEM_ENOTFOUND, IDEM_EINVAL (undecodable). */
+static int get_record(struct idem__memory_store *ms, const void *key,
+                      size_t klen, struct idem_cache_value **v,
+                      struct idem__record_view *view)
+{
+    int rc = idem_cache_get(ms->cache, key, klen, v);
+
+    if (rc != IDEM_OK)
+        return rc;
+    rc = idem__record_decode(idem_cache_value_data(*v),
+                             idem_cache_value_len(*v), view);
+    if (rc != IDEM_OK) {
+        idem_cache_value_release(*v);
+        *v = NULL;
+    }
+    return rc;
+}
+
+static int ms_begin(struct idem_store *s, const void *key, size_t klen,
+                    const void *rec, size_t rlen, int64_t lease_ms,
+                    struct idem__blob *existing_out)
+{
+    struct idem__memory_store *ms = (struct idem__memory_store *)s;
+    struct idem_cache_value *v;
+    int rc = idem_keylock_lock(ms->locks, key, klen);
+
+    if (rc != IDEM_OK)
+        return rc;
+    rc = idem_cache_get(ms->cache, key, klen, &v);
+    if (rc == IDEM_OK) {
+        *existing_out =
+            (struct idem__blob){ idem_cache_value_data(v),
+                                 idem_cache_value_len(v), value_release, v };
+        rc = IDEM_EEXIST;
+    } else if (rc == IDEM_ENOTFOUND) {
+        rc = idem_cache_set_ex(ms->cache, key, klen, rec, rlen, lease_ms,
+                               IDEM_CACHE_PIN);
+    }
+    idem_keylock_unlock(ms->locks, key, klen);
+    return rc;
+}
+
+/* Whether key holds an in-flight record owned by token. */
+static bool owned_locked(struct idem__memory_store *ms, const void *key,
+                         size_t klen, const uint8_t *token)
+{
+    struct idem__record_view view;
+    struct idem_cache_value *v;
+    bool owned;
+
+    if (get_record(ms, key, klen, &v, &view) != IDEM_OK)
+        return false;
+    owned = view.rec.state == IDEM__REC_INFLIGHT &&
+            memcmp(view.rec.token, token, IDEM__TOKEN_LEN) == 0;
+    idem_cache_value_release(v);
+    return owned;
+}
+
+/* Under key's lock: if its record is in flight under token, replace it
+ * with rec for ttl_ms or, rec NULL, remove it. IDEM_OK, IDEM_ESTALE. */
+static int settle(struct idem_store *s, const void *key, size_t klen,
+                  const uint8_t *token, const void *rec, size_t rlen,
+                  int64_t ttl_ms)
+{
+    struct idem__memory_store *ms = (struct idem__memory_store *)s;
+    int rc = idem_keylock_lock(ms->locks, key, klen);
+
+    if (rc != IDEM_OK)
+        return rc;
+    if (!owned_locked(ms, key, klen, token))
+        rc = IDEM_ESTALE;
+    else if (!rec)
+        rc = idem_cache_remove(ms->cache, key, klen);
+    else if ((rc = idem_cache_set(ms->cache, key, klen, rec, rlen, ttl_ms)) ==
+             IDEM_OK)
+        idem_cache_unpin(ms->cache, key, klen); /* done: evictable */
+    idem_keylock_unlock(ms->locks, key, klen);
+    return rc;
+}
+
+static int ms_complete(struct idem_store *s, const void *key, size_t klen,
+                       const uint8_t *token, const void *rec, size_t rlen,
+                       int64_t ttl_ms)
+{
+    return settle(s, key, klen, token, rec, rlen, ttl_ms);
+}
+
+static int ms_abort(struct idem_store *s, const void *key, size_t klen,
+                    const uint8_t *token)
+{
+    return settle(s, key, klen, token, NULL, 0, 0);
+}
+
+static void ms_tick(struct idem_store *s)
+{
+    idem_cache_tick(((struct idem__memory_store *)s)->cache);
+}
+
+static void ms_stats(struct idem_store *s, struct idem_store_stats *out)
+{
+    struct idem__memory_store *ms = (struct idem__memory_store *)s;
+    struct idem_cache_stats cs;
+
+    idem_cache_stats(ms->cache, &cs);
+    *out = (struct idem_store_stats){
+        .records = cs.entries,
+        .bytes = cs.bytes,
+        .in_flight = cs.pinned,
+        .evicted = cs.evicted,
+        .expired = cs.expired,
+        .lock_entries = idem_keylock_count(ms->locks),
+    };
+}
+
+static void ms_free(struct idem_store *s)
+{
+    struct idem__memory_store *ms = (struct idem__memory_store *)s;
+
+    idem_cache_free(ms->cache);
+    idem_keylock_free(ms->locks);
+    idem__free(&ms->env, ms);
+}
+
+static const struct idem__store_ops memory_ops = {
+    .begin = ms_begin,
+    .complete = ms_complete,
+    .abort = ms_abort,
+    .tick = ms_tick,
+    .stats = ms_stats,
+    .free = ms_free,
+};
+
+int idem_store_memory_new(const struct idem_store_memory_opts *opts,
+                          struct idem_store **store_out)
+{
+    struct idem_store_memory_opts o =
+        opts ? *opts : (struct idem_store_memory_opts){ 0 };
+    struct idem_cache_opts co = { .shards = o.shards };
+    struct idem_keylock_opts ko = { 0 };
+    struct idem__memory_store *ms;
+    struct idem_env env;
+    int rc;
+
+    if (!store_out)
+        return IDEM_EINVAL;
+    idem__env_resolve(o.env, &env);
+    ms = idem__alloc(&env, sizeof(*ms));
+    if (!ms)
+        return IDEM_ENOMEM;
+    *ms = (struct idem__memory_store){ .base.ops = &memory_ops, .env = env };
+    co.max_bytes = o.max_memory ? o.max_memory : DEFAULT_MAX_MEMORY;
+    co.env = ko.env = &ms->env;
+    rc = idem_cache_new(&co, &ms->cache);
+    if (rc == IDEM_OK)
+        rc = idem_keylock_new(&ko, &ms->locks);
+    if (rc != IDEM_OK) {
+        ms_free(&ms->base);
+        return rc;
+    }
+    *store_out = &ms->base;
+    return IDEM_OK;
+}
+
+bool idem__store_is_memory(const struct idem_store *s)
+{
+    return s && s->ops == &memory_ops;
+}
+
+void idem_store_free(struct idem_store *s)
+{
+    if (s)
+        s->ops->free(s);
+}
+
+void idem_store_stats(struct idem_store *s, struct idem_store_stats *out)
+{
+    if (!out)
+        return;
+    *out = (struct idem_store_stats){ 0 };
+    if (s)
+        s->ops->stats(s, out);
+}
