@@ -1,0 +1,874 @@
+/* idemproxy's configuration: one table of options drives the flags, the
+ * config file keys, the defaults and --help. Each option names a kind of
+ * value (duration, size, address, list, ...) whose parser fills a field
+ * of struct config; every refusal is one "idemproxy: ..." line on err. */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "idem/idem.h"
+
+#define MAX_WORKERS 256
+#define DEFAULT_WAIT_MS 10000
+#define QUOTE_MAX 64 /* bytes of a bad value quoted in a message */
+
+/* One run of config_parse: where values come from, where messages go. */
+struct parse {
+    struct config *c;
+    FILE *out;
+    FILE *err;
+    const char *file; /* the config file being read; NULL: the flags */
+    unsigned line;
+};
+
+struct option;
+
+/* A number's unit: "ms" scales by 1, "s" by 1000. */
+struct unit {
+    const char *suffix;
+    uint64_t scale;
+};
+
+/* Whether a kind of value needs one: "--log-keys" takes one only after
+ * '=', "--help" never. */
+enum value_rule { VALUE_REQUIRED = 0, VALUE_OPTIONAL, VALUE_NONE };
+
+/* A kind of value. parse returns 0; -1 after a message on err; 1 after
+ * --help or --version printed on out. release frees what parse kept. */
+struct kind {
+    int (*parse)(struct parse *p, const struct option *o, const char *v);
+    void (*release)(struct config *c, const struct option *o);
+    enum value_rule value;
+    const char *what; /* "is not <what>" for malformed values */
+    /* Numbers: their units, the most the field holds, its type. */
+    const struct unit *units;
+    uint64_t limit;
+    enum number_type { NUMBER_UNSIGNED, NUMBER_INT64, NUMBER_SIZE } type;
+};
+
+struct option {
+    const char *name; /* the flag without "--", and the file key */
+    const struct kind *kind;
+    size_t off;               /* the field in struct config */
+    size_t count_off;         /* lists: their count field */
+    uint64_t min, max;        /* numbers: bounds; max 0 needs min <= 1 */
+    const char *const *names; /* enums: the values, in enum order */
+    const char *arg;          /* the value's name in --help */
+    const char *def;          /* the default, parsed as a value; or NULL */
+    const char *unset;        /* what --help says when def is NULL */
+    const char *help;
+    bool flag_only; /* not a config file key */
+};
+
+/* -- Messages --------------------------------------------------------- */
+
+/* Write n bytes of s with quotes, backslashes and every byte outside
+ * printable ASCII escaped, so a message stays one line. */
+static void put_escaped(FILE *f, const char *s, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n && i < QUOTE_MAX; i++) {
+        unsigned char ch = (unsigned char)s[i];
+
+        if (ch == '"' || ch == '\\')
+            fprintf(f, "\\%c", ch);
+        else if (ch < 0x20 || ch > 0x7e)
+            fprintf(f, "\\x%02x", ch);
+        else
+            fputc(ch, f);
+    }
+    if (n > QUOTE_MAX)
+        fputs("...", f);
+}
+
+/* "idemproxy: ", and "FILE:LINE: " while a config file is read. */
+static void prefix(struct parse *p)
+{
+    fputs("idemproxy: ", p->err);
+    if (p->file)
+        fprintf(p->err, "%s:%u: ", p->file, p->line);
+}
+
+/* One line on err after the prefix. -1. */
+static int fail(struct parse *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int fail(struct parse *p, const char *fmt, ...)
+{
+    va_list ap;
+
+    prefix(p);
+    va_start(ap, fmt);
+    vfprintf(p->err, fmt, ap);
+    va_end(ap);
+    fputc('\n', p->err);
+    return -1;
+}
+
+/* "--name" on the command line, "name" in a file. */
+static const char *dashes(const struct parse *p)
+{
+    return p->file ? "" : "--";
+}
+
+/* 'idemproxy: --name: "value" <why>'. -1. */
+static int bad(struct parse *p, const struct option *o, const char *v,
+               const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static int bad(struct parse *p, const struct option *o, const char *v,
+               const char *fmt, ...)
+{
+    va_list ap;
+
+    prefix(p);
+    fprintf(p->err, "%s%s: \"", dashes(p), o->name);
+    put_escaped(p->err, v, strlen(v));
+    fputs("\" ", p->err);
+    va_start(ap, fmt);
+    vfprintf(p->err, fmt, ap);
+    va_end(ap);
+    fputc('\n', p->err);
+    return -1;
+}
+
+static int malformed(struct parse *p, const struct option *o, const char *v)
+{
+    return bad(p, o, v, "is not %s", o->kind->what);
+}
+
+static int out_of_memory(struct parse *p)
+{
+    return fail(p, "out of memory");
+}
+
+/* -- Values ----------------------------------------------------------- */
+
+static const struct unit plain[] = { { "", 1 }, { NULL, 0 } };
+static const struct unit duration_units[] = {
+    { "ms", 1 },        { "s", 1000 },        { "", 1000 },
+    { "m", 60 * 1000 }, { "h", 3600 * 1000 }, { "d", 86400 * 1000 },
+    { NULL, 0 },
+};
+static const struct unit size_units[] = {
+    { "", 1 },        { "K", 1 << 10 }, { "k", 1 << 10 }, { "M", 1 << 20 },
+    { "m", 1 << 20 }, { "G", 1 << 30 }, { "g", 1 << 30 }, { NULL, 0 },
+};
+
+/* Digits, then one of units' suffixes; the product at most max. 0, -1
+ * if malformed, -2 if too large. */
+static int scaled(const char *s, const struct unit *units, uint64_t max,
+                  uint64_t *out)
+{
+    const char *d;
+    uint64_t n = 0;
+
+    for (d = s; *d >= '0' && *d <= '9'; d++) {
+        uint64_t digit = (uint64_t)(*d - '0');
+
+        if (n > (max - digit) / 10)
+            return -2;
+        n = n * 10 + digit;
+    }
+    if (d == s)
+        return -1;
+    for (; units->suffix; units++) {
+        if (strcmp(d, units->suffix) == 0) {
+            if (n > max / units->scale)
+                return -2;
+            *out = n * units->scale;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int config_duration_ms(const char *s, int64_t *ms_out)
+{
+    uint64_t ms;
+
+    if (!s || scaled(s, duration_units, INT64_MAX, &ms) != 0)
+        return -1;
+    *ms_out = (int64_t)ms;
+    return 0;
+}
+
+int config_size(const char *s, size_t *bytes_out)
+{
+    uint64_t n;
+
+    if (!s || scaled(s, size_units, SIZE_MAX, &n) != 0)
+        return -1;
+    *bytes_out = (size_t)n;
+    return 0;
+}
+
+static bool is_alnum(unsigned char ch)
+{
+    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
+           (ch >= 'A' && ch <= 'Z');
+}
+
+/* A host name or IPv4 literal: letters, digits, '.', '-', '_'. */
+static bool is_hostname(const char *s, size_t n)
+{
+    size_t i;
+
+    if (n == 0 || n >= sizeof(((struct addr *)0)->host))
+        return false;
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+
+        if (!is_alnum(ch) && ch != '.' && ch != '-' && ch != '_')
+            return false;
+    }
+    return true;
+}
+
+static bool is_ipv6(const char *s, size_t n)
+{
+    char buf[INET6_ADDRSTRLEN];
+    struct in6_addr in6;
+
+    if (n == 0 || n >= sizeof(buf))
+        return false;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    return inet_pton(AF_INET6, buf, &in6) == 1;
+}
+
+int config_addr(const char *s, struct addr *a)
+{
+    const char *host = s, *colon;
+    uint64_t port;
+    size_t n;
+
+    if (!s)
+        return -1;
+    if (*s == '[') {
+        host = s + 1;
+        colon = strchr(host, ']');
+        if (!colon || colon[1] != ':' || !is_ipv6(host, colon - host))
+            return -1;
+        n = (size_t)(colon++ - host);
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon || !is_hostname(s, (size_t)(colon - s)))
+            return -1;
+        n = (size_t)(colon - s);
+    }
+    if (scaled(colon + 1, plain, UINT16_MAX, &port) != 0)
+        return -1;
+    memcpy(a->host, host, n);
+    a->host[n] = '\0';
+    a->port = (uint16_t)port;
+    return 0;
+}
+
+/* An HTTP token (RFC 9110 5.6.2): a method or a header name. */
+static bool is_token(const char *s, size_t n)
+{
+    size_t i;
+
+    if (n == 0)
+        return false;
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+
+        if (!is_alnum(ch) && (!ch || !strchr("!#$%&'*+-.^_`|~", ch)))
+            return false;
+    }
+    return true;
+}
+
+/* Non-empty printable ASCII without spaces. */
+static bool is_visible(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++) {
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s > 0x7e)
+            return false;
+    }
+    return true;
+}
+
+static void free_list(char **items, size_t n)
+{
+    while (n > 0)
+        free(items[--n]);
+    free(items);
+}
+
+/* Copy the item [q, end) of a list, spaces around it trimmed, into *out.
+ * 0, -1 if it is not a token, -2 out of memory. */
+static int take_item(const char *q, const char *end, char **out)
+{
+    q += strspn(q, " \t");
+    while (end > q && (end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    if (!is_token(q, (size_t)(end - q)))
+        return -1;
+    *out = strndup(q, (size_t)(end - q));
+    return *out ? 0 : -2;
+}
+
+/* Split v at commas into fresh tokens; an all-blank v is an empty list.
+ * 0, -1 if an item is not a token, or -2 out of memory. The array is
+ * never NULL on success. */
+static int split_list(const char *v, char ***items_out, size_t *n_out)
+{
+    size_t n = 0, cap = 1;
+    const char *q, *end;
+    char **items;
+    int rc = 0;
+
+    for (q = v; *q; q++)
+        cap += *q == ',';
+    items = calloc(cap, sizeof(*items));
+    if (!items)
+        return -2;
+    for (q = v; rc == 0 && v[strspn(v, " \t")]; q = end + 1) {
+        end = strchrnul(q, ',');
+        rc = take_item(q, end, &items[n]);
+        n += rc == 0;
+        if (!*end)
+            break;
+    }
+    if (rc != 0) {
+        free_list(items, n);
+        return rc;
+    }
+    *items_out = items;
+    *n_out = n;
+    return 0;
+}
+
+/* -- Kinds ------------------------------------------------------------ */
+
+static void *field(struct config *c, const struct option *o)
+{
+    return (char *)c + o->off;
+}
+
+static int in_range(struct parse *p, const struct option *o, const char *v,
+                    uint64_t x)
+{
+    if (o->max && (x < o->min || x > o->max))
+        return bad(p, o, v, "is not in %" PRIu64 "..%" PRIu64, o->min, o->max);
+    if (x < o->min)
+        return bad(p, o, v, "must be more than zero");
+    return 0;
+}
+
+/* A number in the kind's units, within the kind's limit and o's bounds,
+ * stored as the kind's type. */
+static int parse_number(struct parse *p, const struct option *o, const char *v)
+{
+    const struct kind *k = o->kind;
+    void *f = field(p->c, o);
+    uint64_t x;
+    int rc = scaled(v, k->units, k->limit, &x);
+
+    if (rc == -2)
+        return bad(p, o, v, "is too large");
+    if (rc != 0)
+        return malformed(p, o, v);
+    if (in_range(p, o, v, x) != 0)
+        return -1;
+    if (k->type == NUMBER_UNSIGNED)
+        *(unsigned *)f = (unsigned)x;
+    else if (k->type == NUMBER_INT64)
+        *(int64_t *)f = (int64_t)x;
+    else
+        *(size_t *)f = (size_t)x;
+    return 0;
+}
+
+/* A count, or "auto": the online cores, within the bounds. */
+static int parse_workers(struct parse *p, const struct option *o, const char *v)
+{
+    long cores;
+
+    if (strcmp(v, "auto") != 0)
+        return parse_number(p, o, v);
+    cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores < (long)o->min)
+        cores = (long)o->min;
+    if (cores > (long)o->max)
+        cores = (long)o->max;
+    *(unsigned *)field(p->c, o) = (unsigned)cores;
+    return 0;
+}
+
+static int parse_addr(struct parse *p, const struct option *o, const char *v)
+{
+    if (config_addr(v, field(p->c, o)) != 0)
+        return malformed(p, o, v);
+    return 0;
+}
+
+static int parse_admin(struct parse *p, const struct option *o, const char *v)
+{
+    p->c->admin_enabled = strcmp(v, "off") != 0;
+    if (p->c->admin_enabled)
+        return parse_addr(p, o, v);
+    return 0;
+}
+
+/* Replace the string field with a copy of v. */
+static int keep_string(struct parse *p, const struct option *o, const char *v)
+{
+    char **s = field(p->c, o);
+    char *copy = strdup(v);
+
+    if (!copy)
+        return out_of_memory(p);
+    free(*s);
+    *s = copy;
+    return 0;
+}
+
+static int parse_path(struct parse *p, const struct option *o, const char *v)
+{
+    return *v ? keep_string(p, o, v) : malformed(p, o, v);
+}
+
+static int parse_token(struct parse *p, const struct option *o, const char *v)
+{
+    return is_token(v, strlen(v)) ? keep_string(p, o, v) : malformed(p, o, v);
+}
+
+static int parse_store(struct parse *p, const struct option *o, const char *v)
+{
+    if (strcmp(v, "memory") != 0)
+        return bad(p, o, v,
+                   "is not available: only \"memory\" is built (the Redis "
+                   "store is not built yet)");
+    return keep_string(p, o, v);
+}
+
+static void release_string(struct config *c, const struct option *o)
+{
+    char **s = field(c, o);
+
+    free(*s);
+    *s = NULL;
+}
+
+static int parse_list(struct parse *p, const struct option *o, const char *v)
+{
+    char ***items = field(p->c, o);
+    size_t *n = (size_t *)((char *)p->c + o->count_off);
+    char **fresh;
+    size_t nfresh;
+    int rc = split_list(v, &fresh, &nfresh);
+
+    if (rc == -2)
+        return out_of_memory(p);
+    if (rc != 0 || nfresh < o->min) {
+        if (rc == 0)
+            free_list(fresh, nfresh);
+        return malformed(p, o, v);
+    }
+    free_list(*items, *n);
+    *items = fresh;
+    *n = nfresh;
+    return 0;
+}
+
+/* A repeatable path prefix ("/payments"): each one adds to the list. */
+static int parse_prefix(struct parse *p, const struct option *o, const char *v)
+{
+    char ***items = field(p->c, o);
+    size_t *n = (size_t *)((char *)p->c + o->count_off);
+    char **grown = NULL, *copy;
+
+    if (v[0] != '/' || !is_visible(v))
+        return malformed(p, o, v);
+    copy = strdup(v);
+    if (copy)
+        grown = realloc(*items, (*n + 1) * sizeof(**items));
+    if (!grown) {
+        free(copy);
+        return out_of_memory(p);
+    }
+    grown[(*n)++] = copy;
+    *items = grown;
+    return 0;
+}
+
+static void release_list(struct config *c, const struct option *o)
+{
+    char ***items = field(c, o);
+    size_t *n = (size_t *)((char *)c + o->count_off);
+
+    free_list(*items, *n);
+    *items = NULL;
+    *n = 0;
+}
+
+/* One of o->names, stored as its index in an enum field. */
+static int parse_enum(struct parse *p, const struct option *o, const char *v)
+{
+    char all[128] = "";
+    size_t len = 0;
+    int i;
+
+    for (i = 0; o->names[i]; i++) {
+        if (strcmp(v, o->names[i]) == 0) {
+            *(int *)field(p->c, o) = i;
+            return 0;
+        }
+        if (len < sizeof(all))
+            len += (size_t)snprintf(all + len, sizeof(all) - len, "%s%s",
+                                    i ? ", " : "", o->names[i]);
+    }
+    return bad(p, o, v, "is not one of %s", all);
+}
+
+/* "reject", "wait" (for the default bound) or "wait:DURATION". */
+static int parse_conflict(struct parse *p, const struct option *o,
+                          const char *v)
+{
+    int64_t ms = DEFAULT_WAIT_MS;
+
+    if (strcmp(v, "reject") == 0) {
+        p->c->conflict = IDEM_CONFLICT_REJECT;
+    } else if (strcmp(v, "wait") == 0 ||
+               (strncmp(v, "wait:", 5) == 0 &&
+                config_duration_ms(v + 5, &ms) == 0 && ms > 0)) {
+        p->c->conflict = IDEM_CONFLICT_WAIT;
+    } else {
+        return malformed(p, o, v);
+    }
+    p->c->wait_ms = ms;
+    return 0;
+}
+
+/* Bare (a flag, or a key alone on its line): true. */
+static int parse_bool(struct parse *p, const struct option *o, const char *v)
+{
+    bool *b = field(p->c, o);
+
+    if (!v || strcmp(v, "true") == 0)
+        *b = true;
+    else if (strcmp(v, "false") == 0)
+        *b = false;
+    else
+        return malformed(p, o, v);
+    return 0;
+}
+
+static int print_help(struct parse *p, const struct option *o, const char *v);
+
+static int print_version(struct parse *p, const struct option *o, const char *v)
+{
+    (void)o;
+    (void)v;
+    fprintf(p->out, "idemproxy %s\n", IDEM_VERSION_STRING);
+    return 1;
+}
+
+static int read_file(struct parse *p, const struct option *o, const char *v);
+
+/* clang-format off */
+static const struct kind
+    k_duration = { .parse = parse_number, .units = duration_units,
+                   .limit = INT64_MAX, .type = NUMBER_INT64,
+                   .what = "a duration (e.g. 30s, 5m, 24h)" },
+    k_size = { .parse = parse_number, .units = size_units, .limit = SIZE_MAX,
+               .type = NUMBER_SIZE, .what = "a size (e.g. 512K, 64M, 1G)" },
+    k_uint = { .parse = parse_number, .units = plain, .limit = UINT_MAX,
+               .type = NUMBER_UNSIGNED, .what = "a number" },
+    k_workers = { .parse = parse_workers, .units = plain, .limit = UINT_MAX,
+                  .type = NUMBER_UNSIGNED, .what = "a number or auto" },
+    k_addr = { .parse = parse_addr,
+               .what = "an address (host:port, [v6]:port)" },
+    k_admin = { .parse = parse_admin,
+                .what = "an address (host:port, [v6]:port) or off" },
+    k_store = { .parse = parse_store, .release = release_string },
+    k_path = { .parse = parse_path, .release = release_string,
+               .what = "a file name" },
+    k_token = { .parse = parse_token, .release = release_string,
+                .what = "a header name" },
+    k_list = { .parse = parse_list, .release = release_list,
+               .what = "a comma-separated list of HTTP tokens (e.g. "
+                       "POST,PATCH)" },
+    k_prefix = { .parse = parse_prefix, .release = release_list,
+                 .what = "a path prefix (e.g. /payments)" },
+    k_enum = { .parse = parse_enum },
+    k_conflict = { .parse = parse_conflict,
+                   .what = "reject, wait or wait:DURATION (e.g. wait:5s)" },
+    k_bool = { .parse = parse_bool, .value = VALUE_OPTIONAL,
+               .what = "true or false" },
+    k_help = { .parse = print_help, .value = VALUE_NONE },
+    k_version = { .parse = print_version, .value = VALUE_NONE },
+    k_config = { .parse = read_file };
+/* clang-format on */
+
+/* -- The options ------------------------------------------------------ */
+
+#define AT(f) offsetof(struct config, f)
+
+static const char *const levels[] = { "error", "warn", "info", "debug", NULL };
+static const char *const formats[] = { "text", "json", NULL };
+
+/* The options, in --help's order. Kept one per two lines by hand. */
+/* clang-format off */
+static const struct option options[] = {
+    { .name = "listen", .kind = &k_addr, .off = AT(listen), .arg = "HOST:PORT",
+      .def = "127.0.0.1:8080", .help = "where clients connect" },
+    { .name = "upstream", .kind = &k_addr, .off = AT(upstream),
+      .arg = "HOST:PORT", .help = "the application's address (required)" },
+    { .name = "admin-listen", .kind = &k_admin, .off = AT(admin),
+      .arg = "HOST:PORT", .def = "127.0.0.1:9090",
+      .help = "admin endpoints, or off" },
+    { .name = "workers", .kind = &k_workers, .off = AT(workers), .min = 1,
+      .max = MAX_WORKERS, .arg = "N", .def = "auto",
+      .help = "worker threads, 1..256, or auto" },
+    { .name = "store", .kind = &k_store, .off = AT(store), .arg = "memory",
+      .def = "memory", .help = "where records are kept" },
+    { .name = "lifetime", .kind = &k_duration, .off = AT(lifetime_ms),
+      .min = 1, .arg = "DURATION", .def = "24h",
+      .help = "how long a response is replayed" },
+    { .name = "lease", .kind = &k_duration, .off = AT(lease_ms), .min = 1,
+      .arg = "DURATION", .def = "60s",
+      .help = "longest a key is held in flight" },
+    { .name = "max-memory", .kind = &k_size, .off = AT(max_memory), .min = 1,
+      .arg = "SIZE", .def = "64M", .help = "memory for stored records" },
+    { .name = "max-body", .kind = &k_size, .off = AT(max_body), .min = 1,
+      .arg = "SIZE", .def = "1M", .help = "longest request body (413)" },
+    { .name = "max-stored-body", .kind = &k_size, .off = AT(max_stored_body),
+      .min = 1, .arg = "SIZE", .def = "1M",
+      .help = "longest response body stored" },
+    { .name = "max-header-bytes", .kind = &k_size,
+      .off = AT(max_header_bytes), .min = 1, .arg = "SIZE", .def = "16K",
+      .help = "request header bytes (431)" },
+    { .name = "max-headers", .kind = &k_uint, .off = AT(max_headers),
+      .min = 1, .max = 10000, .arg = "N", .def = "100",
+      .help = "request header fields (431)" },
+    { .name = "conflict", .kind = &k_conflict, .off = AT(conflict),
+      .arg = "MODE", .def = "reject", .help = "reject (409) or wait:DURATION" },
+    { .name = "methods", .kind = &k_list, .off = AT(methods),
+      .count_off = AT(nmethods), .min = 1, .arg = "LIST", .def = "POST,PATCH",
+      .help = "methods that honour keys" },
+    { .name = "key-header", .kind = &k_token, .off = AT(key_header),
+      .arg = "NAME", .def = "Idempotency-Key", .help = "the key's header" },
+    { .name = "alt-key-header", .kind = &k_token, .off = AT(alt_key_header),
+      .arg = "NAME", .unset = "none", .help = "a second name for it" },
+    { .name = "scope-headers", .kind = &k_list, .off = AT(scope_headers),
+      .count_off = AT(nscope_headers), .arg = "LIST", .def = "Authorization",
+      .help = "headers scoping keys" },
+    { .name = "require-key", .kind = &k_prefix, .off = AT(require_key),
+      .count_off = AT(nrequire_key), .arg = "PREFIX", .unset = "none",
+      .help = "paths needing a key (repeatable)" },
+    { .name = "snapshot", .kind = &k_path, .off = AT(snapshot), .arg = "FILE",
+      .unset = "none", .help = "saved at exit, loaded at start" },
+    { .name = "client-timeout", .kind = &k_duration,
+      .off = AT(client_timeout_ms), .min = 1, .arg = "DURATION", .def = "60s",
+      .help = "to receive a request" },
+    { .name = "upstream-timeout", .kind = &k_duration,
+      .off = AT(upstream_timeout_ms), .min = 1, .arg = "DURATION",
+      .def = "60s", .help = "for the upstream's answer (504)" },
+    { .name = "connect-timeout", .kind = &k_duration,
+      .off = AT(connect_timeout_ms), .min = 1, .arg = "DURATION", .def = "5s",
+      .help = "to connect to the upstream (502)" },
+    { .name = "shutdown-timeout", .kind = &k_duration,
+      .off = AT(shutdown_timeout_ms), .arg = "DURATION", .def = "30s",
+      .help = "to finish requests at shutdown" },
+    { .name = "upstream-idle", .kind = &k_uint, .off = AT(upstream_idle),
+      .min = 0, .max = 100000, .arg = "N", .def = "64",
+      .help = "idle upstream connections/worker" },
+    { .name = "log-level", .kind = &k_enum, .off = AT(log_level),
+      .names = levels, .arg = "LEVEL", .def = "info",
+      .help = "error, warn, info or debug" },
+    { .name = "log-format", .kind = &k_enum, .off = AT(log_format),
+      .names = formats, .arg = "FORMAT", .def = "text",
+      .help = "text or json" },
+    { .name = "log-file", .kind = &k_path, .off = AT(log_file), .arg = "FILE",
+      .unset = "stderr", .help = "log here; reopened on SIGHUP" },
+    { .name = "log-keys", .kind = &k_bool, .off = AT(log_keys),
+      .unset = "off", .help = "log keys, not their digests" },
+    { .name = "config", .kind = &k_config, .arg = "FILE",
+      .help = "read options from FILE", .flag_only = true },
+    { .name = "help", .kind = &k_help, .help = "print this and exit",
+      .flag_only = true },
+    { .name = "version", .kind = &k_version, .help = "print the version",
+      .flag_only = true },
+};
+/* clang-format on */
+
+#define NOPTIONS (sizeof(options) / sizeof(options[0]))
+
+_Static_assert(sizeof(enum log_level) == sizeof(int), "enum fields as int");
+_Static_assert(sizeof(enum log_format) == sizeof(int), "enum fields as int");
+
+static int print_help(struct parse *p, const struct option *o, const char *v)
+{
+    char flag[40];
+    size_t i;
+
+    (void)o;
+    (void)v;
+    fprintf(p->out, "usage: idemproxy --upstream HOST:PORT [OPTION...]\n"
+                    "Every option is also a config file key (no \"--\").\n");
+    for (i = 0; i < NOPTIONS; i++) {
+        o = &options[i];
+        snprintf(flag, sizeof(flag), "--%s%s%s", o->name, o->arg ? " " : "",
+                 o->arg ? o->arg : "");
+        fprintf(p->out, "  %-27s %s", flag, o->help);
+        if (o->def || o->unset)
+            fprintf(p->out, " (default: %s)", o->def ? o->def : o->unset);
+        fputc('\n', p->out);
+    }
+    return 1;
+}
+
+/* -- Walking argv and files ------------------------------------------- */
+
+static const struct option *find(const char *name, size_t len)
+{
+    size_t i;
+
+    for (i = 0; i < NOPTIONS; i++) {
+        if (strlen(options[i].name) == len &&
+            memcmp(options[i].name, name, len) == 0)
+            return &options[i];
+    }
+    return NULL;
+}
+
+/* Parse v (NULL: none given) for o. */
+static int apply(struct parse *p, const struct option *o, const char *v)
+{
+    if (p->file && o->flag_only)
+        return fail(p, "%s is not a config file key", o->name);
+    if (v && o->kind->value == VALUE_NONE)
+        return fail(p, "%s%s takes no value", dashes(p), o->name);
+    if (!v && o->kind->value == VALUE_REQUIRED)
+        return fail(p, "%s%s needs a value", dashes(p), o->name);
+    return o->kind->parse(p, o, v);
+}
+
+/* "unknown option --name" or, in a file, "unknown key "name"". */
+static int unknown(struct parse *p, const char *name, size_t len)
+{
+    prefix(p);
+    fputs(p->file ? "unknown key \"" : "unknown option ", p->err);
+    put_escaped(p->err, name, len);
+    fputs(p->file ? "\"\n" : " (see --help)\n", p->err);
+    return -1;
+}
+
+/* "--name VALUE", "--name=VALUE" or "--name"; *i moves past what it
+ * took. */
+static int parse_flag(struct parse *p, int argc, char **argv, int *i)
+{
+    const char *arg = argv[*i], *v = NULL;
+    size_t len = strcspn(arg, "=");
+    const struct option *o;
+
+    if (arg[0] != '-') {
+        prefix(p);
+        fputs("unexpected argument \"", p->err);
+        put_escaped(p->err, arg, strlen(arg));
+        fputs("\" (see --help)\n", p->err);
+        return -1;
+    }
+    o = strncmp(arg, "--", 2) == 0 ? find(arg + 2, len - 2) : NULL;
+    if (!o)
+        return unknown(p, arg, len);
+    if (arg[len] == '=')
+        v = arg + len + 1;
+    else if (o->kind->value == VALUE_REQUIRED && *i + 1 < argc)
+        v = argv[++*i]; /* NULL if argv ends early: "needs a value" */
+    return apply(p, o, v);
+}
+
+/* One config file line: "key value", "key" alone, blank or # comment. A
+ * value in double quotes loses them ("" is the empty value). */
+static int parse_line(struct parse *p, char *line)
+{
+    char *key = line + strspn(line, " \t"), *v, *end;
+    const struct option *o;
+    size_t klen;
+
+    end = key + strlen(key);
+    while (end > key && strchr(" \t\r\n", end[-1]))
+        *--end = '\0';
+    if (*key == '\0' || *key == '#')
+        return 0;
+    klen = strcspn(key, " \t");
+    o = find(key, klen);
+    if (!o)
+        return unknown(p, key, klen);
+    v = key + klen + strspn(key + klen, " \t");
+    if (*v == '\0')
+        v = NULL;
+    else if (end - v >= 2 && *v == '"' && end[-1] == '"') {
+        end[-1] = '\0';
+        v++;
+    }
+    return apply(p, o, v);
+}
+
+/* --config FILE: its lines in order, as if given as flags here. */
+static int read_file(struct parse *p, const struct option *o, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char *line = NULL;
+    size_t cap = 0;
+    int rc = 0;
+
+    (void)o;
+    if (!f)
+        return fail(p, "--config: cannot open \"%s\": %s", path,
+                    strerror(errno));
+    p->file = path;
+    for (p->line = 1; rc == 0 && getline(&line, &cap, f) >= 0; p->line++)
+        rc = parse_line(p, line);
+    if (rc == 0 && ferror(f))
+        rc = fail(p, "read error: %s", strerror(errno));
+    p->file = NULL;
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+int config_parse(struct config *c, int argc, char **argv, FILE *out, FILE *err)
+{
+    struct parse p = { .c = c, .out = out, .err = err };
+    int rc = 0, i;
+    size_t k;
+
+    memset(c, 0, sizeof(*c));
+    for (k = 0; rc == 0 && k < NOPTIONS; k++) {
+        if (options[k].def)
+            rc = options[k].kind->parse(&p, &options[k], options[k].def);
+    }
+    for (i = 0; rc == 0 && i < argc && argv[i]; i++)
+        rc = parse_flag(&p, argc, argv, &i);
+    if (rc == 0 && c->upstream.host[0] == '\0')
+        rc = fail(&p, "--upstream is required");
+    if (rc != 0)
+        config_free(c);
+    return rc < 0 ? 2 : rc;
+}
+
+void config_free(struct config *c)
+{
+    size_t i;
+
+    for (i = 0; i < NOPTIONS; i++) {
+        if (options[i].kind->release)
+            options[i].kind->release(c, &options[i]);
+    }
+}

@@ -1,0 +1,82 @@
+/* idemproxy's configuration: command-line flags and the same keys in a
+ * config file (--config FILE, one "key value" per line, # comments; flags
+ * given after --config override it). One table drives parsing, --help and
+ * validation (docs/idemproxy.md lists every key). */
+#ifndef IDEMPROXY_CONFIG_H
+#define IDEMPROXY_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "idem/engine.h"
+
+enum log_format { LOG_TEXT = 0, LOG_JSON };
+enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
+
+/* A "host:port" address. host is an IPv4/IPv6 literal or a name
+ * ("localhost"); IPv6 literals are written "[::1]:8080". */
+struct addr {
+    char host[256];
+    uint16_t port;
+};
+
+struct config {
+    struct addr listen;      /* --listen, default 127.0.0.1:8080 */
+    struct addr upstream;    /* --upstream, required */
+    struct addr admin;       /* --admin-listen, default 127.0.0.1:9090 */
+    bool admin_enabled;      /* false with --admin-listen off */
+    unsigned workers;        /* --workers, default: online cores */
+    char *store;             /* --store, "memory" (only one today) */
+    int64_t lifetime_ms;     /* --lifetime, default 24h */
+    int64_t lease_ms;        /* --lease, default 60s */
+    size_t max_memory;       /* --max-memory, default 64M */
+    size_t max_body;         /* --max-body, default 1M (413 past it) */
+    size_t max_stored_body;  /* --max-stored-body, default 1M */
+    size_t max_header_bytes; /* --max-header-bytes, default 16K (431) */
+    unsigned max_headers;    /* --max-headers, default 100 (431) */
+    enum idem_conflict_mode conflict; /* --conflict reject|wait:DURATION */
+    int64_t wait_ms;                  /* the DURATION of wait:, default 10s */
+    char **methods;                   /* --methods POST,PATCH */
+    size_t nmethods;
+    char *key_header;     /* --key-header, default Idempotency-Key */
+    char *alt_key_header; /* --alt-key-header, default none */
+    char **scope_headers; /* --scope-headers Authorization ("" none) */
+    size_t nscope_headers;
+    char **require_key; /* --require-key PREFIX, repeatable */
+    size_t nrequire_key;
+    char *snapshot;              /* --snapshot FILE, default none */
+    int64_t client_timeout_ms;   /* --client-timeout, default 60s: headers
+                                    and body must arrive within it */
+    int64_t upstream_timeout_ms; /* --upstream-timeout, default 60s: 504 */
+    int64_t connect_timeout_ms;  /* --connect-timeout, default 5s: 502 */
+    int64_t shutdown_timeout_ms; /* --shutdown-timeout, default 30s */
+    unsigned upstream_idle;      /* --upstream-idle, idle keep-alive
+                                    connections kept per worker, 64 */
+    enum log_level log_level;    /* --log-level error|warn|info|debug */
+    enum log_format log_format;  /* --log-format text|json */
+    char *log_file;              /* --log-file FILE, default stderr */
+    bool log_keys;               /* --log-keys: keys in clear (default: a
+                                    digest prefix) */
+};
+
+/* Parse argv (after argv[0]) into *c, starting from the defaults.
+ * Returns 0 to run; 1 if --help or --version printed to out (exit 0);
+ * 2 after writing a one-line "idemproxy: ..." message to err (exit 2). */
+int config_parse(struct config *c, int argc, char **argv, FILE *out, FILE *err);
+
+/* Free what config_parse allocated. */
+void config_free(struct config *c);
+
+/* Parse "30s", "500ms", "2m", "1h", "1d" (a bare number is seconds) into
+ * milliseconds. 0 on success, -1 if malformed or out of range. */
+int config_duration_ms(const char *s, int64_t *ms_out);
+
+/* Parse "64M", "512K", "1G", "1000" (bytes) into bytes. 0 or -1. */
+int config_size(const char *s, size_t *bytes_out);
+
+/* Parse "host:port" ("[v6]:port"); port 0..65535. 0 or -1. */
+int config_addr(const char *s, struct addr *a);
+
+#endif

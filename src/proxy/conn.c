@@ -1,0 +1,711 @@
+/* A client connection: parse a request with llhttp, ask the engine, then
+ * forward it upstream, replay a stored response, or refuse. One request
+ * at a time: the parser pauses after each, so pipelined requests wait in
+ * the input buffer and their answers leave in order. */
+#include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "proxy.h"
+
+static void conn_free(struct conn *c);
+static void conn_parse(struct conn *c);
+static void finish_request(struct conn *c);
+static void set_client_timeout(struct conn *c, bool on);
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static struct conn *conn_of(llhttp_t *p)
+{
+    return p->data;
+}
+
+static struct evbuffer *out(struct conn *c)
+{
+    return bufferevent_get_output(c->bev);
+}
+
+/* -- Logging ---------------------------------------------------------- */
+
+static void log_request(struct conn *c, const char *outcome, unsigned status)
+{
+    struct log_decision d = {
+        .client = c->client,
+        .method = c->head.bytes + c->head.method_off,
+        .method_len = c->head.method_len,
+        .target = c->head.bytes + c->head.target_off,
+        .target_len = c->head.target_len,
+        .outcome = outcome,
+        .status = status,
+        .upstream_us = c->t_upstream_us ? (int64_t)c->t_upstream_us : -1,
+        .total_us = now_us() - c->t_start_us,
+    };
+    size_t klen = 0;
+    const char *key = http_head_get(&c->head, c->w->cfg->key_header, &klen);
+
+    d.key = key;
+    d.key_len = klen;
+    log_decision(&d);
+}
+
+/* -- Answers the proxy writes itself ---------------------------------- */
+
+/* A refusal or error with problem+json; close when the request was not
+ * read whole. */
+static void refuse(struct conn *c, unsigned status, const char *detail,
+                   unsigned retry_after_s, const char *outcome)
+{
+    if (!c->request_done)
+        c->close_after = true;
+    if (!c->gone)
+        http_problem(out(c), status, detail, retry_after_s, c->close_after);
+    c->status_sent = status;
+    log_request(c, outcome, status);
+    finish_request(c);
+}
+
+static void release_call(const void *data, size_t len, void *extra)
+{
+    (void)data;
+    (void)len;
+    idem_call_free(extra);
+}
+
+/* The stored response, its body referenced in place, not copied: the
+ * call (which holds the record) is freed once the body has been sent. */
+static void replay(struct conn *c)
+{
+    const struct idem_response *r = &c->decision.replay;
+    struct evbuffer *o = out(c);
+    size_t i;
+
+    http_status_line(o, r->status);
+    for (i = 0; i < r->nheaders; i++)
+        evbuffer_add_printf(o, "%.*s: %.*s\r\n", (int)r->headers[i].name_len,
+                            r->headers[i].name, (int)r->headers[i].value_len,
+                            r->headers[i].value);
+    evbuffer_add_printf(
+        o,
+        "Idempotent-Replayed: true\r\n%s"
+        "Content-Length: %zu\r\n%s\r\n",
+        c->decision.body_omitted ? "Idempotent-Body-Omitted: true\r\n" : "",
+        r->body_len, c->close_after ? "Connection: close\r\n" : "");
+    if (r->body_len && evbuffer_add_reference(o, r->body, r->body_len,
+                                              release_call, c->call) == 0)
+        c->call = NULL; /* the output buffer owns it now */
+    c->status_sent = r->status;
+    log_request(c, "replay", r->status);
+    finish_request(c);
+}
+
+/* Act on the engine's decision. */
+static void act(struct conn *c)
+{
+    const struct idem_decision *d = &c->decision;
+
+    switch (d->outcome) {
+    case IDEM_OUTCOME_PROCEED:
+    case IDEM_OUTCOME_PASS:
+        c->state = CS_UPSTREAM;
+        set_client_timeout(c, false); /* the upstream deadline rules now */
+        if (upstream_forward(c) != 0)
+            refuse(c, 502, "the upstream could not be reached", 0, "error");
+        return;
+    case IDEM_OUTCOME_REPLAY:
+        replay(c);
+        return;
+    default:
+        refuse(c, d->status ? d->status : 503, d->detail, d->retry_after_s,
+               idem_outcome_name(d->outcome));
+    }
+}
+
+/* -- Deciding ----------------------------------------------------------- */
+
+static void on_decided(struct idem_call *call, const struct idem_decision *d,
+                       void *ud)
+{
+    struct conn *c = ud;
+
+    (void)call;
+    c->decision = *d;
+    worker_wake_conn(c->w, c);
+}
+
+void conn_woken(struct conn *c)
+{
+    if (c->gone) {
+        conn_free(c);
+        return;
+    }
+    act(c);
+}
+
+/* The whole request is in: decide, then act (later, if it must wait). */
+static void dispatch(struct conn *c)
+{
+    int rc;
+
+    if (c->decision.outcome != IDEM_OUTCOME_PENDING) {
+        act(c);
+        return;
+    }
+    rc = idem_call_decide(c->call, on_decided, c, &c->decision);
+    if (rc == IDEM_EINPROGRESS) {
+        c->state = CS_DECIDING;
+        return;
+    }
+    if (rc != IDEM_OK) {
+        refuse(c, 503, "the idempotency engine failed", 0, "unavailable");
+        return;
+    }
+    act(c);
+}
+
+/* -- Parsing the request ---------------------------------------------- */
+
+static int on_message_begin(llhttp_t *p)
+{
+    struct conn *c = conn_of(p);
+
+    c->t_start_us = now_us();
+    c->t_upstream_us = 0;
+    return 0;
+}
+
+static int head_piece(llhttp_t *p, int rc)
+{
+    if (rc == 0)
+        return 0;
+    llhttp_set_error_reason(p, conn_of(p)->head.full ? "head too large"
+                                                     : "out of memory");
+    return HPE_USER;
+}
+
+static int on_method(llhttp_t *p, const char *at, size_t len)
+{
+    return head_piece(p, http_head_method(&conn_of(p)->head, at, len));
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    return head_piece(p, http_head_target(&conn_of(p)->head, at, len));
+}
+
+static int on_field(llhttp_t *p, const char *at, size_t len)
+{
+    return head_piece(p, http_head_field(&conn_of(p)->head, at, len));
+}
+
+/* llhttp joins an obs-fold continuation ("X-A: a CRLF SP b") into one
+ * value. A request that folds is refused: a second piece of one value that
+ * follows a line feed in the input is a fold, while one that merely starts
+ * a new input chunk is not. */
+static bool folded(const struct conn *c, const char *at)
+{
+    if (!c->value_started)
+        return false;
+    return at > c->chunk ? at[-1] == '\n' : c->chunk_ended_lf;
+}
+
+static int on_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = conn_of(p);
+
+    if (folded(c, at)) {
+        llhttp_set_error_reason(p, "obs-fold in a header");
+        return HPE_USER;
+    }
+    c->value_started = true;
+    return head_piece(p, http_head_value(&c->head, at, len));
+}
+
+static int on_value_complete(llhttp_t *p)
+{
+    conn_of(p)->value_started = false;
+    return 0;
+}
+
+/* Whether path starts with one of the routes that require a key; *route
+ * gets the matched prefix. */
+static bool route_of(const struct config *cfg, const char *path, size_t len,
+                     const char **route, size_t *route_len)
+{
+    size_t i, n;
+
+    for (i = 0; i < cfg->nrequire_key; i++) {
+        n = strlen(cfg->require_key[i]);
+        if (n <= len && memcmp(path, cfg->require_key[i], n) == 0) {
+            *route = cfg->require_key[i];
+            *route_len = n;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Ask the engine about the head: PASS, INVALID or PENDING. */
+static int start_call(struct conn *c)
+{
+    struct http_head *h = &c->head;
+    struct idem_request req = {
+        .method = h->bytes + h->method_off,
+        .method_len = h->method_len,
+        .target = h->bytes + h->target_off,
+        .target_len = h->target_len,
+        .headers = http_head_views(h),
+        .nheaders = h->nfields,
+    };
+
+    req.key_required = route_of(c->w->cfg, req.target, req.target_len,
+                                &req.route, &req.route_len);
+    if ((!req.headers && h->nfields) ||
+        idem_call_new(c->w->engine, &c->call) != IDEM_OK)
+        return -1;
+    return idem_call_start(c->call, &req, &c->decision) == IDEM_OK ? 0 : -1;
+}
+
+/* Refuse once llhttp has returned: never from inside its callbacks. */
+static int defer_refusal(struct conn *c, unsigned status, const char *detail,
+                         const char *outcome)
+{
+    c->refusal = status;
+    c->refusal_detail = detail;
+    c->refusal_outcome = outcome;
+    return HPE_PAUSED;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    struct conn *c = conn_of(p);
+    const struct config *cfg = c->w->cfg;
+    size_t len;
+    const char *expect = http_head_get(&c->head, "Expect", &len);
+
+    c->close_after = c->close_after || !llhttp_should_keep_alive(p);
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > cfg->max_body)
+        return defer_refusal(c, 413, "the request body is too large", "error");
+    if (start_call(c) != 0)
+        return defer_refusal(c, 503, "out of memory", "error");
+    if (c->decision.outcome == IDEM_OUTCOME_INVALID)
+        return defer_refusal(c, 400, c->decision.detail, "invalid");
+    c->state = CS_BODY;
+    if (expect && http_list_has(expect, len, "100-continue", 12) &&
+        p->http_minor >= 1)
+        evbuffer_add_printf(out(c), "HTTP/1.1 100 Continue\r\n\r\n");
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = conn_of(p);
+
+    if (len > c->w->cfg->max_body - evbuffer_get_length(c->body))
+        return defer_refusal(c, 413, "the request body is too large", "error");
+    if (evbuffer_add(c->body, at, len) != 0 ||
+        (c->decision.outcome == IDEM_OUTCOME_PENDING &&
+         idem_call_body(c->call, at, len) != IDEM_OK))
+        return defer_refusal(c, 503, "out of memory", "error");
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    struct conn *c = conn_of(p);
+
+    c->request_done = true;
+    return HPE_PAUSED; /* one request at a time */
+}
+
+static const llhttp_settings_t request_settings = {
+    .on_message_begin = on_message_begin,
+    .on_method = on_method,
+    .on_url = on_url,
+    .on_header_field = on_field,
+    .on_header_value = on_value,
+    .on_header_value_complete = on_value_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* A malformed request: 400 (431 for a head over the limits), close. */
+static void parse_error(struct conn *c, enum llhttp_errno err)
+{
+    c->close_after = true;
+    if (err == HPE_USER && c->head.full)
+        refuse(c, 431, "the request head is too large", 0, "error");
+    else
+        refuse(c, 400, "the request is not valid HTTP/1.1", 0, "error");
+}
+
+/* Feed buffered input to the parser while the connection reads requests:
+ * each whole request is dispatched; one answered at once lets the loop
+ * go on to the next pipelined one. Frees the connection if it died. */
+static void conn_parse(struct conn *c)
+{
+    struct evbuffer_iovec v;
+    enum llhttp_errno err;
+    size_t used;
+
+    c->parsing = true;
+    while (!c->dead && (c->state == CS_HEAD || c->state == CS_BODY) &&
+           evbuffer_peek(bufferevent_get_input(c->bev), -1, NULL, &v, 1) > 0) {
+        c->chunk = v.iov_base;
+        err = llhttp_execute(&c->parser, v.iov_base, v.iov_len);
+        used = err == HPE_OK ? v.iov_len
+                             : (size_t)(llhttp_get_error_pos(&c->parser) -
+                                        (const char *)v.iov_base);
+        c->chunk_ended_lf =
+            used && ((const char *)v.iov_base)[used - 1] == '\n';
+        evbuffer_drain(bufferevent_get_input(c->bev), used);
+        if (c->refusal)
+            refuse(c, c->refusal, c->refusal_detail, 0, c->refusal_outcome);
+        else if (err == HPE_PAUSED)
+            dispatch(c);
+        else if (err != HPE_OK)
+            parse_error(c, err);
+    }
+    c->parsing = false;
+    if (c->dead)
+        conn_free(c);
+}
+
+/* -- Relaying the response -------------------------------------------- */
+
+/* Whether an upstream response header goes to the client. */
+static bool relay_header(const struct http_head *h, const struct http_field *f)
+{
+    const char *name = h->bytes + f->name_off;
+
+    return !http_hop_by_hop(h, f) &&
+           !http_name_is(name, f->name_len, "Content-Length") &&
+           !http_name_is(name, f->name_len, "Idempotency-Policy");
+}
+
+void conn_upstream_head(struct conn *c, struct upstream *u)
+{
+    const struct http_head *h = &u->head;
+    unsigned status = u->parser.status_code, i;
+    bool sized = (u->parser.flags & F_CONTENT_LENGTH) != 0;
+    bool no_body = u->head_only || status == 204 || status == 304;
+    struct evbuffer *o;
+
+    c->status_sent = status;
+    c->responded = true;
+    if (c->decision.outcome == IDEM_OUTCOME_PROCEED)
+        c->stored = evbuffer_new();
+    if (c->gone)
+        return; /* the response is still read, for the store */
+    o = out(c);
+    http_status_line(o, status);
+    for (i = 0; i < h->nfields; i++)
+        if (relay_header(h, &h->fields[i]))
+            http_add_field(o, h, &h->fields[i]);
+    /* a HEAD keeps its length; an HTTP/1.0 client gets a body that ends
+     * with the connection instead of chunks it cannot read */
+    c->chunked_out = !sized && !no_body && c->parser.http_minor >= 1;
+    if (!sized && !no_body && !c->chunked_out)
+        c->close_after = true;
+    if (sized)
+        evbuffer_add_printf(o, "Content-Length: %llu\r\n",
+                            (unsigned long long)u->parser.content_length);
+    if (c->chunked_out)
+        evbuffer_add_printf(o, "Transfer-Encoding: chunked\r\n");
+    evbuffer_add_printf(o, "%s\r\n",
+                        c->close_after ? "Connection: close\r\n" : "");
+}
+
+void conn_upstream_body(struct conn *c, const char *at, size_t len)
+{
+    size_t keep;
+
+    if (c->stored && !c->stored_over) {
+        /* one byte past the limit tells the engine the body was cut */
+        keep = c->w->cfg->max_stored_body + 1 - evbuffer_get_length(c->stored);
+        if (len < keep)
+            keep = len;
+        evbuffer_add(c->stored, at, keep);
+        c->stored_over = keep < len;
+    }
+    if (c->gone || len == 0)
+        return;
+    if (c->chunked_out)
+        evbuffer_add_printf(out(c), "%zx\r\n", len);
+    evbuffer_add(out(c), at, len);
+    if (c->chunked_out)
+        evbuffer_add(out(c), "\r\n", 2);
+}
+
+/* Complete the engine's call with the response just relayed. */
+static void complete_call(struct conn *c, struct upstream *u)
+{
+    struct idem_response resp = {
+        .status = c->status_sent,
+        .headers = http_head_views(&u->head),
+        .nheaders = u->head.nfields,
+        .body_len = c->stored ? evbuffer_get_length(c->stored) : 0,
+    };
+    int rc;
+
+    resp.body = resp.body_len ? evbuffer_pullup(c->stored, -1) : NULL;
+    if (!resp.headers && resp.nheaders)
+        resp.nheaders = 0;
+    rc = idem_call_complete(c->call, &resp, NULL);
+    if (rc != IDEM_OK && rc != IDEM_ESTALE)
+        log_msg(LOG_WARN, "could not store a response: %s", idem_strerror(rc));
+}
+
+void conn_upstream_done(struct conn *c, struct upstream *u)
+{
+    uint64_t us = now_us() - c->t_start_us;
+
+    c->t_upstream_us = us;
+    metrics_observe_upstream(us);
+    if (c->chunked_out && !c->gone)
+        evbuffer_add(out(c), "0\r\n\r\n", 5);
+    if (c->decision.outcome == IDEM_OUTCOME_PROCEED)
+        complete_call(c, u);
+    upstream_release(u, u->keep_alive);
+    c->up = NULL;
+    log_request(c, idem_outcome_name(c->decision.outcome), c->status_sent);
+    finish_request(c);
+}
+
+void conn_upstream_failed(struct conn *c, unsigned status)
+{
+    c->up = NULL;
+    atomic_fetch_add(&metrics.results[status == 504 ? METRICS_UPSTREAM_TIMEOUT
+                                                    : METRICS_UPSTREAM_ERROR],
+                     1);
+    if (c->decision.outcome == IDEM_OUTCOME_PROCEED)
+        idem_call_abort(c->call); /* the key is free for a retry */
+    if (c->responded) {
+        /* a response is half sent: all the client can learn is a cut */
+        c->close_after = true;
+        c->gone = true;
+        log_request(c, "error", status);
+        finish_request(c);
+        return;
+    }
+    refuse(c, status,
+           status == 504 ? "the upstream did not answer in time"
+                         : "the upstream could not be reached",
+           0, "error");
+}
+
+/* -- The connection's life ---------------------------------------------- */
+
+static void set_client_timeout(struct conn *c, bool on)
+{
+    struct timeval tv = { c->w->cfg->client_timeout_ms / 1000,
+                          (c->w->cfg->client_timeout_ms % 1000) * 1000 };
+
+    if (c->bev)
+        bufferevent_set_timeouts(c->bev, on ? &tv : NULL, NULL);
+}
+
+/* Free c now, or when the conn_parse running for it returns. */
+static void conn_kill(struct conn *c)
+{
+    if (c->parsing)
+        c->dead = true;
+    else
+        conn_free(c);
+}
+
+/* The request is answered: reset for the next, or close. */
+static void finish_request(struct conn *c)
+{
+    if (c->timer)
+        evtimer_del(c->timer);
+    idem_call_free(c->call); /* a PROCEED left unfinished is aborted */
+    c->call = NULL;
+    if (c->stored)
+        evbuffer_free(c->stored);
+    c->stored = NULL;
+    evbuffer_drain(c->body, evbuffer_get_length(c->body));
+    http_head_reset(&c->head);
+    memset(&c->decision, 0, sizeof(c->decision));
+    c->request_done = c->chunked_out = c->responded = false;
+    c->stored_over = c->retried = false;
+    c->refusal = 0;
+    c->status_sent = 0;
+    if (c->gone) {
+        conn_kill(c);
+        return;
+    }
+    if (c->close_after || c->w->stopping) {
+        c->state = CS_DRAINING;
+        bufferevent_disable(c->bev, EV_READ);
+        if (evbuffer_get_length(out(c)) == 0)
+            conn_kill(c);
+        return;
+    }
+    c->state = CS_HEAD;
+    set_client_timeout(c, true);
+    llhttp_resume(&c->parser);
+    if (!c->parsing)
+        conn_parse(c);
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+
+    (void)bev;
+    if (c->state == CS_HEAD || c->state == CS_BODY)
+        conn_parse(c);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+
+    (void)bev;
+    if (c->state == CS_DRAINING)
+        conn_free(c);
+}
+
+/* The client left (or timed out) while its request is elsewhere. */
+static void client_gone(struct conn *c)
+{
+    atomic_fetch_add(&metrics.results[METRICS_CLIENT_GONE], 1);
+    c->gone = true;
+    bufferevent_free(c->bev);
+    c->bev = NULL;
+    if (c->state == CS_DECIDING && idem_call_cancel(c->call) == IDEM_OK)
+        conn_free(c);
+    /* otherwise the upstream's response, or the wake, finishes it */
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *c = arg;
+    bool idle = c->state == CS_HEAD && c->head.len == 0;
+
+    (void)bev;
+    if (c->state == CS_UPSTREAM || c->state == CS_DECIDING) {
+        client_gone(c);
+        return;
+    }
+    if ((what & BEV_EVENT_TIMEOUT) && !idle && c->state != CS_DRAINING) {
+        c->close_after = true;
+        bufferevent_enable(c->bev, EV_WRITE);
+        http_problem(out(c), 408, "the request did not arrive in time", 0,
+                     true);
+        c->state = CS_DRAINING;
+        bufferevent_disable(c->bev, EV_READ);
+        return;
+    }
+    conn_free(c);
+}
+
+static void on_upstream_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    struct upstream *u = c->up;
+
+    (void)fd;
+    (void)what;
+    if (!u)
+        return;
+    u->conn = NULL;
+    upstream_release(u, false);
+    conn_upstream_failed(c, 504);
+}
+
+void conn_accept(struct worker *w, evutil_socket_t fd,
+                 const struct sockaddr *sa, int salen)
+{
+    const struct config *cfg = w->cfg;
+    struct conn *c = calloc(1, sizeof(*c));
+    char ip[INET6_ADDRSTRLEN] = "?";
+    const void *a =
+        sa->sa_family == AF_INET6
+            ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
+            : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
+    unsigned port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+
+    (void)salen;
+    if (!c || !(c->body = evbuffer_new()) ||
+        !(c->timer = evtimer_new(w->base, on_upstream_deadline, c)) ||
+        !(c->bev =
+              bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE))) {
+        if (c && c->body)
+            evbuffer_free(c->body);
+        if (c && c->timer)
+            event_free(c->timer);
+        free(c);
+        evutil_closesocket(fd);
+        return;
+    }
+    inet_ntop(sa->sa_family, a, ip, sizeof(ip));
+    snprintf(c->client, sizeof(c->client), "%s:%u", ip, port);
+    c->w = w;
+    http_head_init(&c->head, cfg->max_header_bytes, cfg->max_headers);
+    llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
+    c->parser.data = c;
+    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    bufferevent_setwatermark(c->bev, EV_READ, 0,
+                             cfg->max_header_bytes + cfg->max_body + 65536);
+    set_client_timeout(c, true);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    LIST_INSERT_HEAD(&w->conns, c, link);
+    w->nconns++;
+    atomic_fetch_add(&metrics.connections_accepted, 1);
+    atomic_fetch_add(&metrics.connections_open, 1);
+}
+
+static void conn_free(struct conn *c)
+{
+    struct worker *w = c->w;
+
+    if (c->up) {
+        c->up->conn = NULL;
+        upstream_release(c->up, false);
+    }
+    if (c->bev)
+        bufferevent_free(c->bev);
+    idem_call_free(c->call);
+    event_free(c->timer);
+    evbuffer_free(c->body);
+    if (c->stored)
+        evbuffer_free(c->stored);
+    http_head_deinit(&c->head);
+    LIST_REMOVE(c, link);
+    w->nconns--;
+    atomic_fetch_sub(&metrics.connections_open, 1);
+    free(c);
+    if (w->stopping && w->nconns == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
+void conn_close_idle(struct worker *w)
+{
+    struct conn *c, *next;
+
+    for (c = LIST_FIRST(&w->conns); c; c = next) {
+        next = LIST_NEXT(c, link);
+        if (c->state == CS_HEAD && c->head.len == 0)
+            conn_free(c);
+        else
+            c->close_after = true;
+    }
+}
+
+void conn_discard(struct conn *c)
+{
+    conn_free(c);
+}

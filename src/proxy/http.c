@@ -1,0 +1,295 @@
+/* HTTP heads and small responses; see http.h. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "http.h"
+
+void http_head_init(struct http_head *h, size_t max_bytes, unsigned max_fields)
+{
+    memset(h, 0, sizeof(*h));
+    h->max_bytes = max_bytes;
+    h->max_fields = max_fields;
+}
+
+void http_head_reset(struct http_head *h)
+{
+    h->len = 0;
+    h->method_off = h->method_len = 0;
+    h->target_off = h->target_len = 0;
+    h->nfields = 0;
+    h->in_value = false;
+    h->full = false;
+}
+
+void http_head_deinit(struct http_head *h)
+{
+    free(h->bytes);
+    free(h->fields);
+    free(h->views);
+    memset(h, 0, sizeof(*h));
+}
+
+/* Append bytes; -1 past max_bytes or without memory. */
+static int append(struct http_head *h, const char *at, size_t len)
+{
+    size_t cap;
+    char *p;
+
+    if (len > h->max_bytes - h->len) {
+        h->full = true;
+        return -1;
+    }
+    if (h->len + len > h->cap) {
+        cap = h->cap ? h->cap : 512;
+        while (cap < h->len + len)
+            cap *= 2;
+        p = realloc(h->bytes, cap);
+        if (!p)
+            return -1;
+        h->bytes = p;
+        h->cap = cap;
+    }
+    memcpy(h->bytes + h->len, at, len);
+    h->len += len;
+    return 0;
+}
+
+int http_head_method(struct http_head *h, const char *at, size_t len)
+{
+    if (h->method_len == 0)
+        h->method_off = h->len;
+    h->method_len += len;
+    return append(h, at, len);
+}
+
+int http_head_target(struct http_head *h, const char *at, size_t len)
+{
+    if (h->target_len == 0)
+        h->target_off = h->len;
+    h->target_len += len;
+    return append(h, at, len);
+}
+
+/* Start a new field: -1 past max_fields or without memory. */
+static int new_field(struct http_head *h)
+{
+    struct http_field *f;
+    unsigned cap;
+
+    if (h->nfields == h->max_fields) {
+        h->full = true;
+        return -1;
+    }
+    if (h->nfields == h->fields_cap) {
+        cap = h->fields_cap ? 2 * h->fields_cap : 16;
+        f = realloc(h->fields, cap * sizeof(*f));
+        if (!f)
+            return -1;
+        h->fields = f;
+        h->fields_cap = cap;
+    }
+    h->fields[h->nfields++] = (struct http_field){ h->len, 0, h->len, 0 };
+    return 0;
+}
+
+int http_head_field(struct http_head *h, const char *at, size_t len)
+{
+    if ((h->in_value || h->nfields == 0) && new_field(h) != 0)
+        return -1;
+    h->in_value = false;
+    h->fields[h->nfields - 1].name_len += len;
+    h->fields[h->nfields - 1].value_off = h->len + len;
+    return append(h, at, len);
+}
+
+int http_head_value(struct http_head *h, const char *at, size_t len)
+{
+    if (h->nfields == 0)
+        return -1;
+    h->in_value = true;
+    h->fields[h->nfields - 1].value_len += len;
+    return append(h, at, len);
+}
+
+const struct idem_header *http_head_views(struct http_head *h)
+{
+    struct idem_header *v;
+    unsigned i;
+
+    if (h->nfields == 0)
+        return NULL;
+    v = realloc(h->views, h->nfields * sizeof(*v));
+    if (!v)
+        return NULL;
+    h->views = v;
+    for (i = 0; i < h->nfields; i++) {
+        const struct http_field *f = &h->fields[i];
+
+        v[i] = (struct idem_header){ h->bytes + f->name_off, f->name_len,
+                                     h->bytes + f->value_off, f->value_len };
+    }
+    return v;
+}
+
+bool http_name_is(const char *name, size_t len, const char *want)
+{
+    return len == strlen(want) && strncasecmp(name, want, len) == 0;
+}
+
+const char *http_head_get(const struct http_head *h, const char *name,
+                          size_t *len_out)
+{
+    unsigned i;
+
+    for (i = 0; i < h->nfields; i++) {
+        const struct http_field *f = &h->fields[i];
+
+        if (http_name_is(h->bytes + f->name_off, f->name_len, name)) {
+            *len_out = f->value_len;
+            return h->bytes + f->value_off;
+        }
+    }
+    return NULL;
+}
+
+bool http_list_has(const char *value, size_t len, const char *token,
+                   size_t tlen)
+{
+    size_t i = 0, start, end;
+
+    while (i < len) {
+        while (i < len &&
+               (value[i] == ' ' || value[i] == '\t' || value[i] == ','))
+            i++;
+        start = i;
+        while (i < len && value[i] != ',')
+            i++;
+        end = i;
+        while (end > start && (value[end - 1] == ' ' || value[end - 1] == '\t'))
+            end--;
+        if (end - start == tlen && strncasecmp(value + start, token, tlen) == 0)
+            return true;
+    }
+    return false;
+}
+
+bool http_hop_by_hop(const struct http_head *h, const struct http_field *f)
+{
+    const char *name = h->bytes + f->name_off, *conn;
+    size_t conn_len;
+
+    if (idem_header_is_hop_by_hop(name, f->name_len))
+        return true;
+    conn = http_head_get(h, "Connection", &conn_len);
+    return conn && http_list_has(conn, conn_len, name, f->name_len);
+}
+
+void http_add_field(struct evbuffer *out, const struct http_head *h,
+                    const struct http_field *f)
+{
+    evbuffer_add_printf(out, "%.*s: %.*s\r\n", (int)f->name_len,
+                        h->bytes + f->name_off, (int)f->value_len,
+                        h->bytes + f->value_off);
+}
+
+const char *http_reason(unsigned status)
+{
+    static const struct {
+        unsigned status;
+        const char *reason;
+    } reasons[] = {
+        { 100, "Continue" },
+        { 101, "Switching Protocols" },
+        { 200, "OK" },
+        { 201, "Created" },
+        { 202, "Accepted" },
+        { 204, "No Content" },
+        { 301, "Moved Permanently" },
+        { 302, "Found" },
+        { 304, "Not Modified" },
+        { 400, "Bad Request" },
+        { 401, "Unauthorized" },
+        { 403, "Forbidden" },
+        { 404, "Not Found" },
+        { 405, "Method Not Allowed" },
+        { 408, "Request Timeout" },
+        { 409, "Conflict" },
+        { 413, "Content Too Large" },
+        { 422, "Unprocessable Content" },
+        { 425, "Too Early" },
+        { 429, "Too Many Requests" },
+        { 431, "Request Header Fields Too Large" },
+        { 500, "Internal Server Error" },
+        { 502, "Bad Gateway" },
+        { 503, "Service Unavailable" },
+        { 504, "Gateway Timeout" },
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++)
+        if (reasons[i].status == status)
+            return reasons[i].reason;
+    return "Unknown";
+}
+
+void http_status_line(struct evbuffer *out, unsigned status)
+{
+    evbuffer_add_printf(out, "HTTP/1.1 %u %s\r\n", status, http_reason(status));
+}
+
+int http_respond(struct evbuffer *out, unsigned status, const char *ctype,
+                 const char *extra, const void *body, size_t len, bool close)
+{
+    http_status_line(out, status);
+    if (ctype)
+        evbuffer_add_printf(out, "Content-Type: %s\r\n", ctype);
+    evbuffer_add_printf(out, "Content-Length: %zu\r\n%s%s\r\n", len,
+                        close ? "Connection: close\r\n" : "",
+                        extra ? extra : "");
+    return len ? evbuffer_add(out, body, len) : 0;
+}
+
+/* Append s to out as the inside of a JSON string. */
+static void json_escape(struct evbuffer *out, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+
+        if (c == '"' || c == '\\')
+            evbuffer_add_printf(out, "\\%c", c);
+        else if (c < 0x20)
+            evbuffer_add_printf(out, "\\u%04x", c);
+        else
+            evbuffer_add(out, s, 1);
+    }
+}
+
+int http_problem(struct evbuffer *out, unsigned status, const char *detail,
+                 unsigned retry_after_s, bool close)
+{
+    struct evbuffer *body = evbuffer_new();
+    char extra[64] = "";
+    int rc;
+
+    if (!body)
+        return -1;
+    evbuffer_add_printf(body,
+                        "{\"type\":\"about:blank\",\"title\":\"%s\","
+                        "\"status\":%u",
+                        http_reason(status), status);
+    if (detail) {
+        evbuffer_add_printf(body, ",\"detail\":\"");
+        json_escape(body, detail);
+        evbuffer_add_printf(body, "\"");
+    }
+    evbuffer_add_printf(body, "}\n");
+    if (retry_after_s)
+        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", retry_after_s);
+    rc = http_respond(out, status, "application/problem+json", extra,
+                      evbuffer_pullup(body, -1), evbuffer_get_length(body),
+                      close);
+    evbuffer_free(body);
+    return rc;
+}

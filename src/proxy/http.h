@@ -1,0 +1,86 @@
+/* HTTP/1.1 pieces both sides of the proxy share: a message's head as
+ * llhttp delivers it (method or status, target, headers, in one growable
+ * byte buffer), and writing heads and small responses. */
+#ifndef IDEMPROXY_HTTP_H
+#define IDEMPROXY_HTTP_H
+
+#include <event2/buffer.h>
+#include <llhttp.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "idem/engine.h"
+
+/* A header as offsets into its head's bytes. */
+struct http_field {
+    size_t name_off, name_len;
+    size_t value_off, value_len;
+};
+
+/* A message head being parsed, then read. Bytes grow as llhttp hands
+ * pieces over; limits are checked as they do. */
+struct http_head {
+    char *bytes;
+    size_t len, cap;
+    size_t max_bytes;    /* past it: full (431) */
+    unsigned max_fields; /* past it: full (431) */
+    size_t method_off, method_len;
+    size_t target_off, target_len;
+    struct http_field *fields;
+    unsigned nfields, fields_cap;
+    bool in_value;             /* the last piece was a value */
+    bool full;                 /* a limit was passed */
+    struct idem_header *views; /* for the engine, built on demand */
+};
+
+void http_head_init(struct http_head *h, size_t max_bytes, unsigned max_fields);
+void http_head_reset(struct http_head *h);
+void http_head_deinit(struct http_head *h);
+
+/* llhttp pieces: append to the method, target, a field name or value.
+ * 0, or -1 when a limit is passed (h->full) or memory runs out. */
+int http_head_method(struct http_head *h, const char *at, size_t len);
+int http_head_target(struct http_head *h, const char *at, size_t len);
+int http_head_field(struct http_head *h, const char *at, size_t len);
+int http_head_value(struct http_head *h, const char *at, size_t len);
+
+/* The head's headers as engine views (valid until the head changes).
+ * NULL if out of memory (and nfields > 0). */
+const struct idem_header *http_head_views(struct http_head *h);
+
+/* The first value of header name, or NULL. */
+const char *http_head_get(const struct http_head *h, const char *name,
+                          size_t *len_out);
+
+bool http_name_is(const char *name, size_t len, const char *want);
+
+/* Whether a comma-separated header value holds token (case-insensitive). */
+bool http_list_has(const char *value, size_t len, const char *token,
+                   size_t tlen);
+
+/* Whether field f of h is hop-by-hop: a hop-by-hop name, or one the
+ * head's Connection header names. */
+bool http_hop_by_hop(const struct http_head *h, const struct http_field *f);
+
+/* Append "name: value\r\n" for field f of h to out. */
+void http_add_field(struct evbuffer *out, const struct http_head *h,
+                    const struct http_field *f);
+
+/* The standard reason phrase of a status, or "Unknown". */
+const char *http_reason(unsigned status);
+
+/* Append "HTTP/1.1 status reason\r\n" to out. */
+void http_status_line(struct evbuffer *out, unsigned status);
+
+/* Append a whole small response: status line, Content-Type (if ctype),
+ * Content-Length, Connection: close when close, extra header lines (each
+ * ending in \r\n, may be NULL), the blank line and body. 0 or -1. */
+int http_respond(struct evbuffer *out, unsigned status, const char *ctype,
+                 const char *extra, const void *body, size_t len, bool close);
+
+/* An RFC 9457 problem+json response with status, its title and detail
+ * (detail is escaped; may be NULL). Retry-After when retry_after_s > 0. */
+int http_problem(struct evbuffer *out, unsigned status, const char *detail,
+                 unsigned retry_after_s, bool close);
+
+#endif

@@ -1,0 +1,326 @@
+/* idemproxy's log: each line is built in a buffer of at most PIPE_BUF
+ * bytes and written with one write(2), so lines from threads never mix.
+ * Every byte a client chose is escaped: a line is always one line. */
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#define LINE_MAX_BYTES PIPE_BUF
+#define DIGEST_BYTES 6 /* 12 hex digits */
+
+/* Escaped bytes of each string at most; past it a value ends in "...".
+ * With the fixed parts (time, names, numbers) a line always fits. */
+#define MSG_MAX 3000
+#define SHORT_MAX 64 /* client, method, outcome */
+#define TARGET_MAX 2048
+#define KEY_MAX 1024
+#define FIXED_MAX 512
+_Static_assert(MSG_MAX + FIXED_MAX <= LINE_MAX_BYTES, "a message fits");
+_Static_assert(3 * SHORT_MAX + TARGET_MAX + KEY_MAX + FIXED_MAX <=
+                   LINE_MAX_BYTES,
+               "a decision fits");
+
+/* Set by log_open before the workers start; the fd number never changes
+ * after that (log_reopen dup2()s over it), so writers need no lock. */
+static int log_fd = STDERR_FILENO;
+static char *log_path;
+static enum log_level log_max = LOG_INFO;
+static enum log_format log_fmt = LOG_TEXT;
+static bool log_clear_keys;
+
+static const char *const level_names[] = {
+    [LOG_ERROR] = "error",
+    [LOG_WARN] = "warn",
+    [LOG_INFO] = "info",
+    [LOG_DEBUG] = "debug",
+};
+
+static int open_path(const char *path)
+{
+    return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+}
+
+int log_open(const struct config *c)
+{
+    char *path = NULL;
+    int fd = STDERR_FILENO;
+
+    if (c->log_file) {
+        path = strdup(c->log_file);
+        if (!path)
+            return -1;
+        fd = open_path(path);
+        if (fd < 0) {
+            free(path);
+            return -1;
+        }
+    }
+    log_close();
+    log_fd = fd;
+    log_path = path;
+    log_max = c->log_level;
+    log_fmt = c->log_format;
+    log_clear_keys = c->log_keys;
+    return 0;
+}
+
+int log_reopen(void)
+{
+    int fd, rc;
+
+    if (!log_path)
+        return 0;
+    fd = open_path(log_path);
+    if (fd < 0)
+        return -1;
+    rc = dup2(fd, log_fd) < 0 ? -1 : 0;
+    close(fd);
+    return rc;
+}
+
+void log_close(void)
+{
+    if (log_path)
+        close(log_fd);
+    free(log_path);
+    log_path = NULL;
+    log_fd = STDERR_FILENO;
+}
+
+/* -- Building a line -------------------------------------------------- */
+
+struct line {
+    char b[LINE_MAX_BYTES];
+    size_t n;
+};
+
+/* Append n bytes. The budgets above keep them in bounds; past them the
+ * rest of the line would be dropped, never overrun. */
+static void put(struct line *l, const char *s, size_t n)
+{
+    if (n > sizeof(l->b) - 2 - l->n)
+        return;
+    memcpy(l->b + l->n, s, n);
+    l->n += n;
+}
+
+static void putf(struct line *l, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void putf(struct line *l, const char *fmt, ...)
+{
+    char buf[64];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        put(l, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+}
+
+/* The escape for one byte, in buf: quotes, backslashes, \n \r \t, and
+ * any other byte outside printable ASCII as \xNN (text) or \u00NN (JSON,
+ * which has no \x: the line stays plain ASCII). Its length. */
+static size_t escape(unsigned char ch, char buf[6])
+{
+    static const char shorts[] = {
+        ['"'] = '"', ['\\'] = '\\', ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't'
+    };
+    static const char hex[] = "0123456789abcdef";
+    size_t n = 0;
+
+    if (ch < sizeof(shorts) && shorts[ch]) {
+        buf[0] = '\\';
+        buf[1] = shorts[ch];
+        return 2;
+    }
+    if (ch >= 0x20 && ch <= 0x7e) {
+        buf[0] = (char)ch;
+        return 1;
+    }
+    buf[n++] = '\\';
+    if (log_fmt == LOG_JSON) {
+        memcpy(buf + n, "u00", 3);
+        n += 3;
+    } else {
+        buf[n++] = 'x';
+    }
+    buf[n++] = hex[ch >> 4];
+    buf[n++] = hex[ch & 15];
+    return n;
+}
+
+/* Append s escaped, at most max bytes of it and then "...". */
+static void put_escaped(struct line *l, const char *s, size_t n, size_t max)
+{
+    size_t i, used = 0, len;
+    char buf[6];
+
+    for (i = 0; i < n; i++) {
+        len = escape((unsigned char)s[i], buf);
+        if (used + len > max) {
+            put(l, "...", 3);
+            return;
+        }
+        put(l, buf, len);
+        used += len;
+    }
+}
+
+/* Whether a text value must be quoted to stay one field. */
+static bool needs_quotes(const char *s, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (s[i] <= ' ' || s[i] > '~' || s[i] == '"' || s[i] == '=')
+            return true;
+    }
+    return n == 0;
+}
+
+/* Append a string field: ' name=value' (quoted if need be) in text,
+ * ',"name":"value"' in JSON. */
+static void field_str(struct line *l, const char *name, const char *s, size_t n,
+                      size_t max)
+{
+    bool quote = log_fmt == LOG_JSON || needs_quotes(s, n);
+
+    putf(l, log_fmt == LOG_JSON ? ",\"%s\":" : " %s=", name);
+    if (quote)
+        put(l, "\"", 1);
+    put_escaped(l, s, n, max);
+    if (quote)
+        put(l, "\"", 1);
+}
+
+static void field_int(struct line *l, const char *name, int64_t v)
+{
+    putf(l, log_fmt == LOG_JSON ? ",\"%s\":%" PRId64 : " %s=%" PRId64, name, v);
+}
+
+/* The line's start: the time (UTC, milliseconds), level and message. */
+static void start(struct line *l, enum log_level level, const char *msg,
+                  size_t msg_len)
+{
+    struct timespec ts;
+    struct tm tm;
+    char when[32] = "";
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+    l->n = 0;
+    if (log_fmt == LOG_JSON) {
+        putf(l, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"", when,
+             ts.tv_nsec / 1000000, level_names[level]);
+        put_escaped(l, msg, msg_len, MSG_MAX);
+        put(l, "\"", 1);
+        return;
+    }
+    putf(l, "%s.%03ldZ %s ", when, ts.tv_nsec / 1000000, level_names[level]);
+    put_escaped(l, msg, msg_len, MSG_MAX);
+}
+
+/* End the line and write it whole (put() kept 2 bytes for the end). */
+static void finish(struct line *l)
+{
+    size_t off = 0;
+    ssize_t w;
+
+    if (log_fmt == LOG_JSON)
+        l->b[l->n++] = '}';
+    l->b[l->n++] = '\n';
+    while (off < l->n) {
+        w = write(log_fd, l->b + off, l->n - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        off += (size_t)w;
+    }
+}
+
+/* -- Lines ------------------------------------------------------------ */
+
+static bool enabled(enum log_level level)
+{
+    return level <= log_max;
+}
+
+void log_msg(enum log_level level, const char *fmt, ...)
+{
+    char msg[LINE_MAX_BYTES];
+    struct line l;
+    va_list ap;
+    int n;
+
+    if (!enabled(level) || level > LOG_DEBUG)
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    start(&l, level, msg, (size_t)n < sizeof(msg) ? (size_t)n : strlen(msg));
+    finish(&l);
+}
+
+/* "k:" and the first 12 hex digits of the key's SHA-256, in out[16]. */
+static void key_digest(const char *key, size_t len, char out[16])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    int i;
+
+    if (!EVP_Digest(key, len, md, &mdlen, EVP_sha256(), NULL) ||
+        mdlen < DIGEST_BYTES) {
+        snprintf(out, 16, "k:?");
+        return;
+    }
+    memcpy(out, "k:", 2);
+    for (i = 0; i < DIGEST_BYTES; i++)
+        snprintf(out + 2 + 2 * i, 3, "%02x", md[i]);
+}
+
+void log_decision(const struct log_decision *d)
+{
+    const char *client = d->client ? d->client : "-";
+    const char *outcome = d->outcome ? d->outcome : "-";
+    char digest[16];
+    struct line l;
+
+    if (!enabled(LOG_INFO))
+        return;
+    start(&l, LOG_INFO, "decision", 8);
+    field_str(&l, "client", client, strlen(client), SHORT_MAX);
+    field_str(&l, "method", d->method, d->method ? d->method_len : 0,
+              SHORT_MAX);
+    field_str(&l, "target", d->target, d->target ? d->target_len : 0,
+              TARGET_MAX);
+    if (d->key && log_clear_keys) {
+        field_str(&l, "key", d->key, d->key_len, KEY_MAX);
+    } else if (d->key) {
+        key_digest(d->key, d->key_len, digest);
+        field_str(&l, "key", digest, strlen(digest), KEY_MAX);
+    }
+    field_str(&l, "outcome", outcome, strlen(outcome), SHORT_MAX);
+    field_int(&l, "status", d->status);
+    field_int(&l, "upstream_us", d->upstream_us);
+    field_int(&l, "total_us", (int64_t)d->total_us);
+    finish(&l);
+}

@@ -1,0 +1,317 @@
+/* idemproxy: flags, start-up, signals and graceful shutdown. The main
+ * thread owns the engine, the admin listener, the engine's timer and the
+ * signals; workers own client traffic. */
+#include <errno.h>
+#include <event2/thread.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "idem/idem.h"
+#include "log.h"
+#include "proxy.h"
+
+#define TICK_MS 100
+
+struct app {
+    struct config cfg;
+    struct idem_store *store;
+    struct idem_engine *engine;
+    struct worker *workers;
+    unsigned nworkers;
+    struct event_base *base;
+    struct evconnlistener *admin;
+    struct sockaddr_storage upstream;
+    int upstream_len;
+};
+
+/* A listening TCP socket on a; port 0 picks one. *port_out: the port. */
+static int listen_on(const struct addr *a, bool reuseport, uint16_t *port_out)
+{
+    struct addrinfo hints = { .ai_family = AF_UNSPEC,
+                              .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    struct addrinfo *res;
+    char port[8];
+    int fd = -1, one = 1;
+
+    snprintf(port, sizeof(port), "%u", a->port);
+    if (getaddrinfo(a->host, port, &hints, &res) != 0)
+        return -1;
+    fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd >= 0 &&
+        (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+         (reuseport &&
+          setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) ||
+         bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) ||
+         getsockname(fd, (struct sockaddr *)&ss, &sl) != 0)) {
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd >= 0)
+        *port_out = ntohs(ss.ss_family == AF_INET6
+                              ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                              : ((struct sockaddr_in *)&ss)->sin_port);
+    return fd;
+}
+
+static int resolve_upstream(struct app *app)
+{
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_NUMERICSERV };
+    struct addrinfo *res;
+    char port[8];
+
+    snprintf(port, sizeof(port), "%u", app->cfg.upstream.port);
+    if (getaddrinfo(app->cfg.upstream.host, port, &hints, &res) != 0)
+        return -1;
+    memcpy(&app->upstream, res->ai_addr, res->ai_addrlen);
+    app->upstream_len = (int)res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+static int make_engine(struct app *app)
+{
+    const struct config *c = &app->cfg;
+    struct idem_store_memory_opts mo = { .max_memory = c->max_memory };
+    struct idem_engine_opts eo = {
+        .methods = (const char *const *)c->methods,
+        .nmethods = c->nmethods,
+        .key_header = c->key_header,
+        .alt_key_header = c->alt_key_header,
+        .scope_headers = (const char *const *)c->scope_headers,
+        .nscope_headers = c->nscope_headers,
+        .lease_ms = c->lease_ms,
+        .lifetime_ms = c->lifetime_ms,
+        .conflict = c->conflict,
+        .wait_ms = c->wait_ms,
+        .max_stored_body = c->max_stored_body,
+    };
+    int rc = idem_store_memory_new(&mo, &app->store);
+
+    eo.store = app->store;
+    if (rc == IDEM_OK)
+        rc = idem_engine_new(&eo, &app->engine);
+    if (rc != IDEM_OK)
+        log_msg(LOG_ERROR, "cannot create the engine: %s", idem_strerror(rc));
+    return rc == IDEM_OK ? 0 : -1;
+}
+
+static void load_snapshot(struct app *app)
+{
+    struct idem_snapshot_stats st = { 0 };
+    int rc;
+
+    if (!app->cfg.snapshot)
+        return;
+    rc = idem_store_memory_load(app->store, app->cfg.snapshot, &st);
+    if (rc == IDEM_OK)
+        log_msg(LOG_INFO, "snapshot %s: %llu records loaded, %llu expired",
+                app->cfg.snapshot, (unsigned long long)st.loaded,
+                (unsigned long long)st.expired);
+    else if (rc != IDEM_ENOTFOUND)
+        log_msg(LOG_ERROR, "snapshot %s skipped: %s", app->cfg.snapshot,
+                rc == IDEM_EIO ? "damaged or unreadable" : idem_strerror(rc));
+}
+
+static void save_snapshot(struct app *app)
+{
+    struct idem_snapshot_stats st = { 0 };
+    int rc;
+
+    if (!app->cfg.snapshot)
+        return;
+    rc = idem_store_memory_save(app->store, app->cfg.snapshot, &st);
+    if (rc == IDEM_OK)
+        log_msg(LOG_INFO, "snapshot %s: %llu records saved", app->cfg.snapshot,
+                (unsigned long long)st.saved);
+    else
+        log_msg(LOG_ERROR, "snapshot %s not saved: %s (%s)", app->cfg.snapshot,
+                idem_strerror(rc), strerror(errno));
+}
+
+/* Bind every worker's listener (SO_REUSEPORT, one port: the first socket
+ * picks it when the flag said 0) and the admin one, then say where. */
+static int start_listening(struct app *app, int *fds, int *admin_fd)
+{
+    struct addr a = app->cfg.listen;
+    uint16_t port = 0, admin_port = 0;
+    unsigned i;
+
+    for (i = 0; i < app->nworkers; i++) {
+        fds[i] = listen_on(&a, true, &port);
+        if (fds[i] < 0) {
+            log_msg(LOG_ERROR, "cannot listen on %s:%u: %s", a.host, a.port,
+                    strerror(errno));
+            return -1;
+        }
+        a.port = port;
+    }
+    *admin_fd = -1;
+    if (app->cfg.admin_enabled &&
+        (*admin_fd = listen_on(&app->cfg.admin, false, &admin_port)) < 0) {
+        log_msg(LOG_ERROR, "cannot listen on %s:%u (admin): %s",
+                app->cfg.admin.host, app->cfg.admin.port, strerror(errno));
+        return -1;
+    }
+    if (app->cfg.admin_enabled)
+        printf("listening http=%s:%u admin=%s:%u\n", a.host, port,
+               app->cfg.admin.host, admin_port);
+    else
+        printf("listening http=%s:%u admin=off\n", a.host, port);
+    fflush(stdout);
+    return 0;
+}
+
+static void on_stop(evutil_socket_t sig, short what, void *arg)
+{
+    struct app *app = arg;
+    unsigned i;
+
+    (void)what;
+    log_msg(LOG_INFO, "signal %d: finishing in-flight requests", (int)sig);
+    for (i = 0; i < app->nworkers; i++)
+        worker_stop(&app->workers[i]);
+    event_base_loopexit(app->base, NULL);
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    (void)arg;
+    if (log_reopen() != 0)
+        log_msg(LOG_ERROR, "cannot reopen the log: %s", strerror(errno));
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    idem_engine_tick(((struct app *)arg)->engine);
+}
+
+/* Wait for the workers, at most the shutdown timeout; then cut. */
+static void join_workers(struct app *app)
+{
+    struct timespec deadline;
+    unsigned i;
+
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += app->cfg.shutdown_timeout_ms / 1000;
+    for (i = 0; i < app->nworkers; i++)
+        if (app->workers[i].started)
+            worker_stop(&app->workers[i]); /* again is harmless */
+    for (i = 0; i < app->nworkers; i++) {
+        if (!app->workers[i].started ||
+            pthread_timedjoin_np(app->workers[i].thread, NULL, &deadline) == 0)
+            continue;
+        log_msg(LOG_WARN,
+                "worker %u: shutdown timeout, closing its "
+                "connections",
+                i);
+        event_base_loopbreak(app->workers[i].base);
+        worker_join(&app->workers[i]);
+    }
+}
+
+/* The main loop's events: signals and the engine's tick. */
+static int run(struct app *app)
+{
+    struct event *evs[4];
+    struct timeval tick = { 0, TICK_MS * 1000 };
+    int i, rc = 0;
+
+    evs[0] = evsignal_new(app->base, SIGTERM, on_stop, app);
+    evs[1] = evsignal_new(app->base, SIGINT, on_stop, app);
+    evs[2] = evsignal_new(app->base, SIGHUP, on_hup, app);
+    evs[3] = event_new(app->base, -1, EV_PERSIST, on_tick, app);
+    for (i = 0; i < 4; i++)
+        if (!evs[i] || event_add(evs[i], i == 3 ? &tick : NULL) != 0)
+            rc = -1;
+    if (rc == 0)
+        event_base_dispatch(app->base);
+    for (i = 0; i < 4; i++)
+        if (evs[i])
+            event_free(evs[i]);
+    return rc;
+}
+
+static int start(struct app *app)
+{
+    int *fds = calloc(app->nworkers, sizeof(int)), admin_fd;
+    unsigned i;
+    int rc = -1;
+
+    if (!fds || start_listening(app, fds, &admin_fd) != 0)
+        goto out;
+    if (admin_fd >= 0 &&
+        !(app->admin = admin_listen(app->base, admin_fd, app->engine)))
+        goto out;
+    for (i = 0; i < app->nworkers; i++) {
+        if (worker_init(&app->workers[i], i, fds[i], &app->cfg, app->engine,
+                        &app->upstream, app->upstream_len) != 0 ||
+            worker_start(&app->workers[i]) != 0) {
+            log_msg(LOG_ERROR, "cannot start worker %u", i);
+            goto out; /* a real deployment gets all workers or none */
+        }
+    }
+    rc = 0;
+out:
+    free(fds);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    struct app app = { .nworkers = 0 };
+    unsigned i;
+    int rc = config_parse(&app.cfg, argc - 1, argv + 1, stdout, stderr);
+
+    if (rc != 0)
+        return rc == 1 ? 0 : 2;
+    if (log_open(&app.cfg) != 0) {
+        fprintf(stderr, "idemproxy: cannot open the log: %s\n",
+                strerror(errno));
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    evthread_use_pthreads();
+    app.nworkers = app.cfg.workers;
+    app.workers = calloc(app.nworkers, sizeof(*app.workers));
+    app.base = event_base_new();
+    rc = 1;
+    if (resolve_upstream(&app) != 0)
+        log_msg(LOG_ERROR, "cannot resolve the upstream %s",
+                app.cfg.upstream.host);
+    else if (app.workers && app.base && make_engine(&app) == 0) {
+        load_snapshot(&app);
+        if (start(&app) == 0 && run(&app) == 0)
+            rc = 0;
+        join_workers(&app);
+        save_snapshot(&app);
+    }
+    for (i = 0; app.workers && i < app.nworkers; i++)
+        worker_deinit(&app.workers[i]);
+    if (app.admin)
+        evconnlistener_free(app.admin);
+    if (app.base)
+        event_base_free(app.base);
+    idem_engine_free(app.engine);
+    idem_store_free(app.store);
+    free(app.workers);
+    log_msg(LOG_INFO, "stopped");
+    log_close();
+    config_free(&app.cfg);
+    return rc;
+}

@@ -1,0 +1,297 @@
+/* idemproxy's metrics: relaxed atomic counters bumped by the workers, and
+ * the Prometheus text the admin listener serves. The families are a table
+ * of offsets into one snapshot taken at render time. */
+#include "metrics.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "idem/store.h"
+
+struct metrics metrics;
+
+/* Upper bounds of the latency buckets, in microseconds and as printed. */
+static const struct {
+    uint64_t us;
+    const char *le;
+} buckets[METRICS_LATENCY_BUCKETS] = {
+    { 500, "0.0005" }, { 1000, "0.001" }, { 2500, "0.0025" },
+    { 5000, "0.005" }, { 10000, "0.01" }, { 25000, "0.025" },
+    { 50000, "0.05" }, { 100000, "0.1" }, { 250000, "0.25" },
+    { 500000, "0.5" }, { 1000000, "1" },  { 2500000, "2.5" },
+};
+
+void metrics_observe_upstream(uint64_t us)
+{
+    size_t i = 0;
+
+    while (i < METRICS_LATENCY_BUCKETS && us > buckets[i].us)
+        i++;
+    atomic_fetch_add_explicit(&metrics.latency_bucket[i], 1,
+                              memory_order_relaxed);
+    atomic_fetch_add_explicit(&metrics.latency_sum_us, us,
+                              memory_order_relaxed);
+    atomic_fetch_add_explicit(&metrics.latency_count, 1, memory_order_relaxed);
+}
+
+/* -- A growing text buffer --------------------------------------------- */
+
+struct text {
+    char *p;
+    size_t len, cap;
+    bool failed;
+};
+
+static void add(struct text *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void add(struct text *t, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    while (!t->failed) {
+        va_start(ap, fmt);
+        n = vsnprintf(t->p + t->len, t->cap - t->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            t->failed = true;
+        } else if ((size_t)n < t->cap - t->len) {
+            t->len += (size_t)n;
+            return;
+        } else {
+            char *grown = realloc(t->p, t->cap * 2 + (size_t)n);
+
+            t->failed = !grown;
+            t->p = grown ? grown : t->p;
+            t->cap = grown ? t->cap * 2 + (size_t)n : t->cap;
+        }
+    }
+}
+
+/* -- What is rendered ------------------------------------------------- */
+
+/* Every figure, read once per render. */
+struct snap {
+    struct idem_engine_stats e;
+    struct idem_store_stats s;
+    uint64_t results[METRICS_RESULTS];
+    uint64_t connections_open;
+    uint64_t connections_accepted;
+    uint64_t upstream_connects;
+    uint64_t rss_bytes;
+};
+
+struct family {
+    const char *name;
+    const char *type;
+    const char *help;
+};
+
+/* One sample: its family, its labels ("" for none), its figure. */
+struct sample {
+    const struct family *f;
+    const char *labels;
+    size_t off;
+};
+
+static const struct family f_requests = {
+    "idem_requests_total", "counter",
+    "Requests by the engine's decision; error: refused by the proxy first"
+};
+static const struct family f_errors = {
+    "idem_proxy_errors_total", "counter",
+    "Requests that failed in the proxy, by kind"
+};
+static const struct family f_completions = {
+    "idem_completions_total", "counter",
+    "Responses to proceeding requests: stored, not stored, stale lease"
+};
+static const struct family f_wait_timeouts = {
+    "idem_wait_timeouts_total", "counter",
+    "Waits on a key in flight that ended in 409"
+};
+static const struct family f_entries = { "idem_store_entries", "gauge",
+                                         "Records held, in flight or done" };
+static const struct family f_bytes = { "idem_store_bytes", "gauge",
+                                       "Bytes charged against max-memory" };
+static const struct family f_in_flight = { "idem_keys_in_flight", "gauge",
+                                           "Keys whose request is running" };
+static const struct family f_locks = { "idem_lock_entries", "gauge",
+                                       "Per-key lock entries (0 when idle)" };
+static const struct family f_evictions = {
+    "idem_store_evictions_total", "counter",
+    "Completed records evicted for room"
+};
+static const struct family f_expirations = {
+    "idem_store_expirations_total", "counter",
+    "Records whose lifetime or lease ended"
+};
+static const struct family f_waiting = { "idem_waiting_requests", "gauge",
+                                         "Requests waiting on a key now" };
+static const struct family f_open = { "idem_connections_open", "gauge",
+                                      "Client connections open" };
+static const struct family f_accepted = { "idem_connections_total", "counter",
+                                          "Client connections accepted" };
+static const struct family f_connects = {
+    "idem_upstream_connects_total", "counter",
+    "Connections opened to the upstream"
+};
+static const struct family f_rss = { "idem_process_resident_memory_bytes",
+                                     "gauge", "Resident memory" };
+
+#define SNAP(f) offsetof(struct snap, f)
+
+static const struct sample samples[] = {
+    { &f_errors, "kind=\"upstream_error\"",
+      SNAP(results[METRICS_UPSTREAM_ERROR]) },
+    { &f_errors, "kind=\"upstream_timeout\"",
+      SNAP(results[METRICS_UPSTREAM_TIMEOUT]) },
+    { &f_errors, "kind=\"client_error\"", SNAP(results[METRICS_CLIENT_ERROR]) },
+    { &f_errors, "kind=\"client_gone\"", SNAP(results[METRICS_CLIENT_GONE]) },
+    { &f_completions, "result=\"stored\"", SNAP(e.stored) },
+    { &f_completions, "result=\"not_stored\"", SNAP(e.not_stored) },
+    { &f_completions, "result=\"stale\"", SNAP(e.stale) },
+    { &f_wait_timeouts, "", SNAP(e.wait_timeouts) },
+    { &f_entries, "", SNAP(s.records) },
+    { &f_bytes, "", SNAP(s.bytes) },
+    { &f_in_flight, "", SNAP(s.in_flight) },
+    { &f_locks, "", SNAP(s.lock_entries) },
+    { &f_evictions, "", SNAP(s.evicted) },
+    { &f_expirations, "", SNAP(s.expired) },
+    { &f_waiting, "", SNAP(e.waiting) },
+    { &f_open, "", SNAP(connections_open) },
+    { &f_accepted, "", SNAP(connections_accepted) },
+    { &f_connects, "", SNAP(upstream_connects) },
+    { &f_rss, "", SNAP(rss_bytes) },
+};
+
+#define NSAMPLES (sizeof(samples) / sizeof(samples[0]))
+
+/* The engine's final outcomes (PENDING is a step, never counted). */
+static const enum idem_outcome outcomes[] = {
+    IDEM_OUTCOME_PASS,        IDEM_OUTCOME_PROCEED,  IDEM_OUTCOME_REPLAY,
+    IDEM_OUTCOME_CONFLICT,    IDEM_OUTCOME_MISMATCH, IDEM_OUTCOME_INVALID,
+    IDEM_OUTCOME_UNAVAILABLE,
+};
+
+/* -- Rendering -------------------------------------------------------- */
+
+static uint64_t load(atomic_uint_fast64_t *a)
+{
+    return atomic_load_explicit(a, memory_order_relaxed);
+}
+
+/* Resident memory from /proc/self/statm; 0 if unreadable. */
+static uint64_t rss_bytes(void)
+{
+    unsigned long size = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "re");
+
+    if (!f)
+        return 0;
+    if (fscanf(f, "%lu %lu", &size, &resident) != 2)
+        resident = 0;
+    fclose(f);
+    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+static void take_snap(struct idem_engine *e, struct snap *s)
+{
+    struct idem_store *store = idem_engine_store(e);
+    int_fast64_t open;
+    int i;
+
+    memset(s, 0, sizeof(*s));
+    idem_engine_stats(e, &s->e);
+    if (store)
+        idem_store_stats(store, &s->s);
+    for (i = 0; i < METRICS_RESULTS; i++)
+        s->results[i] = load(&metrics.results[i]);
+    open =
+        atomic_load_explicit(&metrics.connections_open, memory_order_relaxed);
+    s->connections_open = open > 0 ? (uint64_t)open : 0;
+    s->connections_accepted = load(&metrics.connections_accepted);
+    s->upstream_connects = load(&metrics.upstream_connects);
+    s->rss_bytes = rss_bytes();
+}
+
+static void family(struct text *t, const struct family *f)
+{
+    add(t, "# HELP %s %s.\n# TYPE %s %s\n", f->name, f->help, f->name, f->type);
+}
+
+static void render_requests(struct text *t, const struct snap *s)
+{
+    size_t i;
+
+    family(t, &f_requests);
+    for (i = 0; i < sizeof(outcomes) / sizeof(outcomes[0]); i++)
+        add(t, "%s{outcome=\"%s\"} %" PRIu64 "\n", f_requests.name,
+            idem_outcome_name(outcomes[i]), s->e.outcomes[outcomes[i]]);
+    add(t, "%s{outcome=\"error\"} %" PRIu64 "\n", f_requests.name,
+        s->results[METRICS_CLIENT_ERROR]);
+}
+
+static void render_samples(struct text *t, const struct snap *s)
+{
+    const struct family *last = NULL;
+    uint64_t v;
+    size_t i;
+
+    for (i = 0; i < NSAMPLES; i++) {
+        if (samples[i].f != last)
+            family(t, samples[i].f);
+        last = samples[i].f;
+        memcpy(&v, (const char *)s + samples[i].off, sizeof(v));
+        add(t, "%s%s%s%s %" PRIu64 "\n", last->name,
+            *samples[i].labels ? "{" : "", samples[i].labels,
+            *samples[i].labels ? "}" : "", v);
+    }
+}
+
+/* Cumulative buckets; _count is their total, so it always equals the
+ * +Inf bucket even while workers observe concurrently. */
+static void render_latency(struct text *t)
+{
+    static const struct family f = { "idem_upstream_latency_seconds",
+                                     "histogram",
+                                     "Upstream round trips, seconds" };
+    uint64_t total = 0, sum_us = load(&metrics.latency_sum_us);
+    size_t i;
+
+    family(t, &f);
+    for (i = 0; i <= METRICS_LATENCY_BUCKETS; i++) {
+        total += load(&metrics.latency_bucket[i]);
+        add(t, "%s_bucket{le=\"%s\"} %" PRIu64 "\n", f.name,
+            i < METRICS_LATENCY_BUCKETS ? buckets[i].le : "+Inf", total);
+    }
+    add(t, "%s_sum %" PRIu64 ".%06" PRIu64 "\n", f.name, sum_us / 1000000,
+        sum_us % 1000000);
+    add(t, "%s_count %" PRIu64 "\n", f.name, total);
+}
+
+char *metrics_render(struct idem_engine *e, size_t *len_out)
+{
+    struct text t = { .cap = 4096 };
+    struct snap s;
+
+    t.p = malloc(t.cap);
+    if (!t.p)
+        return NULL;
+    take_snap(e, &s);
+    render_requests(&t, &s);
+    render_samples(&t, &s);
+    render_latency(&t);
+    if (t.failed) {
+        free(t.p);
+        return NULL;
+    }
+    *len_out = t.len;
+    return t.p;
+}

@@ -1,0 +1,153 @@
+/* idemproxy's core: workers (one event loop per thread), client
+ * connections, and each worker's pool of keep-alive upstream connections.
+ * A client connection handles one request at a time; pipelined requests
+ * wait, parsed no further, in its input buffer, so answers go out in
+ * order. docs/idemproxy.md describes the behaviour. */
+#ifndef IDEMPROXY_PROXY_H
+#define IDEMPROXY_PROXY_H
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <llhttp.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "config.h"
+#include "http.h"
+#include "idem/engine.h"
+
+struct worker;
+struct conn;
+
+/* An upstream connection: idle in its worker's pool, or serving one
+ * client connection's request. */
+struct upstream {
+    TAILQ_ENTRY(upstream) link; /* in the pool while idle */
+    struct worker *w;
+    struct bufferevent *bev;
+    struct conn *conn; /* the request it serves; NULL when idle */
+    llhttp_t parser;
+    struct http_head head; /* the response's */
+    bool connected;
+    bool pooled;     /* in the idle pool */
+    bool done;       /* the response is whole */
+    bool reused;     /* served a request before this one */
+    bool got_bytes;  /* a response byte arrived for this request */
+    bool keep_alive; /* the response allows reuse */
+    bool head_only;  /* the request was HEAD: no body follows */
+};
+
+TAILQ_HEAD(upstream_list, upstream);
+
+enum conn_state {
+    CS_HEAD,     /* reading a request head */
+    CS_BODY,     /* reading its body */
+    CS_DECIDING, /* waiting for the engine (wait mode) */
+    CS_UPSTREAM, /* forwarded; relaying the response */
+    CS_DRAINING, /* the last response is written; close after */
+};
+
+struct conn {
+    LIST_ENTRY(conn) link;
+    struct worker *w;
+    struct bufferevent *bev;
+    char client[64]; /* "ip:port" */
+    llhttp_t parser;
+    struct http_head head;
+    struct evbuffer *body; /* the request body, up to max_body */
+    enum conn_state state;
+    bool close_after;  /* Connection: close, HTTP/1.0, or an error */
+    bool expect_100;   /* 100-continue is owed before the body */
+    bool request_done; /* the whole request has been read */
+    bool chunked_out;  /* the response goes to the client chunked */
+    bool responded;    /* a response head went to the client */
+    unsigned refusal;  /* a refusal decided inside a parser callback */
+    const char *refusal_detail;
+    const char *refusal_outcome;
+    bool gone;           /* the client left; finish for the store only */
+    bool retried;        /* sent again once on a fresh upstream */
+    bool parsing;        /* inside conn_parse: it frees, not callees */
+    bool value_started;  /* a header value's first piece was seen */
+    bool chunk_ended_lf; /* the last input chunk parsed ended in LF */
+    const char *chunk;   /* the input chunk being parsed */
+    bool dead;           /* to be freed when conn_parse returns */
+    struct idem_call *call;
+    struct idem_decision decision;
+    struct evbuffer *stored; /* response body kept for complete() */
+    bool stored_over;        /* it passed max_stored_body */
+    struct upstream *up;
+    struct event *timer; /* client or upstream deadline */
+    uint64_t t_start_us, t_upstream_us;
+    unsigned status_sent;
+};
+
+struct worker {
+    unsigned id;
+    pthread_t thread;
+    bool started; /* the thread runs (worker_start succeeded) */
+    struct event_base *base;
+    struct evconnlistener *listener;
+    struct event *wake; /* other threads' news: wait-mode decisions, stop */
+    pthread_mutex_t mu; /* guards the wake queue and stopping */
+    struct conn **woken;
+    size_t nwoken, woken_cap;
+    bool stop_requested; /* under mu: another thread asked to stop */
+    bool stopping;       /* the worker's own: no more requests */
+    LIST_HEAD(, conn) conns;
+    unsigned nconns;
+    struct upstream_list idle;
+    unsigned nidle;
+    const struct config *cfg;
+    struct idem_engine *engine;
+    struct sockaddr_storage upstream_addr;
+    int upstream_addrlen;
+};
+
+/* -- worker.c --------------------------------------------------------- */
+
+/* Create worker w bound to fd (a listening socket it takes over). */
+int worker_init(struct worker *w, unsigned id, int fd, const struct config *cfg,
+                struct idem_engine *engine, const struct sockaddr_storage *up,
+                int uplen);
+int worker_start(struct worker *w);
+/* From any thread: stop accepting, finish open connections, then leave. */
+void worker_stop(struct worker *w);
+void worker_join(struct worker *w);
+void worker_deinit(struct worker *w);
+/* From any thread: run conn_woken(c) on c's worker. */
+void worker_wake_conn(struct worker *w, struct conn *c);
+
+/* -- conn.c ----------------------------------------------------------- */
+
+void conn_accept(struct worker *w, evutil_socket_t fd,
+                 const struct sockaddr *sa, int salen);
+/* The engine decided a waiting request (wait mode), on this thread. */
+void conn_woken(struct conn *c);
+/* Upstream events, on the conn's thread. */
+void conn_upstream_head(struct conn *c, struct upstream *u);
+void conn_upstream_body(struct conn *c, const char *at, size_t len);
+void conn_upstream_done(struct conn *c, struct upstream *u);
+void conn_upstream_failed(struct conn *c, unsigned status);
+/* Close every idle client connection (shutdown). */
+void conn_close_idle(struct worker *w);
+/* Free c whatever it is doing (forced shutdown). */
+void conn_discard(struct conn *c);
+
+/* -- admin.c ---------------------------------------------------------- */
+
+/* Serve /healthz and /metrics on fd, in base (the main thread's). */
+struct evconnlistener *admin_listen(struct event_base *base, int fd,
+                                    struct idem_engine *engine);
+
+/* -- upstream.c ------------------------------------------------------- */
+
+/* Send c's request upstream on a pooled or new connection. 0 or -1. */
+int upstream_forward(struct conn *c);
+/* Return u to the pool, or close it. */
+void upstream_release(struct upstream *u, bool reusable);
+void upstream_close_idle(struct worker *w);
+
+#endif

@@ -1,0 +1,147 @@
+/* Workers: one thread, one event_base, one SO_REUSEPORT listener each.
+ * Other threads talk to a worker only through its wake event: wait-mode
+ * decisions for its connections, and the request to stop. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "proxy.h"
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
+                      struct sockaddr *sa, int salen, void *arg)
+{
+    (void)l;
+    conn_accept(arg, fd, sa, salen);
+}
+
+/* Stop taking requests: close the listener, idle upstream and client
+ * connections; busy ones close after their response. */
+static void begin_stop(struct worker *w)
+{
+    w->stopping = true;
+    if (w->listener) {
+        evconnlistener_free(w->listener);
+        w->listener = NULL;
+    }
+    upstream_close_idle(w);
+    conn_close_idle(w);
+    if (w->nconns == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    struct conn **woken;
+    size_t n, i;
+    bool stop;
+
+    (void)fd;
+    (void)what;
+    pthread_mutex_lock(&w->mu);
+    woken = w->woken;
+    n = w->nwoken;
+    w->woken = NULL;
+    w->nwoken = w->woken_cap = 0;
+    stop = w->stop_requested && !w->stopping;
+    pthread_mutex_unlock(&w->mu);
+    for (i = 0; i < n; i++)
+        conn_woken(woken[i]);
+    free(woken);
+    if (stop)
+        begin_stop(w);
+}
+
+void worker_wake_conn(struct worker *w, struct conn *c)
+{
+    struct conn **grown;
+    size_t cap;
+
+    pthread_mutex_lock(&w->mu);
+    if (w->nwoken == w->woken_cap) {
+        cap = w->woken_cap ? 2 * w->woken_cap : 16;
+        grown = realloc(w->woken, cap * sizeof(*grown));
+        if (!grown) { /* cannot happen quietly: the call would hang */
+            pthread_mutex_unlock(&w->mu);
+            log_msg(LOG_ERROR, "out of memory waking a request");
+            abort();
+        }
+        w->woken = grown;
+        w->woken_cap = cap;
+    }
+    w->woken[w->nwoken++] = c;
+    pthread_mutex_unlock(&w->mu);
+    event_active(w->wake, 0, 0);
+}
+
+int worker_init(struct worker *w, unsigned id, int fd, const struct config *cfg,
+                struct idem_engine *engine, const struct sockaddr_storage *up,
+                int uplen)
+{
+    struct event_config *ec = event_config_new();
+
+    memset(w, 0, sizeof(*w));
+    w->id = id;
+    w->cfg = cfg;
+    w->engine = engine;
+    w->upstream_addr = *up;
+    w->upstream_addrlen = uplen;
+    LIST_INIT(&w->conns);
+    TAILQ_INIT(&w->idle);
+    pthread_mutex_init(&w->mu, NULL);
+    if (ec)
+        event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    w->base = ec ? event_base_new_with_config(ec) : NULL;
+    if (ec)
+        event_config_free(ec);
+    if (!w->base || !(w->wake = event_new(w->base, -1, 0, on_wake, w)))
+        return -1;
+    w->listener = evconnlistener_new(w->base, on_accept, w,
+                                     LEV_OPT_CLOSE_ON_FREE, -1, fd);
+    return w->listener ? 0 : -1;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+
+    event_base_dispatch(w->base);
+    return NULL;
+}
+
+int worker_start(struct worker *w)
+{
+    w->started = pthread_create(&w->thread, NULL, worker_main, w) == 0;
+    return w->started ? 0 : -1;
+}
+
+void worker_stop(struct worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->stop_requested = true;
+    pthread_mutex_unlock(&w->mu);
+    event_active(w->wake, 0, 0);
+}
+
+void worker_join(struct worker *w)
+{
+    pthread_join(w->thread, NULL);
+}
+
+/* After the thread is gone: free what is left (a forced shutdown leaves
+ * connections open). */
+void worker_deinit(struct worker *w)
+{
+    w->stopping = false; /* conn_free must not touch the dead loop */
+    while (!LIST_EMPTY(&w->conns))
+        conn_discard(LIST_FIRST(&w->conns));
+    upstream_close_idle(w);
+    if (w->listener)
+        evconnlistener_free(w->listener);
+    if (w->wake)
+        event_free(w->wake);
+    if (w->base)
+        event_base_free(w->base);
+    free(w->woken);
+    pthread_mutex_destroy(&w->mu);
+}

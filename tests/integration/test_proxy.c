@@ -1,0 +1,779 @@
+/* idemproxy's contract end to end: each test starts its own demo_upstream
+ * and idemproxy on ephemeral loopback ports, checks one rule (what the
+ * client gets, and how often the upstream executed, from GET /count) and
+ * stops both. docs/semantics.md states the rules. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+
+#define ARGS_MAX 32
+#define FLAGS(...) ((const char *const[]){ __VA_ARGS__, NULL })
+
+static struct h_proc *upstream_on(const char *listen)
+{
+    const char *argv[] = { DEMO_UPSTREAM_PATH, "--listen", listen, NULL };
+
+    return h_start(DEMO_UPSTREAM_PATH, argv);
+}
+
+/* idemproxy in front of 127.0.0.1:up_port, with extra flags (or NULL). */
+static struct h_proc *proxy(uint16_t up_port, const char *const *extra)
+{
+    const char *argv[ARGS_MAX] = {
+        IDEMPROXY_PATH, "--listen",  "127.0.0.1:0", "--admin-listen",
+        "127.0.0.1:0",  "--workers", "2",           "--upstream"
+    };
+    char up[32];
+    size_t n = 8;
+
+    snprintf(up, sizeof(up), "127.0.0.1:%u", up_port);
+    argv[n++] = up;
+    while (extra && *extra && n + 1 < ARGS_MAX)
+        argv[n++] = *extra++;
+    argv[n] = NULL;
+    return h_start(IDEMPROXY_PATH, argv);
+}
+
+/* A fresh demo_upstream (*up) and idemproxy in front of it. */
+static struct h_proc *pair(struct h_proc **up, const char *const *extra)
+{
+    *up = upstream_on("127.0.0.1:0");
+    return proxy((*up)->http_port, extra);
+}
+
+/* POST body to target with key (NULL: none); fails the test on no
+ * answer. */
+static void post(struct h_proc *px, const char *target, const char *key,
+                 const char *body, struct h_resp *r)
+{
+    struct h_req q = {
+        .method = "POST", .target = target, .key = key, .body = body
+    };
+
+    assert_int_equal(h_exchange(px->http_port, &q, r), 0);
+}
+
+/* POST and return the status; the response is dropped. */
+static int post_status(struct h_proc *px, const char *target, const char *key,
+                       const char *body)
+{
+    struct h_resp r;
+    int status;
+
+    post(px, target, key, body, &r);
+    status = r.status;
+    h_resp_free(&r);
+    return status;
+}
+
+static void assert_replayed(const struct h_resp *r, bool replayed)
+{
+    const char *v = h_header(r, "Idempotent-Replayed");
+
+    if (replayed)
+        assert_string_equal(v ? v : "(absent)", "true");
+    else
+        assert_null(v);
+}
+
+static void assert_problem(const struct h_resp *r, int status)
+{
+    const char *type = h_header(r, "Content-Type");
+
+    assert_int_equal(r->status, status);
+    assert_non_null(type);
+    assert_int_equal(strncmp(type, "application/problem+json", 24), 0);
+}
+
+/* POST and check for a problem+json answer with status. */
+static void post_problem(struct h_proc *px, const char *target, const char *key,
+                         const char *body, int status)
+{
+    struct h_resp r;
+
+    post(px, target, key, body, &r);
+    assert_problem(&r, status);
+    h_resp_free(&r);
+}
+
+/* POST n times: each executes anew (upstream executions first, first + 1,
+ * ...) and answers status, never a replay. */
+static void assert_executes_each_time(struct h_proc *px, const char *target,
+                                      const char *key, int status, long first,
+                                      int n)
+{
+    struct h_resp r;
+
+    for (int i = 0; i < n; i++) {
+        post(px, target, key, "x", &r);
+        assert_int_equal(r.status, status);
+        assert_replayed(&r, false);
+        assert_int_equal(h_json_long(&r, "execution"), first + i);
+        h_resp_free(&r);
+    }
+}
+
+/* Open a connection and send a request on it, answer unread. */
+static struct h_conn *send_only(struct h_proc *px, const struct h_req *q)
+{
+    struct h_conn *c = h_connect(px->http_port);
+    size_t len;
+    char *raw = h_build(q, &len);
+
+    assert_non_null(c);
+    assert_int_equal(h_send(c, raw, len), 0);
+    free(raw);
+    return c;
+}
+
+/* Read c's answer: status 200, executed not replayed. */
+static void read_executed(struct h_conn *c)
+{
+    struct h_resp r;
+
+    assert_int_equal(h_read(c, &r, false), 0);
+    assert_int_equal(r.status, 200);
+    assert_replayed(&r, false);
+    h_resp_free(&r);
+    h_close(c);
+}
+
+/* -- Keys, replays, mismatches ----------------------------------------- */
+
+static void test_replay_with_same_key(void **state)
+{
+    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_resp first, again;
+
+    (void)state;
+    post(px, "/orders?status=201", "k-1", "{\"a\":1}", &first);
+    assert_int_equal(first.status, 201);
+    assert_replayed(&first, false);
+    assert_int_equal(h_json_long(&first, "execution"), 1);
+    post(px, "/orders?status=201", "k-1", "{\"a\":1}", &again);
+    assert_int_equal(again.status, 201);
+    assert_replayed(&again, true);
+    assert_string_equal(again.body, first.body);
+    assert_int_equal(h_upstream_count(up->http_port), 1);
+    h_resp_free(&first);
+    h_resp_free(&again);
+}
+
+static void test_mismatch_is_422(void **state)
+{
+    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_req patch = {
+        .method = "PATCH", .target = "/m", .key = "k-m", .body = "a"
+    };
+    struct h_resp r;
+
+    (void)state;
+    assert_int_equal(post_status(px, "/m", "k-m", "a"), 200);
+    post_problem(px, "/m", "k-m", "b", 422);  /* another body */
+    post_problem(px, "/m2", "k-m", "a", 422); /* another path */
+    assert_int_equal(h_exchange(px->http_port, &patch, &r), 0);
+    assert_problem(&r, 422); /* another method */
+    h_resp_free(&r);
+    assert_int_equal(h_upstream_count(up->http_port), 1);
+}
+
+static void test_bad_key_is_400(void **state)
+{
+    static const char *const keys[] = { "", "a,b", "\"unterminated",
+                                        "\"k\";a=1" };
+    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_req twice = { .method = "POST",
+                           .target = "/k",
+                           .key = "one",
+                           .headers = "Idempotency-Key: two\r\n",
+                           .body = "" };
+    char *longkey = calloc(1, 301);
+    struct h_resp r;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        post_problem(px, "/k", keys[i], "", 400);
+    assert_non_null(longkey);
+    memset(longkey, 'k', 300);
+    post_problem(px, "/k", longkey, "", 400);
+    free(longkey);
+    assert_int_equal(h_exchange(px->http_port, &twice, &r), 0);
+    assert_problem(&r, 400);
+    h_resp_free(&r);
+    assert_int_equal(h_upstream_count(up->http_port), 0);
+}
+
+static void test_required_key_is_400(void **state)
+{
+    struct h_proc *up, *px = pair(&up, FLAGS("--require-key", "/pay"));
+
+    (void)state;
+    post_problem(px, "/pay/1", NULL, "x", 400);
+    assert_int_equal(h_upstream_count(up->http_port), 0);
+    assert_int_equal(post_status(px, "/pay/1", "k-p", "x"), 200);
+    /* Outside the prefix, no key is needed. */
+    assert_int_equal(post_status(px, "/other", NULL, "x"), 200);
+    assert_int_equal(h_upstream_count(up->http_port), 2);
+}
+
+/* -- Concurrency ------------------------------------------------------- */
+
+/* POST target with key, and once the upstream has it, the same again on
+ * another connection: that answer into *r. The first then completes,
+ * executed; the upstream executed once. */
+static void post_twice_in_flight(struct h_proc *up, struct h_proc *px,
+                                 const char *target, const char *key,
+                                 struct h_resp *r)
+{
+    struct h_req q = {
+        .method = "POST", .target = target, .key = key, .body = "x"
+    };
+    struct h_conn *first = send_only(px, &q);
+
+    assert_int_equal(h_upstream_wait_count(up->http_port, 1), 1);
+    assert_int_equal(h_exchange(px->http_port, &q, r), 0);
+    read_executed(first);
+    assert_int_equal(h_upstream_count(up->http_port), 1);
+}
+
+static void test_conflict_409_while_in_flight(void **state)
+{
+    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_resp r;
+
+    (void)state;
+    post_twice_in_flight(up, px, "/slow?delay_ms=2000", "k-c", &r);
+    assert_problem(&r, 409);
+    assert_non_null(h_header(&r, "Retry-After"));
+    h_resp_free(&r);
+}
+
+static void test_conflict_wait_gets_replay(void **state)
+{
+    struct h_proc *up, *px = pair(&up, FLAGS("--conflict", "wait:5s"));
+    struct h_resp r;
+
+    (void)state;
+    post_twice_in_flight(up, px, "/slow?delay_ms=1000", "k-w", &r);
+    assert_int_equal(r.status, 200);
+    assert_replayed(&r, true);
+    assert_int_equal(h_json_long(&r, "execution"), 1);
+    h_resp_free(&r);
+}
+
+#define RACERS 50
+
+struct racer {
+    uint16_t port;
+    pthread_barrier_t *go;
+    int status; /* -1: no answer */
+    bool replayed;
+};
+
+/* One client: connect, wait for the others, send the same keyed POST. */
+static void *race(void *arg)
+{
+    struct racer *rc = arg;
+    struct h_req q = { .method = "POST",
+                       .target = "/race?delay_ms=500",
+                       .key = "k-race",
+                       .body = "same" };
+    struct h_conn *c = h_connect(rc->port);
+    size_t len;
+    char *raw = h_build(&q, &len);
+    struct h_resp r;
+
+    rc->status = -1;
+    pthread_barrier_wait(rc->go);
+    if (c && h_send(c, raw, len) == 0 && h_read(c, &r, false) == 0) {
+        const char *v = h_header(&r, "Idempotent-Replayed");
+
+        rc->status = r.status;
+        rc->replayed = v && strcmp(v, "true") == 0;
+        h_resp_free(&r);
+    }
+    free(raw);
+    h_close(c);
+    return NULL;
+}
+
+static void test_parallel_same_key_executes_once(void **state)
+{
+    struct h_proc *up, *px = pair(&up, NULL);
+    static struct racer racers[RACERS];
+    pthread_t threads[RACERS];
+    pthread_barrier_t go;
+    int executed = 0;
+
+    (void)state;
+    pthread_barrier_init(&go, NULL, RACERS);
+    for (int i = 0; i < RACERS; i++) {
+        racers[i] = (struct racer){ .port = px->http_port, .go = &go };
+        assert_int_equal(pthread_create(&threads[i], NULL, race, &racers[i]),
+                         0);
+    }
+    for (int i = 0; i < RACERS; i++)
+        pthread_join(threads[i], NULL);
+    pthread_barrier_destroy(&go);
+    for (int i = 0; i < RACERS; i++) {
+        if (racers[i].status == 200 && !racers[i].replayed)
+            executed++;
+        else if (racers[i].status != 409 && !racers[i].replayed)
+            fail_msg("client %d: status %d, not a replay", i, racers[i].status);
+    }
+    assert_int_equal(executed, 1);
+    assert_int_equal(h_upstream_count(up->http_port), 1);
+}
+
+static void test_client_abort_then_replay(void **state)
+{
+    struct h_proc *up, *px = pair(&up, FLAGS("--conflict", "wait:5s"));
+    struct h_req q = { .method = "POST",
+                       .target = "/slow?delay_ms=800",
+                       .key = "k-abort",
+                       .body = "x" };
+    struct h_resp r;
+
+    (void)state;
+    h_close(send_only(px, &q)); /* leaves while the upstream works */
+    assert_int_equal(h_upstream_wait_count(up->http_port, 1), 1);
+    assert_int_equal(h_exchange(px->http_port, &q, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_replayed(&r, true);
+    assert_int_equal(h_json_long(&r, "execution"), 1);
+    h_resp_free(&r);
+    assert_int_equal(h_upstream_count(up->http_port), 1);
+}
+
+/* -- Upstream failures and what is not stored -------------------------- */
+
+static void test_upstream_down_502_releases_key(void **state)
+{
+    uint16_t port = h_free_port();
+    struct h_proc *px = proxy(port, NULL), *up;
+    char listen[32];
+    struct h_resp r;
+
+    (void)state;
+    assert_int_equal(post_status(px, "/d", "k-down", "x"), 502);
+    snprintf(listen, sizeof(listen), "127.0.0.1:%u", port);
+    up = upstream_on(listen);
+    post(px, "/d", "k-down", "x", &r);
+    assert_int_equal(r.status, 200);
+    assert_replayed(&r, false);
+    assert_int_equal(h_json_long(&r, "execution"), 1);
+    h_resp_free(&r);
+    assert_int_equal(h_upstream_count(up->http_port), 1);
+}
+
+static void test_upstream_timeout_504_releases_key(void **state)
+{
+    struct h_proc *up, *px = pair(&up, FLAGS("--upstream-timeout", "500ms"));
+
+    (void)state;
+    assert_int_equal(post_status(px, "/t?delay_ms=3000", "k-to", "x"), 504);
+    /* Released: the retry executes again (and times out again). */
+    assert_int_equal(post_status(px, "/t?delay_ms=3000", "k-to", "x"), 504);
+    assert_int_equal(h_upstream_wait_count(up->http_port, 2), 2);
+}
+
+static void test_failures_are_not_stored(void **state)
+{
+    static const int statuses[] = { 500, 503, 408, 425, 429 };
+    const size_t n = sizeof(statuses) / sizeof(statuses[0]);
+    struct h_proc *up, *px = pair(&up, NULL);
+
+    (void)state;
+    for (size_t i = 0; i < n; i++) {
+        char *target = h_format("/f?status=%d", statuses[i]);
+
+        assert_executes_each_time(px, target, "k-fail", statuses[i],
+                                  2 * (long)i + 1, 2);
+        free(target);
+    }
+    assert_int_equal(h_upstream_count(up->http_port), 2 * (long)n);
+}
+
+static void test_no_store_policy_is_not_stored(void **state)
+{
+    struct h_proc *up, *px = pair(&up, NULL);
+
+    (void)state;
+    assert_executes_each_time(px, "/ns?no_store=1&status=201", "k-ns", 201, 1,
+                              2);
+    assert_int_equal(h_upstream_count(up->http_port), 2);
+}
+
+/* -- HTTP/1.1 mechanics ------------------------------------------------ */
+
+static void test_chunked_request_body(void **state)
+{
+    static const char raw[] = "POST /ch HTTP/1.1\r\nHost: x\r\n"
+                              "Idempotency-Key: k-chunk\r\n"
+                              "Transfer-Encoding: chunked\r\n\r\n"
+                              "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_resp r;
+
+    (void)state;
+    assert_int_equal(h_exchange_raw(px->http_port, raw, &r, NULL), 0);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(h_json_long(&r, "body_bytes"), 11);
+    h_resp_free(&r);
+    assert_int_equal(h_exchange_raw(px->http_port, raw, &r, NULL), 0);
+    assert_int_equal(r.status, 200);
+    assert_replayed(&r, true);
+    h_resp_free(&r);
+    assert_int_equal(h_upstream_count(up->http_port), 1);
+}
+
+static void test_chunked_response(void **state)
+{
+    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_req get = { .method = "GET",
+                         .target = "/cr?chunked=1&size=30000" };
+    struct h_resp r, first;
+
+    (void)state;
+    assert_int_equal(h_exchange(px->http_port, &get, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.body_len, 30000);
+    assert_int_equal(h_json_long(&r, "execution"), 1);
+    h_resp_free(&r);
+    post(px, "/cr?chunked=1&size=30000", "k-cr", "x", &first);
+    assert_int_equal(first.body_len, 30000);
+    post(px, "/cr?chunked=1&size=30000", "k-cr", "x", &r);
+    assert_replayed(&r, true);
+    assert_int_equal(r.body_len, 30000);
+    assert_memory_equal(r.body, first.body, 30000);
+    h_resp_free(&r);
+    h_resp_free(&first);
+    assert_int_equal(h_upstream_count(up->http_port), 2);
+}
+
+static void test_pipelining_in_order(void **state)
+{
+    static const char *const paths[] = { "/a", "/b", "/c" };
+    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_conn *c = h_connect(px->http_port);
+    struct h_resp r[3];
+
+    (void)state;
+    assert_non_null(c);
+    assert_int_equal(h_send_str(c, "GET /a?delay_ms=300 HTTP/1.1\r\n"
+                                   "Host: x\r\n\r\n"
+                                   "POST /b HTTP/1.1\r\nHost: x\r\n"
+                                   "Idempotency-Key: k-pipe\r\n"
+                                   "Content-Length: 2\r\n\r\nhi"
+                                   "GET /c HTTP/1.1\r\nHost: x\r\n\r\n"),
+                     0);
+    assert_int_equal(h_read_n(c, r, 3), 0);
+    for (int i = 0; i < 3; i++) {
+        char *want = h_format("\"path\":\"%s\"", paths[i]);
+
+        assert_int_equal(r[i].status, 200);
+        assert_non_null(strstr(r[i].body, want));
+        free(want);
+        h_resp_free(&r[i]);
+    }
+    h_close(c);
+    assert_int_equal(h_upstream_count(up->http_port), 3);
+}
+
+static void test_expect_continue(void **state)
+{
+    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_conn *c = h_connect(px->http_port);
+    struct h_resp interim, final;
+
+    (void)state;
+    assert_non_null(c);
+    assert_int_equal(h_expect_continue(c,
+                                       "POST /e HTTP/1.1\r\nHost: x\r\n"
+                                       "Idempotency-Key: k-expect\r\n"
+                                       "Expect: 100-continue\r\n"
+                                       "Content-Length: 4\r\n\r\n",
+                                       "body", &interim, &final),
+                     0);
+    assert_int_equal(interim.status, 100);
+    assert_int_equal(final.status, 200);
+    assert_int_equal(h_json_long(&final, "body_bytes"), 4);
+    h_resp_free(&interim);
+    h_resp_free(&final);
+    h_close(c);
+}
+
+static void test_head_and_keep_alive(void **state)
+{
+    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_conn *c = h_connect(px->http_port);
+    struct h_resp r;
+
+    (void)state;
+    assert_non_null(c);
+    assert_int_equal(h_send_str(c, "HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
+    assert_int_equal(h_read(c, &r, true), 0);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.body_len, 0);
+    assert_non_null(h_header(&r, "Content-Length"));
+    h_resp_free(&r);
+    for (int i = 2; i <= 3; i++) { /* the same connection, twice more */
+        assert_int_equal(h_send_str(c, "GET /g HTTP/1.1\r\nHost: x\r\n\r\n"),
+                         0);
+        assert_int_equal(h_read(c, &r, false), 0);
+        assert_int_equal(h_json_long(&r, "execution"), i);
+        assert_replayed(&r, false);
+        h_resp_free(&r);
+    }
+    h_close(c);
+}
+
+static void test_keyless_requests_pass_through(void **state)
+{
+    struct h_proc *up, *px = pair(&up, NULL);
+
+    (void)state;
+    assert_executes_each_time(px, "/free", NULL, 200, 1, 2);
+    assert_int_equal(h_upstream_count(up->http_port), 2);
+}
+
+static void test_connection_close(void **state)
+{
+    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_resp r;
+    bool closed = false;
+
+    (void)state;
+    assert_int_equal(h_exchange_raw(px->http_port,
+                                    "GET /cc HTTP/1.1\r\nHost: x\r\n"
+                                    "Connection: close\r\n\r\n",
+                                    &r, &closed),
+                     0);
+    assert_int_equal(r.status, 200);
+    assert_false(r.keep_alive);
+    assert_true(closed);
+    h_resp_free(&r);
+}
+
+static void test_forwarded_and_hop_by_hop_headers(void **state)
+{
+    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_req q = { .method = "GET",
+                       .target = "/fw?echo=1",
+                       .headers = "Connection: keep-alive, X-Hop\r\n"
+                                  "X-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
+                                  "X-Kept: 2\r\n" };
+    struct h_resp r;
+
+    (void)state;
+    assert_int_equal(h_exchange(px->http_port, &q, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strcasestr(r.body, "[\"X-Forwarded-For\",\"127.0.0.1"));
+    assert_non_null(strcasestr(r.body, "[\"X-Forwarded-Proto\",\"http\"]"));
+    assert_non_null(strcasestr(r.body, "[\"X-Kept\",\"2\"]"));
+    assert_null(strcasestr(r.body, "[\"X-Hop\""));
+    assert_null(strcasestr(r.body, "[\"Keep-Alive\""));
+    h_resp_free(&r);
+}
+
+/* -- Limits and malformed requests ------------------------------------- */
+
+static void test_body_too_large_413(void **state)
+{
+    struct h_proc *up, *px = pair(&up, FLAGS("--max-body", "1K"));
+    char *body = calloc(1, 4001);
+
+    (void)state;
+    assert_non_null(body);
+    memset(body, 'b', 4000);
+    assert_int_equal(post_status(px, "/big", "k-413", body), 413);
+    free(body);
+    assert_int_equal(post_status(px, "/small", "k-small", "fits"), 200);
+    assert_int_equal(h_upstream_count(up->http_port), 1);
+}
+
+static void test_headers_too_large_431(void **state)
+{
+    struct h_proc *up,
+        *px =
+            pair(&up, FLAGS("--max-header-bytes", "1K", "--max-headers", "10"));
+    struct h_req q = { .method = "POST", .target = "/hd", .body = "x" };
+    char *big = calloc(1, 2100), *many = calloc(1, 20 * 16 + 1);
+    struct h_resp r;
+
+    (void)state;
+    assert_non_null(big);
+    assert_non_null(many);
+    memcpy(big, "X-Big: ", 7);
+    memset(big + 7, 'v', 2000);
+    memcpy(big + 2007, "\r\n", 2);
+    for (int i = 0; i < 20; i++)
+        snprintf(many + strlen(many), 17, "X-H%02d: value\r\n", i);
+    q.headers = big;
+    assert_int_equal(h_exchange(px->http_port, &q, &r), 0);
+    assert_int_equal(r.status, 431);
+    h_resp_free(&r);
+    q.headers = many;
+    assert_int_equal(h_exchange(px->http_port, &q, &r), 0);
+    assert_int_equal(r.status, 431);
+    h_resp_free(&r);
+    free(big);
+    free(many);
+    assert_int_equal(h_upstream_count(up->http_port), 0);
+}
+
+static void test_smuggling_is_400_and_closed(void **state)
+{
+    static const struct {
+        const char *name, *raw;
+    } cases[] = {
+        { "Content-Length with Transfer-Encoding",
+          "POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+          "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" },
+        { "two different Content-Length",
+          "POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+          "Content-Length: 6\r\n\r\nhello!" },
+        { "invalid chunk size",
+          "POST /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+          "\r\nzz\r\nhello\r\n0\r\n\r\n" },
+        { "bare LF line endings", "GET /s HTTP/1.1\nHost: x\n\n" },
+        { "obs-fold continuation",
+          "GET /s HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n" },
+        { "spaces in the target", "GET /a b HTTP/1.1\r\nHost: x\r\n\r\n" },
+    };
+    struct h_proc *up, *px = pair(&up, NULL);
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct h_resp r;
+        bool closed = false;
+        int rc = h_exchange_raw(px->http_port, cases[i].raw, &r, &closed);
+
+        if (rc != 0 || r.status != 400 || !closed)
+            fail_msg("%s: read %d, status %d, closed %d", cases[i].name, rc,
+                     r.status, closed);
+        h_resp_free(&r);
+    }
+}
+
+/* -- Admin, shutdown, restart ------------------------------------------ */
+
+static void test_admin_healthz_and_metrics(void **state)
+{
+    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_req health = { .method = "GET", .target = "/healthz" };
+    struct h_req metrics = { .method = "GET", .target = "/metrics" };
+    struct h_resp r;
+
+    (void)state;
+    assert_true(px->admin_port != 0);
+    assert_int_equal(h_exchange(px->admin_port, &health, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(strncmp(r.body, "ok", 2), 0);
+    h_resp_free(&r);
+    post(px, "/mt", "k-metrics", "x", &r);
+    h_resp_free(&r);
+    assert_int_equal(h_exchange(px->admin_port, &metrics, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "idem_requests_total{outcome=\""));
+    h_resp_free(&r);
+}
+
+static void test_graceful_shutdown_finishes_in_flight(void **state)
+{
+    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_req q = { .method = "POST",
+                       .target = "/g?delay_ms=1500",
+                       .key = "k-grace",
+                       .body = "x" };
+    struct h_conn *c = send_only(px, &q);
+
+    (void)state;
+    assert_int_equal(h_upstream_wait_count(up->http_port, 1), 1);
+    h_signal(px, SIGTERM);
+    read_executed(c);
+    assert_int_equal(h_stop(px), 0);
+}
+
+static void test_snapshot_survives_restart(void **state)
+{
+    char *file = h_format("%s/snapshot", h_tmpdir());
+    struct h_proc *up, *px = pair(&up, FLAGS("--snapshot", file));
+    struct h_resp first, r;
+
+    (void)state;
+    post(px, "/snap?status=201", "k-snap", "x", &first);
+    assert_int_equal(first.status, 201);
+    assert_int_equal(h_stop(px), 0);
+    px = proxy(up->http_port, FLAGS("--snapshot", file));
+    post(px, "/snap?status=201", "k-snap", "x", &r);
+    assert_int_equal(r.status, 201);
+    assert_replayed(&r, true);
+    assert_string_equal(r.body, first.body);
+    assert_int_equal(h_upstream_count(up->http_port), 1);
+    h_resp_free(&first);
+    h_resp_free(&r);
+    free(file);
+}
+
+static void test_bad_flags_exit_2(void **state)
+{
+    const char *const *const cases[] = {
+        FLAGS(IDEMPROXY_PATH, "--listen", "127.0.0.1:0"), /* no upstream */
+        FLAGS(IDEMPROXY_PATH, "--upstream", "127.0.0.1:1", "--max-body",
+              "banana"),
+        FLAGS(IDEMPROXY_PATH, "--upstream", "127.0.0.1:1", "--no-such-flag"),
+    };
+    char err[1024];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_int_equal(h_run(IDEMPROXY_PATH, cases[i], err, sizeof(err)), 2);
+        assert_true(strlen(err) > 0);
+    }
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, h_setup, h_teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(test_replay_with_same_key),
+        T(test_mismatch_is_422),
+        T(test_bad_key_is_400),
+        T(test_required_key_is_400),
+        T(test_conflict_409_while_in_flight),
+        T(test_conflict_wait_gets_replay),
+        T(test_parallel_same_key_executes_once),
+        T(test_client_abort_then_replay),
+        T(test_upstream_down_502_releases_key),
+        T(test_upstream_timeout_504_releases_key),
+        T(test_failures_are_not_stored),
+        T(test_no_store_policy_is_not_stored),
+        T(test_chunked_request_body),
+        T(test_chunked_response),
+        T(test_pipelining_in_order),
+        T(test_expect_continue),
+        T(test_head_and_keep_alive),
+        T(test_keyless_requests_pass_through),
+        T(test_connection_close),
+        T(test_forwarded_and_hop_by_hop_headers),
+        T(test_body_too_large_413),
+        T(test_headers_too_large_431),
+        T(test_smuggling_is_400_and_closed),
+        T(test_admin_healthz_and_metrics),
+        T(test_graceful_shutdown_finishes_in_flight),
+        T(test_snapshot_survives_restart),
+        T(test_bad_flags_exit_2),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
