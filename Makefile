@@ -16,7 +16,8 @@ all: build
 
 help:
 	@echo "make            release build in build/"
-	@echo "make run        install deps, build, run the demo"
+	@echo "make run        install deps, build, start idemproxy on"
+	@echo "                127.0.0.1:8080 before a demo upstream"
 	@echo "make test       install deps, lint, build, run every test, then"
 	@echo "                again under ASan+UBSan"
 	@echo "make asan|tsan  sanitizer build and tests (tsan: threaded tests)"
@@ -40,7 +41,7 @@ build:
 	@cmake --build build -j $(JOBS)
 
 run: deps build
-	./build/keylock_demo
+	@scripts/run.sh
 
 test: deps lint build
 	cd build && $(CTEST) -LE soak
@@ -63,10 +64,12 @@ valgrind:
 	@cmake --build build-valgrind -j $(JOBS)
 	cd build-valgrind && $(CTEST) -LE soak
 
-bench: deps build
+bench: build
+	@scripts/deps.sh bench
 	./build/bench/bench_keylock
 	./build/bench/bench_engine
 	./build/bench/bench_cache
+	bench/bench_proxy.sh
 
 soak: deps build
 	./build/soak_keylock $(SOAK_KEYS)

@@ -1,0 +1,222 @@
+#!/bin/sh
+# idemproxy against nginx proxy_pass, both in front of the same nginx stub
+# (return 201), all on 127.0.0.1. wrk drives POSTs with a unique
+# Idempotency-Key each (first executions), 16 rotating keys (replays) and
+# plain GETs (passthrough); nginx gets the unique-key POSTs. CPU per request
+# is utime+stime (/proc/PID/stat) of nginx's one worker and of idemproxy
+# (--workers 1) over the unique-key runs. Prints "name value [unit]" lines,
+# never pass/fail. Needs wrk and nginx: scripts/deps.sh bench.
+#   bench/bench_proxy.sh            5 s per run
+#   BENCH_DURATION=2s bench/bench_proxy.sh
+set -eu
+cd "$(dirname "$0")/.."
+
+DURATION=${BENCH_DURATION:-5s}
+THREADS=2
+CONNS=32
+BUILD=${BUILD_DIR:-build}
+
+for tool in wrk nginx; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "bench_proxy: $tool missing (scripts/deps.sh bench)" >&2
+        exit 2
+    fi
+done
+if ! cmake --build "$BUILD" --target idemproxy demo_upstream >&2; then
+    echo "bench_proxy: build failed; idemproxy runs skipped if absent" >&2
+fi
+
+tmp=$(mktemp -d /tmp/bench_proxy.XXXXXX)
+pids=""
+cleanup() {
+    for p in $pids; do
+        kill "$p" 2>/dev/null || true
+    done
+    for p in $pids; do
+        wait "$p" 2>/dev/null || true
+    done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A TCP port nothing listens on 127.0.0.1 right now.
+free_port() {
+    while :; do
+        p=$(awk 'BEGIN { srand(); print 20000 + int(rand() * 30000) }')
+        [ -z "$(ss -Hltn "sport = :$p")" ] && echo "$p" && return
+        sleep 0.01
+    done
+}
+
+# Wait until something accepts on 127.0.0.1:$1 (up to 10 s).
+wait_port() {
+    i=0
+    until [ -n "$(ss -Hltn "sport = :$1")" ]; do
+        i=$((i + 1))
+        if [ $i -gt 200 ]; then
+            echo "bench_proxy: nothing listens on port $1" >&2
+            exit 1
+        fi
+        sleep 0.05
+    done
+}
+
+# Start nginx with the server block $2 under $tmp/$1; sets nginx_pid.
+start_nginx() {
+    mkdir -p "$tmp/$1"
+    cat >"$tmp/$1/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid $tmp/$1/nginx.pid;
+error_log $tmp/$1/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $tmp/$1;
+    proxy_temp_path $tmp/$1;
+    fastcgi_temp_path $tmp/$1;
+    uwsgi_temp_path $tmp/$1;
+    scgi_temp_path $tmp/$1;
+    keepalive_requests 1000000;
+    $2
+}
+EOF
+    nginx -p "$tmp/$1" -c "$tmp/$1/nginx.conf" 2>>"$tmp/$1/error.log" &
+    nginx_pid=$!
+    pids="$pids $nginx_pid"
+}
+
+# The PID of nginx master $1's one worker.
+nginx_worker() {
+    i=0
+    until w=$(cat "/proc/$1/task/$1/children" 2>/dev/null) && [ -n "$w" ]; do
+        i=$((i + 1))
+        [ $i -gt 200 ] && echo "bench_proxy: no nginx worker" >&2 && exit 1
+        sleep 0.05
+    done
+    echo "$w" | awk '{ print $1 }'
+}
+
+# utime+stime of PID $1 in microseconds.
+cpu_us() {
+    awk -v hz="$(getconf CLK_TCK)" '{
+        sub(/^.*\) /, ""); print ($12 + $13) * 1000000 / hz }' "/proc/$1/stat"
+}
+
+cat >"$tmp/keys.lua" <<'EOF'
+-- POST with an Idempotency-Key. BENCH_KEYS=unique: a new key per request
+-- (unique across threads and runs, by BENCH_NONCE); BENCH_KEYS=N: N keys
+-- in turn, so after the first round every answer is a replay.
+local threads = 0
+function setup(thread)
+    threads = threads + 1
+    thread:set("tid", threads)
+end
+local keys = tonumber(os.getenv("BENCH_KEYS") or "")
+local nonce = os.getenv("BENCH_NONCE") or "k"
+local n = 0
+wrk.method = "POST"
+wrk.body = '{"amount":100,"currency":"EUR"}'
+wrk.headers["Content-Type"] = "application/json"
+function request()
+    n = n + 1
+    if keys then
+        wrk.headers["Idempotency-Key"] = "replay-" .. (n % keys)
+    else
+        wrk.headers["Idempotency-Key"] =
+            string.format("%s-%d-%d", nonce, tid or 0, n)
+    end
+    return wrk.format()
+end
+EOF
+
+# Run wrk against port $1 as run $3: keyed POSTs (BENCH_KEYS=$2: unique or
+# a count), or plain GETs if $2 is empty. Prints its requests and requests
+# per second ("0 0" if it failed); error answers are told on stderr.
+run_wrk() {
+    script=""
+    [ -n "$2" ] && script="-s $tmp/keys.lua"
+    # shellcheck disable=SC2086
+    if ! BENCH_KEYS="$2" BENCH_NONCE="$3-$$" wrk -t$THREADS -c$CONNS \
+        -d"$DURATION" --timeout 10s $script "http://127.0.0.1:$1/pay" \
+        >"$tmp/$3.out"; then
+        echo "bench_proxy: wrk failed in run $3" >&2
+        echo "0 0"
+        return
+    fi
+    grep -E 'Non-2xx|Socket errors' "$tmp/$3.out" |
+        sed "s/^ */bench_proxy: run $3: /" >&2 || true
+    awk '/ requests in / { n = $1 } /^Requests\/sec:/ { r = $2 }
+         END { printf "%d %.0f\n", n, r }' "$tmp/$3.out"
+}
+
+stub=$(free_port)
+start_nginx stub "server { listen 127.0.0.1:$stub; location / {
+    default_type application/json; return 201 '{\"ok\":true}'; } }"
+wait_port "$stub"
+
+front=$(free_port)
+start_nginx front "upstream stub { server 127.0.0.1:$stub; keepalive 64; }
+    server { listen 127.0.0.1:$front; location / {
+        proxy_pass http://stub; proxy_http_version 1.1;
+        proxy_set_header Connection \"\"; } }"
+front_master=$nginx_pid
+wait_port "$front"
+worker=$(nginx_worker "$front_master")
+
+c0=$(cpu_us "$worker")
+set -- $(run_wrk "$front" unique nginx)
+c1=$(cpu_us "$worker")
+echo "proxy.nginx.rps $2"
+nginx_cpu=$(awk -v a="$c0" -v b="$c1" -v n="$1" \
+    'BEGIN { printf "%.1f", n ? (b - a) / n : 0 }')
+
+if [ ! -x "$BUILD/idemproxy" ]; then
+    echo "proxy.nginx.cpu_us $nginx_cpu us/req"
+    echo "bench_proxy: $BUILD/idemproxy missing: idemproxy runs skipped" >&2
+    exit 1
+fi
+
+"$BUILD/idemproxy" --listen 127.0.0.1:0 --admin-listen off \
+    --upstream "127.0.0.1:$stub" --workers 1 --max-memory 1G \
+    --log-level error >"$tmp/idem.out" 2>"$tmp/idem.err" &
+idem_pid=$!
+pids="$pids $idem_pid"
+i=0
+until grep -q '^listening ' "$tmp/idem.out" 2>/dev/null; do
+    i=$((i + 1))
+    if [ $i -gt 200 ] || ! kill -0 "$idem_pid" 2>/dev/null; then
+        echo "bench_proxy: idemproxy did not start:" >&2
+        cat "$tmp/idem.err" >&2
+        exit 1
+    fi
+    sleep 0.05
+done
+idem=$(sed -n 's/^listening http=[^ ]*:\([0-9]*\).*/\1/p' "$tmp/idem.out")
+
+# Say so if idemproxy died during run $1.
+check_idem() {
+    if ! kill -0 "$idem_pid" 2>/dev/null; then
+        echo "bench_proxy: idemproxy exited during run $1; its stderr:" >&2
+        tail -20 "$tmp/idem.err" >&2
+    fi
+}
+
+c0=$(cpu_us "$idem_pid")
+set -- $(run_wrk "$idem" unique first)
+c1=$(cpu_us "$idem_pid" 2>/dev/null || echo "$c0")
+check_idem first
+echo "proxy.idem.first.rps $2"
+idem_cpu=$(awk -v a="$c0" -v b="$c1" -v n="$1" \
+    'BEGIN { printf "%.1f", n ? (b - a) / n : 0 }')
+set -- $(run_wrk "$idem" 16 replay)
+check_idem replay
+echo "proxy.idem.replay.rps $2"
+set -- $(run_wrk "$idem" "" passthrough)
+check_idem passthrough
+echo "proxy.idem.passthrough.rps $2"
+echo "proxy.nginx.cpu_us $nginx_cpu us/req"
+echo "proxy.idem.cpu_us $idem_cpu us/req"
+awk -v a="$idem_cpu" -v b="$nginx_cpu" \
+    'BEGIN { printf "proxy.cpu_ratio %.2f\n", (b > 0 ? a / b : 0) }'
