@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "log.h"
@@ -157,6 +158,15 @@ static void dispatch(struct conn *c)
 {
     int rc;
 
+    if (c->streaming) { /* forwarded already: end the body, await */
+        if (c->up && (c->parser.flags & F_CHUNKED))
+            evbuffer_add(bufferevent_get_output(c->up->bev), "0\r\n\r\n", 5);
+        if (c->state == CS_BODY) {
+            c->state = CS_UPSTREAM;
+            set_client_timeout(c, false);
+        }
+        return;
+    }
     if (c->decision.outcome != IDEM_OUTCOME_PENDING) {
         act(c);
         return;
@@ -294,23 +304,52 @@ static int on_headers_complete(llhttp_t *p)
     const char *expect = http_head_get(&c->head, "Expect", &len);
 
     c->close_after = c->close_after || !llhttp_should_keep_alive(p);
-    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > cfg->max_body)
-        return defer_refusal(c, 413, "the request body is too large", "error");
     if (start_call(c) != 0)
         return defer_refusal(c, 503, "out of memory", "error");
     if (c->decision.outcome == IDEM_OUTCOME_INVALID)
         return defer_refusal(c, 400, c->decision.detail, "invalid");
+    /* a request the engine does not cover streams: its body goes
+     * upstream as it arrives, unbuffered and unbounded */
+    c->streaming = c->decision.outcome == IDEM_OUTCOME_PASS;
+    if (!c->streaming && (p->flags & F_CONTENT_LENGTH) &&
+        p->content_length > cfg->max_body)
+        return defer_refusal(c, 413, "the request body is too large", "error");
     c->state = CS_BODY;
     if (expect && http_list_has(expect, len, "100-continue", 12) &&
         p->http_minor >= 1)
         evbuffer_add_printf(out(c), "HTTP/1.1 100 Continue\r\n\r\n");
-    return 0;
+    return c->streaming ? HPE_PAUSED : 0; /* conn_parse forwards the head */
+}
+
+/* A streamed body's next piece, chunked again if it came chunked. While
+ * the upstream is slower than the client, the client waits: reading stops
+ * past UPSTREAM_HIGH bytes queued (upstream.c resumes it). */
+static void stream_body(struct conn *c, const char *at, size_t len)
+{
+    struct evbuffer *o;
+
+    if (!c->up || len == 0)
+        return; /* the upstream failed: the rest is read and dropped */
+    o = bufferevent_get_output(c->up->bev);
+    if (c->parser.flags & F_CHUNKED)
+        evbuffer_add_printf(o, "%zx\r\n", len);
+    evbuffer_add(o, at, len);
+    if (c->parser.flags & F_CHUNKED)
+        evbuffer_add(o, "\r\n", 2);
+    if (evbuffer_get_length(o) > UPSTREAM_HIGH && c->bev) {
+        bufferevent_disable(c->bev, EV_READ);
+        c->read_paused = true;
+    }
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = conn_of(p);
 
+    if (c->streaming) {
+        stream_body(c, at, len);
+        return 0;
+    }
     if (len > c->w->cfg->max_body - evbuffer_get_length(c->body))
         return defer_refusal(c, 413, "the request body is too large", "error");
     if (evbuffer_add(c->body, at, len) != 0 ||
@@ -350,28 +389,53 @@ static void parse_error(struct conn *c, enum llhttp_errno err)
         refuse(c, 400, "the request is not valid HTTP/1.1", 0, "error");
 }
 
+/* The head of a streamed request goes upstream now; its body follows as
+ * the parser delivers it. Never retried: the body is not kept. */
+static void start_stream(struct conn *c)
+{
+    c->retried = true;
+    if (upstream_forward(c) != 0) {
+        refuse(c, 502, "the upstream could not be reached", 0, "error");
+        return;
+    }
+    llhttp_resume(&c->parser);
+    c->kick = true;
+}
+
 /* Feed buffered input to the parser while the connection reads requests:
  * each whole request is dispatched; one answered at once lets the loop
  * go on to the next pipelined one. Frees the connection if it died. */
 static void conn_parse(struct conn *c)
 {
+    static char nothing[1];
     struct evbuffer_iovec v;
     enum llhttp_errno err;
     size_t used;
 
     c->parsing = true;
-    while (!c->dead && (c->state == CS_HEAD || c->state == CS_BODY) &&
-           evbuffer_peek(bufferevent_get_input(c->bev), -1, NULL, &v, 1) > 0) {
+    while (!c->dead && (c->state == CS_HEAD || c->state == CS_BODY)) {
+        if (evbuffer_peek(bufferevent_get_input(c->bev), -1, NULL, &v, 1) <=
+            0) {
+            if (!c->kick)
+                break;
+            /* a resumed parser finishes a bodyless request on no input */
+            v.iov_base = nothing;
+            v.iov_len = 0;
+        }
+        c->kick = false;
         c->chunk = v.iov_base;
         err = llhttp_execute(&c->parser, v.iov_base, v.iov_len);
         used = err == HPE_OK ? v.iov_len
                              : (size_t)(llhttp_get_error_pos(&c->parser) -
                                         (const char *)v.iov_base);
-        c->chunk_ended_lf =
-            used && ((const char *)v.iov_base)[used - 1] == '\n';
+        if (used)
+            c->chunk_ended_lf = ((const char *)v.iov_base)[used - 1] == '\n';
         evbuffer_drain(bufferevent_get_input(c->bev), used);
         if (c->refusal)
             refuse(c, c->refusal, c->refusal_detail, 0, c->refusal_outcome);
+        else if (err == HPE_PAUSED && c->streaming && !c->up &&
+                 !c->request_done)
+            start_stream(c);
         else if (err == HPE_PAUSED)
             dispatch(c);
         else if (err != HPE_OK)
@@ -471,6 +535,8 @@ void conn_upstream_done(struct conn *c, struct upstream *u)
 {
     uint64_t us = now_us() - c->t_start_us;
 
+    if (!c->request_done)
+        c->close_after = true; /* answered before the body ended */
     c->t_upstream_us = us;
     metrics_observe_upstream(us);
     if (c->chunked_out && !c->gone)
@@ -525,6 +591,24 @@ static void conn_kill(struct conn *c)
         conn_free(c);
 }
 
+/* The last response is out. A client whose request was not read whole
+ * may still be sending: stop writing, read and drop the rest for a
+ * while, then close. Otherwise close now. */
+static void close_or_linger(struct conn *c)
+{
+    struct timeval idle = { LINGER_IDLE_S, 0 };
+
+    if (c->request_done || !c->bev) {
+        conn_kill(c);
+        return;
+    }
+    shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+    c->state = CS_LINGER;
+    c->lingered = 0;
+    bufferevent_set_timeouts(c->bev, &idle, NULL);
+    bufferevent_enable(c->bev, EV_READ);
+}
+
 /* The request is answered: reset for the next, or close. */
 static void finish_request(struct conn *c)
 {
@@ -538,8 +622,13 @@ static void finish_request(struct conn *c)
     evbuffer_drain(c->body, evbuffer_get_length(c->body));
     http_head_reset(&c->head);
     memset(&c->decision, 0, sizeof(c->decision));
-    c->request_done = c->chunked_out = c->responded = false;
-    c->stored_over = c->retried = false;
+    c->chunked_out = c->responded = false;
+    if (!(c->close_after || c->w->stopping) || c->gone)
+        c->request_done = false; /* kept for close_or_linger otherwise */
+    c->stored_over = c->retried = c->streaming = false;
+    if (c->read_paused && c->bev)
+        bufferevent_enable(c->bev, EV_READ);
+    c->read_paused = false;
     c->refusal = 0;
     c->status_sent = 0;
     if (c->gone) {
@@ -550,7 +639,7 @@ static void finish_request(struct conn *c)
         c->state = CS_DRAINING;
         bufferevent_disable(c->bev, EV_READ);
         if (evbuffer_get_length(out(c)) == 0)
-            conn_kill(c);
+            close_or_linger(c);
         return;
     }
     c->state = CS_HEAD;
@@ -563,8 +652,15 @@ static void finish_request(struct conn *c)
 static void on_read(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
 
-    (void)bev;
+    if (c->state == CS_LINGER) {
+        c->lingered += evbuffer_get_length(in);
+        evbuffer_drain(in, evbuffer_get_length(in));
+        if (c->lingered > LINGER_MAX)
+            conn_free(c);
+        return;
+    }
     if (c->state == CS_HEAD || c->state == CS_BODY)
         conn_parse(c);
 }
@@ -575,7 +671,7 @@ static void on_write(struct bufferevent *bev, void *arg)
 
     (void)bev;
     if (c->state == CS_DRAINING)
-        conn_free(c);
+        close_or_linger(c);
 }
 
 /* The client left (or timed out) while its request is elsewhere. */
@@ -600,7 +696,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         client_gone(c);
         return;
     }
-    if ((what & BEV_EVENT_TIMEOUT) && !idle && c->state != CS_DRAINING) {
+    if ((what & BEV_EVENT_TIMEOUT) && !idle && c->state != CS_DRAINING &&
+        c->state != CS_LINGER) {
         c->close_after = true;
         bufferevent_enable(c->bev, EV_WRITE);
         http_problem(out(c), 408, "the request did not arrive in time", 0,
@@ -708,4 +805,12 @@ void conn_close_idle(struct worker *w)
 void conn_discard(struct conn *c)
 {
     conn_free(c);
+}
+
+void conn_upstream_drained(struct conn *c)
+{
+    if (c->read_paused && c->bev) {
+        c->read_paused = false;
+        bufferevent_enable(c->bev, EV_READ);
+    }
 }

@@ -22,6 +22,11 @@
 struct worker;
 struct conn;
 
+/* A streamed request body queued for the upstream past UPSTREAM_HIGH
+ * bytes stops the client's reading until it drains to UPSTREAM_LOW. */
+#define UPSTREAM_HIGH (256 * 1024)
+#define UPSTREAM_LOW (64 * 1024)
+
 /* An upstream connection: idle in its worker's pool, or serving one
  * client connection's request. */
 struct upstream {
@@ -48,7 +53,15 @@ enum conn_state {
     CS_DECIDING, /* waiting for the engine (wait mode) */
     CS_UPSTREAM, /* forwarded; relaying the response */
     CS_DRAINING, /* the last response is written; close after */
+    CS_LINGER,   /* answered early: discard what the client still sends */
 };
+
+/* After answering a request before reading all of it, the connection
+ * reads and discards for up to LINGER_IDLE_S idle seconds and LINGER_MAX
+ * bytes before closing, so the client reads the answer instead of a
+ * reset (what nginx calls a lingering close). */
+#define LINGER_IDLE_S 2
+#define LINGER_MAX (64u << 20)
 
 struct conn {
     LIST_ENTRY(conn) link;
@@ -69,6 +82,10 @@ struct conn {
     const char *refusal_outcome;
     bool gone;           /* the client left; finish for the store only */
     bool retried;        /* sent again once on a fresh upstream */
+    bool streaming;      /* not covered: the body streams upstream */
+    bool read_paused;    /* the upstream is behind: reading stopped */
+    bool kick;           /* run the resumed parser even on no input */
+    size_t lingered;     /* bytes discarded while lingering */
     bool parsing;        /* inside conn_parse: it frees, not callees */
     bool value_started;  /* a header value's first piece was seen */
     bool chunk_ended_lf; /* the last input chunk parsed ended in LF */
@@ -131,6 +148,8 @@ void conn_upstream_head(struct conn *c, struct upstream *u);
 void conn_upstream_body(struct conn *c, const char *at, size_t len);
 void conn_upstream_done(struct conn *c, struct upstream *u);
 void conn_upstream_failed(struct conn *c, unsigned status);
+/* The upstream took most of a streamed body: read the client again. */
+void conn_upstream_drained(struct conn *c);
 /* Close every idle client connection (shutdown). */
 void conn_close_idle(struct worker *w);
 /* Free c whatever it is doing (forced shutdown). */

@@ -157,6 +157,16 @@ static bool retry(struct upstream *u)
     return true;
 }
 
+/* The output drained to UPSTREAM_LOW: a paused client may send more. */
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    struct upstream *u = arg;
+
+    (void)bev;
+    if (u->conn)
+        conn_upstream_drained(u->conn);
+}
+
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     struct upstream *u = arg;
@@ -199,7 +209,8 @@ static struct upstream *upstream_new(struct worker *w)
         return NULL;
     }
     http_head_init(&u->head, 64 * 1024, 256);
-    bufferevent_setcb(u->bev, on_read, NULL, on_event, u);
+    bufferevent_setcb(u->bev, on_read, on_write, on_event, u);
+    bufferevent_setwatermark(u->bev, EV_WRITE, UPSTREAM_LOW, 0);
     bufferevent_set_timeouts(u->bev, NULL, &tv); /* the connect deadline */
     bufferevent_enable(u->bev, EV_READ | EV_WRITE);
     if (bufferevent_socket_connect(u->bev, (struct sockaddr *)&w->upstream_addr,
@@ -245,10 +256,17 @@ static void write_request(struct conn *c, struct evbuffer *o)
                         "X-Forwarded-Proto: http\r\n",
                         (int)(xff ? xlen : 0), xff ? xff : "", xff ? ", " : "",
                         iplen, c->client);
-    if (body || (c->parser.flags & (F_CONTENT_LENGTH | F_CHUNKED)))
+    if (c->streaming && (c->parser.flags & F_CHUNKED))
+        evbuffer_add_printf(o, "Transfer-Encoding: chunked\r\n");
+    else if (c->streaming && (c->parser.flags & F_CONTENT_LENGTH))
+        evbuffer_add_printf(o, "Content-Length: %llu\r\n",
+                            (unsigned long long)c->parser.content_length);
+    else if (!c->streaming &&
+             (body || (c->parser.flags & (F_CONTENT_LENGTH | F_CHUNKED))))
         evbuffer_add_printf(o, "Content-Length: %zu\r\n", body);
     evbuffer_add(o, "\r\n", 2);
-    evbuffer_add_buffer_reference(o, c->body);
+    if (!c->streaming)
+        evbuffer_add_buffer_reference(o, c->body);
 }
 
 int upstream_forward(struct conn *c)

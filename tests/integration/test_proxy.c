@@ -601,6 +601,49 @@ static void test_body_too_large_413(void **state)
     assert_int_equal(h_upstream_count(up->http_port), 1);
 }
 
+/* A request without a key streams: its body goes upstream as it comes,
+ * so --max-body does not bound it (it bounds what is buffered). */
+static void test_keyless_bodies_stream(void **state)
+{
+    struct h_proc *up, *px = pair(&up, FLAGS("--max-body", "1K"));
+    size_t big = 5u << 20, i, n = 0;
+    char *body = malloc(big + 1), *raw = malloc(big + 4096);
+    struct h_resp r;
+
+    (void)state;
+    assert_non_null(body);
+    assert_non_null(raw);
+    memset(body, 'b', big);
+    body[big] = '\0';
+    post(px, "/upload", NULL, body, &r);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(h_json_long(&r, "body_bytes"), (long)big);
+    h_resp_free(&r);
+    /* chunked, 2 MiB in 64 KiB chunks: forwarded chunked */
+    n = (size_t)snprintf(raw, 4096,
+                         "POST /upload-chunked HTTP/1.1\r\n"
+                         "Host: x\r\nTransfer-Encoding: chunked"
+                         "\r\n\r\n");
+    for (i = 0; i < 32; i++) {
+        n += (size_t)snprintf(raw + n, 16, "10000\r\n");
+        memset(raw + n, 'c', 65536);
+        n += 65536;
+        memcpy(raw + n, "\r\n", 2);
+        n += 2;
+    }
+    memcpy(raw + n, "0\r\n\r\n", 6);
+    raw[n + 5] = '\0';
+    assert_int_equal(h_exchange_raw(px->http_port, raw, &r, NULL), 0);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(h_json_long(&r, "body_bytes"), 32 * 65536);
+    h_resp_free(&r);
+    /* with a key the body is buffered for the fingerprint: bounded */
+    assert_int_equal(post_status(px, "/upload", "k-big", body), 413);
+    assert_int_equal(h_upstream_count(up->http_port), 2);
+    free(body);
+    free(raw);
+}
+
 static void test_headers_too_large_431(void **state)
 {
     struct h_proc *up,
@@ -768,6 +811,7 @@ int main(void)
         T(test_connection_close),
         T(test_forwarded_and_hop_by_hop_headers),
         T(test_body_too_large_413),
+        T(test_keyless_bodies_stream),
         T(test_headers_too_large_431),
         T(test_smuggling_is_400_and_closed),
         T(test_admin_healthz_and_metrics),
