@@ -18,6 +18,8 @@ static void conn_free(struct conn *c);
 static void conn_parse(struct conn *c);
 static void finish_request(struct conn *c);
 static void set_client_timeout(struct conn *c, bool on);
+static void pause_upstream(struct conn *c, bool pause);
+static void arm_deadline(struct conn *c);
 
 static uint64_t now_us(void)
 {
@@ -510,6 +512,10 @@ void conn_upstream_body(struct conn *c, const char *at, size_t len)
     evbuffer_add(out(c), at, len);
     if (c->chunked_out)
         evbuffer_add(out(c), "\r\n", 2);
+    if (evbuffer_get_length(out(c)) > UPSTREAM_HIGH)
+        pause_upstream(c, true); /* on_write resumes it */
+    else
+        arm_deadline(c);
 }
 
 /* Complete the engine's call with the response just relayed. */
@@ -578,8 +584,35 @@ static void set_client_timeout(struct conn *c, bool on)
     struct timeval tv = { c->w->cfg->client_timeout_ms / 1000,
                           (c->w->cfg->client_timeout_ms % 1000) * 1000 };
 
+    /* writes always have a deadline: a client that stops reading its
+     * response is dropped, not buffered for */
     if (c->bev)
-        bufferevent_set_timeouts(c->bev, on ? &tv : NULL, NULL);
+        bufferevent_set_timeouts(c->bev, on ? &tv : NULL, &tv);
+}
+
+/* The upstream waits for the client to read (pause) or may go on. The
+ * upstream deadline is an idle one once the response flows: it runs only
+ * while the proxy waits for the upstream, not for the client. */
+static void arm_deadline(struct conn *c)
+{
+    int64_t ms = c->w->cfg->upstream_timeout_ms;
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+
+    evtimer_add(c->timer, &tv);
+}
+
+static void pause_upstream(struct conn *c, bool pause)
+{
+    c->up_paused = pause && c->up;
+    if (!c->up)
+        return;
+    if (pause) {
+        bufferevent_disable(c->up->bev, EV_READ);
+        evtimer_del(c->timer);
+    } else {
+        bufferevent_enable(c->up->bev, EV_READ);
+        arm_deadline(c);
+    }
 }
 
 /* Free c now, or when the conn_parse running for it returns. */
@@ -629,6 +662,7 @@ static void finish_request(struct conn *c)
     if (c->read_paused && c->bev)
         bufferevent_enable(c->bev, EV_READ);
     c->read_paused = false;
+    c->up_paused = false;
     c->refusal = 0;
     c->status_sent = 0;
     if (c->gone) {
@@ -665,12 +699,16 @@ static void on_read(struct bufferevent *bev, void *arg)
         conn_parse(c);
 }
 
+/* The output drained to UPSTREAM_LOW (the write low watermark) or
+ * further. */
 static void on_write(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
+    size_t left = evbuffer_get_length(bufferevent_get_output(bev));
 
-    (void)bev;
-    if (c->state == CS_DRAINING)
+    if (c->up_paused)
+        pause_upstream(c, false);
+    if (c->state == CS_DRAINING && left == 0)
         close_or_linger(c);
 }
 
@@ -678,6 +716,8 @@ static void on_write(struct bufferevent *bev, void *arg)
 static void client_gone(struct conn *c)
 {
     atomic_fetch_add(&metrics.results[METRICS_CLIENT_GONE], 1);
+    if (c->up_paused)
+        pause_upstream(c, false); /* read on, for the store */
     c->gone = true;
     bufferevent_free(c->bev);
     c->bev = NULL;
@@ -696,8 +736,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         client_gone(c);
         return;
     }
-    if ((what & BEV_EVENT_TIMEOUT) && !idle && c->state != CS_DRAINING &&
-        c->state != CS_LINGER) {
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && !idle &&
+        c->state != CS_DRAINING && c->state != CS_LINGER) {
         c->close_after = true;
         bufferevent_enable(c->bev, EV_WRITE);
         http_problem(out(c), 408, "the request did not arrive in time", 0,
@@ -757,6 +797,7 @@ void conn_accept(struct worker *w, evutil_socket_t fd,
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(c->bev, EV_READ, 0,
                              cfg->max_header_bytes + cfg->max_body + 65536);
+    bufferevent_setwatermark(c->bev, EV_WRITE, UPSTREAM_LOW, 0);
     set_client_timeout(c, true);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     LIST_INSERT_HEAD(&w->conns, c, link);

@@ -22,8 +22,9 @@
 struct worker;
 struct conn;
 
-/* A streamed request body queued for the upstream past UPSTREAM_HIGH
- * bytes stops the client's reading until it drains to UPSTREAM_LOW. */
+/* Backpressure, both ways: a body queued for the slower side past
+ * UPSTREAM_HIGH bytes stops reading from the faster one until it drains to
+ * UPSTREAM_LOW. */
 #define UPSTREAM_HIGH (256 * 1024)
 #define UPSTREAM_LOW (64 * 1024)
 
@@ -85,6 +86,7 @@ struct conn {
     bool streaming;      /* not covered: the body streams upstream */
     bool read_paused;    /* the upstream is behind: reading stopped */
     bool kick;           /* run the resumed parser even on no input */
+    bool up_paused;      /* the client is behind: upstream reading stopped */
     size_t lingered;     /* bytes discarded while lingering */
     bool parsing;        /* inside conn_parse: it frees, not callees */
     bool value_started;  /* a header value's first piece was seen */

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -644,6 +645,50 @@ static void test_keyless_bodies_stream(void **state)
     free(raw);
 }
 
+/* Resident memory of pid, in bytes (0 if unreadable). */
+static size_t rss_of(pid_t pid)
+{
+    char path[64];
+    unsigned long pages = 0, resident = 0;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/statm", (int)pid);
+    f = fopen(path, "r");
+    if (!f)
+        return 0;
+    if (fscanf(f, "%lu %lu", &pages, &resident) != 2)
+        resident = 0;
+    fclose(f);
+    return resident * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* A client that does not read holds the upstream back: a 64 MiB response
+ * is not buffered in the proxy, and arrives whole once the client reads. */
+static void test_slow_reader_backpressure(void **state)
+{
+    const size_t size = 64u << 20;
+    struct h_proc *up, *px = pair(&up, NULL);
+    char *get = h_format("GET /big?size=%zu HTTP/1.1\r\nHost: x\r\n\r\n", size);
+    struct h_conn *c = h_connect(px->http_port);
+    size_t before = rss_of(px->pid), during;
+    struct h_resp r;
+
+    (void)state;
+    assert_non_null(c);
+    assert_true(before > 0);
+    assert_int_equal(h_send_str(c, get), 0);
+    free(get);
+    sleep(1); /* the upstream has long sent it all; the client reads none */
+    during = rss_of(px->pid);
+    assert_true(during < before + (16u << 20)); /* not 64 MiB */
+    h_set_timeout(c, 30000);
+    assert_int_equal(h_read(c, &r, false), 0);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.body_len, size);
+    h_resp_free(&r);
+    h_close(c);
+}
+
 static void test_headers_too_large_431(void **state)
 {
     struct h_proc *up,
@@ -812,6 +857,7 @@ int main(void)
         T(test_forwarded_and_hop_by_hop_headers),
         T(test_body_too_large_413),
         T(test_keyless_bodies_stream),
+        T(test_slow_reader_backpressure),
         T(test_headers_too_large_431),
         T(test_smuggling_is_400_and_closed),
         T(test_admin_healthz_and_metrics),
