@@ -73,6 +73,8 @@ static void refuse(struct conn *c, unsigned status, const char *detail,
         c->close_after = true;
     if (!c->gone)
         http_problem(out(c), status, detail, retry_after_s, c->close_after);
+    if (status < 500 && strcmp(outcome, "error") == 0) /* 408 413 431 400 */
+        atomic_fetch_add(&metrics.results[METRICS_CLIENT_ERROR], 1);
     c->status_sent = status;
     log_request(c, outcome, status);
     finish_request(c);
@@ -742,6 +744,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         bufferevent_enable(c->bev, EV_WRITE);
         http_problem(out(c), 408, "the request did not arrive in time", 0,
                      true);
+        atomic_fetch_add(&metrics.results[METRICS_CLIENT_ERROR], 1);
         c->state = CS_DRAINING;
         bufferevent_disable(c->bev, EV_READ);
         return;

@@ -768,11 +768,28 @@ static void test_admin_healthz_and_metrics(void **state)
     assert_int_equal(r.status, 200);
     assert_int_equal(strncmp(r.body, "ok", 2), 0);
     h_resp_free(&r);
-    post(px, "/mt", "k-metrics", "x", &r);
+    assert_int_equal(post_status(px, "/mt", "k-metrics", "x"), 200);
+    assert_int_equal(post_status(px, "/mt", "k-metrics", "x"), 200);
+    assert_int_equal(post_status(px, "/mt", "bad key", "x"), 400);
+    assert_int_equal(h_exchange_raw(px->http_port,
+                                    "GET / HTTP/1.1\r\nHost: x\r\n"
+                                    "X: a\r\n b\r\n\r\n",
+                                    &r, NULL),
+                     0); /* obs-fold: the proxy's own 400 */
+    assert_int_equal(r.status, 400);
     h_resp_free(&r);
     assert_int_equal(h_exchange(px->admin_port, &metrics, &r), 0);
     assert_int_equal(r.status, 200);
-    assert_non_null(strstr(r.body, "idem_requests_total{outcome=\""));
+    assert_non_null(
+        strstr(r.body, "idem_requests_total{outcome=\"proceed\"} 1\n"));
+    assert_non_null(
+        strstr(r.body, "idem_requests_total{outcome=\"replay\"} 1\n"));
+    assert_non_null(
+        strstr(r.body, "idem_requests_total{outcome=\"invalid\"} 1\n"));
+    assert_non_null(
+        strstr(r.body, "idem_requests_total{outcome=\"error\"} 1\n"));
+    assert_non_null(strstr(r.body, "idem_store_entries 1\n"));
+    assert_non_null(strstr(r.body, "idem_process_resident_memory_bytes "));
     h_resp_free(&r);
 }
 
