@@ -689,6 +689,39 @@ static void test_slow_reader_backpressure(void **state)
     h_close(c);
 }
 
+/* Slowloris: 1,000 connections that send half a head and stop are all
+ * closed once --client-timeout passes, the proxy's memory stays bounded,
+ * and it serves others meanwhile. */
+static void test_idle_half_heads_are_dropped(void **state)
+{
+    enum { N = 1000 };
+    struct h_proc *up, *px = pair(&up, FLAGS("--client-timeout", "1s"));
+    struct h_conn **c = calloc(N, sizeof(*c));
+    size_t before = rss_of(px->pid);
+    int i, closed = 0;
+
+    (void)state;
+    assert_non_null(c);
+    for (i = 0; i < N; i++) {
+        c[i] = h_connect(px->http_port);
+        assert_non_null(c[i]);
+        assert_int_equal(h_send_str(c[i], "POST / HTTP/1.1\r\nHost: x\r\n"), 0);
+    }
+    assert_int_equal(post_status(px, "/alive", NULL, "x"), 200);
+    assert_true(rss_of(px->pid) < before + (16u << 20));
+    for (i = 0; i < N; i++) { /* a 408, then the close */
+        struct h_resp r = { 0 };
+
+        h_set_timeout(c[i], 5000); /* well past the 1 s client timeout */
+        if (h_read(c[i], &r, false) == 0 && r.status == 408 && h_closed(c[i]))
+            closed++;
+        h_resp_free(&r);
+        h_close(c[i]);
+    }
+    free(c);
+    assert_int_equal(closed, N);
+}
+
 static void test_headers_too_large_431(void **state)
 {
     struct h_proc *up,
@@ -875,6 +908,7 @@ int main(void)
         T(test_body_too_large_413),
         T(test_keyless_bodies_stream),
         T(test_slow_reader_backpressure),
+        T(test_idle_half_heads_are_dropped),
         T(test_headers_too_large_431),
         T(test_smuggling_is_400_and_closed),
         T(test_admin_healthz_and_metrics),
