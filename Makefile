@@ -23,7 +23,8 @@ help:
 	@echo "make asan|tsan  sanitizer build and tests (tsan: threaded tests)"
 	@echo "make valgrind   the tests under valgrind memcheck, zero leaks"
 	@echo "make bench      build and run the benchmarks (figures only)"
-	@echo "make soak       long leak proofs ($(SOAK_KEYS) keys)"
+	@echo "make soak       long leak proofs ($(SOAK_KEYS) keys), and memory"
+	@echo "                through idemproxy (build/soak/rss.png)"
 	@echo "make fuzz       run each libFuzzer target $(FUZZ_SECS)s (clang)"
 	@echo "make install    install libidem (PREFIX=$(PREFIX))"
 	@echo "make lint       banned functions, format of the sources"
@@ -71,10 +72,12 @@ bench: build
 	./build/bench/bench_cache
 	bench/bench_proxy.sh
 
-soak: deps build
+soak: build
+	@scripts/deps.sh bench
 	./build/soak_keylock $(SOAK_KEYS)
 	./build/soak_cache 100000
 	./build/soak_engine $(SOAK_KEYS)
+	SOAK_KEYS=$(SOAK_KEYS) tests/soak/soak_proxy.sh
 
 fuzz:
 	$(call configure,build-fuzz,-DCMAKE_C_COMPILER=clang -DIDEM_FUZZ=ON -DIDEM_SANITIZE=asan)

@@ -104,39 +104,13 @@ cpu_us() {
         sub(/^.*\) /, ""); print ($12 + $13) * 1000000 / hz }' "/proc/$1/stat"
 }
 
-cat >"$tmp/keys.lua" <<'EOF'
--- POST with an Idempotency-Key. BENCH_KEYS=unique: a new key per request
--- (unique across threads and runs, by BENCH_NONCE); BENCH_KEYS=N: N keys
--- in turn, so after the first round every answer is a replay.
-local threads = 0
-function setup(thread)
-    threads = threads + 1
-    thread:set("tid", threads)
-end
-local keys = tonumber(os.getenv("BENCH_KEYS") or "")
-local nonce = os.getenv("BENCH_NONCE") or "k"
-local n = 0
-wrk.method = "POST"
-wrk.body = '{"amount":100,"currency":"EUR"}'
-wrk.headers["Content-Type"] = "application/json"
-function request()
-    n = n + 1
-    if keys then
-        wrk.headers["Idempotency-Key"] = "replay-" .. (n % keys)
-    else
-        wrk.headers["Idempotency-Key"] =
-            string.format("%s-%d-%d", nonce, tid or 0, n)
-    end
-    return wrk.format()
-end
-EOF
 
 # Run wrk against port $1 as run $3: keyed POSTs (BENCH_KEYS=$2: unique or
 # a count), or plain GETs if $2 is empty. Prints its requests and requests
 # per second ("0 0" if it failed); error answers are told on stderr.
 run_wrk() {
     script=""
-    [ -n "$2" ] && script="-s $tmp/keys.lua"
+    [ -n "$2" ] && script="-s bench/wrk_keys.lua"
     # shellcheck disable=SC2086
     if ! BENCH_KEYS="$2" BENCH_NONCE="$3-$$" wrk -t$THREADS -c$CONNS \
         -d"$DURATION" --timeout 10s $script "http://127.0.0.1:$1/pay" \

@@ -3,6 +3,7 @@
  * signals; workers own client traffic. */
 #include <errno.h>
 #include <event2/thread.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -18,6 +19,7 @@
 #include "proxy.h"
 
 #define TICK_MS 100
+#define TRIM_TICKS 50 /* every 5 s: return freed heap to the kernel */
 
 struct app {
     struct config cfg;
@@ -194,11 +196,19 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
         log_msg(LOG_ERROR, "cannot reopen the log: %s", strerror(errno));
 }
 
+/* The engine's timer: expire waits and records. Every TRIM_TICKS, give
+ * the heap that expired records freed back to the kernel: glibc keeps it
+ * in the workers' arenas otherwise, and resident memory would stay at its
+ * peak after a burst. */
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
+    static unsigned ticks;
+
     (void)fd;
     (void)what;
     idem_engine_tick(((struct app *)arg)->engine);
+    if (++ticks % TRIM_TICKS == 0)
+        malloc_trim(0);
 }
 
 /* Wait for the workers, at most the shutdown timeout; then cut. */

@@ -1,0 +1,121 @@
+#!/bin/sh
+# Bounded memory through idemproxy (make soak): SOAK_KEYS distinct keys
+# (default 10,000,000) from wrk on 127.0.0.1 through idemproxy (memory
+# store, --lifetime 5s, --max-memory 64M) to the demo upstream. Resident
+# memory is sampled every second into build/soak/rss.csv (and drawn into
+# rss.png with gnuplot). It fails (exit 1) unless:
+#   - resident memory never exceeds max-memory + 32 MiB,
+#   - after the last lifetime /metrics shows 0 store entries and 0 keys in
+#     flight, and
+#   - resident memory is back within 16 MiB of its post-warm-up baseline.
+# Needs wrk and gnuplot: scripts/deps.sh bench.
+set -eu
+cd "$(dirname "$0")/../.."
+
+KEYS=${SOAK_KEYS:-10000000}
+BUILD=${BUILD_DIR:-build}
+OUT=$BUILD/soak
+MAX_MEMORY_MIB=64
+PEAK_SLACK_MIB=32
+END_SLACK_MIB=16
+LIFETIME_S=5
+
+for tool in wrk gnuplot; do
+    command -v "$tool" >/dev/null 2>&1 ||
+        { echo "soak_proxy: $tool missing (scripts/deps.sh bench)" >&2; exit 2; }
+done
+mkdir -p "$OUT"
+tmp=$(mktemp -d /tmp/soak_proxy.XXXXXX)
+pids=""
+cleanup() {
+    for p in $pids; do kill "$p" 2>/dev/null || true; done
+    for p in $pids; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+
+# start NAME CMD...: run CMD in the background, wait for its listening line.
+start() {
+    name=$1
+    shift
+    "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+    pids="$pids $!"
+    eval "${name}_pid=$!"
+    i=0
+    until grep -q listening "$tmp/$name.out" 2>/dev/null; do
+        i=$((i + 1))
+        [ $i -le 100 ] || { echo "soak_proxy: $name did not start" >&2; cat "$tmp/$name.err" >&2; exit 1; }
+        sleep 0.1
+    done
+}
+
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+metric() { # metric NAME: its value from /metrics (0 if absent)
+    wrk_url="http://$admin/metrics"
+    curl -s "$wrk_url" | awk -v m="$1" '$1 == m { print $2; f = 1 } END { if (!f) print 0 }'
+}
+
+start up "$BUILD/demo_upstream" --listen 127.0.0.1:0
+upstream=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$tmp/up.out")
+start px "$BUILD/idemproxy" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+    --upstream "$upstream" --workers 2 --lifetime ${LIFETIME_S}s \
+    --max-memory ${MAX_MEMORY_MIB}M --log-level error
+proxy=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$tmp/px.out")
+admin=$(sed -n 's/.*admin=\([^ ]*\).*/\1/p' "$tmp/px.out")
+
+echo "seconds,rss_kib" >"$OUT/rss.csv"
+(t=0; while kill -0 "$px_pid" 2>/dev/null; do
+     echo "$t,$(rss_kib "$px_pid")" >>"$OUT/rss.csv"
+     t=$((t + 1)); sleep 1
+ done) &
+pids="$pids $!"
+
+# wrk RUN SECONDS: unique keys for SECONDS (a nonce per run keeps keys
+# distinct across runs).
+load() {
+    BENCH_NONCE="s$1" wrk -t2 -c64 -d"$2"s -s bench/wrk_keys.lua \
+        "http://$proxy/orders" >"$tmp/wrk.$1" 2>&1
+}
+
+load warm 3
+sleep $((LIFETIME_S + 2)) # the warm-up's records expire
+baseline=$(rss_kib "$px_pid")
+run=0
+while [ "$(metric 'idem_requests_total{outcome="proceed"}')" -lt "$KEYS" ]; do
+    run=$((run + 1))
+    load "$run" 20
+done
+sleep $((LIFETIME_S + 2)) # every record expires; the tick trims the heap
+entries=$(metric idem_store_entries)
+inflight=$(metric idem_keys_in_flight)
+end=$(rss_kib "$px_pid")
+peak=$(awk -F, 'NR > 1 && $2 > m { m = $2 } END { print m + 0 }' "$OUT/rss.csv")
+requests=$(metric 'idem_requests_total{outcome="proceed"}')
+evicted=$(metric idem_store_evictions_total)
+
+gnuplot <<EOF || echo "soak_proxy: gnuplot failed; rss.csv is there" >&2
+set terminal png size 900,400
+set output "$OUT/rss.png"
+set datafile separator ","
+set title "idemproxy resident memory, $requests distinct keys, lifetime ${LIFETIME_S}s"
+set xlabel "seconds"; set ylabel "MiB"; set key off
+plot "$OUT/rss.csv" using 1:(\$2/1024) every ::1 with lines lw 2, \
+     $((MAX_MEMORY_MIB + PEAK_SLACK_MIB)) with lines dt 2
+EOF
+
+echo "soak.proxy.requests $requests"
+echo "soak.proxy.evictions $evicted"
+echo "soak.proxy.rss_baseline $((baseline / 1024)) MiB"
+echo "soak.proxy.rss_peak $((peak / 1024)) MiB"
+echo "soak.proxy.rss_end $((end / 1024)) MiB"
+echo "soak.proxy.entries_after_expiry $entries"
+echo "soak.proxy.in_flight_after $inflight"
+fail=0
+[ "$peak" -le $(((MAX_MEMORY_MIB + PEAK_SLACK_MIB) * 1024)) ] ||
+    { echo "soak_proxy: FAIL: peak over max-memory + ${PEAK_SLACK_MIB} MiB"; fail=1; }
+[ "$entries" = 0 ] && [ "$inflight" = 0 ] ||
+    { echo "soak_proxy: FAIL: entries or keys in flight left after expiry"; fail=1; }
+[ "$end" -le $((baseline + END_SLACK_MIB * 1024)) ] ||
+    { echo "soak_proxy: FAIL: resident memory not back near the baseline"; fail=1; }
+[ $fail = 0 ] && echo "soak_proxy: 1 passed, 0 failed" || echo "soak_proxy: 0 passed, 1 failed"
+exit $fail
