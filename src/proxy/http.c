@@ -60,16 +60,20 @@ int http_head_method(struct http_head *h, const char *at, size_t len)
 {
     if (h->method_len == 0)
         h->method_off = h->len;
+    if (append(h, at, len) != 0)
+        return -1;
     h->method_len += len;
-    return append(h, at, len);
+    return 0;
 }
 
 int http_head_target(struct http_head *h, const char *at, size_t len)
 {
     if (h->target_len == 0)
         h->target_off = h->len;
+    if (append(h, at, len) != 0)
+        return -1;
     h->target_len += len;
-    return append(h, at, len);
+    return 0;
 }
 
 /* Start a new field: -1 past max_fields or without memory. */
@@ -99,9 +103,11 @@ int http_head_field(struct http_head *h, const char *at, size_t len)
     if ((h->in_value || h->nfields == 0) && new_field(h) != 0)
         return -1;
     h->in_value = false;
+    if (append(h, at, len) != 0)
+        return -1;
     h->fields[h->nfields - 1].name_len += len;
-    h->fields[h->nfields - 1].value_off = h->len + len;
-    return append(h, at, len);
+    h->fields[h->nfields - 1].value_off = h->len;
+    return 0;
 }
 
 int http_head_value(struct http_head *h, const char *at, size_t len)
@@ -109,8 +115,10 @@ int http_head_value(struct http_head *h, const char *at, size_t len)
     if (h->nfields == 0)
         return -1;
     h->in_value = true;
+    if (append(h, at, len) != 0)
+        return -1;
     h->fields[h->nfields - 1].value_len += len;
-    return append(h, at, len);
+    return 0;
 }
 
 const struct idem_header *http_head_views(struct http_head *h)

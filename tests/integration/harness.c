@@ -28,6 +28,7 @@
 #include "harness.h"
 
 #define MAX_PROCS 16
+#define MAX_ARGS 64
 
 /* A growing byte string, always NUL-terminated. */
 struct dbuf {
@@ -107,8 +108,65 @@ static void sleep_ms(long ms)
 
 /* -- Processes --------------------------------------------------------- */
 
+static const char *wrapper(void)
+{
+    const char *w = getenv(H_WRAPPER_ENV);
+
+    return w && *w ? w : NULL;
+}
+
+bool h_proxy_wrapped(void)
+{
+    return wrapper() != NULL;
+}
+
+/* A time limit, stretched when idemproxy runs under a wrapper. */
+static long limit(long ms)
+{
+    return wrapper() ? ms * H_WRAPPED_FACTOR : ms;
+}
+
+static bool is_proxy(const char *path)
+{
+    static const char name[] = "/idemproxy";
+    size_t n = strlen(path), k = sizeof(name) - 1;
+
+    return n >= k && strcmp(path + n - k, name) == 0;
+}
+
+/* What to exec for path: argv itself, or for idemproxy under a wrapper,
+ * the wrapper's words, path and argv[1...] (static storage; *file is the
+ * first word, looked up in PATH). */
+static const char *const *command(const char *path, const char *const *argv,
+                                  const char **file)
+{
+    static char words[1024];
+    static const char *cmd[MAX_ARGS];
+    char *save = NULL, *w;
+    size_t n = 0, i;
+
+    *file = path;
+    if (!wrapper() || !is_proxy(path))
+        return argv;
+    if (snprintf(words, sizeof(words), "%s", wrapper()) >= (int)sizeof(words))
+        fail_msg("harness: %s is too long", H_WRAPPER_ENV);
+    for (w = strtok_r(words, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
+        if (n == MAX_ARGS / 2)
+            fail_msg("harness: %s has too many words", H_WRAPPER_ENV);
+        cmd[n++] = w;
+    }
+    cmd[n++] = path;
+    for (i = 1; argv[i] && n + 1 < MAX_ARGS; i++)
+        cmd[n++] = argv[i];
+    if (argv[i])
+        fail_msg("harness: more than %d arguments", MAX_ARGS);
+    cmd[n] = NULL;
+    *file = cmd[0];
+    return cmd;
+}
+
 /* In the child: stdout to out_w, stderr to err_fd, die with the parent. */
-static void exec_child(pid_t parent, const char *path, const char *const *argv,
+static void exec_child(pid_t parent, const char *file, const char *const *argv,
                        int out_w, int err_fd)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -116,8 +174,8 @@ static void exec_child(pid_t parent, const char *path, const char *const *argv,
         _exit(127);
     if (dup2(out_w, STDOUT_FILENO) < 0 || dup2(err_fd, STDERR_FILENO) < 0)
         _exit(127);
-    execv(path, (char *const *)argv);
-    dprintf(STDERR_FILENO, "exec %s: %s\n", path, strerror(errno));
+    execvp(file, (char *const *)argv);
+    dprintf(STDERR_FILENO, "exec %s: %s\n", file, strerror(errno));
     _exit(127);
 }
 
@@ -126,6 +184,7 @@ static int spawn(struct h_proc *p, const char *path, const char *const *argv)
 {
     char tmpl[] = "/tmp/idem-harness-XXXXXX";
     pid_t parent = getpid();
+    const char *file;
     int out[2];
 
     p->err_fd = mkostemp(tmpl, O_CLOEXEC);
@@ -134,10 +193,11 @@ static int spawn(struct h_proc *p, const char *path, const char *const *argv)
     unlink(tmpl);
     if (pipe2(out, O_CLOEXEC) < 0)
         return -1;
+    argv = command(path, argv, &file);
     fflush(NULL);
     p->pid = fork();
     if (p->pid == 0)
-        exec_child(parent, path, argv, out[1], p->err_fd);
+        exec_child(parent, file, argv, out[1], p->err_fd);
     close(out[1]);
     p->out_fd = out[0];
     return p->pid < 0 ? -1 : 0;
@@ -169,7 +229,7 @@ static int reap(struct h_proc *p, long ms)
 
     if (st < 0) {
         kill(p->pid, SIGKILL);
-        st = wait_exit(p->pid, H_STOP_TIMEOUT_MS);
+        st = wait_exit(p->pid, limit(H_STOP_TIMEOUT_MS));
     }
     p->pid = 0;
     if (p->out_fd >= 0)
@@ -181,6 +241,17 @@ static int reap(struct h_proc *p, long ms)
 void h_stderr(struct h_proc *p, char *buf, size_t cap)
 {
     ssize_t n = p->err_fd >= 0 ? pread(p->err_fd, buf, cap - 1, 0) : 0;
+
+    buf[n > 0 ? n : 0] = '\0';
+}
+
+/* The last cap - 1 bytes of p's stderr into buf, NUL-terminated: where a
+ * wrapper's report (valgrind's) is, after the program's own lines. */
+static void stderr_tail(struct h_proc *p, char *buf, size_t cap)
+{
+    off_t end = p->err_fd >= 0 ? lseek(p->err_fd, 0, SEEK_END) : 0;
+    off_t from = end > (off_t)(cap - 1) ? end - (off_t)(cap - 1) : 0;
+    ssize_t n = p->err_fd >= 0 ? pread(p->err_fd, buf, cap - 1, from) : 0;
 
     buf[n > 0 ? n : 0] = '\0';
 }
@@ -249,7 +320,7 @@ struct h_proc *h_start(const char *path, const char *const *argv)
 
     if (spawn(p, path, argv) < 0)
         fail_msg("%s: cannot start: %s", p->name, strerror(errno));
-    if (read_line(p, line, sizeof(line), H_START_TIMEOUT_MS) == 0 &&
+    if (read_line(p, line, sizeof(line), limit(H_START_TIMEOUT_MS)) == 0 &&
         strncmp(line, "listening ", 10) == 0) {
         p->http_port = line_port(line, "http=");
         p->admin_port = line_port(line, "admin=");
@@ -271,7 +342,7 @@ int h_run(const char *path, const char *const *argv, char *err, size_t cap)
 
     if (spawn(p, path, argv) < 0)
         fail_msg("%s: cannot start: %s", p->name, strerror(errno));
-    st = reap(p, H_STOP_TIMEOUT_MS);
+    st = reap(p, limit(H_STOP_TIMEOUT_MS));
     if (err)
         h_stderr(p, err, cap);
     return st;
@@ -289,7 +360,7 @@ int h_stop(struct h_proc *p)
         return -1;
     if (!p->signalled)
         kill(p->pid, SIGTERM);
-    return reap(p, H_STOP_TIMEOUT_MS);
+    return reap(p, limit(H_STOP_TIMEOUT_MS));
 }
 
 static void on_watchdog(int sig)
@@ -308,7 +379,7 @@ int h_setup(void **state)
 
     (void)state;
     sigaction(SIGALRM, &sa, NULL);
-    alarm(H_TEST_SECONDS);
+    alarm((unsigned)limit(H_TEST_SECONDS));
     return 0;
 }
 
@@ -345,13 +416,13 @@ static void remove_tmpdir(void)
 static int release(int i)
 {
     struct h_proc *p = &procs[i];
-    char err[2048];
+    char err[4096];
     int rc = 0, st;
 
     if (p->pid > 0 && (st = h_stop(p)) != 0) {
-        h_stderr(p, err, sizeof(err));
-        print_error("%s: exit status %d when stopped; stderr:\n%s\n", p->name,
-                    st, err);
+        stderr_tail(p, err, sizeof(err));
+        print_error("%s: exit status %d when stopped; stderr (end):\n%s\n",
+                    p->name, st, err);
         rc = -1;
     }
     if (p->err_fd >= 0)

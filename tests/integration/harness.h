@@ -17,6 +17,13 @@
 #define H_IO_TIMEOUT_MS 10000    /* default per connection read/write */
 #define H_TEST_SECONDS 90        /* a test still running after it: exit */
 
+/* IDEM_PROXY_WRAPPER, when set, is a command prefix (words split on
+ * spaces, e.g. "valgrind -q --error-exitcode=99") that h_start and h_run
+ * put before a program whose path ends in "/idemproxy". The start, stop
+ * and test time limits above are then H_WRAPPED_FACTOR times as long. */
+#define H_WRAPPER_ENV "IDEM_PROXY_WRAPPER"
+#define H_WRAPPED_FACTOR 6
+
 /* -- Processes --------------------------------------------------------- */
 
 struct h_proc {
@@ -39,6 +46,9 @@ struct h_proc *h_start(const char *path, const char *const *argv);
  * Its exit status (128 + signal if killed); its stderr into err[0..cap)
  * NUL-terminated if err is not NULL. */
 int h_run(const char *path, const char *const *argv, char *err, size_t cap);
+
+/* Whether IDEM_PROXY_WRAPPER is set: idemproxy runs under it, slowly. */
+bool h_proxy_wrapped(void);
 
 /* Send sig to p (not waiting). */
 void h_signal(struct h_proc *p, int sig);

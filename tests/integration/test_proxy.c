@@ -226,6 +226,44 @@ static void test_required_key_is_400(void **state)
     assert_int_equal(h_upstream_count(up->http_port), 2);
 }
 
+/* POST /scoped with key k-scope and body "same" as the client auth (an
+ * Authorization line): 201, replayed or not, carrying the upstream's
+ * execution number. */
+static void post_as(struct h_proc *px, const char *auth, bool replayed,
+                    long execution)
+{
+    struct h_req q = { .method = "POST",
+                       .target = "/scoped?status=201",
+                       .key = "k-scope",
+                       .headers = auth,
+                       .body = "same" };
+    struct h_resp r;
+
+    assert_int_equal(h_exchange(px->http_port, &q, &r), 0);
+    assert_int_equal(r.status, 201);
+    assert_replayed(&r, replayed);
+    assert_int_equal(h_json_long(&r, "execution"), execution);
+    h_resp_free(&r);
+}
+
+/* A key belongs to its client (Authorization): another client's same key,
+ * path and body is another request, executed, and each client's retry
+ * replays its own response, never the other's. */
+static void test_same_key_other_client_is_separate(void **state)
+{
+    const char *alice = "Authorization: Bearer alice\r\n";
+    const char *bob = "Authorization: Bearer bob\r\n";
+    struct h_proc *up, *px = pair(&up, NULL);
+
+    (void)state;
+    post_as(px, alice, false, 1);
+    post_as(px, bob, false, 2);
+    assert_int_equal(h_upstream_count(up->http_port), 2);
+    post_as(px, bob, true, 2);
+    post_as(px, alice, true, 1);
+    assert_int_equal(h_upstream_count(up->http_port), 2);
+}
+
 /* -- Concurrency ------------------------------------------------------- */
 
 /* POST target with key, and once the upstream has it, the same again on
@@ -645,6 +683,13 @@ static void test_keyless_bodies_stream(void **state)
     free(raw);
 }
 
+/* Whether the proxy's resident memory can be bounded: not under a wrapper
+ * (valgrind counts its own heap, and holds 20 MB of freed blocks back). */
+static bool rss_is_the_proxys(void)
+{
+    return !h_proxy_wrapped();
+}
+
 /* Resident memory of pid, in bytes (0 if unreadable). */
 static size_t rss_of(pid_t pid)
 {
@@ -680,7 +725,8 @@ static void test_slow_reader_backpressure(void **state)
     free(get);
     sleep(1); /* the upstream has long sent it all; the client reads none */
     during = rss_of(px->pid);
-    assert_true(during < before + (16u << 20)); /* not 64 MiB */
+    if (rss_is_the_proxys())
+        assert_true(during < before + (16u << 20)); /* not 64 MiB */
     h_set_timeout(c, 30000);
     assert_int_equal(h_read(c, &r, false), 0);
     assert_int_equal(r.status, 200);
@@ -708,7 +754,8 @@ static void test_idle_half_heads_are_dropped(void **state)
         assert_int_equal(h_send_str(c[i], "POST / HTTP/1.1\r\nHost: x\r\n"), 0);
     }
     assert_int_equal(post_status(px, "/alive", NULL, "x"), 200);
-    assert_true(rss_of(px->pid) < before + (16u << 20));
+    if (rss_is_the_proxys())
+        assert_true(rss_of(px->pid) < before + (16u << 20));
     for (i = 0; i < N; i++) { /* a 408, then the close */
         struct h_resp r = { 0 };
 
@@ -889,6 +936,7 @@ int main(void)
         T(test_mismatch_is_422),
         T(test_bad_key_is_400),
         T(test_required_key_is_400),
+        T(test_same_key_other_client_is_separate),
         T(test_conflict_409_while_in_flight),
         T(test_conflict_wait_gets_replay),
         T(test_parallel_same_key_executes_once),
