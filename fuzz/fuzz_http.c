@@ -33,14 +33,10 @@
 
 /* One client connection, as far as conn.c's parsing goes. */
 struct client {
-    llhttp_t parser;
-    struct http_head head;
+    struct http_reader rd;  /* parser and head, as conn.c reads them */
     struct idem_call *call; /* the request being read */
     struct idem_call *held; /* CTL_DEFER: proceeded, not yet completed */
     uint8_t ctl;
-    const char *chunk;   /* the input piece being parsed */
-    bool chunk_ended_lf; /* the previous piece ended with '\n' */
-    bool value_started;
     bool streaming; /* PASS: the body is not the engine's */
     bool refused;   /* answered 400 or 413 from a callback: closes */
     bool close_after;
@@ -58,7 +54,7 @@ static const struct idem_header stored_headers[] = {
 
 static struct client *client_of(llhttp_t *p)
 {
-    return p->data;
+    return http_reader_of(p)->data;
 }
 
 /* What conn.c and log.c read of a head lies inside its bytes. */
@@ -76,48 +72,6 @@ static void check_head(const struct http_head *h)
         CHECK(f->name_off + f->name_len <= f->value_off);
         CHECK(f->value_off + f->value_len <= h->len);
     }
-}
-
-static int head_piece(llhttp_t *p, int rc)
-{
-    check_head(&client_of(p)->head);
-    if (rc == 0)
-        return 0;
-    llhttp_set_error_reason(p, "head too large or out of memory");
-    return HPE_USER;
-}
-
-static int on_method(llhttp_t *p, const char *at, size_t len)
-{
-    return head_piece(p, http_head_method(&client_of(p)->head, at, len));
-}
-
-static int on_url(llhttp_t *p, const char *at, size_t len)
-{
-    return head_piece(p, http_head_target(&client_of(p)->head, at, len));
-}
-
-static int on_field(llhttp_t *p, const char *at, size_t len)
-{
-    return head_piece(p, http_head_field(&client_of(p)->head, at, len));
-}
-
-/* conn.c's folded(): a second piece of a value after a line feed. */
-static int on_value(llhttp_t *p, const char *at, size_t len)
-{
-    struct client *c = client_of(p);
-
-    if (c->value_started &&
-        (at > c->chunk ? at[-1] == '\n' : c->chunk_ended_lf))
-        return HPE_USER;
-    c->value_started = true;
-    return head_piece(p, http_head_value(&c->head, at, len));
-}
-
-static int on_value_complete(llhttp_t *p)
-{
-    client_of(p)->value_started = false;
-    return 0;
 }
 
 static void check_started(const struct idem_decision *d)
@@ -139,7 +93,7 @@ static void check_started(const struct idem_decision *d)
  * scope, so no input sees another's records. */
 static void start_call(struct client *c, struct idem_decision *d)
 {
-    struct http_head *h = &c->head;
+    struct http_head *h = &c->rd.head;
     const struct idem_header *views = http_head_views(h);
     struct idem_header hdrs[MAX_FIELDS + 1];
     char scope[24];
@@ -171,7 +125,7 @@ static int on_headers_complete(llhttp_t *p)
     struct client *c = client_of(p);
     struct idem_decision d;
 
-    check_head(&c->head);
+    check_head(&c->rd.head);
     c->close_after = c->close_after || !llhttp_should_keep_alive(p);
     start_call(c, &d);
     c->streaming = d.outcome == IDEM_OUTCOME_PASS;
@@ -207,11 +161,7 @@ static int on_message_complete(llhttp_t *p)
 }
 
 static const llhttp_settings_t request_settings = {
-    .on_method = on_method,
-    .on_url = on_url,
-    .on_header_field = on_field,
-    .on_header_value = on_value,
-    .on_header_value_complete = on_value_complete,
+    HTTP_READER_CALLBACKS,
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
@@ -300,7 +250,7 @@ static void dispatch(struct client *c)
     }
     idem_call_free(c->call); /* PASS, or answered */
     c->call = NULL;
-    http_head_reset(&c->head);
+    http_head_reset(&c->rd.head);
 }
 
 /* conn_parse(): feed the stream in pieces; pause after each request,
@@ -312,16 +262,10 @@ static void parse(struct client *c, const uint8_t *data, size_t size)
 
     while (off < size) {
         n = piece && piece < size - off ? piece : size - off;
-        c->chunk = (const char *)data + off;
-        err = llhttp_execute(&c->parser, c->chunk, n);
-        used = err == HPE_OK
-                   ? n
-                   : (size_t)(llhttp_get_error_pos(&c->parser) - c->chunk);
+        err = http_reader_execute(&c->rd, (const char *)data + off, n, &used);
         CHECK(used <= n);
-        if (used)
-            c->chunk_ended_lf = c->chunk[used - 1] == '\n';
         off += used;
-        check_head(&c->head);
+        check_head(&c->rd.head);
         if (c->refused || (err != HPE_OK && err != HPE_PAUSED))
             return; /* 400, 413 or 431, then close */
         if (err == HPE_OK)
@@ -329,7 +273,7 @@ static void parse(struct client *c, const uint8_t *data, size_t size)
         dispatch(c);
         if (c->close_after)
             return;
-        llhttp_resume(&c->parser);
+        llhttp_resume(&c->rd.parser);
     }
 }
 
@@ -379,13 +323,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     input_no++;
     memset(&c, 0, sizeof(c));
     c.ctl = data[0];
-    http_head_init(&c.head, MAX_HEAD, MAX_FIELDS);
-    llhttp_init(&c.parser, HTTP_REQUEST, &request_settings);
-    c.parser.data = &c;
+    http_reader_init(&c.rd, &request_settings, MAX_HEAD, MAX_FIELDS, &c);
     parse(&c, data + 1, size - 1);
     idem_call_free(c.call); /* a request cut short */
     complete(c.held, c.ctl & CTL_FAIL);
-    http_head_deinit(&c.head);
+    http_reader_deinit(&c.rd);
     idem_engine_tick(engine);
     check_idle();
     return 0;

@@ -31,7 +31,7 @@ static uint64_t now_us(void)
 
 static struct conn *conn_of(llhttp_t *p)
 {
-    return p->data;
+    return http_reader_of(p)->data;
 }
 
 static struct evbuffer *out(struct conn *c)
@@ -45,17 +45,17 @@ static void log_request(struct conn *c, const char *outcome, unsigned status)
 {
     struct log_decision d = {
         .client = c->client,
-        .method = c->head.bytes + c->head.method_off,
-        .method_len = c->head.method_len,
-        .target = c->head.bytes + c->head.target_off,
-        .target_len = c->head.target_len,
+        .method = c->rd.head.bytes + c->rd.head.method_off,
+        .method_len = c->rd.head.method_len,
+        .target = c->rd.head.bytes + c->rd.head.target_off,
+        .target_len = c->rd.head.target_len,
         .outcome = outcome,
         .status = status,
         .upstream_us = c->t_upstream_us ? (int64_t)c->t_upstream_us : -1,
         .total_us = now_us() - c->t_start_us,
     };
     size_t klen = 0;
-    const char *key = http_head_get(&c->head, c->w->cfg->key_header, &klen);
+    const char *key = http_head_get(&c->rd.head, c->w->cfg->key_header, &klen);
 
     d.key = key;
     d.key_len = klen;
@@ -163,7 +163,7 @@ static void dispatch(struct conn *c)
     int rc;
 
     if (c->streaming) { /* forwarded already: end the body, await */
-        if (c->up && (c->parser.flags & F_CHUNKED))
+        if (c->up && (c->rd.parser.flags & F_CHUNKED))
             evbuffer_add(bufferevent_get_output(c->up->bev), "0\r\n\r\n", 5);
         if (c->state == CS_BODY) {
             c->state = CS_UPSTREAM;
@@ -198,59 +198,6 @@ static int on_message_begin(llhttp_t *p)
     return 0;
 }
 
-static int head_piece(llhttp_t *p, int rc)
-{
-    if (rc == 0)
-        return 0;
-    llhttp_set_error_reason(p, conn_of(p)->head.full ? "head too large"
-                                                     : "out of memory");
-    return HPE_USER;
-}
-
-static int on_method(llhttp_t *p, const char *at, size_t len)
-{
-    return head_piece(p, http_head_method(&conn_of(p)->head, at, len));
-}
-
-static int on_url(llhttp_t *p, const char *at, size_t len)
-{
-    return head_piece(p, http_head_target(&conn_of(p)->head, at, len));
-}
-
-static int on_field(llhttp_t *p, const char *at, size_t len)
-{
-    return head_piece(p, http_head_field(&conn_of(p)->head, at, len));
-}
-
-/* llhttp joins an obs-fold continuation ("X-A: a CRLF SP b") into one
- * value. A request that folds is refused: a second piece of one value that
- * follows a line feed in the input is a fold, while one that merely starts
- * a new input chunk is not. */
-static bool folded(const struct conn *c, const char *at)
-{
-    if (!c->value_started)
-        return false;
-    return at > c->chunk ? at[-1] == '\n' : c->chunk_ended_lf;
-}
-
-static int on_value(llhttp_t *p, const char *at, size_t len)
-{
-    struct conn *c = conn_of(p);
-
-    if (folded(c, at)) {
-        llhttp_set_error_reason(p, "obs-fold in a header");
-        return HPE_USER;
-    }
-    c->value_started = true;
-    return head_piece(p, http_head_value(&c->head, at, len));
-}
-
-static int on_value_complete(llhttp_t *p)
-{
-    conn_of(p)->value_started = false;
-    return 0;
-}
-
 /* Whether path starts with one of the routes that require a key; *route
  * gets the matched prefix. */
 static bool route_of(const struct config *cfg, const char *path, size_t len,
@@ -272,7 +219,7 @@ static bool route_of(const struct config *cfg, const char *path, size_t len,
 /* Ask the engine about the head: PASS, INVALID or PENDING. */
 static int start_call(struct conn *c)
 {
-    struct http_head *h = &c->head;
+    struct http_head *h = &c->rd.head;
     struct idem_request req = {
         .method = h->bytes + h->method_off,
         .method_len = h->method_len,
@@ -305,7 +252,7 @@ static int on_headers_complete(llhttp_t *p)
     struct conn *c = conn_of(p);
     const struct config *cfg = c->w->cfg;
     size_t len;
-    const char *expect = http_head_get(&c->head, "Expect", &len);
+    const char *expect = http_head_get(&c->rd.head, "Expect", &len);
 
     c->close_after = c->close_after || !llhttp_should_keep_alive(p);
     if (start_call(c) != 0)
@@ -335,10 +282,10 @@ static void stream_body(struct conn *c, const char *at, size_t len)
     if (!c->up || len == 0)
         return; /* the upstream failed: the rest is read and dropped */
     o = bufferevent_get_output(c->up->bev);
-    if (c->parser.flags & F_CHUNKED)
+    if (c->rd.parser.flags & F_CHUNKED)
         evbuffer_add_printf(o, "%zx\r\n", len);
     evbuffer_add(o, at, len);
-    if (c->parser.flags & F_CHUNKED)
+    if (c->rd.parser.flags & F_CHUNKED)
         evbuffer_add(o, "\r\n", 2);
     if (evbuffer_get_length(o) > UPSTREAM_HIGH && c->bev) {
         bufferevent_disable(c->bev, EV_READ);
@@ -372,12 +319,8 @@ static int on_message_complete(llhttp_t *p)
 }
 
 static const llhttp_settings_t request_settings = {
+    HTTP_READER_CALLBACKS,
     .on_message_begin = on_message_begin,
-    .on_method = on_method,
-    .on_url = on_url,
-    .on_header_field = on_field,
-    .on_header_value = on_value,
-    .on_header_value_complete = on_value_complete,
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
@@ -387,7 +330,7 @@ static const llhttp_settings_t request_settings = {
 static void parse_error(struct conn *c, enum llhttp_errno err)
 {
     c->close_after = true;
-    if (err == HPE_USER && c->head.full)
+    if (err == HPE_USER && c->rd.head.full)
         refuse(c, 431, "the request head is too large", 0, "error");
     else
         refuse(c, 400, "the request is not valid HTTP/1.1", 0, "error");
@@ -402,7 +345,7 @@ static void start_stream(struct conn *c)
         refuse(c, 502, "the upstream could not be reached", 0, "error");
         return;
     }
-    llhttp_resume(&c->parser);
+    llhttp_resume(&c->rd.parser);
     c->kick = true;
 }
 
@@ -427,13 +370,7 @@ static void conn_parse(struct conn *c)
             v.iov_len = 0;
         }
         c->kick = false;
-        c->chunk = v.iov_base;
-        err = llhttp_execute(&c->parser, v.iov_base, v.iov_len);
-        used = err == HPE_OK ? v.iov_len
-                             : (size_t)(llhttp_get_error_pos(&c->parser) -
-                                        (const char *)v.iov_base);
-        if (used)
-            c->chunk_ended_lf = ((const char *)v.iov_base)[used - 1] == '\n';
+        err = http_reader_execute(&c->rd, v.iov_base, v.iov_len, &used);
         evbuffer_drain(bufferevent_get_input(c->bev), used);
         if (c->refusal)
             refuse(c, c->refusal, c->refusal_detail, 0, c->refusal_outcome);
@@ -483,7 +420,7 @@ void conn_upstream_head(struct conn *c, struct upstream *u)
             http_add_field(o, h, &h->fields[i]);
     /* a HEAD keeps its length; an HTTP/1.0 client gets a body that ends
      * with the connection instead of chunks it cannot read */
-    c->chunked_out = !sized && !no_body && c->parser.http_minor >= 1;
+    c->chunked_out = !sized && !no_body && c->rd.parser.http_minor >= 1;
     if (!sized && !no_body && !c->chunked_out)
         c->close_after = true;
     if (sized)
@@ -655,7 +592,7 @@ static void finish_request(struct conn *c)
         evbuffer_free(c->stored);
     c->stored = NULL;
     evbuffer_drain(c->body, evbuffer_get_length(c->body));
-    http_head_reset(&c->head);
+    http_head_reset(&c->rd.head);
     memset(&c->decision, 0, sizeof(c->decision));
     c->chunked_out = c->responded = false;
     if (!(c->close_after || c->w->stopping) || c->gone)
@@ -680,7 +617,7 @@ static void finish_request(struct conn *c)
     }
     c->state = CS_HEAD;
     set_client_timeout(c, true);
-    llhttp_resume(&c->parser);
+    llhttp_resume(&c->rd.parser);
     if (!c->parsing)
         conn_parse(c);
 }
@@ -731,7 +668,7 @@ static void client_gone(struct conn *c)
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     struct conn *c = arg;
-    bool idle = c->state == CS_HEAD && c->head.len == 0;
+    bool idle = c->state == CS_HEAD && c->rd.head.len == 0;
 
     (void)bev;
     if (c->state == CS_UPSTREAM || c->state == CS_DECIDING) {
@@ -794,9 +731,8 @@ void conn_accept(struct worker *w, evutil_socket_t fd,
     inet_ntop(sa->sa_family, a, ip, sizeof(ip));
     snprintf(c->client, sizeof(c->client), "%s:%u", ip, port);
     c->w = w;
-    http_head_init(&c->head, cfg->max_header_bytes, cfg->max_headers);
-    llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
-    c->parser.data = c;
+    http_reader_init(&c->rd, &request_settings, cfg->max_header_bytes,
+                     cfg->max_headers, c);
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(c->bev, EV_READ, 0,
                              cfg->max_header_bytes + cfg->max_body + 65536);
@@ -824,7 +760,7 @@ static void conn_free(struct conn *c)
     evbuffer_free(c->body);
     if (c->stored)
         evbuffer_free(c->stored);
-    http_head_deinit(&c->head);
+    http_reader_deinit(&c->rd);
     LIST_REMOVE(c, link);
     w->nconns--;
     atomic_fetch_sub(&metrics.connections_open, 1);
@@ -839,7 +775,7 @@ void conn_close_idle(struct worker *w)
 
     for (c = LIST_FIRST(&w->conns); c; c = next) {
         next = LIST_NEXT(c, link);
-        if (c->state == CS_HEAD && c->head.len == 0)
+        if (c->state == CS_HEAD && c->rd.head.len == 0)
             conn_free(c);
         else
             c->close_after = true;

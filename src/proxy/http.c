@@ -121,6 +121,90 @@ int http_head_value(struct http_head *h, const char *at, size_t len)
     return 0;
 }
 
+/* -- Reading requests --------------------------------------------------- */
+
+static int head_piece(llhttp_t *p, int rc)
+{
+    if (rc == 0)
+        return 0;
+    llhttp_set_error_reason(p, http_reader_of(p)->head.full ? "head too large"
+                                                            : "out of memory");
+    return HPE_USER;
+}
+
+int http_on_method(llhttp_t *p, const char *at, size_t len)
+{
+    return head_piece(p, http_head_method(&http_reader_of(p)->head, at, len));
+}
+
+int http_on_url(llhttp_t *p, const char *at, size_t len)
+{
+    return head_piece(p, http_head_target(&http_reader_of(p)->head, at, len));
+}
+
+int http_on_field(llhttp_t *p, const char *at, size_t len)
+{
+    return head_piece(p, http_head_field(&http_reader_of(p)->head, at, len));
+}
+
+/* llhttp joins an obs-fold continuation ("X-A: a CRLF SP b") into one
+ * value. A second piece of one value that follows a line feed in the input
+ * is a fold, while one that merely starts a new input chunk is not. */
+static bool folded(const struct http_reader *r, const char *at)
+{
+    if (!r->value_started)
+        return false;
+    return at > r->chunk ? at[-1] == '\n' : r->chunk_ended_lf;
+}
+
+int http_on_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_reader *r = http_reader_of(p);
+
+    if (folded(r, at)) {
+        llhttp_set_error_reason(p, "obs-fold in a header");
+        return HPE_USER;
+    }
+    r->value_started = true;
+    return head_piece(p, http_head_value(&r->head, at, len));
+}
+
+int http_on_value_complete(llhttp_t *p)
+{
+    http_reader_of(p)->value_started = false;
+    return 0;
+}
+
+void http_reader_init(struct http_reader *r, const llhttp_settings_t *s,
+                      size_t max_head_bytes, unsigned max_fields, void *data)
+{
+    memset(r, 0, sizeof(*r));
+    llhttp_init(&r->parser, HTTP_REQUEST, s);
+    http_head_init(&r->head, max_head_bytes, max_fields);
+    r->data = data;
+}
+
+void http_reader_deinit(struct http_reader *r)
+{
+    http_head_deinit(&r->head);
+}
+
+enum llhttp_errno http_reader_execute(struct http_reader *r, const char *data,
+                                      size_t len, size_t *used_out)
+{
+    enum llhttp_errno err;
+    size_t used;
+
+    r->chunk = data;
+    err = llhttp_execute(&r->parser, data, len);
+    used =
+        err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&r->parser) - data);
+    if (used)
+        r->chunk_ended_lf = data[used - 1] == '\n';
+    *used_out = used;
+    return err;
+}
+
 const struct idem_header *http_head_views(struct http_head *h)
 {
     struct idem_header *v;

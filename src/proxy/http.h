@@ -44,6 +44,53 @@ int http_head_target(struct http_head *h, const char *at, size_t len);
 int http_head_field(struct http_head *h, const char *at, size_t len);
 int http_head_value(struct http_head *h, const char *at, size_t len);
 
+/* A request reader: llhttp plus the head it fills. The caller's llhttp
+ * settings take the head callbacks with HTTP_READER_CALLBACKS; its own
+ * callbacks (headers complete, body, message complete) find their state
+ * through reader->data. Strict: an obs-fold continuation is refused (llhttp
+ * would join it into the value), a head past the limits fails with
+ * head.full set. parser must stay the first member. */
+struct http_reader {
+    llhttp_t parser;
+    struct http_head head;
+    void *data;          /* the caller's */
+    const char *chunk;   /* the input chunk being parsed */
+    bool chunk_ended_lf; /* the previous chunk ended in a line feed */
+    bool value_started;  /* a header value's first piece was seen */
+};
+
+/* The reader's llhttp callbacks, for HTTP_READER_CALLBACKS. */
+int http_on_method(llhttp_t *p, const char *at, size_t len);
+int http_on_url(llhttp_t *p, const char *at, size_t len);
+int http_on_field(llhttp_t *p, const char *at, size_t len);
+int http_on_value(llhttp_t *p, const char *at, size_t len);
+int http_on_value_complete(llhttp_t *p);
+
+/* Designated initializers of the head callbacks, for a settings table:
+ * static const llhttp_settings_t s = { HTTP_READER_CALLBACKS, ... }; */
+#define HTTP_READER_CALLBACKS                                                  \
+    .on_method = http_on_method, .on_url = http_on_url,                        \
+    .on_header_field = http_on_field, .on_header_value = http_on_value,        \
+    .on_header_value_complete = http_on_value_complete
+
+/* Set up r to read requests with settings s (static: llhttp keeps the
+ * pointer) and the head limits. */
+void http_reader_init(struct http_reader *r, const llhttp_settings_t *s,
+                      size_t max_head_bytes, unsigned max_fields, void *data);
+
+void http_reader_deinit(struct http_reader *r);
+
+/* The reader of a parser handed to a callback. */
+static inline struct http_reader *http_reader_of(llhttp_t *p)
+{
+    return (struct http_reader *)(void *)p;
+}
+
+/* Parse len bytes (len 0 finishes what a resumed pause left). Returns
+ * llhttp's answer; *used_out is how many bytes it consumed. */
+enum llhttp_errno http_reader_execute(struct http_reader *r, const char *data,
+                                      size_t len, size_t *used_out);
+
 /* The head's headers as engine views (valid until the head changes).
  * NULL if out of memory (and nfields > 0). */
 const struct idem_header *http_head_views(struct http_head *h);

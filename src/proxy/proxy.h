@@ -68,9 +68,8 @@ struct conn {
     LIST_ENTRY(conn) link;
     struct worker *w;
     struct bufferevent *bev;
-    char client[64]; /* "ip:port" */
-    llhttp_t parser;
-    struct http_head head;
+    char client[64];       /* "ip:port" */
+    struct http_reader rd; /* the request parser and head */
     struct evbuffer *body; /* the request body, up to max_body */
     enum conn_state state;
     bool close_after;  /* Connection: close, HTTP/1.0, or an error */
@@ -81,18 +80,15 @@ struct conn {
     unsigned refusal;  /* a refusal decided inside a parser callback */
     const char *refusal_detail;
     const char *refusal_outcome;
-    bool gone;           /* the client left; finish for the store only */
-    bool retried;        /* sent again once on a fresh upstream */
-    bool streaming;      /* not covered: the body streams upstream */
-    bool read_paused;    /* the upstream is behind: reading stopped */
-    bool kick;           /* run the resumed parser even on no input */
-    bool up_paused;      /* the client is behind: upstream reading stopped */
-    size_t lingered;     /* bytes discarded while lingering */
-    bool parsing;        /* inside conn_parse: it frees, not callees */
-    bool value_started;  /* a header value's first piece was seen */
-    bool chunk_ended_lf; /* the last input chunk parsed ended in LF */
-    const char *chunk;   /* the input chunk being parsed */
-    bool dead;           /* to be freed when conn_parse returns */
+    bool gone;        /* the client left; finish for the store only */
+    bool retried;     /* sent again once on a fresh upstream */
+    bool streaming;   /* not covered: the body streams upstream */
+    bool read_paused; /* the upstream is behind: reading stopped */
+    bool kick;        /* run the resumed parser even on no input */
+    bool up_paused;   /* the client is behind: upstream reading stopped */
+    size_t lingered;  /* bytes discarded while lingering */
+    bool parsing;     /* inside conn_parse: it frees, not callees */
+    bool dead;        /* to be freed when conn_parse returns */
     struct idem_call *call;
     struct idem_decision decision;
     struct evbuffer *stored; /* response body kept for complete() */

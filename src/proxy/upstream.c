@@ -142,8 +142,8 @@ static void on_read(struct bufferevent *bev, void *arg)
 static bool retry(struct upstream *u)
 {
     struct conn *c = u->conn;
-    const char *m = c->head.bytes + c->head.method_off;
-    size_t n = c->head.method_len;
+    const char *m = c->rd.head.bytes + c->rd.head.method_off;
+    size_t n = c->rd.head.method_len;
 
     if (!u->reused || u->got_bytes || c->retried ||
         !(http_name_is(m, n, "GET") || http_name_is(m, n, "HEAD") ||
@@ -238,7 +238,7 @@ static bool forward_header(const struct http_head *h,
 
 static void write_request(struct conn *c, struct evbuffer *o)
 {
-    const struct http_head *h = &c->head;
+    const struct http_head *h = &c->rd.head;
     const char *colon = strrchr(c->client, ':'), *xff;
     int iplen = colon ? (int)(colon - c->client) : (int)strlen(c->client);
     size_t body = evbuffer_get_length(c->body), xlen = 0;
@@ -256,13 +256,13 @@ static void write_request(struct conn *c, struct evbuffer *o)
                         "X-Forwarded-Proto: http\r\n",
                         (int)(xff ? xlen : 0), xff ? xff : "", xff ? ", " : "",
                         iplen, c->client);
-    if (c->streaming && (c->parser.flags & F_CHUNKED))
+    if (c->streaming && (c->rd.parser.flags & F_CHUNKED))
         evbuffer_add_printf(o, "Transfer-Encoding: chunked\r\n");
-    else if (c->streaming && (c->parser.flags & F_CONTENT_LENGTH))
+    else if (c->streaming && (c->rd.parser.flags & F_CONTENT_LENGTH))
         evbuffer_add_printf(o, "Content-Length: %llu\r\n",
-                            (unsigned long long)c->parser.content_length);
+                            (unsigned long long)c->rd.parser.content_length);
     else if (!c->streaming &&
-             (body || (c->parser.flags & (F_CONTENT_LENGTH | F_CHUNKED))))
+             (body || (c->rd.parser.flags & (F_CONTENT_LENGTH | F_CHUNKED))))
         evbuffer_add_printf(o, "Content-Length: %zu\r\n", body);
     evbuffer_add(o, "\r\n", 2);
     if (!c->streaming)
@@ -290,8 +290,8 @@ int upstream_forward(struct conn *c)
     u->parser.data = u;
     http_head_reset(&u->head);
     u->got_bytes = u->done = u->keep_alive = false;
-    u->head_only = http_name_is(c->head.bytes + c->head.method_off,
-                                c->head.method_len, "HEAD");
+    u->head_only = http_name_is(c->rd.head.bytes + c->rd.head.method_off,
+                                c->rd.head.method_len, "HEAD");
     write_request(c, bufferevent_get_output(u->bev));
     evtimer_add(c->timer, &tv);
     return 0;
