@@ -71,7 +71,7 @@ struct conn {
 
 /* The query parameters that shape a reply. */
 struct opts {
-    unsigned long status, delay_ms, size, chunked, close, no_store, echo;
+    unsigned long status, delay_ms, size, chunked, close, no_store, echo, cut;
 };
 
 struct param {
@@ -88,6 +88,7 @@ static const struct param params[] = {
     { "close", 0, 1, offsetof(struct opts, close) },
     { "no_store", 0, 1, offsetof(struct opts, no_store) },
     { "echo", 0, 1, offsetof(struct opts, echo) },
+    { "cut", 0, 64ul << 20, offsetof(struct opts, cut) },
 };
 
 static void usage(FILE *f)
@@ -99,6 +100,8 @@ static void usage(FILE *f)
           "  Query: status=NNN delay_ms=N size=N (pad the body to N bytes)\n"
           "  chunked=1 close=1 no_store=1 (Idempotency-Policy: no-store)\n"
           "  echo=1 (adds \"headers\":[[name,value],...]).\n"
+          "  cut=N: send the head and N bytes of the body, then close\n"
+          "  (an upstream that dies in the middle of a response).\n"
           "  --listen default 127.0.0.1:8081; port 0 picks a free port.\n",
           f);
 }
@@ -373,6 +376,7 @@ static int respond(struct conn *c)
 {
     struct evbuffer *out = evbuffer_new(), *body = evbuffer_new();
     struct opts o;
+    size_t head_len;
     int rc = -1;
 
     if (!out || !body)
@@ -380,9 +384,20 @@ static int respond(struct conn *c)
     write_answer(c, body, &o);
     o.close |= !llhttp_should_keep_alive(&c->parser);
     write_head(out, &o, evbuffer_get_length(body));
+    head_len = evbuffer_get_length(out);
     if (llhttp_get_method(&c->parser) != HTTP_HEAD && o.status != 204 &&
         o.status != 304)
         write_body(out, body, o.chunked);
+    if (o.cut && head_len + o.cut < evbuffer_get_length(out)) {
+        /* keep the head and cut bytes of the body, then hang up */
+        evbuffer_free(body);
+        body = out;
+        out = evbuffer_new();
+        if (!out)
+            goto out;
+        evbuffer_remove_buffer(body, out, head_len + o.cut);
+        o.close = 1;
+    }
     rc = enqueue(c, out, o.delay_ms, o.close);
 out:
     if (rc < 0 && out)

@@ -769,6 +769,28 @@ static void test_idle_half_heads_are_dropped(void **state)
     assert_int_equal(closed, N);
 }
 
+/* The upstream dies in the middle of the body: the client sees the cut
+ * (the response was already on its way), and the key is released, so the
+ * retry executes again rather than replaying half a response. */
+static void test_upstream_cut_mid_body_releases_key(void **state)
+{
+    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_req q = { .method = "POST",
+                       .target = "/cut?size=100000&cut=1000",
+                       .key = "k-cut",
+                       .body = "x" };
+    struct h_resp r = { 0 };
+
+    (void)state;
+    assert_int_not_equal(h_exchange(px->http_port, &q, &r), 0);
+    h_resp_free(&r);
+    assert_int_equal(h_upstream_count(up->http_port), 1);
+    q.target = "/cut?size=100000&cut=1000"; /* the same request again */
+    assert_int_not_equal(h_exchange(px->http_port, &q, &r), 0);
+    h_resp_free(&r);
+    assert_int_equal(h_upstream_count(up->http_port), 2);
+}
+
 static void test_headers_too_large_431(void **state)
 {
     struct h_proc *up,
@@ -957,6 +979,7 @@ int main(void)
         T(test_keyless_bodies_stream),
         T(test_slow_reader_backpressure),
         T(test_idle_half_heads_are_dropped),
+        T(test_upstream_cut_mid_body_releases_key),
         T(test_headers_too_large_431),
         T(test_smuggling_is_400_and_closed),
         T(test_admin_healthz_and_metrics),
