@@ -911,6 +911,67 @@ static void test_graceful_shutdown_finishes_in_flight(void **state)
     assert_int_equal(h_stop(px), 0);
 }
 
+/* SIGTERM with 20 requests in flight: every one completes, the process
+ * exits 0, and the snapshot it writes replays every one after a restart. */
+static void test_graceful_shutdown_under_load(void **state)
+{
+    enum { N = 20 };
+    char *file = h_format("%s/snapshot", h_tmpdir());
+    struct h_proc *up, *px = pair(&up, FLAGS("--snapshot", file));
+    struct h_conn *c[N];
+    char key[N][16];
+    struct h_resp r;
+    int i;
+
+    (void)state;
+    for (i = 0; i < N; i++) {
+        struct h_req q = { .method = "POST",
+                           .target = "/load?delay_ms=800",
+                           .key = key[i],
+                           .body = "x" };
+
+        snprintf(key[i], sizeof(key[i]), "k-load-%d", i);
+        c[i] = send_only(px, &q);
+    }
+    assert_int_equal(h_upstream_wait_count(up->http_port, N), N);
+    h_signal(px, SIGTERM);
+    for (i = 0; i < N; i++)
+        read_executed(c[i]); /* closes it */
+    assert_int_equal(h_stop(px), 0);
+    px = proxy(up->http_port, FLAGS("--snapshot", file));
+    for (i = 0; i < N; i++) {
+        post(px, "/load?delay_ms=800", key[i], "x", &r);
+        assert_int_equal(r.status, 200);
+        assert_replayed(&r, true);
+        h_resp_free(&r);
+    }
+    assert_int_equal(h_upstream_count(up->http_port), N);
+    free(file);
+}
+
+/* A response over --max-stored-body ran once: the retry gets its status
+ * and headers, an empty body and Idempotent-Body-Omitted, and does not
+ * execute again. */
+static void test_large_response_replays_without_body(void **state)
+{
+    struct h_proc *up, *px = pair(&up, FLAGS("--max-stored-body", "1K"));
+    struct h_resp r;
+
+    (void)state;
+    post(px, "/big?size=5000&status=201", "k-omit", "x", &r);
+    assert_int_equal(r.status, 201);
+    assert_int_equal(r.body_len, 5000);
+    h_resp_free(&r);
+    post(px, "/big?size=5000&status=201", "k-omit", "x", &r);
+    assert_int_equal(r.status, 201);
+    assert_replayed(&r, true);
+    assert_string_equal(h_header(&r, "Idempotent-Body-Omitted"), "true");
+    assert_int_equal(r.body_len, 0);
+    assert_string_equal(h_header(&r, "Content-Type"), "application/json");
+    h_resp_free(&r);
+    assert_int_equal(h_upstream_count(up->http_port), 1);
+}
+
 static void test_snapshot_survives_restart(void **state)
 {
     char *file = h_format("%s/snapshot", h_tmpdir());
@@ -984,6 +1045,8 @@ int main(void)
         T(test_smuggling_is_400_and_closed),
         T(test_admin_healthz_and_metrics),
         T(test_graceful_shutdown_finishes_in_flight),
+        T(test_graceful_shutdown_under_load),
+        T(test_large_response_replays_without_body),
         T(test_snapshot_survives_restart),
         T(test_bad_flags_exit_2),
     };
