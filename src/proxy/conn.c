@@ -195,6 +195,7 @@ static int on_message_begin(llhttp_t *p)
 
     c->t_start_us = now_us();
     c->t_upstream_us = 0;
+    c->request_done = false; /* close_or_linger reads the last one's */
     return 0;
 }
 
@@ -594,9 +595,7 @@ static void finish_request(struct conn *c)
     evbuffer_drain(c->body, evbuffer_get_length(c->body));
     http_head_reset(&c->rd.head);
     memset(&c->decision, 0, sizeof(c->decision));
-    c->chunked_out = c->responded = false;
-    if (!(c->close_after || c->w->stopping) || c->gone)
-        c->request_done = false; /* kept for close_or_linger otherwise */
+    c->chunked_out = c->responded = false; /* request_done: next begin */
     c->stored_over = c->retried = c->streaming = false;
     if (c->read_paused && c->bev)
         bufferevent_enable(c->bev, EV_READ);
