@@ -209,12 +209,6 @@ void idem__engine_count(struct idem_engine *e, enum idem_outcome o)
 
 /* -- Requests --------------------------------------------------------- */
 
-static bool name_is(const struct idem_header *h, const char *name)
-{
-    return h->name_len == strlen(name) &&
-           strncasecmp(h->name, name, h->name_len) == 0;
-}
-
 /* The first header named name, or NULL; *count (if set) counts them. */
 static const struct idem_header *find_header(const struct idem_request *r,
                                              const char *name, size_t *count)
@@ -223,7 +217,7 @@ static const struct idem_header *find_header(const struct idem_request *r,
     size_t i;
 
     for (i = 0; i < r->nheaders; i++) {
-        if (!name_is(&r->headers[i], name))
+        if (!idem__name_is(r->headers[i].name, r->headers[i].name_len, name))
             continue;
         if (!first)
             first = &r->headers[i];
@@ -490,26 +484,6 @@ static bool default_storable(unsigned status)
     return status < 500 && status != 408 && status != 425 && status != 429;
 }
 
-/* Whether value, a comma-separated list, holds token (case-insensitive). */
-static bool list_has(const char *value, size_t len, const char *token,
-                     size_t tlen)
-{
-    size_t i = 0, start;
-
-    while (i < len) {
-        while (i < len &&
-               (value[i] == ' ' || value[i] == '\t' || value[i] == ','))
-            i++;
-        start = i;
-        while (i < len && value[i] != ',' && value[i] != ' ' &&
-               value[i] != '\t')
-            i++;
-        if (i - start == tlen && strncasecmp(value + start, token, tlen) == 0)
-            return true;
-    }
-    return false;
-}
-
 static bool said_no_store(const struct idem_response *resp)
 {
     size_t i;
@@ -517,17 +491,11 @@ static bool said_no_store(const struct idem_response *resp)
     for (i = 0; i < resp->nheaders; i++) {
         const struct idem_header *h = &resp->headers[i];
 
-        if (h->name_len == 18 &&
-            strncasecmp(h->name, "Idempotency-Policy", 18) == 0 &&
-            list_has(h->value, h->value_len, "no-store", 8))
+        if (idem__name_is(h->name, h->name_len, "Idempotency-Policy") &&
+            idem__list_has(h->value, h->value_len, "no-store", 8))
             return true;
     }
     return false;
-}
-
-static bool names_equal(const char *a, size_t alen, const char *b, size_t blen)
-{
-    return alen == blen && strncasecmp(a, b, alen) == 0;
 }
 
 /* Whether h is kept in a stored response: not hop-by-hop, not named by
@@ -543,13 +511,13 @@ static bool keep_header(const struct idem_response *resp,
     if (idem_header_is_hop_by_hop(h->name, h->name_len))
         return false;
     for (i = 0; i < sizeof(dropped) / sizeof(dropped[0]); i++)
-        if (names_equal(h->name, h->name_len, dropped[i], strlen(dropped[i])))
+        if (idem__name_is(h->name, h->name_len, dropped[i]))
             return false;
     for (i = 0; i < resp->nheaders; i++) {
         const struct idem_header *c = &resp->headers[i];
 
-        if (names_equal(c->name, c->name_len, "Connection", 10) &&
-            list_has(c->value, c->value_len, h->name, h->name_len))
+        if (idem__name_is(c->name, c->name_len, "Connection") &&
+            idem__list_has(c->value, c->value_len, h->name, h->name_len))
             return false;
     }
     probe.value_len = h->value ? h->value_len : 0;
@@ -706,20 +674,6 @@ void idem_call_free(struct idem_call *call)
 }
 
 /* -- Names ------------------------------------------------------------ */
-
-bool idem_header_is_hop_by_hop(const char *name, size_t len)
-{
-    static const char *const hop[] = { "Connection",       "Keep-Alive",
-                                       "Proxy-Connection", "TE",
-                                       "Trailer",          "Transfer-Encoding",
-                                       "Upgrade" };
-    size_t i;
-
-    for (i = 0; name && i < sizeof(hop) / sizeof(hop[0]); i++)
-        if (names_equal(name, len, hop[i], strlen(hop[i])))
-            return true;
-    return false;
-}
 
 const char *idem_outcome_name(enum idem_outcome o)
 {

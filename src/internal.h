@@ -4,6 +4,7 @@
 #define IDEM_INTERNAL_H
 
 #include <assert.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -48,6 +49,15 @@ static inline void idem__free(const struct idem_env *env, void *p)
 
 /* Copy *src into *dst, filling unset hooks with the defaults. */
 void idem__env_resolve(const struct idem_env *src, struct idem_env *dst);
+
+/* Whether name (len bytes) is want, ignoring ASCII case: header names.
+ * headers.c. */
+bool idem__name_is(const char *name, size_t len, const char *want);
+
+/* Whether a comma-separated header value holds token, ignoring ASCII case;
+ * elements are trimmed of spaces and tabs. headers.c. */
+bool idem__list_has(const char *value, size_t len, const char *token,
+                    size_t tlen);
 
 /* A random 64-bit seed for keyed hashing (getrandom, else clock bits). */
 uint64_t idem__random_seed(void);

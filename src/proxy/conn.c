@@ -267,7 +267,7 @@ static int on_headers_complete(llhttp_t *p)
         p->content_length > cfg->max_body)
         return defer_refusal(c, 413, "the request body is too large", "error");
     c->state = CS_BODY;
-    if (expect && http_list_has(expect, len, "100-continue", 12) &&
+    if (expect && idem__list_has(expect, len, "100-continue", 12) &&
         p->http_minor >= 1)
         evbuffer_add_printf(out(c), "HTTP/1.1 100 Continue\r\n\r\n");
     return c->streaming ? HPE_PAUSED : 0; /* conn_parse forwards the head */
@@ -396,8 +396,8 @@ static bool relay_header(const struct http_head *h, const struct http_field *f)
     const char *name = h->bytes + f->name_off;
 
     return !http_hop_by_hop(h, f) &&
-           !http_name_is(name, f->name_len, "Content-Length") &&
-           !http_name_is(name, f->name_len, "Idempotency-Policy");
+           !idem__name_is(name, f->name_len, "Content-Length") &&
+           !idem__name_is(name, f->name_len, "Idempotency-Policy");
 }
 
 void conn_upstream_head(struct conn *c, struct upstream *u)

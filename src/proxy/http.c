@@ -225,11 +225,6 @@ const struct idem_header *http_head_views(struct http_head *h)
     return v;
 }
 
-bool http_name_is(const char *name, size_t len, const char *want)
-{
-    return len == strlen(want) && strncasecmp(name, want, len) == 0;
-}
-
 const char *http_head_get(const struct http_head *h, const char *name,
                           size_t *len_out)
 {
@@ -238,33 +233,12 @@ const char *http_head_get(const struct http_head *h, const char *name,
     for (i = 0; i < h->nfields; i++) {
         const struct http_field *f = &h->fields[i];
 
-        if (http_name_is(h->bytes + f->name_off, f->name_len, name)) {
+        if (idem__name_is(h->bytes + f->name_off, f->name_len, name)) {
             *len_out = f->value_len;
             return h->bytes + f->value_off;
         }
     }
     return NULL;
-}
-
-bool http_list_has(const char *value, size_t len, const char *token,
-                   size_t tlen)
-{
-    size_t i = 0, start, end;
-
-    while (i < len) {
-        while (i < len &&
-               (value[i] == ' ' || value[i] == '\t' || value[i] == ','))
-            i++;
-        start = i;
-        while (i < len && value[i] != ',')
-            i++;
-        end = i;
-        while (end > start && (value[end - 1] == ' ' || value[end - 1] == '\t'))
-            end--;
-        if (end - start == tlen && strncasecmp(value + start, token, tlen) == 0)
-            return true;
-    }
-    return false;
 }
 
 bool http_hop_by_hop(const struct http_head *h, const struct http_field *f)
@@ -275,7 +249,7 @@ bool http_hop_by_hop(const struct http_head *h, const struct http_field *f)
     if (idem_header_is_hop_by_hop(name, f->name_len))
         return true;
     conn = http_head_get(h, "Connection", &conn_len);
-    return conn && http_list_has(conn, conn_len, name, f->name_len);
+    return conn && idem__list_has(conn, conn_len, name, f->name_len);
 }
 
 void http_add_field(struct evbuffer *out, const struct http_head *h,

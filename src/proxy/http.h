@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include "idem/engine.h"
+#include "internal.h" /* idem__name_is, idem__list_has */
 
 /* A header as offsets into its head's bytes. */
 struct http_field {
@@ -98,12 +99,6 @@ const struct idem_header *http_head_views(struct http_head *h);
 /* The first value of header name, or NULL. */
 const char *http_head_get(const struct http_head *h, const char *name,
                           size_t *len_out);
-
-bool http_name_is(const char *name, size_t len, const char *want);
-
-/* Whether a comma-separated header value holds token (case-insensitive). */
-bool http_list_has(const char *value, size_t len, const char *token,
-                   size_t tlen);
 
 /* Whether field f of h is hop-by-hop: a hop-by-hop name, or one the
  * head's Connection header names. */

@@ -146,8 +146,8 @@ static bool retry(struct upstream *u)
     size_t n = c->rd.head.method_len;
 
     if (!u->reused || u->got_bytes || c->retried ||
-        !(http_name_is(m, n, "GET") || http_name_is(m, n, "HEAD") ||
-          http_name_is(m, n, "OPTIONS")))
+        !(idem__name_is(m, n, "GET") || idem__name_is(m, n, "HEAD") ||
+          idem__name_is(m, n, "OPTIONS")))
         return false;
     c->retried = true;
     u->conn = NULL;
@@ -231,7 +231,7 @@ static bool forward_header(const struct http_head *h,
     size_t i;
 
     for (i = 0; i < sizeof(own) / sizeof(own[0]); i++)
-        if (http_name_is(h->bytes + f->name_off, f->name_len, own[i]))
+        if (idem__name_is(h->bytes + f->name_off, f->name_len, own[i]))
             return false;
     return !http_hop_by_hop(h, f);
 }
@@ -290,8 +290,8 @@ int upstream_forward(struct conn *c)
     u->parser.data = u;
     http_head_reset(&u->head);
     u->got_bytes = u->done = u->keep_alive = false;
-    u->head_only = http_name_is(c->rd.head.bytes + c->rd.head.method_off,
-                                c->rd.head.method_len, "HEAD");
+    u->head_only = idem__name_is(c->rd.head.bytes + c->rd.head.method_off,
+                                 c->rd.head.method_len, "HEAD");
     write_request(c, bufferevent_get_output(u->bev));
     evtimer_add(c->timer, &tv);
     return 0;

@@ -1,0 +1,48 @@
+/* Header names and lists, as HTTP compares them: names ignore ASCII case,
+ * a list is comma-separated elements with optional spaces and tabs around
+ * them (RFC 9110 5.6.1). Shared by the engine and idemproxy. */
+#include <string.h>
+#include <strings.h>
+
+#include "idem/engine.h"
+#include "internal.h"
+
+bool idem__name_is(const char *name, size_t len, const char *want)
+{
+    return name && len == strlen(want) && strncasecmp(name, want, len) == 0;
+}
+
+bool idem__list_has(const char *value, size_t len, const char *token,
+                    size_t tlen)
+{
+    size_t i = 0, start, end;
+
+    while (i < len) {
+        while (i < len &&
+               (value[i] == ' ' || value[i] == '\t' || value[i] == ','))
+            i++;
+        start = i;
+        while (i < len && value[i] != ',')
+            i++;
+        end = i;
+        while (end > start && (value[end - 1] == ' ' || value[end - 1] == '\t'))
+            end--;
+        if (end - start == tlen && strncasecmp(value + start, token, tlen) == 0)
+            return true;
+    }
+    return false;
+}
+
+bool idem_header_is_hop_by_hop(const char *name, size_t len)
+{
+    static const char *const hop[] = { "Connection",       "Keep-Alive",
+                                       "Proxy-Connection", "TE",
+                                       "Trailer",          "Transfer-Encoding",
+                                       "Upgrade" };
+    size_t i;
+
+    for (i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+        if (idem__name_is(name, len, hop[i]))
+            return true;
+    return false;
+}
