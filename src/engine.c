@@ -193,8 +193,9 @@ void idem_engine_stats(struct idem_engine *e, struct idem_engine_stats *out)
     out->not_stored = atomic_load(&e->not_stored);
     out->stale = atomic_load(&e->stale);
     out->wait_timeouts = atomic_load(&e->wait_timeouts);
+    out->renewed = atomic_load(&e->renewed);
     out->in_flight = atomic_load(&e->in_flight);
-    out->waiting = atomic_load(&e->nwaiting_hint);
+    out->waiting = atomic_load(&e->nwaiting_hint) + atomic_load(&e->polling);
 }
 
 struct idem_store *idem_engine_store(struct idem_engine *e)
@@ -410,35 +411,49 @@ static bool judge_existing(struct idem_call *call, struct idem__blob *blob)
     return call->d.outcome == IDEM_OUTCOME_CONFLICT;
 }
 
-bool idem__engine_try_begin(struct idem_call *call)
+int idem__engine_store_begin(struct idem_call *call, struct idem__blob *blob,
+                             idem__store_done done, void *ud)
 {
     struct idem_engine *e = call->e;
     uint64_t wall = e->env.wall_ms(e->env.ud);
     struct idem__record r = { .state = IDEM__REC_INFLIGHT,
                               .created_ms = wall,
                               .expires_ms = wall + (uint64_t)e->lease_ms };
-    struct idem__blob blob = { NULL, 0, NULL, NULL };
     uint8_t buf[128];
     size_t len = 0;
     int rc;
 
+    *blob = (struct idem__blob){ NULL, 0, NULL, NULL };
     memcpy(r.fingerprint, call->fingerprint, IDEM_FP_LEN);
     memcpy(r.token, call->token, IDEM__TOKEN_LEN);
     rc = idem__record_encode(&r, buf, sizeof(buf), &len);
-    if (ALWAYS(rc == IDEM_OK))
-        rc = e->store->ops->begin(e->store, call->skey, call->klen, buf, len,
-                                  e->lease_ms, &blob);
+    if (!ALWAYS(rc == IDEM_OK))
+        return rc;
+    return e->store->ops->begin(e->store, call->skey, call->klen, buf, len,
+                                e->lease_ms, blob, done, ud);
+}
+
+bool idem__engine_begun(struct idem_call *call, int rc, struct idem__blob *blob)
+{
     if (rc == IDEM_EEXIST)
-        return judge_existing(call, &blob);
+        return judge_existing(call, blob);
     if (rc == IDEM_OK) {
         set_decision(call, IDEM_OUTCOME_PROCEED, 0, NULL);
         call->state = CALL_PROCEEDING;
-        atomic_fetch_add(&e->in_flight, 1);
+        atomic_fetch_add(&call->e->in_flight, 1);
     } else {
         set_decision(call, IDEM_OUTCOME_UNAVAILABLE, 503,
                      "the idempotency store is unavailable");
     }
     return false;
+}
+
+bool idem__engine_try_begin(struct idem_call *call)
+{
+    struct idem__blob blob;
+    int rc = idem__engine_store_begin(call, &blob, NULL, NULL);
+
+    return idem__engine_begun(call, rc, &blob);
 }
 
 static void new_token(struct idem_call *call)
@@ -458,13 +473,15 @@ int idem_call_decide(struct idem_call *call, idem_decide_cb cb, void *ud,
     if (!call || !out || call->state != CALL_PENDING)
         return IDEM_EINVAL;
     e = call->e;
-    if (e->conflict == IDEM_CONFLICT_WAIT && !cb)
+    if ((e->conflict == IDEM_CONFLICT_WAIT || e->store->ops->async) && !cb)
         return IDEM_EINVAL;
     rc = idem__fp_final(&call->fp, call->fingerprint);
     if (rc != IDEM_OK)
         return rc;
     new_token(call);
     call->state = CALL_FINISHED;
+    if (e->store->ops->async)
+        return idem__async_decide(call, cb, ud, out);
     if (idem__engine_try_begin(call) && e->conflict == IDEM_CONFLICT_WAIT) {
         call->cb = cb;
         call->cb_ud = ud;
@@ -475,158 +492,6 @@ int idem_call_decide(struct idem_call *call, idem_decide_cb cb, void *ud,
     idem__engine_count(e, call->d.outcome);
     *out = call->d;
     return IDEM_OK;
-}
-
-/* -- Finishing -------------------------------------------------------- */
-
-static bool default_storable(unsigned status)
-{
-    return status < 500 && status != 408 && status != 425 && status != 429;
-}
-
-static bool said_no_store(const struct idem_response *resp)
-{
-    size_t i;
-
-    for (i = 0; i < resp->nheaders; i++) {
-        const struct idem_header *h = &resp->headers[i];
-
-        if (idem__name_is(h->name, h->name_len, "Idempotency-Policy") &&
-            idem__list_has(h->value, h->value_len, "no-store", 8))
-            return true;
-    }
-    return false;
-}
-
-/* Whether h is kept in a stored response: not hop-by-hop, not named by
- * Connection, not one the replay writes afresh, and encodable. */
-static bool keep_header(const struct idem_response *resp,
-                        const struct idem_header *h)
-{
-    static const char *const dropped[] = { "Content-Length", "Date",
-                                           "Idempotency-Policy" };
-    struct idem_header probe = *h;
-    size_t i;
-
-    if (idem_header_is_hop_by_hop(h->name, h->name_len))
-        return false;
-    for (i = 0; i < sizeof(dropped) / sizeof(dropped[0]); i++)
-        if (idem__name_is(h->name, h->name_len, dropped[i]))
-            return false;
-    for (i = 0; i < resp->nheaders; i++) {
-        const struct idem_header *c = &resp->headers[i];
-
-        if (idem__name_is(c->name, c->name_len, "Connection") &&
-            idem__list_has(c->value, c->value_len, h->name, h->name_len))
-            return false;
-    }
-    probe.value_len = h->value ? h->value_len : 0;
-    return idem__record_size(&(struct idem__record){ .state = IDEM__REC_DONE,
-                                                     .status = 200,
-                                                     .nheaders = 1,
-                                                     .headers = &probe }) != 0;
-}
-
-/* Encode resp as a completed record into a fresh buffer (*buf_out). */
-static int encode_done(struct idem_call *call, const struct idem_response *resp,
-                       uint8_t **buf_out, size_t *len_out)
-{
-    struct idem_engine *e = call->e;
-    uint64_t wall = e->env.wall_ms(e->env.ud);
-    struct idem__record r = { .state = IDEM__REC_DONE,
-                              .status = resp->status,
-                              .created_ms = wall,
-                              .expires_ms = wall + (uint64_t)e->lifetime_ms };
-    struct idem_header *kept;
-    size_t i, n = 0, size;
-    int rc = IDEM_ENOMEM;
-
-    kept = idem__alloc(&e->env, (resp->nheaders + 1) * sizeof(*kept));
-    if (!kept)
-        return IDEM_ENOMEM;
-    for (i = 0; i < resp->nheaders; i++)
-        if (keep_header(resp, &resp->headers[i]))
-            kept[n++] = resp->headers[i];
-    memcpy(r.fingerprint, call->fingerprint, IDEM_FP_LEN);
-    r.headers = kept;
-    r.nheaders = n;
-    if (resp->body_len > e->max_stored_body)
-        r.flags = IDEM__REC_BODY_OMITTED;
-    else
-        r.body = resp->body, r.body_len = resp->body_len;
-    size = idem__record_size(&r);
-    if (size == 0)
-        rc = IDEM_EINVAL;
-    else if ((*buf_out = idem__alloc(&e->env, size)))
-        rc = idem__record_encode(&r, *buf_out, size, len_out);
-    idem__free(&e->env, kept);
-    return rc;
-}
-
-/* The call's key leaves flight: count, then decide its waiters. */
-static int finished(struct idem_call *call, int rc)
-{
-    struct idem_engine *e = call->e;
-
-    call->state = CALL_FINISHED;
-    atomic_fetch_sub(&e->in_flight, 1);
-    if (rc == IDEM_ESTALE)
-        atomic_fetch_add(&e->stale, 1);
-    idem__wait_wake(e, call);
-    return rc;
-}
-
-static int release_key(struct idem_call *call)
-{
-    struct idem_engine *e = call->e;
-
-    return e->store->ops->abort(e->store, call->skey, call->klen, call->token);
-}
-
-int idem_call_complete(struct idem_call *call, const struct idem_response *resp,
-                       bool *stored_out)
-{
-    struct idem_engine *e;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    bool storable;
-    int rc;
-
-    if (stored_out)
-        *stored_out = false;
-    if (!call || !resp || call->state != CALL_PROCEEDING ||
-        (!resp->headers && resp->nheaders) || (!resp->body && resp->body_len))
-        return IDEM_EINVAL;
-    e = call->e;
-    storable = e->storable ? e->storable(resp->status, e->storable_ud)
-                           : default_storable(resp->status);
-    if (!storable || resp->status < 100 || resp->status > 999 ||
-        said_no_store(resp)) {
-        rc = release_key(call);
-        if (rc == IDEM_OK)
-            atomic_fetch_add(&e->not_stored, 1);
-        return finished(call, rc);
-    }
-    rc = encode_done(call, resp, &buf, &len);
-    if (rc == IDEM_OK)
-        rc = e->store->ops->complete(e->store, call->skey, call->klen,
-                                     call->token, buf, len, e->lifetime_ms);
-    idem__free(&e->env, buf);
-    if (rc == IDEM_OK) {
-        atomic_fetch_add(&e->stored, 1);
-        if (stored_out)
-            *stored_out = true;
-    } else if (rc != IDEM_ESTALE) {
-        release_key(call); /* could not store: a retry may execute */
-    }
-    return finished(call, rc);
-}
-
-int idem_call_abort(struct idem_call *call)
-{
-    if (!call || call->state != CALL_PROCEEDING)
-        return IDEM_EINVAL;
-    return finished(call, release_key(call));
 }
 
 /* -- Calls ------------------------------------------------------------ */
@@ -651,6 +516,8 @@ int idem_call_cancel(struct idem_call *call)
 {
     if (!call)
         return IDEM_EINVAL;
+    if (call->e->store->ops->async)
+        return idem__async_cancel(call);
     if (call->state != CALL_WAITING)
         return IDEM_ENOTFOUND;
     if (!idem__wait_cancel(call))
@@ -663,7 +530,7 @@ void idem_call_free(struct idem_call *call)
 {
     if (!call)
         return;
-    if (call->state == CALL_WAITING)
+    if (call->state == CALL_WAITING || call->state == CALL_DECIDING)
         idem_call_cancel(call);
     else if (call->state == CALL_PROCEEDING)
         idem_call_abort(call);

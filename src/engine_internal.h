@@ -1,5 +1,7 @@
-/* The engine's insides, shared by engine.c (the rules) and engine_wait.c
- * (calls waiting on a key in flight). */
+/* The engine's insides, shared by engine.c (the rules), engine_finish.c
+ * (complete, abort, renew), engine_wait.c (calls waiting on a key in
+ * flight, synchronous stores) and engine_async.c (asynchronous stores:
+ * store ops in flight, waits that poll). */
 #ifndef IDEM_ENGINE_INTERNAL_H
 #define IDEM_ENGINE_INTERNAL_H
 
@@ -19,7 +21,8 @@ enum call_state {
     CALL_NEW = 0,
     CALL_PASSED,     /* PASS or INVALID: nothing more to do */
     CALL_PENDING,    /* subject: fingerprinting the body */
-    CALL_WAITING,    /* in wait mode, on the wait list */
+    CALL_DECIDING,   /* asynchronous store: its begin is in flight */
+    CALL_WAITING,    /* in wait mode: listed, or polling (asynchronous) */
     CALL_PROCEEDING, /* owns the key's in-flight record */
     CALL_FINISHED,   /* decided or completed: only free is left */
 };
@@ -50,6 +53,8 @@ struct idem_engine {
     /* counters */
     atomic_uint_fast64_t outcomes[IDEM_OUTCOME_UNAVAILABLE + 1];
     atomic_uint_fast64_t stored, not_stored, stale, wait_timeouts, in_flight;
+    atomic_uint_fast64_t renewed;
+    atomic_size_t polling; /* asynchronous waits now */
     /* calls waiting in wait mode: one list, bounded by max_waiters */
     pthread_mutex_t wait_mu;
     struct idem_call *waiting;
@@ -72,14 +77,35 @@ struct idem_call {
     uint64_t deadline_ms;
     struct idem_call *wnext, *wprev;
     bool listed;
+    /* asynchronous stores: the begin in flight, or the poll timer */
+    struct idem__op *op;
+    void *timer;
+    int64_t poll_ms; /* the next poll's delay */
+    bool polling;    /* counted in e->polling */
     size_t klen;
     uint8_t skey[]; /* store key: scope digest, then the key */
 };
 
-/* Try to own call's key (store begin). Sets call->d to PROCEED, REPLAY,
- * CONFLICT, MISMATCH or UNAVAILABLE. Returns true when the key is in
- * flight under another owner (the decision is CONFLICT). */
+/* Encode call's in-flight record and ask the store to begin: the store's
+ * answer (IDEM_EINPROGRESS: done(ud, ...) comes later). */
+int idem__engine_store_begin(struct idem_call *call, struct idem__blob *blob,
+                             idem__store_done done, void *ud);
+
+/* Set call->d from a begin's answer: PROCEED, REPLAY, CONFLICT, MISMATCH
+ * or UNAVAILABLE; takes blob. Returns true when the key is in flight
+ * under another owner (the decision is CONFLICT). */
+bool idem__engine_begun(struct idem_call *call, int rc,
+                        struct idem__blob *blob);
+
+/* Both, for a synchronous store. */
 bool idem__engine_try_begin(struct idem_call *call);
+
+/* Hand a waiting or deciding call its decision (call->d) through its
+ * callback, counted. */
+void idem__engine_deliver(struct idem_call *call);
+
+/* Set call->d to CONFLICT with detail. */
+void idem__engine_set_conflict(struct idem_call *call, const char *detail);
 
 /* Count an outcome delivered to the caller. */
 void idem__engine_count(struct idem_engine *e, enum idem_outcome o);
@@ -88,8 +114,9 @@ void idem__engine_count(struct idem_engine *e, enum idem_outcome o);
  * lock decides it. IDEM_EINPROGRESS (waiting) or IDEM_OK (call->d). */
 int idem__wait_begin(struct idem_call *call);
 
-/* The key of call finished (completed or aborted): decide its waiters. */
-void idem__wait_wake(struct idem_engine *e, const struct idem_call *owner);
+/* The key skey[0..klen) left flight (completed or aborted): decide its
+ * waiters. */
+void idem__wait_wake(struct idem_engine *e, const uint8_t *skey, size_t klen);
 
 /* Take call off the wait list. true if it was on it (no callback will
  * come); false if a wake or a timeout took it first. */
@@ -97,5 +124,45 @@ bool idem__wait_cancel(struct idem_call *call);
 
 /* Decide, as CONFLICT, the waits whose bound has passed. */
 size_t idem__wait_expire(struct idem_engine *e);
+
+/* Asynchronous stores: decide call (idem_call_decide after the
+ * fingerprint), and cancel it while it decides or waits. */
+int idem__async_decide(struct idem_call *call, idem_decide_cb cb, void *ud,
+                       struct idem_decision *out);
+int idem__async_cancel(struct idem_call *call);
+
+/* An asynchronous store op the engine awaits, with copies of what its
+ * answer needs: the call may be gone by then. */
+enum idem__op_kind {
+    IDEM__OP_BEGIN,    /* a deciding or polling call's begin */
+    IDEM__OP_COMPLETE, /* storing a response */
+    IDEM__OP_NOSTORE,  /* releasing a key: the response is not kept */
+    IDEM__OP_ABORT,    /* releasing a key: the call aborted */
+    IDEM__OP_RELEASE,  /* releasing a key nobody waits for */
+    IDEM__OP_RENEW,    /* extending a lease */
+};
+
+struct idem__op {
+    struct idem_engine *e;
+    struct idem_call *call; /* BEGIN: the call; NULL once it let go */
+    enum idem__op_kind kind;
+    idem_finish_cb cb;
+    void *ud;
+    uint8_t token[IDEM__TOKEN_LEN];
+    size_t klen;
+    uint8_t skey[]; /* the store key */
+};
+
+/* An op for call's key; NULL if out of memory. */
+struct idem__op *idem__op_new(struct idem_call *call, enum idem__op_kind kind,
+                              idem_finish_cb cb, void *ud);
+void idem__op_free(struct idem__op *op);
+
+/* An idem__store_done for ops: count the answer, tell op->cb, free op. */
+void idem__op_done(void *ud, int rc, struct idem__blob *blob);
+
+/* Release a key no call waits on (token's owner is gone or failed). */
+void idem__release_key(struct idem_engine *e, const uint8_t *skey, size_t klen,
+                       const uint8_t *token);
 
 #endif

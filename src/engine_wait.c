@@ -35,7 +35,7 @@ static void list_del_locked(struct idem_engine *e, struct idem_call *c)
     atomic_store(&e->nwaiting_hint, e->nwaiting);
 }
 
-static void set_conflict(struct idem_call *c, const char *detail)
+void idem__engine_set_conflict(struct idem_call *c, const char *detail)
 {
     c->d = (struct idem_decision){
         .outcome = IDEM_OUTCOME_CONFLICT,
@@ -53,8 +53,9 @@ int idem__wait_begin(struct idem_call *call)
     pthread_mutex_lock(&e->wait_mu);
     if (idem__engine_try_begin(call)) {
         if (e->nwaiting >= e->max_waiters) {
-            set_conflict(call, "a request with this key is in progress, "
-                               "and too many requests are waiting");
+            idem__engine_set_conflict(call,
+                                      "a request with this key is in progress, "
+                                      "and too many requests are waiting");
         } else {
             list_add_locked(e, call);
             call->state = CALL_WAITING;
@@ -65,8 +66,7 @@ int idem__wait_begin(struct idem_call *call)
     return rc;
 }
 
-/* Deliver the decision of a call taken off the list. */
-static void deliver(struct idem_call *c)
+void idem__engine_deliver(struct idem_call *c)
 {
     idem__engine_count(c->e, c->d.outcome);
     if (c->d.outcome != IDEM_OUTCOME_PROCEED)
@@ -93,21 +93,27 @@ static struct idem_call *take_locked(struct idem_engine *e,
     return taken;
 }
 
+struct key_ref {
+    const uint8_t *skey;
+    size_t klen;
+};
+
 static bool same_key(const struct idem_call *c, const void *arg)
 {
-    const struct idem_call *owner = arg;
+    const struct key_ref *k = arg;
 
-    return c->klen == owner->klen && memcmp(c->skey, owner->skey, c->klen) == 0;
+    return c->klen == k->klen && memcmp(c->skey, k->skey, c->klen) == 0;
 }
 
-void idem__wait_wake(struct idem_engine *e, const struct idem_call *owner)
+void idem__wait_wake(struct idem_engine *e, const uint8_t *skey, size_t klen)
 {
+    struct key_ref k = { skey, klen };
     struct idem_call *c, *next;
 
     if (atomic_load(&e->nwaiting_hint) == 0)
         return;
     pthread_mutex_lock(&e->wait_mu);
-    c = take_locked(e, same_key, owner);
+    c = take_locked(e, same_key, &k);
     pthread_mutex_unlock(&e->wait_mu);
     for (; c; c = next) {
         next = c->wnext;
@@ -115,7 +121,7 @@ void idem__wait_wake(struct idem_engine *e, const struct idem_call *owner)
         /* still in flight (an abort let another call in): wait again */
         if (idem__wait_begin(c) == IDEM_EINPROGRESS)
             continue;
-        deliver(c);
+        idem__engine_deliver(c);
     }
 }
 
@@ -151,9 +157,10 @@ size_t idem__wait_expire(struct idem_engine *e)
     for (; c; c = next, n++) {
         next = c->wnext;
         c->wnext = NULL;
-        set_conflict(c, "a request with this key is still in progress");
+        idem__engine_set_conflict(
+            c, "a request with this key is still in progress");
         atomic_fetch_add(&e->wait_timeouts, 1);
-        deliver(c);
+        idem__engine_deliver(c);
     }
     return n;
 }

@@ -9,7 +9,7 @@
 #include "internal.h"
 #include "record.h"
 
-#define TOKEN_OFF (2 + 1 + 1 + 1 + IDEM_FP_LEN)
+#define TOKEN_OFF IDEM__RECORD_TOKEN_OFF
 #define FIXED_LEN (TOKEN_OFF + IDEM__TOKEN_LEN)
 #define VARINT_MAX 10
 
@@ -191,10 +191,11 @@ int idem__record_decode(const void *buf, size_t len,
     uint64_t status, nheaders, body_len;
 
     if (!buf || !view_out || len < FIXED_LEN ||
-        memcmp(p, magic, sizeof(magic)) != 0 || p[2] != IDEM__RECORD_VERSION)
+        memcmp(p, magic, sizeof(magic)) != 0 ||
+        p[IDEM__RECORD_VERSION_OFF] != IDEM__RECORD_VERSION)
         return IDEM_EINVAL;
     end = p + len;
-    v.rec.state = p[3];
+    v.rec.state = p[IDEM__RECORD_STATE_OFF];
     v.rec.flags = p[4];
     memcpy(v.rec.fingerprint, p + 5, IDEM_FP_LEN);
     memcpy(v.rec.token, p + TOKEN_OFF, IDEM__TOKEN_LEN);

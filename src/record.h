@@ -14,6 +14,12 @@
 #define IDEM__TOKEN_LEN 16
 #define IDEM__RECORD_MAX_HEADERS 1024
 
+/* Where an encoded record keeps its version, state and owner token (0-based
+ * byte offsets), so a Redis script can fence without decoding. */
+#define IDEM__RECORD_VERSION_OFF 2
+#define IDEM__RECORD_STATE_OFF 3
+#define IDEM__RECORD_TOKEN_OFF (5 + IDEM_FP_LEN)
+
 enum idem__record_state {
     IDEM__REC_INFLIGHT = 1, /* a request holds the key; no response yet */
     IDEM__REC_DONE = 2,     /* the response is stored */

@@ -1,9 +1,16 @@
 /* The seam between the engine and its stores: an ops table. Keys are the
  * engine's store keys (scope digest + key); records are src/record.h
- * encodings. Every op is thread-safe. */
+ * encodings. Every op is thread-safe.
+ *
+ * A synchronous store (memory) answers every op at once. An asynchronous
+ * one (Redis) may answer IDEM_EINPROGRESS instead and call done(ud, rc,
+ * existing) later, exactly once, on the calling thread; it copies what it
+ * needs before it returns, so the caller's buffers are free at once. An
+ * answer other than IDEM_EINPROGRESS means done will not be called. */
 #ifndef IDEM_STORE_INTERNAL_H
 #define IDEM_STORE_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,29 +31,50 @@ static inline void idem__blob_release(struct idem__blob *b)
     *b = (struct idem__blob){ NULL, 0, NULL, NULL };
 }
 
+/* An asynchronous answer. existing is begin's record on IDEM_EEXIST (the
+ * callee takes it: release it or keep it), NULL otherwise. */
+typedef void (*idem__store_done)(void *ud, int rc, struct idem__blob *existing);
+
 struct idem__store_ops {
     /* Store rec (in flight) under key for lease_ms unless key has a record.
      * IDEM_OK: stored. IDEM_EEXIST: *existing_out holds the record found.
      * Otherwise a failure (IDEM_ENOMEM, IDEM_EBUSY, IDEM_EIO). */
     int (*begin)(struct idem_store *s, const void *key, size_t klen,
                  const void *rec, size_t rlen, int64_t lease_ms,
-                 struct idem__blob *existing_out);
+                 struct idem__blob *existing_out, idem__store_done done,
+                 void *ud);
     /* Replace key's in-flight record owned by token with rec for ttl_ms.
      * IDEM_OK; IDEM_ESTALE (not in flight under token: nothing written). */
     int (*complete)(struct idem_store *s, const void *key, size_t klen,
                     const uint8_t *token, const void *rec, size_t rlen,
-                    int64_t ttl_ms);
+                    int64_t ttl_ms, idem__store_done done, void *ud);
     /* Delete key's in-flight record owned by token. IDEM_OK, IDEM_ESTALE. */
     int (*abort)(struct idem_store *s, const void *key, size_t klen,
-                 const uint8_t *token);
+                 const uint8_t *token, idem__store_done done, void *ud);
+    /* Extend the lease of key's in-flight record owned by token to lease_ms
+     * from now. IDEM_OK, IDEM_ESTALE. */
+    int (*renew)(struct idem_store *s, const void *key, size_t klen,
+                 const uint8_t *token, int64_t lease_ms, idem__store_done done,
+                 void *ud);
+    /* Asynchronous stores only: run fn(ud) once, after ms, on the calling
+     * thread. Returns a handle for cancel_after, or NULL (no timer: the
+     * caller must not wait for it). */
+    void *(*after)(struct idem_store *s, int64_t ms, void (*fn)(void *ud),
+                   void *ud);
+    /* Cancel a timer that has not run; it never runs then. */
+    void (*cancel_after)(struct idem_store *s, void *timer);
     /* Reclaim expired records now. */
     void (*tick)(struct idem_store *s);
     void (*stats)(struct idem_store *s, struct idem_store_stats *out);
     void (*free)(struct idem_store *s);
+    bool async; /* ops may answer IDEM_EINPROGRESS */
 };
 
 struct idem_store {
     const struct idem__store_ops *ops;
 };
+
+/* Whether s is a Redis store (attach and detach apply to no other). */
+bool idem__store_is_redis(const struct idem_store *s);
 
 #endif

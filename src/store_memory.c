@@ -39,12 +39,15 @@ static int get_record(struct idem__memory_store *ms, const void *key,
 
 static int ms_begin(struct idem_store *s, const void *key, size_t klen,
                     const void *rec, size_t rlen, int64_t lease_ms,
-                    struct idem__blob *existing_out)
+                    struct idem__blob *existing_out, idem__store_done done,
+                    void *ud)
 {
     struct idem__memory_store *ms = (struct idem__memory_store *)s;
     struct idem_cache_value *v;
     int rc = idem_keylock_lock(ms->locks, key, klen);
 
+    (void)done;
+    (void)ud;
     if (rc != IDEM_OK)
         return rc;
     rc = idem_cache_get(ms->cache, key, klen, &v);
@@ -77,11 +80,15 @@ static bool owned_locked(struct idem__memory_store *ms, const void *key,
     return owned;
 }
 
+/* What settle() does to a record in flight under the caller's token. */
+enum settle_op { SETTLE_COMPLETE, SETTLE_ABORT, SETTLE_RENEW };
+
 /* Under key's lock: if its record is in flight under token, replace it
- * with rec for ttl_ms or, rec NULL, remove it. IDEM_OK, IDEM_ESTALE. */
-static int settle(struct idem_store *s, const void *key, size_t klen,
-                  const uint8_t *token, const void *rec, size_t rlen,
-                  int64_t ttl_ms)
+ * with rec for ttl_ms, remove it, or give it ttl_ms more. IDEM_OK,
+ * IDEM_ESTALE. */
+static int settle(struct idem_store *s, enum settle_op op, const void *key,
+                  size_t klen, const uint8_t *token, const void *rec,
+                  size_t rlen, int64_t ttl_ms)
 {
     struct idem__memory_store *ms = (struct idem__memory_store *)s;
     int rc = idem_keylock_lock(ms->locks, key, klen);
@@ -90,8 +97,10 @@ static int settle(struct idem_store *s, const void *key, size_t klen,
         return rc;
     if (!owned_locked(ms, key, klen, token))
         rc = IDEM_ESTALE;
-    else if (!rec)
+    else if (op == SETTLE_ABORT)
         rc = idem_cache_remove(ms->cache, key, klen);
+    else if (op == SETTLE_RENEW)
+        rc = idem_cache_update_ttl(ms->cache, key, klen, ttl_ms);
     else if ((rc = idem_cache_set(ms->cache, key, klen, rec, rlen, ttl_ms)) ==
              IDEM_OK)
         idem_cache_unpin(ms->cache, key, klen); /* done: evictable */
@@ -101,15 +110,28 @@ static int settle(struct idem_store *s, const void *key, size_t klen,
 
 static int ms_complete(struct idem_store *s, const void *key, size_t klen,
                        const uint8_t *token, const void *rec, size_t rlen,
-                       int64_t ttl_ms)
+                       int64_t ttl_ms, idem__store_done done, void *ud)
 {
-    return settle(s, key, klen, token, rec, rlen, ttl_ms);
+    (void)done;
+    (void)ud;
+    return settle(s, SETTLE_COMPLETE, key, klen, token, rec, rlen, ttl_ms);
 }
 
 static int ms_abort(struct idem_store *s, const void *key, size_t klen,
-                    const uint8_t *token)
+                    const uint8_t *token, idem__store_done done, void *ud)
 {
-    return settle(s, key, klen, token, NULL, 0, 0);
+    (void)done;
+    (void)ud;
+    return settle(s, SETTLE_ABORT, key, klen, token, NULL, 0, 0);
+}
+
+static int ms_renew(struct idem_store *s, const void *key, size_t klen,
+                    const uint8_t *token, int64_t lease_ms,
+                    idem__store_done done, void *ud)
+{
+    (void)done;
+    (void)ud;
+    return settle(s, SETTLE_RENEW, key, klen, token, NULL, 0, lease_ms);
 }
 
 static void ms_tick(struct idem_store *s)
@@ -146,6 +168,7 @@ static const struct idem__store_ops memory_ops = {
     .begin = ms_begin,
     .complete = ms_complete,
     .abort = ms_abort,
+    .renew = ms_renew,
     .tick = ms_tick,
     .stats = ms_stats,
     .free = ms_free,

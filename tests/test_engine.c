@@ -442,11 +442,13 @@ static void test_bad_options(void **state)
 
 static int bad_begin(struct idem_store *s, const void *key, size_t klen,
                      const void *rec, size_t rlen, int64_t lease_ms,
-                     struct idem__blob *existing_out)
+                     struct idem__blob *existing_out, idem__store_done cb,
+                     void *ud)
 {
     static const char junk[] = "not a record";
 
     (void)s, (void)key, (void)klen, (void)rec, (void)rlen, (void)lease_ms;
+    (void)cb, (void)ud;
     if (atomic_load(&te.now_ms) % 2)
         return IDEM_EIO;
     *existing_out = (struct idem__blob){ junk, sizeof(junk), NULL, NULL };

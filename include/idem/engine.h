@@ -142,16 +142,25 @@ struct idem_engine_stats {
     uint64_t outcomes[IDEM_OUTCOME_UNAVAILABLE + 1]; /* by enum idem_outcome */
     uint64_t stored;                                 /* responses stored */
     uint64_t not_stored; /* completions released by policy */
-    uint64_t stale;      /* completions refused: the lease was lost */
+    uint64_t stale;      /* completions or renewals refused: lease lost */
+    uint64_t renewed;    /* leases extended */
     uint64_t waiting;    /* calls waiting now */
     uint64_t wait_timeouts;
     uint64_t in_flight; /* calls that proceeded and have not finished */
 };
 
-/* Called when a waiting call is decided, on the thread whose complete or
- * abort (or tick, for a timeout) decided it, with no engine lock held. */
+/* Called when a waiting call is decided, with no engine lock held: with
+ * a synchronous store (memory), on the thread whose complete or abort (or
+ * tick, for a timeout) decided it; with an asynchronous store (Redis), on
+ * the thread that called idem_call_decide(). */
 typedef void (*idem_decide_cb)(struct idem_call *call,
                                const struct idem_decision *d, void *ud);
+
+/* Called when an asynchronous store has answered a complete, abort or
+ * renewal: rc as the synchronous call would have returned; stored: the
+ * response was stored. On the thread that made the call, which may have
+ * freed the call since. */
+typedef void (*idem_finish_cb)(int rc, bool stored, void *ud);
 
 /* Create an engine. IDEM_OK, IDEM_EINVAL, IDEM_ENOMEM. */
 IDEM_API int idem_engine_new(const struct idem_engine_opts *opts,
@@ -194,9 +203,10 @@ IDEM_API int idem_call_body(struct idem_call *call, const void *data,
 
 /* Decide a PENDING call whose body is complete. IDEM_OK: *out is PROCEED,
  * REPLAY, CONFLICT, MISMATCH or UNAVAILABLE. IDEM_EINPROGRESS: in wait
- * mode the key is in flight; cb(call, decision, ud) comes once it is
- * decided (REPLAY, PROCEED after an abort, or CONFLICT at the bound).
- * IDEM_EINVAL: the call is not pending. */
+ * mode the key is in flight, or the store is asynchronous; cb(call,
+ * decision, ud) comes once it is decided (in wait mode: REPLAY, PROCEED
+ * after an abort, or CONFLICT at the bound). cb is required in wait mode
+ * and with an asynchronous store. IDEM_EINVAL: the call is not pending. */
 IDEM_API int idem_call_decide(struct idem_call *call, idem_decide_cb cb,
                               void *ud, struct idem_decision *out);
 
@@ -207,20 +217,44 @@ IDEM_API int idem_call_decide(struct idem_call *call, idem_decide_cb cb,
  * Content-Length, Date and Idempotency-Policy are not stored. IDEM_OK;
  * IDEM_ESTALE if the lease was lost (nothing written: another call may
  * own the key now); IDEM_EINVAL; IDEM_ENOMEM and store errors (the key is
- * released). stored_out may be NULL. */
+ * released). stored_out may be NULL. With an asynchronous store:
+ * IDEM_EINPROGRESS (see idem_call_complete_async). */
 IDEM_API int idem_call_complete(struct idem_call *call,
                                 const struct idem_response *resp,
                                 bool *stored_out);
 
-/* Stop a call waiting (wait mode), e.g. because its client left.
- * IDEM_OK: no callback will come. IDEM_EALREADY: it was decided first;
- * its callback has run or is about to, exactly once, and the call must
- * not be freed before it has. IDEM_ENOTFOUND: the call is not waiting. */
+/* idem_call_complete() for any store. With an asynchronous one it returns
+ * IDEM_EINPROGRESS: the write is on its way, the call may be freed at
+ * once, and cb(rc, stored, ud) (if cb is not NULL) comes with the answer;
+ * the engine's counters count it either way. Otherwise it returns as
+ * idem_call_complete() and cb is not called. */
+IDEM_API int idem_call_complete_async(struct idem_call *call,
+                                      const struct idem_response *resp,
+                                      idem_finish_cb cb, void *ud);
+
+/* Stop a call waiting or deciding, e.g. because its client left. IDEM_OK:
+ * no callback will come (with an asynchronous store, a begin already sent
+ * is undone when it answers). IDEM_EALREADY (synchronous store): it was
+ * decided first; its callback has run or is about to, exactly once, and
+ * the call must not be freed before it has. IDEM_ENOTFOUND: the call is
+ * not waiting. */
 IDEM_API int idem_call_cancel(struct idem_call *call);
 
 /* Release the key of a call that PROCEEDed without a response worth
- * keeping (upstream error, timeout). IDEM_OK, IDEM_ESTALE, IDEM_EINVAL. */
+ * keeping (upstream error, timeout). IDEM_OK, IDEM_ESTALE, IDEM_EINVAL;
+ * IDEM_EINPROGRESS with an asynchronous store (as for
+ * idem_call_complete_async). */
 IDEM_API int idem_call_abort(struct idem_call *call);
+IDEM_API int idem_call_abort_async(struct idem_call *call, idem_finish_cb cb,
+                                   void *ud);
+
+/* Extend the lease of a call that PROCEEDed to lease_ms from now, so a
+ * request that works longer than its lease keeps its key (call it every
+ * lease_ms / 2 while it works). IDEM_OK; IDEM_ESTALE (the lease was lost:
+ * another call may own the key); IDEM_EINVAL (not proceeding);
+ * IDEM_EINPROGRESS with an asynchronous store, cb as above. */
+IDEM_API int idem_call_renew(struct idem_call *call, idem_finish_cb cb,
+                             void *ud);
 
 /* Whether a response header is hop-by-hop (RFC 9110 7.6.1) and so is never
  * forwarded or stored: Connection, Keep-Alive, Proxy-Connection, TE,

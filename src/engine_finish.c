@@ -1,0 +1,294 @@
+/* Finishing a call that proceeded: complete (the storage policy and the
+ * stored record), abort and lease renewal, against either kind of store.
+ * With an asynchronous store the answer comes to an op (struct idem__op)
+ * holding copies of what the accounting needs, so the call may be freed
+ * while the store works. */
+#include <string.h>
+
+#include "engine_internal.h"
+#include "internal.h"
+
+static bool default_storable(unsigned status)
+{
+    return status < 500 && status != 408 && status != 425 && status != 429;
+}
+
+static bool said_no_store(const struct idem_response *resp)
+{
+    size_t i;
+
+    for (i = 0; i < resp->nheaders; i++) {
+        const struct idem_header *h = &resp->headers[i];
+
+        if (idem__name_is(h->name, h->name_len, "Idempotency-Policy") &&
+            idem__list_has(h->value, h->value_len, "no-store", 8))
+            return true;
+    }
+    return false;
+}
+
+/* Whether h is kept in a stored response: not hop-by-hop, not named by
+ * Connection, not one the replay writes afresh, and encodable. */
+static bool keep_header(const struct idem_response *resp,
+                        const struct idem_header *h)
+{
+    static const char *const dropped[] = { "Content-Length", "Date",
+                                           "Idempotency-Policy" };
+    struct idem_header probe = *h;
+    size_t i;
+
+    if (idem_header_is_hop_by_hop(h->name, h->name_len))
+        return false;
+    for (i = 0; i < sizeof(dropped) / sizeof(dropped[0]); i++)
+        if (idem__name_is(h->name, h->name_len, dropped[i]))
+            return false;
+    for (i = 0; i < resp->nheaders; i++) {
+        const struct idem_header *c = &resp->headers[i];
+
+        if (idem__name_is(c->name, c->name_len, "Connection") &&
+            idem__list_has(c->value, c->value_len, h->name, h->name_len))
+            return false;
+    }
+    probe.value_len = h->value ? h->value_len : 0;
+    return idem__record_size(&(struct idem__record){ .state = IDEM__REC_DONE,
+                                                     .status = 200,
+                                                     .nheaders = 1,
+                                                     .headers = &probe }) != 0;
+}
+
+/* Encode resp as a completed record into a fresh buffer (*buf_out). */
+static int encode_done(struct idem_call *call, const struct idem_response *resp,
+                       uint8_t **buf_out, size_t *len_out)
+{
+    struct idem_engine *e = call->e;
+    uint64_t wall = e->env.wall_ms(e->env.ud);
+    struct idem__record r = { .state = IDEM__REC_DONE,
+                              .status = resp->status,
+                              .created_ms = wall,
+                              .expires_ms = wall + (uint64_t)e->lifetime_ms };
+    struct idem_header *kept;
+    size_t i, n = 0, size;
+    int rc = IDEM_ENOMEM;
+
+    kept = idem__alloc(&e->env, (resp->nheaders + 1) * sizeof(*kept));
+    if (!kept)
+        return IDEM_ENOMEM;
+    for (i = 0; i < resp->nheaders; i++)
+        if (keep_header(resp, &resp->headers[i]))
+            kept[n++] = resp->headers[i];
+    memcpy(r.fingerprint, call->fingerprint, IDEM_FP_LEN);
+    r.headers = kept;
+    r.nheaders = n;
+    if (resp->body_len > e->max_stored_body)
+        r.flags = IDEM__REC_BODY_OMITTED;
+    else
+        r.body = resp->body, r.body_len = resp->body_len;
+    size = idem__record_size(&r);
+    if (size == 0)
+        rc = IDEM_EINVAL;
+    else if ((*buf_out = idem__alloc(&e->env, size)))
+        rc = idem__record_encode(&r, *buf_out, size, len_out);
+    idem__free(&e->env, kept);
+    return rc;
+}
+
+/* The call's key leaves flight: count, then decide its waiters. */
+/* -- Ops -------------------------------------------------------------- */
+
+static struct idem__op *op_alloc(struct idem_engine *e, enum idem__op_kind kind,
+                                 const uint8_t *skey, size_t klen,
+                                 const uint8_t *token)
+{
+    struct idem__op *op = idem__alloc(&e->env, sizeof(*op) + klen);
+
+    if (!op)
+        return NULL;
+    *op = (struct idem__op){ .e = e, .kind = kind, .klen = klen };
+    memcpy(op->token, token, IDEM__TOKEN_LEN);
+    memcpy(op->skey, skey, klen);
+    return op;
+}
+
+struct idem__op *idem__op_new(struct idem_call *call, enum idem__op_kind kind,
+                              idem_finish_cb cb, void *ud)
+{
+    struct idem__op *op =
+        op_alloc(call->e, kind, call->skey, call->klen, call->token);
+
+    if (op) {
+        op->cb = cb;
+        op->ud = ud;
+    }
+    return op;
+}
+
+void idem__op_free(struct idem__op *op)
+{
+    if (op)
+        idem__free(&op->e->env, op);
+}
+
+static int settled(struct idem_engine *e, enum idem__op_kind kind, int rc,
+                   const uint8_t *skey, size_t klen, const uint8_t *token);
+
+void idem__op_done(void *ud, int rc, struct idem__blob *blob)
+{
+    struct idem__op *op = ud;
+
+    if (blob)
+        idem__blob_release(blob);
+    settled(op->e, op->kind, rc, op->skey, op->klen, op->token);
+    if (op->cb)
+        op->cb(rc, op->kind == IDEM__OP_COMPLETE && rc == IDEM_OK, op->ud);
+    idem__op_free(op);
+}
+
+/* Release a key whose owner has nothing to wait for (a complete that
+ * could not store, a cancelled begin that won). If even that fails, the
+ * lease ends it. */
+void idem__release_key(struct idem_engine *e, const uint8_t *skey, size_t klen,
+                       const uint8_t *token)
+{
+    struct idem_store *s = e->store;
+    struct idem__op *op = NULL;
+
+    if (s->ops->async &&
+        !(op = op_alloc(e, IDEM__OP_RELEASE, skey, klen, token)))
+        return;
+    if (s->ops->abort(s, skey, klen, token, op ? idem__op_done : NULL, op) !=
+        IDEM_EINPROGRESS)
+        idem__op_free(op);
+}
+
+/* The store answered op kind for a key: count, and for a key that left
+ * flight, decide its waiters. Returns rc. */
+static int settled(struct idem_engine *e, enum idem__op_kind kind, int rc,
+                   const uint8_t *skey, size_t klen, const uint8_t *token)
+{
+    if (rc == IDEM_ESTALE)
+        atomic_fetch_add(&e->stale, 1);
+    switch (kind) {
+    case IDEM__OP_RENEW:
+        if (rc == IDEM_OK)
+            atomic_fetch_add(&e->renewed, 1);
+        return rc;
+    case IDEM__OP_RELEASE:
+    case IDEM__OP_BEGIN:
+        return rc;
+    case IDEM__OP_COMPLETE:
+        if (rc == IDEM_OK)
+            atomic_fetch_add(&e->stored, 1);
+        else if (rc != IDEM_ESTALE) /* could not store: a retry may run */
+            idem__release_key(e, skey, klen, token);
+        break;
+    case IDEM__OP_NOSTORE:
+        if (rc == IDEM_OK)
+            atomic_fetch_add(&e->not_stored, 1);
+        break;
+    case IDEM__OP_ABORT:
+        break;
+    }
+    atomic_fetch_sub(&e->in_flight, 1);
+    if (!e->store->ops->async) /* asynchronous waits poll instead */
+        idem__wait_wake(e, skey, klen);
+    return rc;
+}
+
+/* Send op kind for call's key (rec: the completed record) to the store:
+ * its answer, or IDEM_EINPROGRESS with the answer to come to cb. */
+static int store_op(struct idem_call *call, enum idem__op_kind kind,
+                    const void *rec, size_t rlen, idem_finish_cb cb, void *ud)
+{
+    struct idem_engine *e = call->e;
+    struct idem_store *s = e->store;
+    struct idem__op *op = NULL;
+    idem__store_done done = NULL;
+    int rc;
+
+    if (s->ops->async) {
+        if (!(op = idem__op_new(call, kind, cb, ud)))
+            return settled(e, kind, IDEM_ENOMEM, call->skey, call->klen,
+                           call->token);
+        done = idem__op_done;
+    }
+    if (kind == IDEM__OP_COMPLETE)
+        rc = s->ops->complete(s, call->skey, call->klen, call->token, rec, rlen,
+                              e->lifetime_ms, done, op);
+    else if (kind == IDEM__OP_RENEW)
+        rc = s->ops->renew(s, call->skey, call->klen, call->token, e->lease_ms,
+                           done, op);
+    else
+        rc = s->ops->abort(s, call->skey, call->klen, call->token, done, op);
+    if (rc == IDEM_EINPROGRESS)
+        return rc;
+    idem__op_free(op);
+    return settled(e, kind, rc, call->skey, call->klen, call->token);
+}
+
+/* -- The calls -------------------------------------------------------- */
+
+static int complete(struct idem_call *call, const struct idem_response *resp,
+                    idem_finish_cb cb, void *ud, bool *stored_out)
+{
+    struct idem_engine *e;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    bool storable;
+    int rc;
+
+    if (stored_out)
+        *stored_out = false;
+    if (!call || !resp || call->state != CALL_PROCEEDING ||
+        (!resp->headers && resp->nheaders) || (!resp->body && resp->body_len))
+        return IDEM_EINVAL;
+    e = call->e;
+    call->state = CALL_FINISHED;
+    storable = e->storable ? e->storable(resp->status, e->storable_ud)
+                           : default_storable(resp->status);
+    if (!storable || resp->status < 100 || resp->status > 999 ||
+        said_no_store(resp))
+        return store_op(call, IDEM__OP_NOSTORE, NULL, 0, cb, ud);
+    rc = encode_done(call, resp, &buf, &len);
+    if (rc == IDEM_OK)
+        rc = store_op(call, IDEM__OP_COMPLETE, buf, len, cb, ud);
+    else
+        rc = settled(e, IDEM__OP_COMPLETE, rc, call->skey, call->klen,
+                     call->token);
+    idem__free(&e->env, buf);
+    if (stored_out)
+        *stored_out = rc == IDEM_OK;
+    return rc;
+}
+
+int idem_call_complete(struct idem_call *call, const struct idem_response *resp,
+                       bool *stored_out)
+{
+    return complete(call, resp, NULL, NULL, stored_out);
+}
+
+int idem_call_complete_async(struct idem_call *call,
+                             const struct idem_response *resp,
+                             idem_finish_cb cb, void *ud)
+{
+    return complete(call, resp, cb, ud, NULL);
+}
+
+int idem_call_abort_async(struct idem_call *call, idem_finish_cb cb, void *ud)
+{
+    if (!call || call->state != CALL_PROCEEDING)
+        return IDEM_EINVAL;
+    call->state = CALL_FINISHED;
+    return store_op(call, IDEM__OP_ABORT, NULL, 0, cb, ud);
+}
+
+int idem_call_abort(struct idem_call *call)
+{
+    return idem_call_abort_async(call, NULL, NULL);
+}
+
+int idem_call_renew(struct idem_call *call, idem_finish_cb cb, void *ud)
+{
+    if (!call || call->state != CALL_PROCEEDING)
+        return IDEM_EINVAL;
+    return store_op(call, IDEM__OP_RENEW, NULL, 0, cb, ud);
+}

@@ -1,0 +1,911 @@
+/* The Redis store. Each attached thread owns one hiredis async connection
+ * on its libevent loop; commands on it pipeline. Every operation is one
+ * Lua script, sent by EVALSHA (EVAL when Redis answers NOSCRIPT), so a
+ * read-check-write on a key is atomic and one round trip; complete, abort
+ * and renew check the owner's token in place before they write (fencing).
+ *
+ * hiredis 0.14 has no timeouts of its own, so each connection has one
+ * timer, whose meaning follows its state: the connect deadline while
+ * connecting, the deadline of the oldest command while up (replies come
+ * in order, so the oldest is the first due), the backoff while down. A
+ * command past its deadline takes its connection down with it: every
+ * command in flight fails (hiredis calls each callback with no reply),
+ * and a new connection follows. */
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fingerprint.h"
+#include "internal.h"
+#include "record.h"
+#include "store_internal.h"
+
+#define DEFAULT_PORT 6379
+#define DEFAULT_TIMEOUT_MS 1000
+#define BACKOFF_FIRST_MS 50
+#define BACKOFF_MAX_MS 2000
+#define PREFIX_MAX 256
+
+_Static_assert(IDEM__RECORD_VERSION_OFF == 2 && IDEM__RECORD_STATE_OFF == 3 &&
+                   IDEM__RECORD_TOKEN_OFF == 37 && IDEM__TOKEN_LEN == 16 &&
+                   IDEM__RECORD_VERSION == 1 && IDEM__REC_INFLIGHT == 1,
+               "the scripts below read records at these offsets");
+
+/* -- Scripts ---------------------------------------------------------- */
+
+/* KEYS[1] the key. begin: ARGV record, lease. The others: ARGV[1] the
+ * owner's token; complete: record, lifetime; renew: lease. OWNED holds
+ * when the key's record is a version 1 record in flight under the token
+ * (bytes 38..53 in Lua's 1-based counting). */
+#define OWNED                                                                  \
+    "local v = redis.call('GET', KEYS[1]) "                                    \
+    "if not v or string.sub(v, 1, 2) ~= 'IK' or string.byte(v, 3) ~= 1 "       \
+    "or string.byte(v, 4) ~= 1 or string.sub(v, 38, 53) ~= ARGV[1] then "      \
+    "return 0 end "
+
+enum script { SC_BEGIN, SC_COMPLETE, SC_ABORT, SC_RENEW, NSCRIPTS };
+
+static const char *const scripts[NSCRIPTS] = {
+    [SC_BEGIN] = "local v = redis.call('GET', KEYS[1]) "
+                 "if v then return v end "
+                 "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
+                 "return 1",
+    [SC_COMPLETE] = OWNED "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) "
+                          "return 1",
+    [SC_ABORT] = OWNED "redis.call('DEL', KEYS[1]) return 1",
+    [SC_RENEW] = OWNED "redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1",
+};
+
+/* -- Types ------------------------------------------------------------ */
+
+struct redis_store {
+    struct idem_store base;
+    struct idem_env env;
+    char *host, *path, *user, *password, *prefix;
+    int port, db;
+    int64_t connect_timeout_ms, command_timeout_ms;
+    char sha[NSCRIPTS][41]; /* SHA-1 of each script, hex */
+    void (*log)(void *ud, const char *msg);
+    void *log_ud;
+    atomic_uint_fast64_t connections, connects, commands, errors, timeouts,
+        pending;
+};
+
+enum conn_state { C_DOWN, C_CONNECTING, C_UP };
+
+struct rop;
+
+/* One thread's connection. */
+struct rconn {
+    struct redis_store *rs;
+    struct event_base *base;
+    redisAsyncContext *ac; /* NULL while down */
+    enum conn_state state;
+    struct event *timer;
+    int64_t backoff_ms;
+    int setup_left; /* setup replies to come; all well: backoff resets */
+    struct rop *head, *tail; /* commands sent, oldest first */
+    struct rconn *next;      /* this thread's other connections */
+};
+
+/* A command in flight. */
+struct rop {
+    struct rconn *c;
+    struct rop *next;
+    enum script script;
+    uint64_t deadline_ms;
+    idem__store_done done;
+    void *ud;
+    char *cmd; /* the EVALSHA command as sent (hiredis-allocated) */
+    int cmdlen;
+    bool retried; /* sent again as EVAL */
+};
+
+/* A timer of after(). */
+struct rtimer {
+    struct event *ev;
+    void (*fn)(void *ud);
+    void *ud;
+    struct redis_store *rs;
+};
+
+static _Thread_local struct rconn *thread_conns;
+
+static void conn_start(struct rconn *c);
+static void arm(struct rconn *c);
+
+static void say(struct redis_store *rs, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void say(struct redis_store *rs, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+
+    if (!rs->log)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    rs->log(rs->log_ud, msg);
+}
+
+static struct rconn *thread_conn(struct redis_store *rs)
+{
+    struct rconn *c;
+
+    for (c = thread_conns; c; c = c->next)
+        if (c->rs == rs)
+            return c;
+    return NULL;
+}
+
+static uint64_t now_ms(const struct redis_store *rs)
+{
+    return rs->env.now_ms(rs->env.ud);
+}
+
+/* -- The command queue ------------------------------------------------ */
+
+static void queue_push(struct rconn *c, struct rop *op)
+{
+    op->next = NULL;
+    if (c->tail)
+        c->tail->next = op;
+    else
+        c->head = op;
+    c->tail = op;
+}
+
+/* Take op off c's queue: the head, since replies come in order. */
+static void queue_remove(struct rconn *c, struct rop *op)
+{
+    struct rop **pp = &c->head, *prev = NULL;
+
+    while (*pp && *pp != op) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (!*pp)
+        return;
+    *pp = op->next;
+    if (c->tail == op)
+        c->tail = prev;
+    op->next = NULL;
+}
+
+static void op_free(struct rop *op)
+{
+    struct redis_store *rs = op->c->rs;
+
+    if (op->cmd)
+        redisFreeCommand(op->cmd);
+    atomic_fetch_sub(&rs->pending, 1);
+    idem__free(&rs->env, op);
+}
+
+/* -- Answers ---------------------------------------------------------- */
+
+/* A copy of a record Redis sent, for the engine to keep. */
+struct rblob {
+    struct redis_store *rs;
+    char data[];
+};
+
+static void blob_free(void *ctx)
+{
+    struct rblob *b = ctx;
+
+    idem__free(&b->rs->env, b);
+}
+
+/* What reply means for op's script. */
+static int judge(struct rop *op, const redisReply *reply,
+                 struct idem__blob *blob)
+{
+    if (!reply)
+        return IDEM_EIO; /* the connection went down */
+    if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1)
+        return IDEM_OK;
+    if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 0 &&
+        op->script != SC_BEGIN)
+        return IDEM_ESTALE;
+    if (reply->type == REDIS_REPLY_STRING && op->script == SC_BEGIN) {
+        struct redis_store *rs = op->c->rs;
+        struct rblob *b =
+            idem__alloc(&rs->env, sizeof(*b) + (size_t)reply->len);
+
+        if (!b)
+            return IDEM_ENOMEM;
+        b->rs = rs;
+        memcpy(b->data, reply->str, (size_t)reply->len);
+        *blob =
+            (struct idem__blob){ b->data, (size_t)reply->len, blob_free, b };
+        return IDEM_EEXIST;
+    }
+    return IDEM_EIO;
+}
+
+static bool is_noscript(const redisReply *reply)
+{
+    return reply && reply->type == REDIS_REPLY_ERROR && reply->str &&
+           strncmp(reply->str, "NOSCRIPT", 8) == 0;
+}
+
+/* The length of the bulk string at p ("$N\r\n" N bytes "\r\n"), or 0. */
+static size_t bulk_len(const char *p, const char *end)
+{
+    char *nl;
+    long n;
+
+    if (p >= end || *p != '$')
+        return 0;
+    n = strtol(p + 1, &nl, 10);
+    if (n < 0 || nl + 2 > end || nl[0] != '\r' || nl[1] != '\n')
+        return 0;
+    if ((size_t)(end - (nl + 2)) < (size_t)n + 2)
+        return 0;
+    return (size_t)(nl + 2 - p) + (size_t)n + 2;
+}
+
+static void on_reply(redisAsyncContext *ac, void *r, void *privdata);
+
+/* Send op again as EVAL: its command with the script in the SHA's place.
+ * 0, or -1 (then op fails). */
+static int resend_eval(struct rconn *c, struct rop *op)
+{
+    const char *cmd = op->cmd, *end = op->cmd + op->cmdlen;
+    const char *script = scripts[op->script];
+    const char *args = strstr(cmd, "\r\n");
+    size_t a, b, slen = strlen(script), n;
+    char *eval;
+    int rc;
+
+    if (!c->ac || !args)
+        return -1;
+    args += 2;
+    a = bulk_len(args, end);
+    b = a ? bulk_len(args + a, end) : 0;
+    if (!b)
+        return -1;
+    n = (size_t)(args - cmd) + 32 + slen + (size_t)(end - (args + a + b));
+    if (!(eval = malloc(n)))
+        return -1;
+    rc = snprintf(eval, n, "%.*s$4\r\nEVAL\r\n$%zu\r\n%s\r\n",
+                  (int)(args - cmd), cmd, slen, script);
+    memcpy(eval + rc, args + a + b, (size_t)(end - (args + a + b)));
+    rc += (int)(end - (args + a + b));
+    op->retried = true;
+    rc = redisAsyncFormattedCommand(c->ac, on_reply, op, eval, (size_t)rc);
+    free(eval);
+    if (rc != REDIS_OK)
+        return -1;
+    queue_push(c, op);
+    return 0;
+}
+
+static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct rop *op = privdata;
+    struct rconn *c = op->c;
+    struct idem__blob blob = { NULL, 0, NULL, NULL };
+    redisReply *reply = r;
+    int rc;
+
+    (void)ac;
+    queue_remove(c, op);
+    if (is_noscript(reply) && !op->retried && resend_eval(c, op) == 0)
+        return;
+    rc = judge(op, reply, &blob);
+    if (rc == IDEM_EIO || rc == IDEM_ENOMEM)
+        atomic_fetch_add(&c->rs->errors, 1);
+    arm(c);
+    op->done(op->ud, rc, rc == IDEM_EEXIST ? &blob : NULL);
+    op_free(op);
+}
+
+/* -- Sending ---------------------------------------------------------- */
+
+/* "<prefix>:{<hex scope>:<key>}" into buf (cap bytes). Its length, or 0. */
+static size_t redis_key(const struct redis_store *rs, const uint8_t *skey,
+                        size_t klen, char *buf, size_t cap)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t plen = strlen(rs->prefix), n, i;
+
+    if (klen < IDEM__SCOPE_LEN)
+        return 0;
+    n = plen + 2 + 2 * IDEM__SCOPE_LEN + 1 + (klen - IDEM__SCOPE_LEN) + 1;
+    if (n > cap)
+        return 0;
+    memcpy(buf, rs->prefix, plen);
+    buf += plen;
+    *buf++ = ':';
+    *buf++ = '{';
+    for (i = 0; i < IDEM__SCOPE_LEN; i++) {
+        *buf++ = hex[skey[i] >> 4];
+        *buf++ = hex[skey[i] & 15];
+    }
+    *buf++ = ':';
+    memcpy(buf, skey + IDEM__SCOPE_LEN, klen - IDEM__SCOPE_LEN);
+    buf[klen - IDEM__SCOPE_LEN] = '}';
+    return n;
+}
+
+/* Run script on key with args: IDEM_EINPROGRESS (done comes later) or a
+ * failure now (the thread has no connection up, out of memory). */
+static int run(struct idem_store *s, enum script script, const void *skey,
+               size_t klen, int nargs, const char **args, const size_t *lens,
+               idem__store_done done, void *ud)
+{
+    struct redis_store *rs = (struct redis_store *)s;
+    struct rconn *c = thread_conn(rs);
+    char key[PREFIX_MAX + 2 + 2 * IDEM__SCOPE_LEN + 2 + IDEM_KEY_MAX_CAP];
+    const char *argv[8] = { "EVALSHA", rs->sha[script], "1", key };
+    size_t argl[8] = { 7, 40, 1, 0 };
+    struct rop *op;
+    int i;
+
+    if (!c || !c->ac || c->state == C_DOWN || !done) {
+        atomic_fetch_add(&rs->errors, 1);
+        return IDEM_EIO;
+    }
+    if (!(argl[3] = redis_key(rs, skey, klen, key, sizeof(key))))
+        return IDEM_EINVAL;
+    for (i = 0; i < nargs; i++) {
+        argv[4 + i] = args[i];
+        argl[4 + i] = lens[i];
+    }
+    if (!(op = idem__alloc(&rs->env, sizeof(*op))))
+        return IDEM_ENOMEM;
+    *op = (struct rop){ .c = c, .script = script, .done = done, .ud = ud };
+    atomic_fetch_add(&rs->pending, 1);
+    op->cmdlen = redisFormatCommandArgv(&op->cmd, 4 + nargs, argv, argl);
+    if (op->cmdlen < 0 ||
+        redisAsyncFormattedCommand(c->ac, on_reply, op, op->cmd,
+                                   (size_t)op->cmdlen) != REDIS_OK) {
+        if (op->cmdlen < 0)
+            op->cmd = NULL;
+        op_free(op);
+        atomic_fetch_add(&rs->errors, 1);
+        return IDEM_EIO;
+    }
+    atomic_fetch_add(&rs->commands, 1);
+    op->deadline_ms = now_ms(rs) + (uint64_t)rs->command_timeout_ms;
+    queue_push(c, op);
+    if (c->head == op)
+        arm(c);
+    return IDEM_EINPROGRESS;
+}
+
+static int rs_begin(struct idem_store *s, const void *key, size_t klen,
+                    const void *rec, size_t rlen, int64_t lease_ms,
+                    struct idem__blob *existing_out, idem__store_done done,
+                    void *ud)
+{
+    char ms[24];
+    const char *args[2] = { rec, ms };
+    size_t lens[2] = { rlen, 0 };
+
+    (void)existing_out;
+    lens[1] = (size_t)snprintf(ms, sizeof(ms), "%lld", (long long)lease_ms);
+    return run(s, SC_BEGIN, key, klen, 2, args, lens, done, ud);
+}
+
+static int rs_complete(struct idem_store *s, const void *key, size_t klen,
+                       const uint8_t *token, const void *rec, size_t rlen,
+                       int64_t ttl_ms, idem__store_done done, void *ud)
+{
+    char ms[24];
+    const char *args[3] = { (const char *)token, rec, ms };
+    size_t lens[3] = { IDEM__TOKEN_LEN, rlen, 0 };
+
+    lens[2] = (size_t)snprintf(ms, sizeof(ms), "%lld", (long long)ttl_ms);
+    return run(s, SC_COMPLETE, key, klen, 3, args, lens, done, ud);
+}
+
+static int rs_abort(struct idem_store *s, const void *key, size_t klen,
+                    const uint8_t *token, idem__store_done done, void *ud)
+{
+    const char *args[1] = { (const char *)token };
+    size_t lens[1] = { IDEM__TOKEN_LEN };
+
+    return run(s, SC_ABORT, key, klen, 1, args, lens, done, ud);
+}
+
+static int rs_renew(struct idem_store *s, const void *key, size_t klen,
+                    const uint8_t *token, int64_t lease_ms,
+                    idem__store_done done, void *ud)
+{
+    char ms[24];
+    const char *args[2] = { (const char *)token, ms };
+    size_t lens[2] = { IDEM__TOKEN_LEN, 0 };
+
+    lens[1] = (size_t)snprintf(ms, sizeof(ms), "%lld", (long long)lease_ms);
+    return run(s, SC_RENEW, key, klen, 2, args, lens, done, ud);
+}
+
+/* -- The connection --------------------------------------------------- */
+
+static void set_timer(struct rconn *c, int64_t ms)
+{
+    struct timeval tv = { (time_t)(ms / 1000),
+                          (suseconds_t)(ms % 1000) * 1000 };
+
+    evtimer_add(c->timer, &tv);
+}
+
+/* Point the timer at what the state waits for. */
+static void arm(struct rconn *c)
+{
+    uint64_t now;
+
+    if (c->state != C_UP)
+        return; /* connect deadline or backoff: armed when entered */
+    if (!c->head) {
+        evtimer_del(c->timer);
+        return;
+    }
+    now = now_ms(c->rs);
+    set_timer(c, c->head->deadline_ms > now
+                     ? (int64_t)(c->head->deadline_ms - now)
+                     : 0);
+}
+
+static void backoff(struct rconn *c)
+{
+    c->state = C_DOWN;
+    set_timer(c, c->backoff_ms);
+    c->backoff_ms =
+        c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+}
+
+/* Take the connection down now: hiredis fails every command in flight
+ * (their callbacks run here, with no reply), then frees it. */
+static void drop(struct rconn *c)
+{
+    redisAsyncContext *ac = c->ac;
+
+    if (c->state == C_UP)
+        atomic_fetch_sub(&c->rs->connections, 1);
+    c->ac = NULL;
+    c->state = C_DOWN; /* so the callbacks below send nothing on ac */
+    if (ac)
+        redisAsyncFree(ac);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct rconn *c = arg;
+
+    (void)fd;
+    (void)what;
+    if (c->state == C_DOWN) {
+        conn_start(c);
+        return;
+    }
+    if (c->state == C_UP && c->head && c->head->deadline_ms > now_ms(c->rs)) {
+        arm(c); /* woke early */
+        return;
+    }
+    atomic_fetch_add(&c->rs->timeouts, 1);
+    say(c->rs, "redis: %s timed out; reconnecting",
+        c->state == C_UP ? "a command" : "the connection");
+    drop(c);
+    backoff(c);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct rconn *c = ac->data;
+
+    if (status != REDIS_OK) { /* hiredis frees ac after this */
+        say(c->rs, "redis: cannot connect: %s", ac->errstr);
+        c->ac = NULL;
+        backoff(c); /* the queued commands fail next, with no reply */
+        return;
+    }
+    c->state = C_UP;
+    atomic_fetch_add(&c->rs->connections, 1);
+    atomic_fetch_add(&c->rs->connects, 1);
+    say(c->rs, "redis: connected");
+    arm(c);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct rconn *c = ac->data;
+
+    if (!c->ac) /* drop() or a failed connect: handled there */
+        return;
+    say(c->rs, "redis: connection lost%s%s; reconnecting",
+        status == REDIS_OK ? "" : ": ", status == REDIS_OK ? "" : ac->errstr);
+    if (c->state == C_UP)
+        atomic_fetch_sub(&c->rs->connections, 1);
+    c->ac = NULL;
+    backoff(c);
+}
+
+/* A reply to AUTH, SELECT or SCRIPT LOAD. */
+static void on_setup(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct rconn *c = privdata;
+    redisReply *reply = r;
+
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
+        say(c->rs, "redis: %s", reply->str);
+        c->setup_left = -1;
+        redisAsyncDisconnect(ac); /* and try again after a backoff */
+    } else if (reply && c->setup_left > 0 && --c->setup_left == 0) {
+        c->backoff_ms = BACKOFF_FIRST_MS; /* a working connection */
+    }
+}
+
+/* Log in, pick the database and load the scripts: sent first, answered
+ * before any command of ours. */
+static int send_setup(struct rconn *c)
+{
+    struct redis_store *rs = c->rs;
+    int rc = REDIS_OK, i;
+
+    c->setup_left = NSCRIPTS + (rs->password != NULL) + (rs->db != 0);
+    if (rs->password && rs->user)
+        rc = redisAsyncCommand(c->ac, on_setup, c, "AUTH %s %s", rs->user,
+                               rs->password);
+    else if (rs->password)
+        rc = redisAsyncCommand(c->ac, on_setup, c, "AUTH %s", rs->password);
+    if (rc == REDIS_OK && rs->db)
+        rc = redisAsyncCommand(c->ac, on_setup, c, "SELECT %d", rs->db);
+    for (i = 0; rc == REDIS_OK && i < NSCRIPTS; i++)
+        rc =
+            redisAsyncCommand(c->ac, on_setup, c, "SCRIPT LOAD %s", scripts[i]);
+    return rc == REDIS_OK ? 0 : -1;
+}
+
+static void conn_start(struct rconn *c)
+{
+    struct redis_store *rs = c->rs;
+    redisAsyncContext *ac = rs->path ? redisAsyncConnectUnix(rs->path)
+                                     : redisAsyncConnect(rs->host, rs->port);
+
+    if (!ac || ac->err) {
+        say(rs, "redis: cannot connect: %s", ac ? ac->errstr : "no memory");
+        if (ac)
+            redisAsyncFree(ac);
+        backoff(c);
+        return;
+    }
+    ac->data = c;
+    if (redisLibeventAttach(ac, c->base) != REDIS_OK) {
+        redisAsyncFree(ac);
+        backoff(c);
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    c->ac = ac;
+    c->state = C_CONNECTING;
+    set_timer(c, rs->connect_timeout_ms);
+    if (send_setup(c) != 0) {
+        drop(c);
+        backoff(c);
+    }
+}
+
+int idem_store_redis_attach(struct idem_store *s, struct event_base *base)
+{
+    struct redis_store *rs = (struct redis_store *)s;
+    struct rconn *c;
+
+    if (!idem__store_is_redis(s) || !base || thread_conn(rs))
+        return IDEM_EINVAL;
+    if (!(c = idem__alloc(&rs->env, sizeof(*c))))
+        return IDEM_ENOMEM;
+    *c = (struct rconn){ .rs = rs,
+                         .base = base,
+                         .backoff_ms = BACKOFF_FIRST_MS };
+    if (!(c->timer = evtimer_new(base, on_timer, c))) {
+        idem__free(&rs->env, c);
+        return IDEM_ENOMEM;
+    }
+    c->next = thread_conns;
+    thread_conns = c;
+    conn_start(c);
+    return IDEM_OK;
+}
+
+void idem_store_redis_detach(struct idem_store *s)
+{
+    struct redis_store *rs = (struct redis_store *)s;
+    struct rconn *c = idem__store_is_redis(s) ? thread_conn(rs) : NULL;
+    struct rconn **pp;
+
+    if (!c)
+        return;
+    /* let the commands in flight finish; the timer bounds the wait */
+    while (c->head && c->ac && c->state != C_DOWN)
+        event_base_loop(c->base, EVLOOP_ONCE);
+    drop(c);
+    event_free(c->timer);
+    for (pp = &thread_conns; *pp != c; pp = &(*pp)->next)
+        ;
+    *pp = c->next;
+    idem__free(&rs->env, c);
+}
+
+/* -- Timers for the engine -------------------------------------------- */
+
+static void on_after(evutil_socket_t fd, short what, void *arg)
+{
+    struct rtimer *t = arg;
+    void (*fn)(void *ud) = t->fn;
+    void *ud = t->ud;
+
+    (void)fd;
+    (void)what;
+    event_free(t->ev);
+    idem__free(&t->rs->env, t);
+    fn(ud);
+}
+
+static void *rs_after(struct idem_store *s, int64_t ms, void (*fn)(void *ud),
+                      void *ud)
+{
+    struct redis_store *rs = (struct redis_store *)s;
+    struct rconn *c = thread_conn(rs);
+    struct timeval tv = { (time_t)(ms / 1000),
+                          (suseconds_t)(ms % 1000) * 1000 };
+    struct rtimer *t;
+
+    if (!c || !(t = idem__alloc(&rs->env, sizeof(*t))))
+        return NULL;
+    *t = (struct rtimer){ .fn = fn, .ud = ud, .rs = rs };
+    if (!(t->ev = evtimer_new(c->base, on_after, t)) ||
+        evtimer_add(t->ev, &tv) != 0) {
+        if (t->ev)
+            event_free(t->ev);
+        idem__free(&rs->env, t);
+        return NULL;
+    }
+    return t;
+}
+
+static void rs_cancel_after(struct idem_store *s, void *timer)
+{
+    struct rtimer *t = timer;
+
+    (void)s;
+    event_free(t->ev);
+    idem__free(&t->rs->env, t);
+}
+
+/* -- The store -------------------------------------------------------- */
+
+static void rs_tick(struct idem_store *s)
+{
+    (void)s; /* Redis expires keys itself */
+}
+
+static void rs_stats(struct idem_store *s, struct idem_store_stats *out)
+{
+    struct redis_store *rs = (struct redis_store *)s;
+
+    *out = (struct idem_store_stats){
+        .connections = atomic_load(&rs->connections),
+        .connects = atomic_load(&rs->connects),
+        .commands = atomic_load(&rs->commands),
+        .errors = atomic_load(&rs->errors),
+        .timeouts = atomic_load(&rs->timeouts),
+        .pending = atomic_load(&rs->pending),
+    };
+}
+
+static void rs_free(struct idem_store *s)
+{
+    struct redis_store *rs = (struct redis_store *)s;
+
+    idem__free(&rs->env, rs->host);
+    idem__free(&rs->env, rs->path);
+    idem__free(&rs->env, rs->user);
+    idem__free(&rs->env, rs->password);
+    idem__free(&rs->env, rs->prefix);
+    idem__free(&rs->env, rs);
+}
+
+static const struct idem__store_ops redis_ops = {
+    .begin = rs_begin,
+    .complete = rs_complete,
+    .abort = rs_abort,
+    .renew = rs_renew,
+    .after = rs_after,
+    .cancel_after = rs_cancel_after,
+    .tick = rs_tick,
+    .stats = rs_stats,
+    .free = rs_free,
+    .async = true,
+};
+
+bool idem__store_is_redis(const struct idem_store *s)
+{
+    return s && s->ops == &redis_ops;
+}
+
+/* -- Options ---------------------------------------------------------- */
+
+static char *dup_n(struct redis_store *rs, const char *s, size_t n)
+{
+    char *d = idem__alloc(&rs->env, n + 1);
+
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+/* A decimal in [lo, hi] spanning exactly s[0..n). */
+static bool parse_int(const char *s, size_t n, long lo, long hi, int *out)
+{
+    char buf[16], *end;
+    long v;
+
+    if (n == 0 || n >= sizeof(buf) || s[0] < '0' || s[0] > '9')
+        return false;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    v = strtol(buf, &end, 10);
+    if (*end || v < lo || v > hi)
+        return false;
+    *out = (int)v;
+    return true;
+}
+
+/* "[[user]:password@]host[:port][/db]" after "redis://". */
+static int parse_tcp(struct redis_store *rs, const char *u)
+{
+    const char *at = strchr(u, '@'), *host, *hend, *port = NULL, *slash;
+    const char *colon;
+
+    if (at) {
+        colon = memchr(u, ':', (size_t)(at - u));
+        if (!colon)
+            return IDEM_EINVAL; /* a user without a password */
+        if (colon > u && !(rs->user = dup_n(rs, u, (size_t)(colon - u))))
+            return IDEM_ENOMEM;
+        if (!(rs->password = dup_n(rs, colon + 1, (size_t)(at - colon - 1))))
+            return IDEM_ENOMEM;
+        u = at + 1;
+    }
+    slash = strchr(u, '/');
+    hend = slash ? slash : u + strlen(u);
+    host = u;
+    if (*u == '[') { /* [v6 address] */
+        const char *close = memchr(u, ']', (size_t)(hend - u));
+
+        if (!close)
+            return IDEM_EINVAL;
+        host = u + 1;
+        port = close[1] == ':' ? close + 2 : NULL;
+        if (!port && close + 1 != hend)
+            return IDEM_EINVAL;
+        hend = close;
+    } else if ((colon = memchr(u, ':', (size_t)(hend - u)))) {
+        port = colon + 1;
+        hend = colon;
+    }
+    rs->port = DEFAULT_PORT;
+    if (hend == host ||
+        (port &&
+         !parse_int(port,
+                    (size_t)((slash ? slash : port + strlen(port)) - port), 1,
+                    65535, &rs->port)) ||
+        (slash &&
+         !parse_int(slash + 1, strlen(slash + 1), 0, 1000000, &rs->db)))
+        return IDEM_EINVAL;
+    return (rs->host = dup_n(rs, host, (size_t)(hend - host))) ? IDEM_OK
+                                                               : IDEM_ENOMEM;
+}
+
+/* "/path[?db=N]" after "unix://". */
+static int parse_unix(struct redis_store *rs, const char *u)
+{
+    const char *q = strchr(u, '?');
+    size_t n = q ? (size_t)(q - u) : strlen(u);
+
+    if (n == 0 || u[0] != '/' ||
+        (q && (strncmp(q, "?db=", 4) != 0 ||
+               !parse_int(q + 4, strlen(q + 4), 0, 1000000, &rs->db))))
+        return IDEM_EINVAL;
+    return (rs->path = dup_n(rs, u, n)) ? IDEM_OK : IDEM_ENOMEM;
+}
+
+static int parse_url(struct redis_store *rs, const char *url)
+{
+    if (strncmp(url, "redis://", 8) == 0)
+        return parse_tcp(rs, url + 8);
+    if (strncmp(url, "unix://", 7) == 0)
+        return parse_unix(rs, url + 7);
+    return IDEM_EINVAL;
+}
+
+static bool prefix_ok(const char *p)
+{
+    size_t n = strlen(p), i;
+
+    if (n == 0 || n > PREFIX_MAX)
+        return false;
+    for (i = 0; i < n; i++)
+        if (p[i] <= ' ' || p[i] > '~' || p[i] == '{' || p[i] == '}')
+            return false;
+    return true;
+}
+
+static int hash_scripts(struct redis_store *rs)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen, i;
+    int s;
+
+    for (s = 0; s < NSCRIPTS; s++) {
+        if (!EVP_Digest(scripts[s], strlen(scripts[s]), md, &mdlen, EVP_sha1(),
+                        NULL) ||
+            mdlen != 20)
+            return IDEM_ENOMEM;
+        for (i = 0; i < 20; i++) {
+            rs->sha[s][2 * i] = hex[md[i] >> 4];
+            rs->sha[s][2 * i + 1] = hex[md[i] & 15];
+        }
+        rs->sha[s][40] = '\0';
+    }
+    return IDEM_OK;
+}
+
+int idem_store_redis_new(const struct idem_store_redis_opts *opts,
+                         struct idem_store **store_out)
+{
+    struct redis_store *rs;
+    struct idem_env env;
+    const char *prefix;
+    int rc;
+
+    if (!opts || !opts->url || !store_out || opts->connect_timeout_ms < 0 ||
+        opts->command_timeout_ms < 0)
+        return IDEM_EINVAL;
+    prefix = opts->prefix ? opts->prefix : "idem";
+    if (!prefix_ok(prefix))
+        return IDEM_EINVAL;
+    idem__env_resolve(opts->env, &env);
+    if (!(rs = idem__alloc(&env, sizeof(*rs))))
+        return IDEM_ENOMEM;
+    *rs = (struct redis_store){
+        .base.ops = &redis_ops,
+        .env = env,
+        .connect_timeout_ms = opts->connect_timeout_ms
+                                  ? opts->connect_timeout_ms
+                                  : DEFAULT_TIMEOUT_MS,
+        .command_timeout_ms = opts->command_timeout_ms
+                                  ? opts->command_timeout_ms
+                                  : DEFAULT_TIMEOUT_MS,
+        .log = opts->log,
+        .log_ud = opts->log_ud,
+    };
+    rc = parse_url(rs, opts->url);
+    if (rc == IDEM_OK)
+        rc = (rs->prefix = dup_n(rs, prefix, strlen(prefix))) ? IDEM_OK
+                                                              : IDEM_ENOMEM;
+    if (rc == IDEM_OK)
+        rc = hash_scripts(rs);
+    if (rc != IDEM_OK) {
+        rs_free(&rs->base);
+        return rc;
+    }
+    *store_out = &rs->base;
+    return IDEM_OK;
+}

@@ -1,0 +1,166 @@
+/* A redis-server of a test's own: started on a free loopback port with no
+ * persistence, stopped by its pid. Header-only, for unit and integration
+ * tests alike. Failures to start fail the running cmocka test. */
+#ifndef IDEM_TEST_REDIS_SERVER_H
+#define IDEM_TEST_REDIS_SERVER_H
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define TEST_REDIS_BIN "/usr/bin/redis-server"
+
+struct test_redis {
+    pid_t pid; /* 0 when stopped */
+    uint16_t port;
+};
+
+static inline void test_redis_sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* A port on 127.0.0.1 that was free a moment ago. */
+static inline uint16_t test_redis_free_port(void)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET };
+    socklen_t len = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    uint16_t port = 0;
+
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+/* A synchronous client to r (for checks and administration), or NULL. */
+static inline redisContext *test_redis_client(const struct test_redis *r)
+{
+    struct timeval tv = { 1, 0 };
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", r->port, tv);
+
+    if (c && c->err) {
+        redisFree(c);
+        return NULL;
+    }
+    if (c)
+        redisSetTimeout(c, tv);
+    return c;
+}
+
+/* Whether r answers PING. */
+static inline int test_redis_ping(const struct test_redis *r)
+{
+    redisContext *c = test_redis_client(r);
+    redisReply *rep = c ? redisCommand(c, "PING") : NULL;
+    int ok = rep && rep->type == REDIS_REPLY_STATUS;
+
+    if (rep)
+        freeReplyObject(rep);
+    if (c)
+        redisFree(c);
+    return ok;
+}
+
+/* Start redis-server on r->port (0: a free one). 0, or -1 if it did not
+ * answer within 5 s. */
+static inline int test_redis_start_on(struct test_redis *r)
+{
+    char port[8];
+    int i, status, null;
+
+    if (!r->port)
+        r->port = test_redis_free_port();
+    snprintf(port, sizeof(port), "%u", r->port);
+    r->pid = fork();
+    if (r->pid == 0) {
+        null = open("/dev/null", O_RDWR);
+        dup2(null, STDIN_FILENO);
+        dup2(null, STDOUT_FILENO);
+        execl(TEST_REDIS_BIN, "redis-server", "--port", port, "--bind",
+              "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", "/tmp",
+              "--loglevel", "warning", (char *)NULL);
+        _exit(127);
+    }
+    if (r->pid < 0)
+        return -1;
+    for (i = 0; i < 500; i++) {
+        if (test_redis_ping(r))
+            return 0;
+        if (waitpid(r->pid, &status, WNOHANG) == r->pid) {
+            r->pid = 0;
+            return -1;
+        }
+        test_redis_sleep_ms(10);
+    }
+    return -1;
+}
+
+/* SIGTERM (SIGKILL after 5 s) and reap. */
+static inline void test_redis_stop(struct test_redis *r)
+{
+    int i, status;
+
+    if (r->pid <= 0)
+        return;
+    kill(r->pid, SIGCONT);
+    kill(r->pid, SIGTERM);
+    for (i = 0; i < 500; i++) {
+        if (waitpid(r->pid, &status, WNOHANG) == r->pid) {
+            r->pid = 0;
+            return;
+        }
+        test_redis_sleep_ms(10);
+    }
+    kill(r->pid, SIGKILL);
+    waitpid(r->pid, &status, 0);
+    r->pid = 0;
+}
+
+/* Start on a free port, retrying if another process took it first. */
+static inline int test_redis_start(struct test_redis *r)
+{
+    int tries;
+
+    for (tries = 0; tries < 5; tries++) {
+        r->port = 0;
+        if (test_redis_start_on(r) == 0)
+            return 0;
+        test_redis_stop(r);
+    }
+    return -1;
+}
+
+/* Run a command on r, expecting any non-error reply. 0 or -1. */
+static inline int test_redis_cmd(const struct test_redis *r, const char *cmd)
+{
+    redisContext *c = test_redis_client(r);
+    redisReply *rep = c ? redisCommand(c, cmd) : NULL;
+    int ok = rep && rep->type != REDIS_REPLY_ERROR;
+
+    if (rep)
+        freeReplyObject(rep);
+    if (c)
+        redisFree(c);
+    return ok ? 0 : -1;
+}
+
+#endif
