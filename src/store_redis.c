@@ -71,7 +71,7 @@ struct redis_store {
     int port, db;
     int64_t connect_timeout_ms, command_timeout_ms;
     char sha[NSCRIPTS][41]; /* SHA-1 of each script, hex */
-    void (*log)(void *ud, const char *msg);
+    void (*log)(void *ud, bool trouble, const char *msg);
     void *log_ud;
     atomic_uint_fast64_t connections, connects, commands, errors, timeouts,
         pending;
@@ -90,6 +90,7 @@ struct rconn {
     struct event *timer;
     int64_t backoff_ms;
     int setup_left; /* setup replies to come; all well: backoff resets */
+    bool quiet;     /* a failed connect was logged: not again until up */
     struct rop *head, *tail; /* commands sent, oldest first */
     struct rconn *next;      /* this thread's other connections */
 };
@@ -120,10 +121,10 @@ static _Thread_local struct rconn *thread_conns;
 static void conn_start(struct rconn *c);
 static void arm(struct rconn *c);
 
-static void say(struct redis_store *rs, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+static void say(struct redis_store *rs, bool trouble, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
-static void say(struct redis_store *rs, const char *fmt, ...)
+static void say(struct redis_store *rs, bool trouble, const char *fmt, ...)
 {
     char msg[256];
     va_list ap;
@@ -133,7 +134,7 @@ static void say(struct redis_store *rs, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    rs->log(rs->log_ud, msg);
+    rs->log(rs->log_ud, trouble, msg);
 }
 
 static struct rconn *thread_conn(struct redis_store *rs)
@@ -495,7 +496,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         return;
     }
     atomic_fetch_add(&c->rs->timeouts, 1);
-    say(c->rs, "redis: %s timed out; reconnecting",
+    say(c->rs, true, "redis: %s timed out; reconnecting",
         c->state == C_UP ? "a command" : "the connection");
     drop(c);
     backoff(c);
@@ -506,7 +507,9 @@ static void on_connect(const redisAsyncContext *ac, int status)
     struct rconn *c = ac->data;
 
     if (status != REDIS_OK) { /* hiredis frees ac after this */
-        say(c->rs, "redis: cannot connect: %s", ac->errstr);
+        if (!c->quiet)
+            say(c->rs, true, "redis: cannot connect: %s", ac->errstr);
+        c->quiet = true;
         c->ac = NULL;
         backoff(c); /* the queued commands fail next, with no reply */
         return;
@@ -514,7 +517,8 @@ static void on_connect(const redisAsyncContext *ac, int status)
     c->state = C_UP;
     atomic_fetch_add(&c->rs->connections, 1);
     atomic_fetch_add(&c->rs->connects, 1);
-    say(c->rs, "redis: connected");
+    c->quiet = false;
+    say(c->rs, false, "redis: connected");
     arm(c);
 }
 
@@ -524,7 +528,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 
     if (!c->ac) /* drop() or a failed connect: handled there */
         return;
-    say(c->rs, "redis: connection lost%s%s; reconnecting",
+    say(c->rs, true, "redis: connection lost%s%s; reconnecting",
         status == REDIS_OK ? "" : ": ", status == REDIS_OK ? "" : ac->errstr);
     if (c->state == C_UP)
         atomic_fetch_sub(&c->rs->connections, 1);
@@ -539,7 +543,7 @@ static void on_setup(redisAsyncContext *ac, void *r, void *privdata)
     redisReply *reply = r;
 
     if (reply && reply->type == REDIS_REPLY_ERROR) {
-        say(c->rs, "redis: %s", reply->str);
+        say(c->rs, true, "redis: %s", reply->str);
         c->setup_left = -1;
         redisAsyncDisconnect(ac); /* and try again after a backoff */
     } else if (reply && c->setup_left > 0 && --c->setup_left == 0) {
@@ -575,7 +579,10 @@ static void conn_start(struct rconn *c)
                                      : redisAsyncConnect(rs->host, rs->port);
 
     if (!ac || ac->err) {
-        say(rs, "redis: cannot connect: %s", ac ? ac->errstr : "no memory");
+        if (!c->quiet)
+            say(rs, true, "redis: cannot connect: %s",
+                ac ? ac->errstr : "no memory");
+        c->quiet = true;
         if (ac)
             redisAsyncFree(ac);
         backoff(c);

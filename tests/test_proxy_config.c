@@ -359,9 +359,14 @@ static const struct {
       "idemproxy: --lease: \"106751991168d\" is too large\n" },
     { { "--upstream-idle", "100001" },
       "idemproxy: --upstream-idle: \"100001\" is not in 0..100000\n" },
-    { { "--store", "redis://localhost:6379" },
-      "idemproxy: --store: \"redis://localhost:6379\" is not available: only "
-      "\"memory\" is built (the Redis store is not built yet)\n" },
+    { { "--store", "redis://localhost:0" },
+      "idemproxy: --store: \"redis://localhost:0\" is not memory, "
+      "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or unix:///PATH[?db=N]\n" },
+    { { "--redis-prefix", "a{b" },
+      "idemproxy: --redis-prefix: \"a{b\" must be 1-256 printable "
+      "characters without spaces or braces\n" },
+    { { "--store-failure", "half" },
+      "idemproxy: --store-failure: \"half\" is not one of closed, open\n" },
     { { "--lifetime", "0" },
       "idemproxy: --lifetime: \"0\" must be more than zero\n" },
     { { "--max-memory", "0K" },

@@ -5,6 +5,7 @@
 #ifndef IDEM_STORE_H
 #define IDEM_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -81,9 +82,10 @@ struct idem_store_redis_opts {
     const char *prefix;
     int64_t connect_timeout_ms; /* 0: 1000 */
     int64_t command_timeout_ms; /* 0: 1000 */
-    /* Connection news (up, lost, refused), for an operator's log. Called
-     * on the attached thread. NULL: silent. */
-    void (*log)(void *ud, const char *msg);
+    /* Connection news for an operator's log, called on the attached
+     * thread: trouble (lost, refused, timed out) or not (up). NULL:
+     * silent. */
+    void (*log)(void *ud, bool trouble, const char *msg);
     void *log_ud;
     const struct idem_env *env; /* copied. NULL: idem_env_default() */
 };

@@ -446,12 +446,40 @@ static int parse_token(struct parse *p, const struct option *o, const char *v)
     return is_token(v, strlen(v)) ? keep_string(p, o, v) : malformed(p, o, v);
 }
 
+/* "memory", or a Redis URL the Redis store accepts. */
 static int parse_store(struct parse *p, const struct option *o, const char *v)
 {
-    if (strcmp(v, "memory") != 0)
+    struct idem_store_redis_opts ro = { .url = v };
+    struct idem_store *s = NULL;
+    int rc;
+
+    if (strcmp(v, "memory") == 0)
+        return keep_string(p, o, v);
+    rc = idem_store_redis_new(&ro, &s);
+    idem_store_free(s);
+    if (rc == IDEM_EINVAL)
         return bad(p, o, v,
-                   "is not available: only \"memory\" is built (the Redis "
-                   "store is not built yet)");
+                   "is not memory, redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] "
+                   "or unix:///PATH[?db=N]");
+    if (rc != IDEM_OK)
+        return fail(p, "--store: %s", idem_strerror(rc));
+    return keep_string(p, o, v);
+}
+
+/* A Redis key prefix: printable, no spaces or braces (they would move
+ * the hash tag), at most 256 bytes. */
+static int parse_redis_prefix(struct parse *p, const struct option *o,
+                              const char *v)
+{
+    size_t i, n = strlen(v);
+
+    for (i = 0; i < n; i++)
+        if (v[i] <= ' ' || v[i] > '~' || v[i] == '{' || v[i] == '}')
+            break;
+    if (n == 0 || n > 256 || i < n)
+        return bad(p, o, v,
+                   "must be 1-256 printable characters without spaces or "
+                   "braces");
     return keep_string(p, o, v);
 }
 
@@ -595,6 +623,7 @@ static const struct kind
     k_admin = { .parse = parse_admin,
                 .what = "an address (host:port, [v6]:port) or off" },
     k_store = { .parse = parse_store, .release = release_string },
+    k_redis_prefix = { .parse = parse_redis_prefix, .release = release_string },
     k_path = { .parse = parse_path, .release = release_string,
                .what = "a file name" },
     k_token = { .parse = parse_token, .release = release_string,
@@ -620,6 +649,7 @@ static const struct kind
 
 static const char *const levels[] = { "error", "warn", "info", "debug", NULL };
 static const char *const formats[] = { "text", "json", NULL };
+static const char *const failures[] = { "closed", "open", NULL };
 
 /* The options, in --help's order. Kept one per two lines by hand. */
 /* clang-format off */
@@ -634,8 +664,16 @@ static const struct option options[] = {
     { .name = "workers", .kind = &k_workers, .off = AT(workers), .min = 1,
       .max = MAX_WORKERS, .arg = "N", .def = "auto",
       .help = "worker threads, 1..256, or auto" },
-    { .name = "store", .kind = &k_store, .off = AT(store), .arg = "memory",
-      .def = "memory", .help = "where records are kept" },
+    { .name = "store", .kind = &k_store, .off = AT(store), .arg = "STORE",
+      .def = "memory", .help = "memory, redis://HOST:PORT[/DB], unix:///PATH" },
+    { .name = "redis-prefix", .kind = &k_redis_prefix, .off = AT(redis_prefix),
+      .arg = "PREFIX", .def = "idem", .help = "Redis keys: PREFIX:{scope:key}" },
+    { .name = "redis-timeout", .kind = &k_duration, .off = AT(redis_timeout_ms),
+      .min = 1, .arg = "DURATION", .def = "1s",
+      .help = "to connect to Redis, and per command" },
+    { .name = "store-failure", .kind = &k_enum, .off = AT(store_failure),
+      .names = failures, .arg = "MODE", .def = "closed",
+      .help = "store down: closed (503) or open (pass)" },
     { .name = "lifetime", .kind = &k_duration, .off = AT(lifetime_ms),
       .min = 1, .arg = "DURATION", .def = "24h",
       .help = "how long a response is replayed" },
@@ -710,6 +748,7 @@ static const struct option options[] = {
 
 _Static_assert(sizeof(enum log_level) == sizeof(int), "enum fields as int");
 _Static_assert(sizeof(enum log_format) == sizeof(int), "enum fields as int");
+_Static_assert(sizeof(enum store_failure) == sizeof(int), "enum fields as int");
 
 static int print_help(struct parse *p, const struct option *o, const char *v)
 {
@@ -858,6 +897,8 @@ int config_parse(struct config *c, int argc, char **argv, FILE *out, FILE *err)
         rc = parse_flag(&p, argc, argv, &i);
     if (rc == 0 && c->upstream.host[0] == '\0')
         rc = fail(&p, "--upstream is required");
+    if (rc == 0 && c->snapshot && strcmp(c->store, "memory") != 0)
+        rc = fail(&p, "--snapshot applies to the memory store only");
     if (rc != 0)
         config_free(c);
     return rc < 0 ? 2 : rc;

@@ -14,6 +14,11 @@
 
 enum log_format { LOG_TEXT = 0, LOG_JSON };
 enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
+/* What a request the store cannot serve gets. */
+enum store_failure {
+    STORE_FAIL_CLOSED = 0, /* 503 with problem+json */
+    STORE_FAIL_OPEN,       /* forwarded without the guarantee, counted */
+};
 
 /* A "host:port" address. host is an IPv4/IPv6 literal or a name
  * ("localhost"); IPv6 literals are written "[::1]:8080". */
@@ -23,17 +28,20 @@ struct addr {
 };
 
 struct config {
-    struct addr listen;      /* --listen, default 127.0.0.1:8080 */
-    struct addr upstream;    /* --upstream, required */
-    struct addr admin;       /* --admin-listen, default 127.0.0.1:9090 */
-    bool admin_enabled;      /* false with --admin-listen off */
-    unsigned workers;        /* --workers, default: online cores */
-    char *store;             /* --store, "memory" (only one today) */
-    int64_t lifetime_ms;     /* --lifetime, default 24h */
-    int64_t lease_ms;        /* --lease, default 60s */
-    size_t max_memory;       /* --max-memory, default 64M */
-    size_t max_body;         /* --max-body, default 1M (413 past it) */
-    size_t max_stored_body;  /* --max-stored-body, default 1M */
+    struct addr listen;       /* --listen, default 127.0.0.1:8080 */
+    struct addr upstream;     /* --upstream, required */
+    struct addr admin;        /* --admin-listen, default 127.0.0.1:9090 */
+    bool admin_enabled;       /* false with --admin-listen off */
+    unsigned workers;         /* --workers, default: online cores */
+    char *store;              /* --store, "memory" or a Redis URL */
+    char *redis_prefix;       /* --redis-prefix, default "idem" */
+    int64_t redis_timeout_ms; /* --redis-timeout, default 1s */
+    enum store_failure store_failure; /* --store-failure closed|open */
+    int64_t lifetime_ms;              /* --lifetime, default 24h */
+    int64_t lease_ms;                 /* --lease, default 60s */
+    size_t max_memory;                /* --max-memory, default 64M */
+    size_t max_body;                  /* --max-body, default 1M (413 past it) */
+    size_t max_stored_body;           /* --max-stored-body, default 1M */
     size_t max_header_bytes; /* --max-header-bytes, default 16K (431) */
     unsigned max_headers;    /* --max-headers, default 100 (431) */
     enum idem_conflict_mode conflict; /* --conflict reject|wait:DURATION */

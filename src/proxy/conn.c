@@ -114,13 +114,59 @@ static void replay(struct conn *c)
     finish_request(c);
 }
 
+/* Keep a proceeding request's lease while the upstream works: renew it
+ * every half lease, so a slow request never runs twice. */
+static void on_renew(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+
+    (void)fd;
+    (void)what;
+    if (c->call && idem_call_renew(c->call, NULL, NULL) == IDEM_ESTALE)
+        log_msg(LOG_WARN, "%s: the lease of a running request was lost",
+                c->client);
+}
+
+static void start_renewal(struct conn *c)
+{
+    int64_t ms = c->w->cfg->lease_ms / 2;
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+
+    if (!c->renew &&
+        !(c->renew = event_new(c->w->base, -1, EV_PERSIST, on_renew, c)))
+        return; /* the lease alone bounds it, as without renewal */
+    event_add(c->renew, &tv);
+}
+
+/* The store is down and --store-failure is open: forward the request as
+ * if no key came, counted, and said in the log at most once a second a
+ * worker. */
+static void bypass(struct conn *c)
+{
+    uint64_t now = now_us();
+
+    atomic_fetch_add(&metrics.store_bypass, 1);
+    if (now - c->w->bypass_logged_us >= 1000000) {
+        c->w->bypass_logged_us = now;
+        log_msg(LOG_WARN, "the idempotency store is unavailable: "
+                          "forwarding without the guarantee "
+                          "(--store-failure open)");
+    }
+    c->decision.outcome = IDEM_OUTCOME_PASS;
+}
+
 /* Act on the engine's decision. */
 static void act(struct conn *c)
 {
     const struct idem_decision *d = &c->decision;
 
+    if (d->outcome == IDEM_OUTCOME_UNAVAILABLE &&
+        c->w->cfg->store_failure == STORE_FAIL_OPEN)
+        bypass(c);
     switch (d->outcome) {
     case IDEM_OUTCOME_PROCEED:
+        start_renewal(c);
+        /* fall through */
     case IDEM_OUTCOME_PASS:
         c->state = CS_UPSTREAM;
         set_client_timeout(c, false); /* the upstream deadline rules now */
@@ -458,7 +504,16 @@ void conn_upstream_body(struct conn *c, const char *at, size_t len)
         arm_deadline(c);
 }
 
-/* Complete the engine's call with the response just relayed. */
+static void on_completed(int rc, bool stored, void *ud)
+{
+    (void)stored;
+    (void)ud;
+    if (rc != IDEM_OK && rc != IDEM_ESTALE)
+        log_msg(LOG_WARN, "could not store a response: %s", idem_strerror(rc));
+}
+
+/* Complete the engine's call with the response just relayed. An
+ * asynchronous store answers later, when the call may be gone. */
 static void complete_call(struct conn *c, struct upstream *u)
 {
     struct idem_response resp = {
@@ -472,9 +527,9 @@ static void complete_call(struct conn *c, struct upstream *u)
     resp.body = resp.body_len ? evbuffer_pullup(c->stored, -1) : NULL;
     if (!resp.headers && resp.nheaders)
         resp.nheaders = 0;
-    rc = idem_call_complete(c->call, &resp, NULL);
-    if (rc != IDEM_OK && rc != IDEM_ESTALE)
-        log_msg(LOG_WARN, "could not store a response: %s", idem_strerror(rc));
+    rc = idem_call_complete_async(c->call, &resp, on_completed, NULL);
+    if (rc != IDEM_EINPROGRESS)
+        on_completed(rc, false, NULL);
 }
 
 void conn_upstream_done(struct conn *c, struct upstream *u)
@@ -587,6 +642,8 @@ static void finish_request(struct conn *c)
 {
     if (c->timer)
         evtimer_del(c->timer);
+    if (c->renew)
+        event_del(c->renew);
     idem_call_free(c->call); /* a PROCEED left unfinished is aborted */
     c->call = NULL;
     if (c->stored)
@@ -756,6 +813,8 @@ static void conn_free(struct conn *c)
         bufferevent_free(c->bev);
     idem_call_free(c->call);
     event_free(c->timer);
+    if (c->renew)
+        event_free(c->renew);
     evbuffer_free(c->body);
     if (c->stored)
         evbuffer_free(c->stored);

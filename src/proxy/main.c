@@ -82,10 +82,32 @@ static int resolve_upstream(struct app *app)
     return 0;
 }
 
-static int make_engine(struct app *app)
+static void log_store(void *ud, bool trouble, const char *msg)
+{
+    (void)ud;
+    log_msg(trouble ? LOG_WARN : LOG_INFO, "%s", msg);
+}
+
+static int make_store(struct app *app)
 {
     const struct config *c = &app->cfg;
     struct idem_store_memory_opts mo = { .max_memory = c->max_memory };
+    struct idem_store_redis_opts ro = {
+        .url = c->store,
+        .prefix = c->redis_prefix,
+        .connect_timeout_ms = c->redis_timeout_ms,
+        .command_timeout_ms = c->redis_timeout_ms,
+        .log = log_store,
+    };
+
+    if (strcmp(c->store, "memory") == 0)
+        return idem_store_memory_new(&mo, &app->store);
+    return idem_store_redis_new(&ro, &app->store);
+}
+
+static int make_engine(struct app *app)
+{
+    const struct config *c = &app->cfg;
     struct idem_engine_opts eo = {
         .methods = (const char *const *)c->methods,
         .nmethods = c->nmethods,
@@ -99,7 +121,7 @@ static int make_engine(struct app *app)
         .wait_ms = c->wait_ms,
         .max_stored_body = c->max_stored_body,
     };
-    int rc = idem_store_memory_new(&mo, &app->store);
+    int rc = make_store(app);
 
     eo.store = app->store;
     if (rc == IDEM_OK)
@@ -259,6 +281,8 @@ static int run(struct app *app)
 
 static int start(struct app *app)
 {
+    struct idem_store *redis =
+        strcmp(app->cfg.store, "memory") != 0 ? app->store : NULL;
     int *fds = calloc(app->nworkers, sizeof(int)), admin_fd;
     unsigned i;
     int rc = -1;
@@ -270,7 +294,7 @@ static int start(struct app *app)
         goto out;
     for (i = 0; i < app->nworkers; i++) {
         if (worker_init(&app->workers[i], i, fds[i], &app->cfg, app->engine,
-                        &app->upstream, app->upstream_len) != 0 ||
+                        redis, &app->upstream, app->upstream_len) != 0 ||
             worker_start(&app->workers[i]) != 0) {
             log_msg(LOG_ERROR, "cannot start worker %u", i);
             goto out; /* a real deployment gets all workers or none */

@@ -85,6 +85,7 @@ struct snap {
     uint64_t connections_accepted;
     uint64_t upstream_connects;
     uint64_t rss_bytes;
+    uint64_t store_bypass;
 };
 
 struct family {
@@ -144,6 +145,31 @@ static const struct family f_connects = {
 };
 static const struct family f_rss = { "idem_process_resident_memory_bytes",
                                      "gauge", "Resident memory" };
+static const struct family f_bypass = {
+    "idem_store_bypass_total", "counter",
+    "Requests forwarded without the guarantee: store down, --store-failure "
+    "open"
+};
+static const struct family f_renewals = { "idem_lease_renewals_total",
+                                          "counter",
+                                          "Leases extended for slow requests" };
+static const struct family f_redis_up = { "idem_redis_connections", "gauge",
+                                          "Redis connections up (one per "
+                                          "worker when healthy)" };
+static const struct family f_redis_connects = { "idem_redis_connects_total",
+                                                "counter",
+                                                "Redis connections made" };
+static const struct family f_redis_commands = { "idem_redis_commands_total",
+                                                "counter",
+                                                "Redis commands sent" };
+static const struct family f_redis_errors = {
+    "idem_redis_errors_total", "counter",
+    "Redis commands failed: error reply, lost connection or timeout"
+};
+static const struct family f_redis_timeouts = {
+    "idem_redis_timeouts_total", "counter",
+    "Redis commands or connects past --redis-timeout"
+};
 
 #define SNAP(f) offsetof(struct snap, f)
 
@@ -169,6 +195,13 @@ static const struct sample samples[] = {
     { &f_accepted, "", SNAP(connections_accepted) },
     { &f_connects, "", SNAP(upstream_connects) },
     { &f_rss, "", SNAP(rss_bytes) },
+    { &f_bypass, "", SNAP(store_bypass) },
+    { &f_renewals, "", SNAP(e.renewed) },
+    { &f_redis_up, "", SNAP(s.connections) },
+    { &f_redis_connects, "", SNAP(s.connects) },
+    { &f_redis_commands, "", SNAP(s.commands) },
+    { &f_redis_errors, "", SNAP(s.errors) },
+    { &f_redis_timeouts, "", SNAP(s.timeouts) },
 };
 
 #define NSAMPLES (sizeof(samples) / sizeof(samples[0]))
@@ -218,6 +251,7 @@ static void take_snap(struct idem_engine *e, struct snap *s)
     s->connections_open = open > 0 ? (uint64_t)open : 0;
     s->connections_accepted = load(&metrics.connections_accepted);
     s->upstream_connects = load(&metrics.upstream_connects);
+    s->store_bypass = load(&metrics.store_bypass);
     s->rss_bytes = rss_bytes();
 }
 

@@ -26,6 +26,7 @@ struct metrics {
     atomic_uint_fast64_t connections_accepted;
     atomic_int_fast64_t connections_open;
     atomic_uint_fast64_t upstream_connects;
+    atomic_uint_fast64_t store_bypass; /* --store-failure open passes */
     atomic_uint_fast64_t latency_bucket[METRICS_LATENCY_BUCKETS + 1];
     atomic_uint_fast64_t latency_sum_us;
     atomic_uint_fast64_t latency_count;
@@ -46,7 +47,11 @@ void metrics_observe_upstream(uint64_t us);
  * idem_upstream_latency_seconds (histogram),
  * idem_connections_open, idem_connections_total,
  * idem_process_resident_memory_bytes; also idem_completions_total
- * {result=...}, idem_wait_timeouts_total, idem_upstream_connects_total. */
+ * {result=...}, idem_wait_timeouts_total, idem_upstream_connects_total,
+ * idem_store_bypass_total, idem_lease_renewals_total and, for the Redis
+ * store, idem_redis_connections, idem_redis_connects_total,
+ * idem_redis_commands_total, idem_redis_errors_total and
+ * idem_redis_timeouts_total. */
 char *metrics_render(struct idem_engine *e, size_t *len_out);
 
 #endif

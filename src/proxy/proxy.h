@@ -18,6 +18,7 @@
 #include "config.h"
 #include "http.h"
 #include "idem/engine.h"
+#include "idem/store.h"
 
 struct worker;
 struct conn;
@@ -95,6 +96,7 @@ struct conn {
     bool stored_over;        /* it passed max_stored_body */
     struct upstream *up;
     struct event *timer; /* client or upstream deadline */
+    struct event *renew; /* lease renewal while proceeding; made lazily */
     uint64_t t_start_us, t_upstream_us;
     unsigned status_sent;
 };
@@ -117,16 +119,20 @@ struct worker {
     unsigned nidle;
     const struct config *cfg;
     struct idem_engine *engine;
+    struct idem_store *redis; /* the Redis store to attach, or NULL */
     struct sockaddr_storage upstream_addr;
     int upstream_addrlen;
+    uint64_t bypass_logged_us; /* the last --store-failure open warning */
 };
 
 /* -- worker.c --------------------------------------------------------- */
 
-/* Create worker w bound to fd (a listening socket it takes over). */
+/* Create worker w bound to fd (a listening socket it takes over). redis:
+ * the engine's store if it is Redis (the worker's thread attaches its
+ * loop to it), else NULL. */
 int worker_init(struct worker *w, unsigned id, int fd, const struct config *cfg,
-                struct idem_engine *engine, const struct sockaddr_storage *up,
-                int uplen);
+                struct idem_engine *engine, struct idem_store *redis,
+                const struct sockaddr_storage *up, int uplen);
 int worker_start(struct worker *w);
 /* From any thread: stop accepting, finish open connections, then leave. */
 void worker_stop(struct worker *w);

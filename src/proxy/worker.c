@@ -75,8 +75,8 @@ void worker_wake_conn(struct worker *w, struct conn *c)
 }
 
 int worker_init(struct worker *w, unsigned id, int fd, const struct config *cfg,
-                struct idem_engine *engine, const struct sockaddr_storage *up,
-                int uplen)
+                struct idem_engine *engine, struct idem_store *redis,
+                const struct sockaddr_storage *up, int uplen)
 {
     struct event_config *ec = event_config_new();
 
@@ -84,6 +84,7 @@ int worker_init(struct worker *w, unsigned id, int fd, const struct config *cfg,
     w->id = id;
     w->cfg = cfg;
     w->engine = engine;
+    w->redis = redis;
     w->upstream_addr = *up;
     w->upstream_addrlen = uplen;
     LIST_INIT(&w->conns);
@@ -101,11 +102,18 @@ int worker_init(struct worker *w, unsigned id, int fd, const struct config *cfg,
     return w->listener ? 0 : -1;
 }
 
+/* The loop. A Redis store gets this thread's connection first; at the
+ * end, its commands in flight (completions of the last requests) land
+ * before it closes. */
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
 
+    if (w->redis && idem_store_redis_attach(w->redis, w->base) != IDEM_OK)
+        log_msg(LOG_ERROR, "worker %u: cannot attach to Redis", w->id);
     event_base_dispatch(w->base);
+    if (w->redis)
+        idem_store_redis_detach(w->redis);
     return NULL;
 }
 
