@@ -4,8 +4,10 @@
 # Idempotency-Key each (first executions), 16 rotating keys (replays) and
 # plain GETs (passthrough); nginx gets the unique-key POSTs. CPU per request
 # is utime+stime (/proc/PID/stat) of nginx's one worker and of idemproxy
-# (--workers 1) over the unique-key runs. Prints "name value [unit]" lines,
-# never pass/fail. Needs wrk and nginx: scripts/deps.sh bench.
+# (--workers 1) over the unique-key runs. Then idemproxy's first and replay
+# runs again on the Redis store (a redis-server started here), with their
+# ratio to the memory store's. Prints "name value [unit]" lines, never
+# pass/fail. Needs wrk and nginx: scripts/deps.sh bench.
 #   bench/bench_proxy.sh            5 s per run
 #   BENCH_DURATION=2s bench/bench_proxy.sh
 set -eu
@@ -152,23 +154,28 @@ if [ ! -x "$BUILD/idemproxy" ]; then
     exit 1
 fi
 
-"$BUILD/idemproxy" --listen 127.0.0.1:0 --admin-listen off \
-    --upstream "127.0.0.1:$stub" --workers 1 --max-memory 1G \
-    --log-level error >"$tmp/idem.out" 2>"$tmp/idem.err" &
-idem_pid=$!
-pids="$pids $idem_pid"
-i=0
-until grep -q '^listening ' "$tmp/idem.out" 2>/dev/null; do
-    i=$((i + 1))
-    if [ $i -gt 200 ] || ! kill -0 "$idem_pid" 2>/dev/null; then
-        echo "bench_proxy: idemproxy did not start:" >&2
-        cat "$tmp/idem.err" >&2
-        exit 1
-    fi
-    sleep 0.05
-done
-idem=$(sed -n 's/^listening http=[^ ]*:\([0-9]*\).*/\1/p' "$tmp/idem.out")
+# Start idemproxy (--workers 1) in front of the stub with extra flags $@;
+# sets idem_pid and idem (its port).
+start_idem() {
+    "$BUILD/idemproxy" --listen 127.0.0.1:0 --admin-listen off \
+        --upstream "127.0.0.1:$stub" --workers 1 --max-memory 1G \
+        --log-level error "$@" >"$tmp/idem.out" 2>"$tmp/idem.err" &
+    idem_pid=$!
+    pids="$pids $idem_pid"
+    i=0
+    until grep -q '^listening ' "$tmp/idem.out" 2>/dev/null; do
+        i=$((i + 1))
+        if [ $i -gt 200 ] || ! kill -0 "$idem_pid" 2>/dev/null; then
+            echo "bench_proxy: idemproxy did not start:" >&2
+            cat "$tmp/idem.err" >&2
+            exit 1
+        fi
+        sleep 0.05
+    done
+    idem=$(sed -n 's/^listening http=[^ ]*:\([0-9]*\).*/\1/p' "$tmp/idem.out")
+}
 
+start_idem
 # Say so if idemproxy died during run $1.
 check_idem() {
     if ! kill -0 "$idem_pid" 2>/dev/null; then
@@ -184,9 +191,11 @@ check_idem first
 echo "proxy.idem.first.rps $2"
 idem_cpu=$(awk -v a="$c0" -v b="$c1" -v n="$1" \
     'BEGIN { printf "%.1f", n ? (b - a) / n : 0 }')
+mem_first=$2
 set -- $(run_wrk "$idem" 16 replay)
 check_idem replay
 echo "proxy.idem.replay.rps $2"
+mem_replay=$2
 set -- $(run_wrk "$idem" "" passthrough)
 check_idem passthrough
 echo "proxy.idem.passthrough.rps $2"
@@ -194,3 +203,28 @@ echo "proxy.nginx.cpu_us $nginx_cpu us/req"
 echo "proxy.idem.cpu_us $idem_cpu us/req"
 awk -v a="$idem_cpu" -v b="$nginx_cpu" \
     'BEGIN { printf "proxy.cpu_ratio %.2f\n", (b > 0 ? a / b : 0) }'
+
+# The same first and replay runs on the Redis store (a redis-server of our
+# own, no persistence), against the memory store's figures of this run.
+kill "$idem_pid"
+wait "$idem_pid" 2>/dev/null || true
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "bench_proxy: redis-server missing: Redis runs skipped" >&2
+    exit 0
+fi
+rport=$(free_port)
+redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
+    --loglevel warning >"$tmp/redis.log" 2>&1 &
+pids="$pids $!"
+wait_port "$rport"
+start_idem --store "redis://127.0.0.1:$rport"
+set -- $(run_wrk "$idem" unique redis_first)
+check_idem redis_first
+echo "proxy.idem_redis.first.rps $2"
+redis_first=$2
+set -- $(run_wrk "$idem" 16 redis_replay)
+check_idem redis_replay
+echo "proxy.idem_redis.replay.rps $2"
+awk -v a="$redis_first" -v b="$mem_first" -v c="$2" -v d="$mem_replay" \
+    'BEGIN { printf "proxy.idem_redis.first_ratio %.2f\n", (b > 0 ? a / b : 0)
+             printf "proxy.idem_redis.replay_ratio %.2f\n", (d > 0 ? c / d : 0) }'
