@@ -6,6 +6,7 @@ JOBS      ?= $(shell nproc)
 PREFIX    ?= /usr/local
 SOAK_KEYS ?= 10000000
 FUZZ_SECS ?= 60
+FUZZ_HTTP_SECS ?= 600
 CTEST      = ctest --output-on-failure -j $(JOBS)
 MAKEFLAGS += --no-print-directory
 
@@ -25,7 +26,8 @@ help:
 	@echo "make bench      build and run the benchmarks (figures only)"
 	@echo "make soak       long leak proofs ($(SOAK_KEYS) keys), and memory"
 	@echo "                through idemproxy (build/soak/rss.png)"
-	@echo "make fuzz       run each libFuzzer target $(FUZZ_SECS)s (clang)"
+	@echo "make fuzz       run each libFuzzer target $(FUZZ_SECS)s, fuzz_http"
+	@echo "                $(FUZZ_HTTP_SECS)s (clang)"
 	@echo "make install    install libidem (PREFIX=$(PREFIX))"
 	@echo "make lint       banned functions, format of the sources"
 
@@ -84,8 +86,9 @@ fuzz:
 	@cmake --build build-fuzz -j $(JOBS)
 	@for f in build-fuzz/fuzz_*; do \
 	  name=$${f#build-fuzz/fuzz_}; mkdir -p build-fuzz/corpus/$$name; \
-	  echo "fuzz $$name: $(FUZZ_SECS)s"; \
-	  $$f -max_total_time=$(FUZZ_SECS) -print_final_stats=1 \
+	  secs=$(FUZZ_SECS); [ $$name = http ] && secs=$(FUZZ_HTTP_SECS); \
+	  echo "fuzz $$name: $${secs}s"; \
+	  $$f -max_total_time=$$secs -print_final_stats=1 \
 	    build-fuzz/corpus/$$name fuzz/corpus/$$name || exit 1; \
 	done
 
