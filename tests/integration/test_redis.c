@@ -4,6 +4,7 @@
  * lease renewal keeps a slow request single. Each test starts its own
  * redis-server, demo_upstream and proxies on free loopback ports. */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -280,6 +281,56 @@ static void test_redis_down_open_passes(void **state)
     assert_int_equal(metric(px, "idem_store_bypass_total"), 5);
 }
 
+/* -- Shutdown ------------------------------------------------------------ */
+
+#define AT_SIGTERM 20
+
+/* SIGTERM with requests at the upstream: each is answered, its record
+ * reaches Redis before the proxy exits, and another instance replays
+ * every one at once. */
+static void test_sigterm_under_load_loses_nothing(void **state)
+{
+    struct h_proc *up = upstream(), *a = proxy(up, NULL), *b;
+    struct h_conn *c[AT_SIGTERM];
+    struct h_resp r;
+    char key[32], *raw;
+    size_t len;
+    int i;
+
+    (void)state;
+    for (i = 0; i < AT_SIGTERM; i++) {
+        struct h_req q = { .method = "POST",
+                           .target = "/o?delay_ms=300",
+                           .key = key,
+                           .body = "{\"n\":1}" };
+
+        snprintf(key, sizeof(key), "term-%d", i);
+        raw = h_build(&q, &len);
+        assert_non_null(c[i] = h_connect(a->http_port));
+        assert_int_equal(h_send(c[i], raw, len), 0);
+        free(raw);
+    }
+    assert_int_equal(h_upstream_wait_count(up->http_port, AT_SIGTERM),
+                     AT_SIGTERM);
+    h_signal(a, SIGTERM);
+    for (i = 0; i < AT_SIGTERM; i++) {
+        assert_int_equal(h_read(c[i], &r, false), 0);
+        assert_int_equal(r.status, 200);
+        h_resp_free(&r);
+        h_close(c[i]);
+    }
+    assert_int_equal(h_stop(a), 0);
+    b = proxy(up, NULL);
+    for (i = 0; i < AT_SIGTERM; i++) {
+        snprintf(key, sizeof(key), "term-%d", i);
+        assert_int_equal(post(b, "/o?delay_ms=300", key, &r), 0);
+        assert_int_equal(r.status, 200);
+        assert_non_null(h_header(&r, "Idempotent-Replayed"));
+        h_resp_free(&r);
+    }
+    assert_int_equal(h_upstream_count(up->http_port), AT_SIGTERM);
+}
+
 /* -- Leases --------------------------------------------------------------- */
 
 /* The upstream takes 1.2 s, the lease is 400 ms: renewed every 200 ms,
@@ -349,6 +400,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_redis_down_open_passes, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_sigterm_under_load_loses_nothing,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_renewal_keeps_slow_request_single,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_flags_refused, setup,
