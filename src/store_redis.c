@@ -276,7 +276,7 @@ static int resend_eval(struct rconn *c, struct rop *op)
     if (!b)
         return -1;
     n = (size_t)(args - cmd) + 32 + slen + (size_t)(end - (args + a + b));
-    if (!(eval = malloc(n)))
+    if (!(eval = idem__alloc(&c->rs->env, n)))
         return -1;
     rc = snprintf(eval, n, "%.*s$4\r\nEVAL\r\n$%zu\r\n%s\r\n",
                   (int)(args - cmd), cmd, slen, script);
@@ -284,7 +284,7 @@ static int resend_eval(struct rconn *c, struct rop *op)
     rc += (int)(end - (args + a + b));
     op->retried = true;
     rc = redisAsyncFormattedCommand(c->ac, on_reply, op, eval, (size_t)rc);
-    free(eval);
+    idem__free(&c->rs->env, eval);
     if (rc != REDIS_OK)
         return -1;
     queue_push(c, op);
