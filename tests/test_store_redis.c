@@ -690,6 +690,118 @@ static void test_many_keys_leave_nothing(void **state)
     redisFree(c);
 }
 
+/* -- Allocation failure ------------------------------------------------- */
+
+static struct test_env te;
+
+static uint64_t real_ms(void *ud)
+{
+    (void)ud;
+    return mono_ms();
+}
+
+static uint64_t real_wall_ms(void *ud)
+{
+    struct timespec ts;
+
+    (void)ud;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Decide t on a fresh call without asserting: its outcome and the call
+ * in *out, or 0 (nothing in *out) if a step failed. */
+static enum idem_outcome try_decide(struct idem_engine *e, const struct treq *t,
+                                    struct idem_call **out)
+{
+    struct answer a = { 0 };
+    struct idem_decision d;
+    struct idem_call *call;
+    int rc;
+
+    *out = NULL;
+    if (idem_call_new(e, &call) != IDEM_OK)
+        return 0;
+    rc = idem_call_start(call, &t->r, &d);
+    if (rc == IDEM_OK)
+        rc = idem_call_body(call, "{}", 2);
+    if (rc == IDEM_OK)
+        rc = idem_call_decide(call, on_decided, &a, &d);
+    if (rc == IDEM_EINPROGRESS) {
+        loop_until(&a.done);
+        d = a.d;
+    } else if (rc != IDEM_OK) {
+        idem_call_free(call);
+        return 0;
+    }
+    *out = call;
+    return d.outcome;
+}
+
+/* A store's and an engine's whole life with our allocation n failing:
+ * proceed, a conflict meanwhile, complete, a replay, a call freed while
+ * its begin is in flight. Every step works or fails cleanly; nothing is
+ * left allocated. Returns the failures. */
+static long failing_life(long n)
+{
+    struct idem_engine_opts eo = { .env = &te.env };
+    char url[64];
+    struct idem_store_redis_opts ro = { .url = url, .env = &te.env };
+    struct idem_store *s = NULL;
+    struct idem_engine *e = NULL;
+    struct idem_call *call, *other;
+    struct treq t;
+    int i;
+
+    test_env_init(&te, 0);
+    te.env.now_ms = real_ms;
+    te.env.wall_ms = real_wall_ms;
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%u", server.port);
+    assert_int_equal(test_redis_cmd(&server, "FLUSHALL"), 0);
+    test_env_fail_in(&te, n);
+    if (idem_store_redis_new(&ro, &s) != IDEM_OK)
+        goto out;
+    if (idem_store_redis_attach(s, base) == IDEM_OK)
+        loop_for(20); /* connected, most likely */
+    eo.store = s;
+    if (idem_engine_new(&eo, &e) != IDEM_OK)
+        goto out;
+    treq_init(&t, "POST", "/o", "k", NULL, "{}");
+    for (i = 0; i < 2; i++) {
+        if (try_decide(e, &t, &call) == IDEM_OUTCOME_PROCEED) {
+            assert_int_not_equal(try_decide(e, &t, &other),
+                                 IDEM_OUTCOME_PROCEED);
+            idem_call_free(other);
+            finish(call, 201, "{}", NULL);
+        } else {
+            idem_call_free(call);
+        }
+    }
+    if (idem_call_new(e, &call) == IDEM_OK) {
+        struct answer a = { 0 };
+        struct idem_decision d;
+
+        treq_init(&t, "POST", "/o", "orphan", NULL, "{}");
+        if (idem_call_start(call, &t.r, &d) == IDEM_OK)
+            idem_call_decide(call, on_decided, &a, &d);
+        idem_call_free(call); /* its begin, if sent, is undone */
+        loop_for(20);
+        assert_false(a.done);
+    }
+out:
+    idem_store_redis_detach(s);
+    idem_engine_free(e);
+    idem_store_free(s);
+    assert_int_equal(atomic_load(&te.live), 0);
+    return atomic_load(&te.failures);
+}
+
+static void test_allocation_failure_sweep(void **state)
+{
+    (void)state;
+    assert_true(test_alloc_sweep(failing_life, 1000) > 10);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -718,6 +830,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_detach_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_keys_leave_nothing, setup,
                                         teardown),
+        cmocka_unit_test(test_allocation_failure_sweep),
     };
 
     return cmocka_run_group_tests(tests, setup_group, teardown_group);
