@@ -131,6 +131,8 @@ int idem_engine_new(const struct idem_engine_opts *opts,
 
     if (!engine_out || !opts_ok(&o))
         return IDEM_EINVAL;
+    if (idem__fp_init() != IDEM_OK)
+        return IDEM_ENOMEM;
     idem__env_resolve(o.env, &env);
     e = idem__alloc(&env, sizeof(*e));
     if (!e)

@@ -83,6 +83,12 @@ static const EVP_MD *sha256(void)
     return sha256_md ? sha256_md : EVP_sha256();
 }
 
+int idem__fp_init(void)
+{
+    pthread_once(&sha256_once, fetch_sha256);
+    return sha256_md ? IDEM_OK : IDEM_ENOMEM;
+}
+
 /* A new SHA-256 context that has taken tag; NULL on failure. */
 static EVP_MD_CTX *digest_new(const char *tag, size_t tag_len)
 {

@@ -31,6 +31,11 @@ struct idem__fp {
     void *ctx; /* EVP_MD_CTX */
 };
 
+/* Load SHA-256 from OpenSSL now, not on the first request: OpenSSL's
+ * one-time set-up makes thousands of allocations, and a failed one can
+ * leave it crashing or refusing for good. IDEM_OK or IDEM_ENOMEM. */
+int idem__fp_init(void);
+
 /* IDEM_OK, IDEM_ENOMEM (OpenSSL could not allocate), IDEM_EINVAL. */
 int idem__fp_begin(struct idem__fp *fp, const struct idem__fp_input *in);
 int idem__fp_update(struct idem__fp *fp, const void *body, size_t len);

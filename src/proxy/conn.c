@@ -71,8 +71,9 @@ static void refuse(struct conn *c, unsigned status, const char *detail,
 {
     if (!c->request_done)
         c->close_after = true;
-    if (!c->gone)
-        http_problem(out(c), status, detail, retry_after_s, c->close_after);
+    if (!c->gone &&
+        http_problem(out(c), status, detail, retry_after_s, c->close_after))
+        c->close_after = true; /* a cut answer: the client must see it end */
     if (status < 500 && strcmp(outcome, "error") == 0) /* 408 413 431 400 */
         atomic_fetch_add(&metrics.results[METRICS_CLIENT_ERROR], 1);
     c->status_sent = status;
@@ -93,22 +94,29 @@ static void replay(struct conn *c)
 {
     const struct idem_response *r = &c->decision.replay;
     struct evbuffer *o = out(c);
+    bool ok = http_status_line(o, r->status) == 0;
     size_t i;
 
-    http_status_line(o, r->status);
-    for (i = 0; i < r->nheaders; i++)
-        evbuffer_add_printf(o, "%.*s: %.*s\r\n", (int)r->headers[i].name_len,
-                            r->headers[i].name, (int)r->headers[i].value_len,
-                            r->headers[i].value);
-    evbuffer_add_printf(
-        o,
-        "Idempotent-Replayed: true\r\n%s"
-        "Content-Length: %zu\r\n%s\r\n",
-        c->decision.body_omitted ? "Idempotent-Body-Omitted: true\r\n" : "",
-        r->body_len, c->close_after ? "Connection: close\r\n" : "");
-    if (r->body_len && evbuffer_add_reference(o, r->body, r->body_len,
-                                              release_call, c->call) == 0)
+    for (i = 0; ok && i < r->nheaders; i++)
+        ok = evbuffer_add_printf(
+                 o, "%.*s: %.*s\r\n", (int)r->headers[i].name_len,
+                 r->headers[i].name, (int)r->headers[i].value_len,
+                 r->headers[i].value) >= 0;
+    ok =
+        ok &&
+        evbuffer_add_printf(
+            o,
+            "Idempotent-Replayed: true\r\n%s"
+            "Content-Length: %zu\r\n%s\r\n",
+            c->decision.body_omitted ? "Idempotent-Body-Omitted: true\r\n" : "",
+            r->body_len, c->close_after ? "Connection: close\r\n" : "") >= 0;
+    if (ok && r->body_len)
+        ok = evbuffer_add_reference(o, r->body, r->body_len, release_call,
+                                    c->call) == 0;
+    if (ok && r->body_len)
         c->call = NULL; /* the output buffer owns it now */
+    if (!ok)
+        c->close_after = true; /* a cut answer: the client must see it end */
     c->status_sent = r->status;
     log_request(c, "replay", r->status);
     finish_request(c);
@@ -373,11 +381,14 @@ static const llhttp_settings_t request_settings = {
     .on_message_complete = on_message_complete,
 };
 
-/* A malformed request: 400 (431 for a head over the limits), close. */
+/* A malformed request: 400 (431 for a head over the limits, 503 when
+ * the proxy ran out of memory reading it), close. */
 static void parse_error(struct conn *c, enum llhttp_errno err)
 {
     c->close_after = true;
-    if (err == HPE_USER && c->rd.head.full)
+    if (err == HPE_USER && c->rd.oom)
+        refuse(c, 503, "out of memory", 0, "error");
+    else if (err == HPE_USER && c->rd.head.full)
         refuse(c, 431, "the request head is too large", 0, "error");
     else
         refuse(c, 400, "the request is not valid HTTP/1.1", 0, "error");
@@ -446,58 +457,70 @@ static bool relay_header(const struct http_head *h, const struct http_field *f)
            !idem__name_is(name, f->name_len, "Idempotency-Policy");
 }
 
-void conn_upstream_head(struct conn *c, struct upstream *u)
+/* The response's head to the client: 0, or -1 out of memory. */
+static int relay_head(struct conn *c, const struct upstream *u, bool sized)
 {
     const struct http_head *h = &u->head;
-    unsigned status = u->parser.status_code, i;
+    struct evbuffer *o = out(c);
+    bool ok = http_status_line(o, u->parser.status_code) == 0;
+    unsigned i;
+
+    for (i = 0; ok && i < h->nfields; i++)
+        if (relay_header(h, &h->fields[i]))
+            ok = http_add_field(o, h, &h->fields[i]) == 0;
+    if (ok && sized)
+        ok = evbuffer_add_printf(
+                 o, "Content-Length: %llu\r\n",
+                 (unsigned long long)u->parser.content_length) >= 0;
+    if (ok && c->chunked_out)
+        ok = evbuffer_add_printf(o, "Transfer-Encoding: chunked\r\n") >= 0;
+    ok = ok && evbuffer_add_printf(o, "%s\r\n",
+                                   c->close_after ? "Connection: close\r\n"
+                                                  : "") >= 0;
+    return ok ? 0 : -1;
+}
+
+void conn_upstream_head(struct conn *c, struct upstream *u)
+{
+    unsigned status = u->parser.status_code;
     bool sized = (u->parser.flags & F_CONTENT_LENGTH) != 0;
     bool no_body = u->head_only || status == 204 || status == 304;
-    struct evbuffer *o;
 
     c->status_sent = status;
     c->responded = true;
-    if (c->decision.outcome == IDEM_OUTCOME_PROCEED)
+    if (c->decision.outcome == IDEM_OUTCOME_PROCEED) {
         c->stored = evbuffer_new();
+        c->store_failed = !c->stored;
+    }
     if (c->gone)
         return; /* the response is still read, for the store */
-    o = out(c);
-    http_status_line(o, status);
-    for (i = 0; i < h->nfields; i++)
-        if (relay_header(h, &h->fields[i]))
-            http_add_field(o, h, &h->fields[i]);
     /* a HEAD keeps its length; an HTTP/1.0 client gets a body that ends
      * with the connection instead of chunks it cannot read */
     c->chunked_out = !sized && !no_body && c->rd.parser.http_minor >= 1;
     if (!sized && !no_body && !c->chunked_out)
         c->close_after = true;
-    if (sized)
-        evbuffer_add_printf(o, "Content-Length: %llu\r\n",
-                            (unsigned long long)u->parser.content_length);
-    if (c->chunked_out)
-        evbuffer_add_printf(o, "Transfer-Encoding: chunked\r\n");
-    evbuffer_add_printf(o, "%s\r\n",
-                        c->close_after ? "Connection: close\r\n" : "");
+    if (relay_head(c, u, sized) != 0)
+        c->close_after = true; /* a cut answer: the client must see it end */
 }
 
 void conn_upstream_body(struct conn *c, const char *at, size_t len)
 {
     size_t keep;
 
-    if (c->stored && !c->stored_over) {
+    if (c->stored && !c->stored_over && !c->store_failed) {
         /* one byte past the limit tells the engine the body was cut */
         keep = c->w->cfg->max_stored_body + 1 - evbuffer_get_length(c->stored);
         if (len < keep)
             keep = len;
-        evbuffer_add(c->stored, at, keep);
+        c->store_failed = evbuffer_add(c->stored, at, keep) != 0;
         c->stored_over = keep < len;
     }
     if (c->gone || len == 0)
         return;
-    if (c->chunked_out)
-        evbuffer_add_printf(out(c), "%zx\r\n", len);
-    evbuffer_add(out(c), at, len);
-    if (c->chunked_out)
-        evbuffer_add(out(c), "\r\n", 2);
+    if ((c->chunked_out && evbuffer_add_printf(out(c), "%zx\r\n", len) < 0) ||
+        evbuffer_add(out(c), at, len) != 0 ||
+        (c->chunked_out && evbuffer_add(out(c), "\r\n", 2) != 0))
+        c->close_after = true; /* a cut answer: the client must see it end */
     if (evbuffer_get_length(out(c)) > UPSTREAM_HIGH)
         pause_upstream(c, true); /* on_write resumes it */
     else
@@ -525,8 +548,13 @@ static void complete_call(struct conn *c, struct upstream *u)
     int rc;
 
     resp.body = resp.body_len ? evbuffer_pullup(c->stored, -1) : NULL;
-    if (!resp.headers && resp.nheaders)
-        resp.nheaders = 0;
+    if (c->store_failed || (!resp.headers && resp.nheaders) ||
+        (!resp.body && resp.body_len)) {
+        /* a record missing part of what was sent would replay a lie */
+        log_msg(LOG_WARN, "out of memory keeping a response: not stored");
+        idem_call_abort(c->call);
+        return;
+    }
     rc = idem_call_complete_async(c->call, &resp, on_completed, NULL);
     if (rc != IDEM_EINPROGRESS)
         on_completed(rc, false, NULL);
@@ -653,7 +681,7 @@ static void finish_request(struct conn *c)
     http_head_reset(&c->rd.head);
     memset(&c->decision, 0, sizeof(c->decision));
     c->chunked_out = c->responded = false; /* request_done: next begin */
-    c->stored_over = c->retried = c->streaming = false;
+    c->stored_over = c->store_failed = c->retried = c->streaming = false;
     if (c->read_paused && c->bev)
         bufferevent_enable(c->bev, EV_READ);
     c->read_paused = false;
@@ -678,6 +706,12 @@ static void finish_request(struct conn *c)
         conn_parse(c);
 }
 
+/* How much a client may send ahead of the request being answered. */
+static size_t input_bound(const struct config *cfg)
+{
+    return cfg->max_header_bytes + cfg->max_body + 65536;
+}
+
 static void on_read(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
@@ -690,8 +724,17 @@ static void on_read(struct bufferevent *bev, void *arg)
             conn_free(c);
         return;
     }
-    if (c->state == CS_HEAD || c->state == CS_BODY)
+    if (c->state == CS_HEAD || c->state == CS_BODY) {
         conn_parse(c);
+        return;
+    }
+    /* a request is in flight: what follows waits, up to a bound, until
+     * finish_request reads on. (Not a read high-watermark: libevent
+     * crashes setting one when out of memory.) */
+    if (evbuffer_get_length(in) > input_bound(c->w->cfg)) {
+        bufferevent_disable(bev, EV_READ);
+        c->read_paused = true;
+    }
 }
 
 /* The output drained to UPSTREAM_LOW (the write low watermark) or
@@ -774,8 +817,7 @@ void conn_accept(struct worker *w, evutil_socket_t fd,
     (void)salen;
     if (!c || !(c->body = evbuffer_new()) ||
         !(c->timer = evtimer_new(w->base, on_upstream_deadline, c)) ||
-        !(c->bev =
-              bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE))) {
+        !(c->bev = worker_bev_new(w, fd))) {
         if (c && c->body)
             evbuffer_free(c->body);
         if (c && c->timer)
@@ -790,15 +832,14 @@ void conn_accept(struct worker *w, evutil_socket_t fd,
     http_reader_init(&c->rd, &request_settings, cfg->max_header_bytes,
                      cfg->max_headers, c);
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
-    bufferevent_setwatermark(c->bev, EV_READ, 0,
-                             cfg->max_header_bytes + cfg->max_body + 65536);
     bufferevent_setwatermark(c->bev, EV_WRITE, UPSTREAM_LOW, 0);
     set_client_timeout(c, true);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     LIST_INSERT_HEAD(&w->conns, c, link);
     w->nconns++;
     atomic_fetch_add(&metrics.connections_accepted, 1);
     atomic_fetch_add(&metrics.connections_open, 1);
+    if (bufferevent_enable(c->bev, EV_READ | EV_WRITE) != 0)
+        conn_free(c); /* it could never read (event_add allocates) */
 }
 
 static void conn_free(struct conn *c)
@@ -824,7 +865,7 @@ static void conn_free(struct conn *c)
     atomic_fetch_sub(&metrics.connections_open, 1);
     free(c);
     if (w->stopping && w->nconns == 0)
-        event_base_loopexit(w->base, NULL);
+        loop_exit(w->base);
 }
 
 void conn_close_idle(struct worker *w)

@@ -125,10 +125,12 @@ int http_head_value(struct http_head *h, const char *at, size_t len)
 
 static int head_piece(llhttp_t *p, int rc)
 {
+    struct http_reader *r = http_reader_of(p);
+
     if (rc == 0)
         return 0;
-    llhttp_set_error_reason(p, http_reader_of(p)->head.full ? "head too large"
-                                                            : "out of memory");
+    r->oom = !r->head.full;
+    llhttp_set_error_reason(p, r->oom ? "out of memory" : "head too large");
     return HPE_USER;
 }
 
@@ -252,12 +254,14 @@ bool http_hop_by_hop(const struct http_head *h, const struct http_field *f)
     return conn && idem__list_has(conn, conn_len, name, f->name_len);
 }
 
-void http_add_field(struct evbuffer *out, const struct http_head *h,
-                    const struct http_field *f)
+int http_add_field(struct evbuffer *out, const struct http_head *h,
+                   const struct http_field *f)
 {
-    evbuffer_add_printf(out, "%.*s: %.*s\r\n", (int)f->name_len,
-                        h->bytes + f->name_off, (int)f->value_len,
-                        h->bytes + f->value_off);
+    return evbuffer_add_printf(out, "%.*s: %.*s\r\n", (int)f->name_len,
+                               h->bytes + f->name_off, (int)f->value_len,
+                               h->bytes + f->value_off) < 0
+               ? -1
+               : 0;
 }
 
 const char *http_reason(unsigned status)
@@ -300,21 +304,25 @@ const char *http_reason(unsigned status)
     return "Unknown";
 }
 
-void http_status_line(struct evbuffer *out, unsigned status)
+int http_status_line(struct evbuffer *out, unsigned status)
 {
-    evbuffer_add_printf(out, "HTTP/1.1 %u %s\r\n", status, http_reason(status));
+    return evbuffer_add_printf(out, "HTTP/1.1 %u %s\r\n", status,
+                               http_reason(status)) < 0
+               ? -1
+               : 0;
 }
 
 int http_respond(struct evbuffer *out, unsigned status, const char *ctype,
                  const char *extra, const void *body, size_t len, bool close)
 {
-    http_status_line(out, status);
-    if (ctype)
-        evbuffer_add_printf(out, "Content-Type: %s\r\n", ctype);
-    evbuffer_add_printf(out, "Content-Length: %zu\r\n%s%s\r\n", len,
-                        close ? "Connection: close\r\n" : "",
-                        extra ? extra : "");
-    return len ? evbuffer_add(out, body, len) : 0;
+    bool ok = http_status_line(out, status) == 0;
+
+    if (ok && ctype)
+        ok = evbuffer_add_printf(out, "Content-Type: %s\r\n", ctype) >= 0;
+    ok = ok && evbuffer_add_printf(out, "Content-Length: %zu\r\n%s%s\r\n", len,
+                                   close ? "Connection: close\r\n" : "",
+                                   extra ? extra : "") >= 0;
+    return ok && (!len || evbuffer_add(out, body, len) == 0) ? 0 : -1;
 }
 
 /* Append s to out as the inside of a JSON string. */

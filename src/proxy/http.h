@@ -58,6 +58,7 @@ struct http_reader {
     const char *chunk;   /* the input chunk being parsed */
     bool chunk_ended_lf; /* the previous chunk ended in a line feed */
     bool value_started;  /* a header value's first piece was seen */
+    bool oom;            /* a callback failed for want of memory */
 };
 
 /* The reader's llhttp callbacks, for HTTP_READER_CALLBACKS. */
@@ -105,14 +106,14 @@ const char *http_head_get(const struct http_head *h, const char *name,
 bool http_hop_by_hop(const struct http_head *h, const struct http_field *f);
 
 /* Append "name: value\r\n" for field f of h to out. */
-void http_add_field(struct evbuffer *out, const struct http_head *h,
-                    const struct http_field *f);
+int http_add_field(struct evbuffer *out, const struct http_head *h,
+                   const struct http_field *f);
 
 /* The standard reason phrase of a status, or "Unknown". */
 const char *http_reason(unsigned status);
 
 /* Append "HTTP/1.1 status reason\r\n" to out. */
-void http_status_line(struct evbuffer *out, unsigned status);
+int http_status_line(struct evbuffer *out, unsigned status);
 
 /* Append a whole small response: status line, Content-Type (if ctype),
  * Content-Length, Connection: close when close, extra header lines (each

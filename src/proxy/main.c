@@ -31,6 +31,7 @@ struct app {
     struct evconnlistener *admin;
     struct sockaddr_storage upstream;
     int upstream_len;
+    uint16_t port, admin_port; /* bound (the flags may say 0) */
 };
 
 /* A listening TCP socket on a; port 0 picks one. *port_out: the port. */
@@ -165,7 +166,7 @@ static void save_snapshot(struct app *app)
 }
 
 /* Bind every worker's listener (SO_REUSEPORT, one port: the first socket
- * picks it when the flag said 0) and the admin one, then say where. */
+ * picks it when the flag said 0) and the admin one. */
 static int start_listening(struct app *app, int *fds, int *admin_fd)
 {
     struct addr a = app->cfg.listen;
@@ -188,13 +189,22 @@ static int start_listening(struct app *app, int *fds, int *admin_fd)
                 app->cfg.admin.host, app->cfg.admin.port, strerror(errno));
         return -1;
     }
-    if (app->cfg.admin_enabled)
-        printf("listening http=%s:%u admin=%s:%u\n", a.host, port,
-               app->cfg.admin.host, admin_port);
-    else
-        printf("listening http=%s:%u admin=off\n", a.host, port);
-    fflush(stdout);
+    app->port = port;
+    app->admin_port = admin_port;
     return 0;
+}
+
+/* Say where, once everything runs: whoever waits for this line may send
+ * requests and signals at once. */
+static void announce(const struct app *app)
+{
+    if (app->cfg.admin_enabled)
+        printf("listening http=%s:%u admin=%s:%u\n", app->cfg.listen.host,
+               app->port, app->cfg.admin.host, app->admin_port);
+    else
+        printf("listening http=%s:%u admin=off\n", app->cfg.listen.host,
+               app->port);
+    fflush(stdout);
 }
 
 static void on_stop(evutil_socket_t sig, short what, void *arg)
@@ -206,7 +216,7 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
     log_msg(LOG_INFO, "signal %d: finishing in-flight requests", (int)sig);
     for (i = 0; i < app->nworkers; i++)
         worker_stop(&app->workers[i]);
-    event_base_loopexit(app->base, NULL);
+    loop_exit(app->base);
 }
 
 static void on_hup(evutil_socket_t sig, short what, void *arg)
@@ -271,8 +281,12 @@ static int run(struct app *app)
     for (i = 0; i < 4; i++)
         if (!evs[i] || event_add(evs[i], i == 3 ? &tick : NULL) != 0)
             rc = -1;
-    if (rc == 0)
+    if (rc == 0) {
+        announce(app);
         event_base_dispatch(app->base);
+    } else {
+        log_msg(LOG_ERROR, "cannot set up the main loop's events");
+    }
     for (i = 0; i < 4; i++)
         if (evs[i])
             event_free(evs[i]);

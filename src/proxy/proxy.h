@@ -94,6 +94,7 @@ struct conn {
     struct idem_decision decision;
     struct evbuffer *stored; /* response body kept for complete() */
     bool stored_over;        /* it passed max_stored_body */
+    bool store_failed;       /* out of memory keeping it: do not store */
     struct upstream *up;
     struct event *timer; /* client or upstream deadline */
     struct event *renew; /* lease renewal while proceeding; made lazily */
@@ -126,6 +127,17 @@ struct worker {
 };
 
 /* -- worker.c --------------------------------------------------------- */
+
+/* Leave base's loop once its active events have run. loopexit allocates
+ * (an event_base_once) and can fail; loopbreak cannot. */
+static inline void loop_exit(struct event_base *base)
+{
+    if (event_base_loopexit(base, NULL) != 0)
+        event_base_loopbreak(base);
+}
+
+/* A socket bufferevent on w's loop that can write, or NULL. */
+struct bufferevent *worker_bev_new(struct worker *w, evutil_socket_t fd);
 
 /* Create worker w bound to fd (a listening socket it takes over). redis:
  * the engine's store if it is Redis (the worker's thread attaches its

@@ -203,7 +203,7 @@ static struct upstream *upstream_new(struct worker *w)
     if (!u)
         return NULL;
     u->w = w;
-    u->bev = bufferevent_socket_new(w->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    u->bev = worker_bev_new(w, -1);
     if (!u->bev) {
         free(u);
         return NULL;
@@ -212,9 +212,11 @@ static struct upstream *upstream_new(struct worker *w)
     bufferevent_setcb(u->bev, on_read, on_write, on_event, u);
     bufferevent_setwatermark(u->bev, EV_WRITE, UPSTREAM_LOW, 0);
     bufferevent_set_timeouts(u->bev, NULL, &tv); /* the connect deadline */
-    bufferevent_enable(u->bev, EV_READ | EV_WRITE);
+    /* enabled after connect, checked: connect enables the new socket's
+     * events itself, but does not say when that fails */
     if (bufferevent_socket_connect(u->bev, (struct sockaddr *)&w->upstream_addr,
-                                   w->upstream_addrlen) != 0) {
+                                   w->upstream_addrlen) != 0 ||
+        bufferevent_enable(u->bev, EV_READ | EV_WRITE) != 0) {
         upstream_free(u);
         return NULL;
     }
@@ -236,37 +238,59 @@ static bool forward_header(const struct http_head *h,
     return !http_hop_by_hop(h, f);
 }
 
-static void write_request(struct conn *c, struct evbuffer *o)
+/* The header that frames the body as it goes upstream, if any. */
+static int add_framing(struct conn *c, struct evbuffer *o)
+{
+    size_t body = evbuffer_get_length(c->body);
+    unsigned flags = c->rd.parser.flags;
+
+    if (c->streaming && (flags & F_CHUNKED))
+        return evbuffer_add_printf(o, "Transfer-Encoding: chunked\r\n");
+    if (c->streaming && (flags & F_CONTENT_LENGTH))
+        return evbuffer_add_printf(
+            o, "Content-Length: %llu\r\n",
+            (unsigned long long)c->rd.parser.content_length);
+    if (!c->streaming && (body || (flags & (F_CONTENT_LENGTH | F_CHUNKED))))
+        return evbuffer_add_printf(o, "Content-Length: %zu\r\n", body);
+    return 0;
+}
+
+/* Reference body from o: 0 or -1. libevent 2.1 reports success when it
+ * could not allocate a reference (it only warns): check the length. */
+static int add_body(struct evbuffer *o, struct evbuffer *body)
+{
+    size_t want = evbuffer_get_length(o) + evbuffer_get_length(body);
+
+    return evbuffer_add_buffer_reference(o, body) == 0 &&
+                   evbuffer_get_length(o) == want
+               ? 0
+               : -1;
+}
+
+/* Queue c's request on o: 0, or -1 out of memory (o then holds a part). */
+static int write_request(struct conn *c, struct evbuffer *o)
 {
     const struct http_head *h = &c->rd.head;
     const char *colon = strrchr(c->client, ':'), *xff;
     int iplen = colon ? (int)(colon - c->client) : (int)strlen(c->client);
-    size_t body = evbuffer_get_length(c->body), xlen = 0;
+    size_t xlen = 0;
     unsigned i;
+    bool ok;
 
-    evbuffer_add_printf(o, "%.*s %.*s HTTP/1.1\r\n", (int)h->method_len,
-                        h->bytes + h->method_off, (int)h->target_len,
-                        h->bytes + h->target_off);
-    for (i = 0; i < h->nfields; i++)
+    ok = evbuffer_add_printf(o, "%.*s %.*s HTTP/1.1\r\n", (int)h->method_len,
+                             h->bytes + h->method_off, (int)h->target_len,
+                             h->bytes + h->target_off) >= 0;
+    for (i = 0; ok && i < h->nfields; i++)
         if (forward_header(h, &h->fields[i]))
-            http_add_field(o, h, &h->fields[i]);
+            ok = http_add_field(o, h, &h->fields[i]) == 0;
     xff = http_head_get(h, "X-Forwarded-For", &xlen);
-    evbuffer_add_printf(o,
-                        "X-Forwarded-For: %.*s%s%.*s\r\n"
-                        "X-Forwarded-Proto: http\r\n",
-                        (int)(xff ? xlen : 0), xff ? xff : "", xff ? ", " : "",
-                        iplen, c->client);
-    if (c->streaming && (c->rd.parser.flags & F_CHUNKED))
-        evbuffer_add_printf(o, "Transfer-Encoding: chunked\r\n");
-    else if (c->streaming && (c->rd.parser.flags & F_CONTENT_LENGTH))
-        evbuffer_add_printf(o, "Content-Length: %llu\r\n",
-                            (unsigned long long)c->rd.parser.content_length);
-    else if (!c->streaming &&
-             (body || (c->rd.parser.flags & (F_CONTENT_LENGTH | F_CHUNKED))))
-        evbuffer_add_printf(o, "Content-Length: %zu\r\n", body);
-    evbuffer_add(o, "\r\n", 2);
-    if (!c->streaming)
-        evbuffer_add_buffer_reference(o, c->body);
+    ok = ok && evbuffer_add_printf(o,
+                                   "X-Forwarded-For: %.*s%s%.*s\r\n"
+                                   "X-Forwarded-Proto: http\r\n",
+                                   (int)(xff ? xlen : 0), xff ? xff : "",
+                                   xff ? ", " : "", iplen, c->client) >= 0;
+    ok = ok && add_framing(c, o) >= 0 && evbuffer_add(o, "\r\n", 2) == 0;
+    return ok && (c->streaming || add_body(o, c->body) == 0) ? 0 : -1;
 }
 
 int upstream_forward(struct conn *c)
@@ -292,8 +316,13 @@ int upstream_forward(struct conn *c)
     u->got_bytes = u->done = u->keep_alive = false;
     u->head_only = idem__name_is(c->rd.head.bytes + c->rd.head.method_off,
                                  c->rd.head.method_len, "HEAD");
-    write_request(c, bufferevent_get_output(u->bev));
-    evtimer_add(c->timer, &tv);
+    if (write_request(c, bufferevent_get_output(u->bev)) != 0 ||
+        evtimer_add(c->timer, &tv) != 0) {
+        u->conn = NULL; /* part of a request is queued: drop u */
+        c->up = NULL;
+        upstream_free(u);
+        return -1;
+    }
     return 0;
 }
 

@@ -7,6 +7,8 @@
 #include "log.h"
 #include "proxy.h"
 
+#include <event2/bufferevent_struct.h> /* ev_write: see worker_bev_new */
+
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
                       struct sockaddr *sa, int salen, void *arg)
 {
@@ -26,7 +28,7 @@ static void begin_stop(struct worker *w)
     upstream_close_idle(w);
     conn_close_idle(w);
     if (w->nconns == 0)
-        event_base_loopexit(w->base, NULL);
+        loop_exit(w->base);
 }
 
 static void on_wake(evutil_socket_t fd, short what, void *arg)
@@ -50,6 +52,33 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     free(woken);
     if (stop)
         begin_stop(w);
+}
+
+/* libevent (2.1 and master) ignores a failed evbuffer_add_cb() inside
+ * bufferevent_socket_new(): such a bufferevent queues output and never
+ * writes it. A hooked one makes its write event pending as a byte is
+ * queued; the probe byte is then taken back. */
+struct bufferevent *worker_bev_new(struct worker *w, evutil_socket_t fd)
+{
+    struct bufferevent *bev =
+        bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    struct evbuffer *o;
+    bool hooked;
+
+    if (!bev)
+        return NULL;
+    o = bufferevent_get_output(bev);
+    hooked = evbuffer_add(o, "", 1) == 0 &&
+             event_pending(&bev->ev_write, EV_WRITE, NULL);
+    evbuffer_unfreeze(o, 1);
+    evbuffer_drain(o, evbuffer_get_length(o));
+    evbuffer_freeze(o, 1);
+    event_del(&bev->ev_write);
+    if (hooked)
+        return bev;
+    bufferevent_setfd(bev, -1); /* the caller still owns fd */
+    bufferevent_free(bev);
+    return NULL;
 }
 
 void worker_wake_conn(struct worker *w, struct conn *c)
