@@ -82,8 +82,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
 
     (void)sa;
     (void)salen;
-    if (!a || !(a->bev = bufferevent_socket_new(evconnlistener_get_base(l), fd,
-                                                BEV_OPT_CLOSE_ON_FREE))) {
+    if (!a || !(a->bev = proxy_bev_new(evconnlistener_get_base(l), fd))) {
         free(a);
         evutil_closesocket(fd);
         return;
@@ -91,7 +90,8 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
     a->engine = arg;
     bufferevent_setcb(a->bev, on_read, NULL, on_event, a);
     bufferevent_set_timeouts(a->bev, &tv, &tv);
-    bufferevent_enable(a->bev, EV_READ | EV_WRITE);
+    if (bufferevent_enable(a->bev, EV_READ | EV_WRITE) != 0)
+        admin_free(a); /* it could never read */
 }
 
 struct evconnlistener *admin_listen(struct event_base *base, int fd,

@@ -817,7 +817,7 @@ void conn_accept(struct worker *w, evutil_socket_t fd,
     (void)salen;
     if (!c || !(c->body = evbuffer_new()) ||
         !(c->timer = evtimer_new(w->base, on_upstream_deadline, c)) ||
-        !(c->bev = worker_bev_new(w, fd))) {
+        !(c->bev = proxy_bev_new(w->base, fd))) {
         if (c && c->body)
             evbuffer_free(c->body);
         if (c && c->timer)

@@ -91,6 +91,7 @@ struct conn {
     bool parsing;     /* inside conn_parse: it frees, not callees */
     bool dead;        /* to be freed when conn_parse returns */
     struct idem_call *call;
+    struct conn *woken_next; /* on its worker's wake queue */
     struct idem_decision decision;
     struct evbuffer *stored; /* response body kept for complete() */
     bool stored_over;        /* it passed max_stored_body */
@@ -110,8 +111,7 @@ struct worker {
     struct evconnlistener *listener;
     struct event *wake; /* other threads' news: wait-mode decisions, stop */
     pthread_mutex_t mu; /* guards the wake queue and stopping */
-    struct conn **woken;
-    size_t nwoken, woken_cap;
+    struct conn *woken, *woken_tail; /* decided, to act on (FIFO) */
     bool stop_requested; /* under mu: another thread asked to stop */
     bool stopping;       /* the worker's own: no more requests */
     LIST_HEAD(, conn) conns;
@@ -136,8 +136,9 @@ static inline void loop_exit(struct event_base *base)
         event_base_loopbreak(base);
 }
 
-/* A socket bufferevent on w's loop that can write, or NULL. */
-struct bufferevent *worker_bev_new(struct worker *w, evutil_socket_t fd);
+/* A socket bufferevent on base that can write, or NULL (out of
+ * memory). */
+struct bufferevent *proxy_bev_new(struct event_base *base, evutil_socket_t fd);
 
 /* Create worker w bound to fd (a listening socket it takes over). redis:
  * the engine's store if it is Redis (the worker's thread attaches its

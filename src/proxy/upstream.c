@@ -203,7 +203,7 @@ static struct upstream *upstream_new(struct worker *w)
     if (!u)
         return NULL;
     u->w = w;
-    u->bev = worker_bev_new(w, -1);
+    u->bev = proxy_bev_new(w->base, -1);
     if (!u->bev) {
         free(u);
         return NULL;

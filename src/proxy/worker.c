@@ -7,7 +7,7 @@
 #include "log.h"
 #include "proxy.h"
 
-#include <event2/bufferevent_struct.h> /* ev_write: see worker_bev_new */
+#include <event2/bufferevent_struct.h> /* ev_write: see proxy_bev_new */
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
                       struct sockaddr *sa, int salen, void *arg)
@@ -34,22 +34,21 @@ static void begin_stop(struct worker *w)
 static void on_wake(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
-    struct conn **woken;
-    size_t n, i;
+    struct conn *c, *next;
     bool stop;
 
     (void)fd;
     (void)what;
     pthread_mutex_lock(&w->mu);
-    woken = w->woken;
-    n = w->nwoken;
-    w->woken = NULL;
-    w->nwoken = w->woken_cap = 0;
+    c = w->woken;
+    w->woken = w->woken_tail = NULL;
     stop = w->stop_requested && !w->stopping;
     pthread_mutex_unlock(&w->mu);
-    for (i = 0; i < n; i++)
-        conn_woken(woken[i]);
-    free(woken);
+    for (; c; c = next) {
+        next = c->woken_next;
+        c->woken_next = NULL;
+        conn_woken(c);
+    }
     if (stop)
         begin_stop(w);
 }
@@ -58,10 +57,10 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
  * bufferevent_socket_new(): such a bufferevent queues output and never
  * writes it. A hooked one makes its write event pending as a byte is
  * queued; the probe byte is then taken back. */
-struct bufferevent *worker_bev_new(struct worker *w, evutil_socket_t fd)
+struct bufferevent *proxy_bev_new(struct event_base *base, evutil_socket_t fd)
 {
     struct bufferevent *bev =
-        bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+        bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
     struct evbuffer *o;
     bool hooked;
 
@@ -81,24 +80,17 @@ struct bufferevent *worker_bev_new(struct worker *w, evutil_socket_t fd)
     return NULL;
 }
 
+/* The queue is intrusive (each conn is on it at most once: one decision
+ * per request), so waking allocates nothing and cannot fail. */
 void worker_wake_conn(struct worker *w, struct conn *c)
 {
-    struct conn **grown;
-    size_t cap;
-
     pthread_mutex_lock(&w->mu);
-    if (w->nwoken == w->woken_cap) {
-        cap = w->woken_cap ? 2 * w->woken_cap : 16;
-        grown = realloc(w->woken, cap * sizeof(*grown));
-        if (!grown) { /* cannot happen quietly: the call would hang */
-            pthread_mutex_unlock(&w->mu);
-            log_msg(LOG_ERROR, "out of memory waking a request");
-            abort();
-        }
-        w->woken = grown;
-        w->woken_cap = cap;
-    }
-    w->woken[w->nwoken++] = c;
+    c->woken_next = NULL;
+    if (w->woken_tail)
+        w->woken_tail->woken_next = c;
+    else
+        w->woken = c;
+    w->woken_tail = c;
     pthread_mutex_unlock(&w->mu);
     event_active(w->wake, 0, 0);
 }
@@ -179,6 +171,5 @@ void worker_deinit(struct worker *w)
         event_free(w->wake);
     if (w->base)
         event_base_free(w->base);
-    free(w->woken);
     pthread_mutex_destroy(&w->mu);
 }
