@@ -24,6 +24,7 @@
 struct test_redis {
     pid_t pid; /* 0 when stopped */
     uint16_t port;
+    const char *unix_path; /* set: listen there only (port 0) */
 };
 
 static inline void test_redis_sleep_ms(long ms)
@@ -55,7 +56,9 @@ static inline uint16_t test_redis_free_port(void)
 static inline redisContext *test_redis_client(const struct test_redis *r)
 {
     struct timeval tv = { 1, 0 };
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", r->port, tv);
+    redisContext *c = r->unix_path
+                          ? redisConnectUnixWithTimeout(r->unix_path, tv)
+                          : redisConnectWithTimeout("127.0.0.1", r->port, tv);
 
     if (c && c->err) {
         redisFree(c);
@@ -80,24 +83,30 @@ static inline int test_redis_ping(const struct test_redis *r)
     return ok;
 }
 
-/* Start redis-server on r->port (0: a free one). 0, or -1 if it did not
- * answer within 5 s. */
+/* Start redis-server on r->port (0: a free one), or on r->unix_path
+ * alone. 0, or -1 if it did not answer within 5 s. */
 static inline int test_redis_start_on(struct test_redis *r)
 {
     char port[8];
+    const char *argv[] = { "redis-server", "--port", port,   "--bind",
+                           "127.0.0.1",    "--save", "",     "--appendonly",
+                           "no",           "--dir",  "/tmp", "--loglevel",
+                           "warning",      NULL,     NULL,   NULL };
     int i, status, null;
 
-    if (!r->port)
+    if (!r->port && !r->unix_path)
         r->port = test_redis_free_port();
-    snprintf(port, sizeof(port), "%u", r->port);
+    snprintf(port, sizeof(port), "%u", r->unix_path ? 0 : r->port);
     r->pid = fork();
     if (r->pid == 0) {
         null = open("/dev/null", O_RDWR);
         dup2(null, STDIN_FILENO);
         dup2(null, STDOUT_FILENO);
-        execl(TEST_REDIS_BIN, "redis-server", "--port", port, "--bind",
-              "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", "/tmp",
-              "--loglevel", "warning", (char *)NULL);
+        if (r->unix_path) {
+            argv[13] = "--unixsocket";
+            argv[14] = r->unix_path;
+        }
+        execv(TEST_REDIS_BIN, (char *const *)argv);
         _exit(127);
     }
     if (r->pid < 0)

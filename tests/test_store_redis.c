@@ -418,6 +418,36 @@ static void test_scopes_are_apart(void **state)
     idem_call_free(a);
 }
 
+/* unix:///path: the same store over a Unix socket, with a database. */
+static void test_unix_socket(void **state)
+{
+    char path[64], url[96];
+    struct test_redis local = { .unix_path = path };
+    struct idem_store_redis_opts o = { .url = url };
+    struct idem_engine_opts eo = { 0 };
+    struct idem_decision d;
+    struct idem_call *call;
+    struct treq t;
+
+    (void)state;
+    snprintf(path, sizeof(path), "/tmp/idem-test-redis-%d.sock", (int)getpid());
+    snprintf(url, sizeof(url), "unix://%s?db=3", path);
+    assert_int_equal(test_redis_start_on(&local), 0);
+    assert_int_equal(idem_store_redis_new(&o, &fx.store), IDEM_OK);
+    assert_int_equal(idem_store_redis_attach(fx.store, base), IDEM_OK);
+    eo.store = fx.store;
+    assert_int_equal(idem_engine_new(&eo, &fx.e), IDEM_OK);
+    wait_connected(fx.store);
+    treq_init(&t, "POST", "/o", "k", NULL, "{}");
+    assert_int_equal(decide(fx.e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
+    assert_int_equal(finish(call, 200, "unix", NULL), IDEM_OK);
+    assert_int_equal(decide(fx.e, &t, &call, &d), IDEM_OUTCOME_REPLAY);
+    idem_call_free(call);
+    assert_int_equal(test_redis_cmd(&local, "SELECT 3"), 0);
+    test_redis_stop(&local);
+    unlink(path);
+}
+
 /* -- Leases ------------------------------------------------------------- */
 
 /* An owner whose lease ran out cannot overwrite the next owner. */
@@ -813,6 +843,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_abort_and_policy_release, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_scopes_are_apart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unix_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fencing, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_renewal_keeps_a_slow_request_single, setup, teardown),
