@@ -448,6 +448,48 @@ static void test_unix_socket(void **state)
     unlink(path);
 }
 
+/* A password in the URL is sent with AUTH; a wrong one leaves the store
+ * unavailable (and says why), not hanging. */
+static void test_password(void **state)
+{
+    char good[96], bad[96];
+    struct idem_store_redis_opts o = { .url = good };
+    struct idem_engine_opts eo = { 0 };
+    struct idem_store *wrong = NULL;
+    struct idem_engine *we = NULL;
+    redisContext *c;
+    redisReply *r;
+    struct treq t;
+
+    (void)state;
+    snprintf(good, sizeof(good), "redis://:s3cret@127.0.0.1:%u", server.port);
+    snprintf(bad, sizeof(bad), "redis://:nope@127.0.0.1:%u", server.port);
+    assert_int_equal(test_redis_cmd(&server, "CONFIG SET requirepass s3cret"),
+                     0);
+    assert_int_equal(idem_store_redis_new(&o, &fx.store), IDEM_OK);
+    assert_int_equal(idem_store_redis_attach(fx.store, base), IDEM_OK);
+    o.url = bad;
+    assert_int_equal(idem_store_redis_new(&o, &wrong), IDEM_OK);
+    assert_int_equal(idem_store_redis_attach(wrong, base), IDEM_OK);
+    eo.store = fx.store;
+    assert_int_equal(idem_engine_new(&eo, &fx.e), IDEM_OK);
+    eo.store = wrong;
+    assert_int_equal(idem_engine_new(&eo, &we), IDEM_OK);
+    wait_connected(fx.store);
+    treq_init(&t, "POST", "/o", "k", NULL, "{}");
+    assert_int_equal(decide_free(fx.e, &t), IDEM_OUTCOME_PROCEED);
+    assert_int_equal(decide_free(we, &t), IDEM_OUTCOME_UNAVAILABLE);
+    idem_store_redis_detach(wrong);
+    idem_engine_free(we);
+    idem_store_free(wrong);
+    assert_non_null(c = test_redis_client(&server));
+    freeReplyObject(redisCommand(c, "AUTH s3cret"));
+    r = redisCommand(c, "CONFIG SET requirepass %s", "");
+    assert_int_equal(r->type, REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    redisFree(c);
+}
+
 /* -- Leases ------------------------------------------------------------- */
 
 /* An owner whose lease ran out cannot overwrite the next owner. */
@@ -844,6 +886,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_scopes_are_apart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unix_socket, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_password, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fencing, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_renewal_keeps_a_slow_request_single, setup, teardown),
