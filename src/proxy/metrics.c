@@ -186,7 +186,7 @@ static const struct sample samples[] = {
     { &f_wait_timeouts, "", SNAP(e.wait_timeouts) },
     { &f_entries, "", SNAP(s.records) },
     { &f_bytes, "", SNAP(s.bytes) },
-    { &f_in_flight, "", SNAP(s.in_flight) },
+    { &f_in_flight, "", SNAP(e.in_flight) },
     { &f_locks, "", SNAP(s.lock_entries) },
     { &f_evictions, "", SNAP(s.evicted) },
     { &f_expirations, "", SNAP(s.expired) },
