@@ -11,7 +11,6 @@
  * command past its deadline takes its connection down with it: every
  * command in flight fails (hiredis calls each callback with no reply),
  * and a new connection follows. */
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
@@ -24,6 +23,7 @@
 #include "fingerprint.h"
 #include "internal.h"
 #include "record.h"
+#include "redis_event.h"
 #include "store_internal.h"
 
 #define DEFAULT_PORT 6379
@@ -191,6 +191,62 @@ static void op_free(struct rop *op)
     idem__free(&rs->env, op);
 }
 
+/* -- Sending to hiredis ----------------------------------------------- */
+
+/* hiredis 0.14 ignores two allocation failures in a send: of the reply's
+ * callback (the command goes out, and hiredis aborts when its reply
+ * comes) and of the command's bytes (the callback waits for a reply that
+ * never comes, and would take the next command's). After a send, given
+ * the reply queue's tail and the output's length before it: true if both
+ * went in. A command without its callback is taken back out of the
+ * output, unsent (false). A callback without its command cannot be taken
+ * back: the connection takes no more commands, and its deadline drops it,
+ * failing that callback with the others (true: the callback will come). */
+static bool queued(redisAsyncContext *ac, const redisCallback *tail,
+                   size_t olen)
+{
+    bool pushed = ac->replies.tail != tail;
+    bool appended = ac->c.obuf && sdslen(ac->c.obuf) > olen;
+
+    if (pushed && !appended)
+        redisAsyncDisconnect(ac);
+    if (!pushed && appended) {
+        sdssetlen(ac->c.obuf, olen);
+        ac->c.obuf[olen] = '\0';
+    }
+    return pushed;
+}
+
+/* Send the formatted command cmd on ac, fn to get its reply. REDIS_OK, or
+ * REDIS_ERR: fn will not be called. */
+static int send_formatted(redisAsyncContext *ac, redisCallbackFn *fn,
+                          void *privdata, const char *cmd, size_t len)
+{
+    redisCallback *tail = ac->replies.tail;
+    size_t olen = ac->c.obuf ? sdslen(ac->c.obuf) : 0;
+
+    if (redisAsyncFormattedCommand(ac, fn, privdata, cmd, len) != REDIS_OK)
+        return REDIS_ERR;
+    return queued(ac, tail, olen) ? REDIS_OK : REDIS_ERR;
+}
+
+/* redisAsyncCommand, checked likewise. */
+static int send_command(redisAsyncContext *ac, redisCallbackFn *fn,
+                        void *privdata, const char *fmt, ...)
+{
+    redisCallback *tail = ac->replies.tail;
+    size_t olen = ac->c.obuf ? sdslen(ac->c.obuf) : 0;
+    va_list ap;
+    int rc;
+
+    va_start(ap, fmt);
+    rc = redisvAsyncCommand(ac, fn, privdata, fmt, ap);
+    va_end(ap);
+    if (rc != REDIS_OK)
+        return REDIS_ERR;
+    return queued(ac, tail, olen) ? REDIS_OK : REDIS_ERR;
+}
+
 /* -- Answers ---------------------------------------------------------- */
 
 /* A copy of a record Redis sent, for the engine to keep. */
@@ -283,7 +339,7 @@ static int resend_eval(struct rconn *c, struct rop *op)
     memcpy(eval + rc, args + a + b, (size_t)(end - (args + a + b)));
     rc += (int)(end - (args + a + b));
     op->retried = true;
-    rc = redisAsyncFormattedCommand(c->ac, on_reply, op, eval, (size_t)rc);
+    rc = send_formatted(c->ac, on_reply, op, eval, (size_t)rc);
     idem__free(&c->rs->env, eval);
     if (rc != REDIS_OK)
         return -1;
@@ -368,9 +424,8 @@ static int run(struct idem_store *s, enum script script, const void *skey,
     *op = (struct rop){ .c = c, .script = script, .done = done, .ud = ud };
     atomic_fetch_add(&rs->pending, 1);
     op->cmdlen = redisFormatCommandArgv(&op->cmd, 4 + nargs, argv, argl);
-    if (op->cmdlen < 0 ||
-        redisAsyncFormattedCommand(c->ac, on_reply, op, op->cmd,
-                                   (size_t)op->cmdlen) != REDIS_OK) {
+    if (op->cmdlen < 0 || send_formatted(c->ac, on_reply, op, op->cmd,
+                                         (size_t)op->cmdlen) != REDIS_OK) {
         if (op->cmdlen < 0)
             op->cmd = NULL;
         op_free(op);
@@ -467,11 +522,28 @@ static void backoff(struct rconn *c)
         c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
 }
 
+/* Fail what is still queued on c once hiredis has called back every
+ * command of c's last connection: what is left, hiredis never had (it
+ * would wait for ever, and time out every new connection). */
+static void fail_orphans(struct rconn *c)
+{
+    struct rop *op;
+
+    while ((op = c->head)) {
+        queue_remove(c, op);
+        atomic_fetch_add(&c->rs->errors, 1);
+        op->done(op->ud, IDEM_EIO, NULL);
+        op_free(op);
+    }
+}
+
 /* Take the connection down now: hiredis fails every command in flight
- * (their callbacks run here, with no reply), then frees it. */
+ * (their callbacks run here, with no reply; inside a callback of hiredis,
+ * once it returns), then frees it. */
 static void drop(struct rconn *c)
 {
     redisAsyncContext *ac = c->ac;
+    bool later = ac && (ac->c.flags & REDIS_IN_CALLBACK);
 
     if (c->state == C_UP)
         atomic_fetch_sub(&c->rs->connections, 1);
@@ -479,6 +551,8 @@ static void drop(struct rconn *c)
     c->state = C_DOWN; /* so the callbacks below send nothing on ac */
     if (ac)
         redisAsyncFree(ac);
+    if (!later)
+        fail_orphans(c);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
@@ -488,6 +562,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     if (c->state == C_DOWN) {
+        fail_orphans(c); /* of a connect that failed */
         conn_start(c);
         return;
     }
@@ -534,6 +609,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
         atomic_fetch_sub(&c->rs->connections, 1);
     c->ac = NULL;
     backoff(c);
+    fail_orphans(c); /* hiredis has failed what it had */
 }
 
 /* A reply to AUTH, SELECT or SCRIPT LOAD. */
@@ -560,15 +636,14 @@ static int send_setup(struct rconn *c)
 
     c->setup_left = NSCRIPTS + (rs->password != NULL) + (rs->db != 0);
     if (rs->password && rs->user)
-        rc = redisAsyncCommand(c->ac, on_setup, c, "AUTH %s %s", rs->user,
-                               rs->password);
+        rc = send_command(c->ac, on_setup, c, "AUTH %s %s", rs->user,
+                          rs->password);
     else if (rs->password)
-        rc = redisAsyncCommand(c->ac, on_setup, c, "AUTH %s", rs->password);
+        rc = send_command(c->ac, on_setup, c, "AUTH %s", rs->password);
     if (rc == REDIS_OK && rs->db)
-        rc = redisAsyncCommand(c->ac, on_setup, c, "SELECT %d", rs->db);
+        rc = send_command(c->ac, on_setup, c, "SELECT %d", rs->db);
     for (i = 0; rc == REDIS_OK && i < NSCRIPTS; i++)
-        rc =
-            redisAsyncCommand(c->ac, on_setup, c, "SCRIPT LOAD %s", scripts[i]);
+        rc = send_command(c->ac, on_setup, c, "SCRIPT LOAD %s", scripts[i]);
     return rc == REDIS_OK ? 0 : -1;
 }
 
@@ -589,7 +664,7 @@ static void conn_start(struct rconn *c)
         return;
     }
     ac->data = c;
-    if (redisLibeventAttach(ac, c->base) != REDIS_OK) {
+    if (idem__redis_event_attach(ac, c->base, &rs->env) != REDIS_OK) {
         redisAsyncFree(ac);
         backoff(c);
         return;

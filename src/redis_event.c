@@ -1,0 +1,143 @@
+/* hiredis async connections on libevent loops. hiredis's own adapter
+ * (hiredis/adapters/libevent.h) aborts when it cannot allocate, and
+ * hiredis 0.14's write (redisBufferWrite), once it has written all, puts
+ * a new empty buffer in place of the old one without checking that it
+ * was allocated, then dereferences it. So the output is written here,
+ * the buffer emptied in place; hiredis is left only the connect, the
+ * reading, and the errors. */
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "redis_event.h"
+
+struct revents {
+    redisAsyncContext *ac;
+    struct event *rd, *wr; /* one-shot, as in hiredis's adapter */
+    const struct idem_env *env;
+};
+
+static void add_read(void *p)
+{
+    event_add(((struct revents *)p)->rd, NULL);
+}
+
+static void del_read(void *p)
+{
+    event_del(((struct revents *)p)->rd);
+}
+
+static void add_write(void *p)
+{
+    event_add(((struct revents *)p)->wr, NULL);
+}
+
+static void del_write(void *p)
+{
+    event_del(((struct revents *)p)->wr);
+}
+
+static void cleanup(void *p)
+{
+    struct revents *e = p;
+
+    if (e->rd)
+        event_free(e->rd);
+    if (e->wr)
+        event_free(e->wr);
+    idem__free(e->env, e);
+}
+
+/* Write what hiredis queued on c; drop what went from the buffer, in
+ * place. The bytes left, or -1 on an error (hiredis then meets it). */
+static ssize_t write_out(redisContext *c)
+{
+    size_t len = sdslen(c->obuf);
+    ssize_t n;
+
+    if (len == 0)
+        return 0;
+    n = write(c->fd, c->obuf, len);
+    if (n < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR
+                   ? (ssize_t)len
+                   : -1;
+    memmove(c->obuf, c->obuf + n, len - (size_t)n);
+    sdssetlen(c->obuf, len - (size_t)n);
+    c->obuf[len - (size_t)n] = '\0';
+    return (ssize_t)(len - (size_t)n);
+}
+
+/* Whether the connect under way on fd succeeded. */
+static bool connect_ok(int fd)
+{
+    int err = 0;
+    socklen_t len = sizeof(err);
+
+    return getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0;
+}
+
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    redisAsyncHandleRead(((struct revents *)arg)->ac);
+}
+
+/* While connecting, hiredis takes the connection up (or reports it
+ * failed) and would then write: it is shown an empty buffer. */
+static void on_writable(evutil_socket_t fd, short what, void *arg)
+{
+    struct revents *e = arg;
+    redisContext *c = &e->ac->c;
+    size_t len = sdslen(c->obuf);
+    ssize_t left;
+
+    (void)fd;
+    (void)what;
+    if (!(c->flags & REDIS_CONNECTED)) {
+        if (!connect_ok(c->fd)) {
+            redisAsyncHandleWrite(e->ac); /* may free e */
+            return;
+        }
+        sdssetlen(c->obuf, 0);
+        redisAsyncHandleWrite(e->ac); /* up: runs the connect callback */
+        sdssetlen(c->obuf, len);
+    }
+    left = c->err ? -1 : write_out(c);
+    if (left < 0) {
+        redisAsyncHandleWrite(e->ac); /* meets the error: may free e */
+        return;
+    }
+    if (left > 0)
+        event_add(e->wr, NULL);
+    event_add(e->rd, NULL);
+}
+
+int idem__redis_event_attach(redisAsyncContext *ac, struct event_base *base,
+                             const struct idem_env *env)
+{
+    struct revents *e;
+    int fd = ac->c.fd;
+
+    if (ac->ev.data || !(e = idem__alloc(env, sizeof(*e))))
+        return REDIS_ERR;
+    *e = (struct revents){ .ac = ac, .env = env };
+    e->rd = event_new(base, fd, EV_READ, on_readable, e);
+    e->wr = event_new(base, fd, EV_WRITE, on_writable, e);
+    if (!e->rd || !e->wr) {
+        cleanup(e);
+        return REDIS_ERR;
+    }
+    ac->ev.addRead = add_read;
+    ac->ev.delRead = del_read;
+    ac->ev.addWrite = add_write;
+    ac->ev.delWrite = del_write;
+    ac->ev.cleanup = cleanup;
+    ac->ev.data = e;
+    event_add(e->rd, NULL);
+    event_add(e->wr, NULL);
+    return REDIS_OK;
+}

@@ -1,0 +1,18 @@
+/* A hiredis async connection on a libevent loop: hiredis's libevent
+ * adapter, less what hiredis 0.14 does wrong when memory runs out (see
+ * redis_event.c). */
+#ifndef IDEM_REDIS_EVENT_H
+#define IDEM_REDIS_EVENT_H
+
+#include <event2/event.h>
+#include <hiredis/async.h>
+
+#include "idem/env.h"
+
+/* Drive ac from base; what this allocates comes from env (which must
+ * outlive ac) and is freed with ac. REDIS_OK, or REDIS_ERR (out of
+ * memory, or ac already attached): ac is then the caller's to free. */
+int idem__redis_event_attach(redisAsyncContext *ac, struct event_base *base,
+                             const struct idem_env *env);
+
+#endif
