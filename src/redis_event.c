@@ -4,8 +4,10 @@
  * a new empty buffer in place of the old one without checking that it
  * was allocated, then dereferences it. So the output is written here,
  * the buffer emptied in place; hiredis is left only the connect, the
- * reading, and the errors. */
+ * reading, and the errors. Sends are checked for the allocations hiredis
+ * 0.14 does not check (idem__redis_send_*). */
 #include <errno.h>
+#include <stdarg.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -140,4 +142,60 @@ int idem__redis_event_attach(redisAsyncContext *ac, struct event_base *base,
     event_add(e->rd, NULL);
     event_add(e->wr, NULL);
     return REDIS_OK;
+}
+
+/* -- Sending --------------------------------------------------------- */
+
+/* hiredis 0.14 ignores two allocation failures in a send: of the reply's
+ * callback (the command goes out, and hiredis aborts when its reply
+ * comes) and of the command's bytes (the callback waits for a reply that
+ * never comes, and would take the next command's). After a send, given
+ * the reply queue's tail and the output's length before it: true if both
+ * went in. A command without its callback is taken back out of the
+ * output, unsent (false). A callback without its command cannot be taken
+ * back: the connection takes no more commands, and its deadline drops it,
+ * failing that callback with the others (true: the callback will come). */
+static bool queued(redisAsyncContext *ac, const redisCallback *tail,
+                   size_t olen)
+{
+    bool pushed = ac->replies.tail != tail;
+    bool appended = ac->c.obuf && sdslen(ac->c.obuf) > olen;
+
+    if (pushed && !appended)
+        redisAsyncDisconnect(ac);
+    if (!pushed && appended) {
+        sdssetlen(ac->c.obuf, olen);
+        ac->c.obuf[olen] = '\0';
+    }
+    return pushed;
+}
+
+/* Send the formatted command cmd on ac, fn to get its reply. REDIS_OK, or
+ * REDIS_ERR: fn will not be called. */
+int idem__redis_send_formatted(redisAsyncContext *ac, redisCallbackFn *fn,
+                               void *privdata, const char *cmd, size_t len)
+{
+    redisCallback *tail = ac->replies.tail;
+    size_t olen = ac->c.obuf ? sdslen(ac->c.obuf) : 0;
+
+    if (redisAsyncFormattedCommand(ac, fn, privdata, cmd, len) != REDIS_OK)
+        return REDIS_ERR;
+    return queued(ac, tail, olen) ? REDIS_OK : REDIS_ERR;
+}
+
+/* redisAsyncCommand, checked likewise. */
+int idem__redis_send_command(redisAsyncContext *ac, redisCallbackFn *fn,
+                             void *privdata, const char *fmt, ...)
+{
+    redisCallback *tail = ac->replies.tail;
+    size_t olen = ac->c.obuf ? sdslen(ac->c.obuf) : 0;
+    va_list ap;
+    int rc;
+
+    va_start(ap, fmt);
+    rc = redisvAsyncCommand(ac, fn, privdata, fmt, ap);
+    va_end(ap);
+    if (rc != REDIS_OK)
+        return REDIS_ERR;
+    return queued(ac, tail, olen) ? REDIS_OK : REDIS_ERR;
 }

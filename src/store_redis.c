@@ -24,9 +24,9 @@
 #include "internal.h"
 #include "record.h"
 #include "redis_event.h"
+#include "redis_url.h"
 #include "store_internal.h"
 
-#define DEFAULT_PORT 6379
 #define DEFAULT_TIMEOUT_MS 1000
 #define BACKOFF_FIRST_MS 50
 #define BACKOFF_MAX_MS 2000
@@ -67,8 +67,8 @@ static const char *const scripts[NSCRIPTS] = {
 struct redis_store {
     struct idem_store base;
     struct idem_env env;
-    char *host, *path, *user, *password, *prefix;
-    int port, db;
+    struct idem__redis_addr addr;
+    char *prefix;
     int64_t connect_timeout_ms, command_timeout_ms;
     char sha[NSCRIPTS][41]; /* SHA-1 of each script, hex */
     void (*log)(void *ud, bool trouble, const char *msg);
@@ -191,62 +191,6 @@ static void op_free(struct rop *op)
     idem__free(&rs->env, op);
 }
 
-/* -- Sending to hiredis ----------------------------------------------- */
-
-/* hiredis 0.14 ignores two allocation failures in a send: of the reply's
- * callback (the command goes out, and hiredis aborts when its reply
- * comes) and of the command's bytes (the callback waits for a reply that
- * never comes, and would take the next command's). After a send, given
- * the reply queue's tail and the output's length before it: true if both
- * went in. A command without its callback is taken back out of the
- * output, unsent (false). A callback without its command cannot be taken
- * back: the connection takes no more commands, and its deadline drops it,
- * failing that callback with the others (true: the callback will come). */
-static bool queued(redisAsyncContext *ac, const redisCallback *tail,
-                   size_t olen)
-{
-    bool pushed = ac->replies.tail != tail;
-    bool appended = ac->c.obuf && sdslen(ac->c.obuf) > olen;
-
-    if (pushed && !appended)
-        redisAsyncDisconnect(ac);
-    if (!pushed && appended) {
-        sdssetlen(ac->c.obuf, olen);
-        ac->c.obuf[olen] = '\0';
-    }
-    return pushed;
-}
-
-/* Send the formatted command cmd on ac, fn to get its reply. REDIS_OK, or
- * REDIS_ERR: fn will not be called. */
-static int send_formatted(redisAsyncContext *ac, redisCallbackFn *fn,
-                          void *privdata, const char *cmd, size_t len)
-{
-    redisCallback *tail = ac->replies.tail;
-    size_t olen = ac->c.obuf ? sdslen(ac->c.obuf) : 0;
-
-    if (redisAsyncFormattedCommand(ac, fn, privdata, cmd, len) != REDIS_OK)
-        return REDIS_ERR;
-    return queued(ac, tail, olen) ? REDIS_OK : REDIS_ERR;
-}
-
-/* redisAsyncCommand, checked likewise. */
-static int send_command(redisAsyncContext *ac, redisCallbackFn *fn,
-                        void *privdata, const char *fmt, ...)
-{
-    redisCallback *tail = ac->replies.tail;
-    size_t olen = ac->c.obuf ? sdslen(ac->c.obuf) : 0;
-    va_list ap;
-    int rc;
-
-    va_start(ap, fmt);
-    rc = redisvAsyncCommand(ac, fn, privdata, fmt, ap);
-    va_end(ap);
-    if (rc != REDIS_OK)
-        return REDIS_ERR;
-    return queued(ac, tail, olen) ? REDIS_OK : REDIS_ERR;
-}
-
 /* -- Answers ---------------------------------------------------------- */
 
 /* A copy of a record Redis sent, for the engine to keep. */
@@ -339,7 +283,7 @@ static int resend_eval(struct rconn *c, struct rop *op)
     memcpy(eval + rc, args + a + b, (size_t)(end - (args + a + b)));
     rc += (int)(end - (args + a + b));
     op->retried = true;
-    rc = send_formatted(c->ac, on_reply, op, eval, (size_t)rc);
+    rc = idem__redis_send_formatted(c->ac, on_reply, op, eval, (size_t)rc);
     idem__free(&c->rs->env, eval);
     if (rc != REDIS_OK)
         return -1;
@@ -424,8 +368,9 @@ static int run(struct idem_store *s, enum script script, const void *skey,
     *op = (struct rop){ .c = c, .script = script, .done = done, .ud = ud };
     atomic_fetch_add(&rs->pending, 1);
     op->cmdlen = redisFormatCommandArgv(&op->cmd, 4 + nargs, argv, argl);
-    if (op->cmdlen < 0 || send_formatted(c->ac, on_reply, op, op->cmd,
-                                         (size_t)op->cmdlen) != REDIS_OK) {
+    if (op->cmdlen < 0 ||
+        idem__redis_send_formatted(c->ac, on_reply, op, op->cmd,
+                                   (size_t)op->cmdlen) != REDIS_OK) {
         if (op->cmdlen < 0)
             op->cmd = NULL;
         op_free(op);
@@ -634,24 +579,28 @@ static int send_setup(struct rconn *c)
     struct redis_store *rs = c->rs;
     int rc = REDIS_OK, i;
 
-    c->setup_left = NSCRIPTS + (rs->password != NULL) + (rs->db != 0);
-    if (rs->password && rs->user)
-        rc = send_command(c->ac, on_setup, c, "AUTH %s %s", rs->user,
-                          rs->password);
-    else if (rs->password)
-        rc = send_command(c->ac, on_setup, c, "AUTH %s", rs->password);
-    if (rc == REDIS_OK && rs->db)
-        rc = send_command(c->ac, on_setup, c, "SELECT %d", rs->db);
+    c->setup_left = NSCRIPTS + (rs->addr.password != NULL) + (rs->addr.db != 0);
+    if (rs->addr.password && rs->addr.user)
+        rc = idem__redis_send_command(c->ac, on_setup, c, "AUTH %s %s",
+                                      rs->addr.user, rs->addr.password);
+    else if (rs->addr.password)
+        rc = idem__redis_send_command(c->ac, on_setup, c, "AUTH %s",
+                                      rs->addr.password);
+    if (rc == REDIS_OK && rs->addr.db)
+        rc = idem__redis_send_command(c->ac, on_setup, c, "SELECT %d",
+                                      rs->addr.db);
     for (i = 0; rc == REDIS_OK && i < NSCRIPTS; i++)
-        rc = send_command(c->ac, on_setup, c, "SCRIPT LOAD %s", scripts[i]);
+        rc = idem__redis_send_command(c->ac, on_setup, c, "SCRIPT LOAD %s",
+                                      scripts[i]);
     return rc == REDIS_OK ? 0 : -1;
 }
 
 static void conn_start(struct rconn *c)
 {
     struct redis_store *rs = c->rs;
-    redisAsyncContext *ac = rs->path ? redisAsyncConnectUnix(rs->path)
-                                     : redisAsyncConnect(rs->host, rs->port);
+    redisAsyncContext *ac =
+        rs->addr.path ? redisAsyncConnectUnix(rs->addr.path)
+                      : redisAsyncConnect(rs->addr.host, rs->addr.port);
 
     if (!ac || ac->err) {
         if (!c->quiet)
@@ -792,10 +741,7 @@ static void rs_free(struct idem_store *s)
 {
     struct redis_store *rs = (struct redis_store *)s;
 
-    idem__free(&rs->env, rs->host);
-    idem__free(&rs->env, rs->path);
-    idem__free(&rs->env, rs->user);
-    idem__free(&rs->env, rs->password);
+    idem__redis_addr_free(&rs->env, &rs->addr);
     idem__free(&rs->env, rs->prefix);
     idem__free(&rs->env, rs);
 }
@@ -820,100 +766,12 @@ bool idem__store_is_redis(const struct idem_store *s)
 
 /* -- Options ---------------------------------------------------------- */
 
-static char *dup_n(struct redis_store *rs, const char *s, size_t n)
+static char *copy_string(const struct idem_env *env, const char *s)
 {
-    char *d = idem__alloc(&rs->env, n + 1);
+    size_t n = strlen(s) + 1;
+    char *d = idem__alloc(env, n);
 
-    if (d) {
-        memcpy(d, s, n);
-        d[n] = '\0';
-    }
-    return d;
-}
-
-/* A decimal in [lo, hi] spanning exactly s[0..n). */
-static bool parse_int(const char *s, size_t n, long lo, long hi, int *out)
-{
-    char buf[16], *end;
-    long v;
-
-    if (n == 0 || n >= sizeof(buf) || s[0] < '0' || s[0] > '9')
-        return false;
-    memcpy(buf, s, n);
-    buf[n] = '\0';
-    v = strtol(buf, &end, 10);
-    if (*end || v < lo || v > hi)
-        return false;
-    *out = (int)v;
-    return true;
-}
-
-/* "[[user]:password@]host[:port][/db]" after "redis://". */
-static int parse_tcp(struct redis_store *rs, const char *u)
-{
-    const char *at = strchr(u, '@'), *host, *hend, *port = NULL, *slash;
-    const char *colon;
-
-    if (at) {
-        colon = memchr(u, ':', (size_t)(at - u));
-        if (!colon)
-            return IDEM_EINVAL; /* a user without a password */
-        if (colon > u && !(rs->user = dup_n(rs, u, (size_t)(colon - u))))
-            return IDEM_ENOMEM;
-        if (!(rs->password = dup_n(rs, colon + 1, (size_t)(at - colon - 1))))
-            return IDEM_ENOMEM;
-        u = at + 1;
-    }
-    slash = strchr(u, '/');
-    hend = slash ? slash : u + strlen(u);
-    host = u;
-    if (*u == '[') { /* [v6 address] */
-        const char *close = memchr(u, ']', (size_t)(hend - u));
-
-        if (!close)
-            return IDEM_EINVAL;
-        host = u + 1;
-        port = close[1] == ':' ? close + 2 : NULL;
-        if (!port && close + 1 != hend)
-            return IDEM_EINVAL;
-        hend = close;
-    } else if ((colon = memchr(u, ':', (size_t)(hend - u)))) {
-        port = colon + 1;
-        hend = colon;
-    }
-    rs->port = DEFAULT_PORT;
-    if (hend == host ||
-        (port &&
-         !parse_int(port,
-                    (size_t)((slash ? slash : port + strlen(port)) - port), 1,
-                    65535, &rs->port)) ||
-        (slash &&
-         !parse_int(slash + 1, strlen(slash + 1), 0, 1000000, &rs->db)))
-        return IDEM_EINVAL;
-    return (rs->host = dup_n(rs, host, (size_t)(hend - host))) ? IDEM_OK
-                                                               : IDEM_ENOMEM;
-}
-
-/* "/path[?db=N]" after "unix://". */
-static int parse_unix(struct redis_store *rs, const char *u)
-{
-    const char *q = strchr(u, '?');
-    size_t n = q ? (size_t)(q - u) : strlen(u);
-
-    if (n == 0 || u[0] != '/' ||
-        (q && (strncmp(q, "?db=", 4) != 0 ||
-               !parse_int(q + 4, strlen(q + 4), 0, 1000000, &rs->db))))
-        return IDEM_EINVAL;
-    return (rs->path = dup_n(rs, u, n)) ? IDEM_OK : IDEM_ENOMEM;
-}
-
-static int parse_url(struct redis_store *rs, const char *url)
-{
-    if (strncmp(url, "redis://", 8) == 0)
-        return parse_tcp(rs, url + 8);
-    if (strncmp(url, "unix://", 7) == 0)
-        return parse_unix(rs, url + 7);
-    return IDEM_EINVAL;
+    return d ? memcpy(d, s, n) : NULL;
 }
 
 static bool prefix_ok(const char *p)
@@ -978,10 +836,10 @@ int idem_store_redis_new(const struct idem_store_redis_opts *opts,
         .log = opts->log,
         .log_ud = opts->log_ud,
     };
-    rc = parse_url(rs, opts->url);
+    rc = idem__redis_url_parse(&rs->env, opts->url, &rs->addr);
     if (rc == IDEM_OK)
-        rc = (rs->prefix = dup_n(rs, prefix, strlen(prefix))) ? IDEM_OK
-                                                              : IDEM_ENOMEM;
+        rc = (rs->prefix = copy_string(&rs->env, prefix)) ? IDEM_OK
+                                                          : IDEM_ENOMEM;
     if (rc == IDEM_OK)
         rc = hash_scripts(rs);
     if (rc != IDEM_OK) {
