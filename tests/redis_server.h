@@ -1,6 +1,7 @@
 /* A redis-server of a test's own: started on a free loopback port with no
- * persistence, stopped by its pid. Header-only, for unit and integration
- * tests alike. Failures to start fail the running cmocka test. */
+ * persistence, stopped by its pid (and killed if the test dies). Header-only,
+ * for unit and integration tests alike. Failures to start fail the running
+ * cmocka test. */
 #ifndef IDEM_TEST_REDIS_SERVER_H
 #define IDEM_TEST_REDIS_SERVER_H
 
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -99,6 +101,7 @@ static inline int test_redis_start_on(struct test_redis *r)
     snprintf(port, sizeof(port), "%u", r->unix_path ? 0 : r->port);
     r->pid = fork();
     if (r->pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* it dies with the test */
         null = open("/dev/null", O_RDWR);
         dup2(null, STDIN_FILENO);
         dup2(null, STDOUT_FILENO);
