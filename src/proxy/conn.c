@@ -16,32 +16,16 @@
 
 static void conn_free(struct conn *c);
 static void conn_parse(struct conn *c);
-static void finish_request(struct conn *c);
 static void set_client_timeout(struct conn *c, bool on);
-static void pause_upstream(struct conn *c, bool pause);
-static void arm_deadline(struct conn *c);
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 static struct conn *conn_of(llhttp_t *p)
 {
     return http_reader_of(p)->data;
 }
 
-static struct evbuffer *out(struct conn *c)
-{
-    return bufferevent_get_output(c->bev);
-}
-
 /* -- Logging ---------------------------------------------------------- */
 
-static void log_request(struct conn *c, const char *outcome, unsigned status)
+void conn_log_request(struct conn *c, const char *outcome, unsigned status)
 {
     struct log_decision d = {
         .client = c->client,
@@ -52,7 +36,7 @@ static void log_request(struct conn *c, const char *outcome, unsigned status)
         .outcome = outcome,
         .status = status,
         .upstream_us = c->t_upstream_us ? (int64_t)c->t_upstream_us : -1,
-        .total_us = now_us() - c->t_start_us,
+        .total_us = proxy_now_us() - c->t_start_us,
     };
     size_t klen = 0;
     const char *key = http_head_get(&c->rd.head, c->w->cfg->key_header, &klen);
@@ -66,19 +50,19 @@ static void log_request(struct conn *c, const char *outcome, unsigned status)
 
 /* A refusal or error with problem+json; close when the request was not
  * read whole. */
-static void refuse(struct conn *c, unsigned status, const char *detail,
-                   unsigned retry_after_s, const char *outcome)
+void conn_refuse(struct conn *c, unsigned status, const char *detail,
+                 unsigned retry_after_s, const char *outcome)
 {
     if (!c->request_done)
         c->close_after = true;
-    if (!c->gone &&
-        http_problem(out(c), status, detail, retry_after_s, c->close_after))
+    if (!c->gone && http_problem(conn_out(c), status, detail, retry_after_s,
+                                 c->close_after))
         c->close_after = true; /* a cut answer: the client must see it end */
     if (status < 500 && strcmp(outcome, "error") == 0) /* 408 413 431 400 */
         atomic_fetch_add(&metrics.results[METRICS_CLIENT_ERROR], 1);
     c->status_sent = status;
-    log_request(c, outcome, status);
-    finish_request(c);
+    conn_log_request(c, outcome, status);
+    conn_finish_request(c);
 }
 
 static void release_call(const void *data, size_t len, void *extra)
@@ -93,7 +77,7 @@ static void release_call(const void *data, size_t len, void *extra)
 static void replay(struct conn *c)
 {
     const struct idem_response *r = &c->decision.replay;
-    struct evbuffer *o = out(c);
+    struct evbuffer *o = conn_out(c);
     bool ok = http_status_line(o, r->status) == 0;
     size_t i;
 
@@ -118,8 +102,8 @@ static void replay(struct conn *c)
     if (!ok)
         c->close_after = true; /* a cut answer: the client must see it end */
     c->status_sent = r->status;
-    log_request(c, "replay", r->status);
-    finish_request(c);
+    conn_log_request(c, "replay", r->status);
+    conn_finish_request(c);
 }
 
 /* Keep a proceeding request's lease while the upstream works: renew it
@@ -151,7 +135,7 @@ static void start_renewal(struct conn *c)
  * worker. */
 static void bypass(struct conn *c)
 {
-    uint64_t now = now_us();
+    uint64_t now = proxy_now_us();
 
     atomic_fetch_add(&metrics.store_bypass, 1);
     if (now - c->w->bypass_logged_us >= 1000000) {
@@ -179,14 +163,15 @@ static void act(struct conn *c)
         c->state = CS_UPSTREAM;
         set_client_timeout(c, false); /* the upstream deadline rules now */
         if (upstream_forward(c) != 0)
-            refuse(c, 502, "the upstream could not be reached", 0, "error");
+            conn_refuse(c, 502, "the upstream could not be reached", 0,
+                        "error");
         return;
     case IDEM_OUTCOME_REPLAY:
         replay(c);
         return;
     default:
-        refuse(c, d->status ? d->status : 503, d->detail, d->retry_after_s,
-               idem_outcome_name(d->outcome));
+        conn_refuse(c, d->status ? d->status : 503, d->detail, d->retry_after_s,
+                    idem_outcome_name(d->outcome));
     }
 }
 
@@ -235,7 +220,7 @@ static void dispatch(struct conn *c)
         return;
     }
     if (rc != IDEM_OK) {
-        refuse(c, 503, "the idempotency engine failed", 0, "unavailable");
+        conn_refuse(c, 503, "the idempotency engine failed", 0, "unavailable");
         return;
     }
     act(c);
@@ -247,7 +232,7 @@ static int on_message_begin(llhttp_t *p)
 {
     struct conn *c = conn_of(p);
 
-    c->t_start_us = now_us();
+    c->t_start_us = proxy_now_us();
     c->t_upstream_us = 0;
     c->request_done = false; /* close_or_linger reads the last one's */
     return 0;
@@ -323,7 +308,7 @@ static int on_headers_complete(llhttp_t *p)
     c->state = CS_BODY;
     if (expect && idem__list_has(expect, len, "100-continue", 12) &&
         p->http_minor >= 1)
-        evbuffer_add_printf(out(c), "HTTP/1.1 100 Continue\r\n\r\n");
+        evbuffer_add_printf(conn_out(c), "HTTP/1.1 100 Continue\r\n\r\n");
     return c->streaming ? HPE_PAUSED : 0; /* conn_parse forwards the head */
 }
 
@@ -387,11 +372,11 @@ static void parse_error(struct conn *c, enum llhttp_errno err)
 {
     c->close_after = true;
     if (err == HPE_USER && c->rd.oom)
-        refuse(c, 503, "out of memory", 0, "error");
+        conn_refuse(c, 503, "out of memory", 0, "error");
     else if (err == HPE_USER && c->rd.head.full)
-        refuse(c, 431, "the request head is too large", 0, "error");
+        conn_refuse(c, 431, "the request head is too large", 0, "error");
     else
-        refuse(c, 400, "the request is not valid HTTP/1.1", 0, "error");
+        conn_refuse(c, 400, "the request is not valid HTTP/1.1", 0, "error");
 }
 
 /* The head of a streamed request goes upstream now; its body follows as
@@ -400,7 +385,7 @@ static void start_stream(struct conn *c)
 {
     c->retried = true;
     if (upstream_forward(c) != 0) {
-        refuse(c, 502, "the upstream could not be reached", 0, "error");
+        conn_refuse(c, 502, "the upstream could not be reached", 0, "error");
         return;
     }
     llhttp_resume(&c->rd.parser);
@@ -431,7 +416,8 @@ static void conn_parse(struct conn *c)
         err = http_reader_execute(&c->rd, v.iov_base, v.iov_len, &used);
         evbuffer_drain(bufferevent_get_input(c->bev), used);
         if (c->refusal)
-            refuse(c, c->refusal, c->refusal_detail, 0, c->refusal_outcome);
+            conn_refuse(c, c->refusal, c->refusal_detail, 0,
+                        c->refusal_outcome);
         else if (err == HPE_PAUSED && c->streaming && !c->up &&
                  !c->request_done)
             start_stream(c);
@@ -443,161 +429,6 @@ static void conn_parse(struct conn *c)
     c->parsing = false;
     if (c->dead)
         conn_free(c);
-}
-
-/* -- Relaying the response -------------------------------------------- */
-
-/* Whether an upstream response header goes to the client. */
-static bool relay_header(const struct http_head *h, const struct http_field *f)
-{
-    const char *name = h->bytes + f->name_off;
-
-    return !http_hop_by_hop(h, f) &&
-           !idem__name_is(name, f->name_len, "Content-Length") &&
-           !idem__name_is(name, f->name_len, "Idempotency-Policy");
-}
-
-/* The response's head to the client: 0, or -1 out of memory. */
-static int relay_head(struct conn *c, const struct upstream *u, bool sized)
-{
-    const struct http_head *h = &u->head;
-    struct evbuffer *o = out(c);
-    bool ok = http_status_line(o, u->parser.status_code) == 0;
-    unsigned i;
-
-    for (i = 0; ok && i < h->nfields; i++)
-        if (relay_header(h, &h->fields[i]))
-            ok = http_add_field(o, h, &h->fields[i]) == 0;
-    if (ok && sized)
-        ok = evbuffer_add_printf(
-                 o, "Content-Length: %llu\r\n",
-                 (unsigned long long)u->parser.content_length) >= 0;
-    if (ok && c->chunked_out)
-        ok = evbuffer_add_printf(o, "Transfer-Encoding: chunked\r\n") >= 0;
-    ok = ok && evbuffer_add_printf(o, "%s\r\n",
-                                   c->close_after ? "Connection: close\r\n"
-                                                  : "") >= 0;
-    return ok ? 0 : -1;
-}
-
-void conn_upstream_head(struct conn *c, struct upstream *u)
-{
-    unsigned status = u->parser.status_code;
-    bool sized = (u->parser.flags & F_CONTENT_LENGTH) != 0;
-    bool no_body = u->head_only || status == 204 || status == 304;
-
-    c->status_sent = status;
-    c->responded = true;
-    if (c->decision.outcome == IDEM_OUTCOME_PROCEED) {
-        c->stored = evbuffer_new();
-        c->store_failed = !c->stored;
-    }
-    if (c->gone)
-        return; /* the response is still read, for the store */
-    /* a HEAD keeps its length; an HTTP/1.0 client gets a body that ends
-     * with the connection instead of chunks it cannot read */
-    c->chunked_out = !sized && !no_body && c->rd.parser.http_minor >= 1;
-    if (!sized && !no_body && !c->chunked_out)
-        c->close_after = true;
-    if (relay_head(c, u, sized) != 0)
-        c->close_after = true; /* a cut answer: the client must see it end */
-}
-
-void conn_upstream_body(struct conn *c, const char *at, size_t len)
-{
-    size_t keep;
-
-    if (c->stored && !c->stored_over && !c->store_failed) {
-        /* one byte past the limit tells the engine the body was cut */
-        keep = c->w->cfg->max_stored_body + 1 - evbuffer_get_length(c->stored);
-        if (len < keep)
-            keep = len;
-        c->store_failed = evbuffer_add(c->stored, at, keep) != 0;
-        c->stored_over = keep < len;
-    }
-    if (c->gone || len == 0)
-        return;
-    if ((c->chunked_out && evbuffer_add_printf(out(c), "%zx\r\n", len) < 0) ||
-        evbuffer_add(out(c), at, len) != 0 ||
-        (c->chunked_out && evbuffer_add(out(c), "\r\n", 2) != 0))
-        c->close_after = true; /* a cut answer: the client must see it end */
-    if (evbuffer_get_length(out(c)) > UPSTREAM_HIGH)
-        pause_upstream(c, true); /* on_write resumes it */
-    else
-        arm_deadline(c);
-}
-
-static void on_completed(int rc, bool stored, void *ud)
-{
-    (void)stored;
-    (void)ud;
-    if (rc != IDEM_OK && rc != IDEM_ESTALE)
-        log_msg(LOG_WARN, "could not store a response: %s", idem_strerror(rc));
-}
-
-/* Complete the engine's call with the response just relayed. An
- * asynchronous store answers later, when the call may be gone. */
-static void complete_call(struct conn *c, struct upstream *u)
-{
-    struct idem_response resp = {
-        .status = c->status_sent,
-        .headers = http_head_views(&u->head),
-        .nheaders = u->head.nfields,
-        .body_len = c->stored ? evbuffer_get_length(c->stored) : 0,
-    };
-    int rc;
-
-    resp.body = resp.body_len ? evbuffer_pullup(c->stored, -1) : NULL;
-    if (c->store_failed || (!resp.headers && resp.nheaders) ||
-        (!resp.body && resp.body_len)) {
-        /* a record missing part of what was sent would replay a lie */
-        log_msg(LOG_WARN, "out of memory keeping a response: not stored");
-        idem_call_abort(c->call);
-        return;
-    }
-    rc = idem_call_complete_async(c->call, &resp, on_completed, NULL);
-    if (rc != IDEM_EINPROGRESS)
-        on_completed(rc, false, NULL);
-}
-
-void conn_upstream_done(struct conn *c, struct upstream *u)
-{
-    uint64_t us = now_us() - c->t_start_us;
-
-    if (!c->request_done)
-        c->close_after = true; /* answered before the body ended */
-    c->t_upstream_us = us;
-    metrics_observe_upstream(us);
-    if (c->chunked_out && !c->gone)
-        evbuffer_add(out(c), "0\r\n\r\n", 5);
-    if (c->decision.outcome == IDEM_OUTCOME_PROCEED)
-        complete_call(c, u);
-    upstream_release(u, u->keep_alive);
-    c->up = NULL;
-    log_request(c, idem_outcome_name(c->decision.outcome), c->status_sent);
-    finish_request(c);
-}
-
-void conn_upstream_failed(struct conn *c, unsigned status)
-{
-    c->up = NULL;
-    atomic_fetch_add(&metrics.results[status == 504 ? METRICS_UPSTREAM_TIMEOUT
-                                                    : METRICS_UPSTREAM_ERROR],
-                     1);
-    if (c->decision.outcome == IDEM_OUTCOME_PROCEED)
-        idem_call_abort(c->call); /* the key is free for a retry */
-    if (c->responded) {
-        /* a response is half sent: all the client can learn is a cut */
-        c->close_after = true;
-        c->gone = true;
-        log_request(c, "error", status);
-        finish_request(c);
-        return;
-    }
-    refuse(c, status,
-           status == 504 ? "the upstream did not answer in time"
-                         : "the upstream could not be reached",
-           0, "error");
 }
 
 /* -- The connection's life ---------------------------------------------- */
@@ -616,7 +447,7 @@ static void set_client_timeout(struct conn *c, bool on)
 /* The upstream waits for the client to read (pause) or may go on. The
  * upstream deadline is an idle one once the response flows: it runs only
  * while the proxy waits for the upstream, not for the client. */
-static void arm_deadline(struct conn *c)
+void conn_arm_deadline(struct conn *c)
 {
     int64_t ms = c->w->cfg->upstream_timeout_ms;
     struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
@@ -624,7 +455,7 @@ static void arm_deadline(struct conn *c)
     evtimer_add(c->timer, &tv);
 }
 
-static void pause_upstream(struct conn *c, bool pause)
+void conn_pause_upstream(struct conn *c, bool pause)
 {
     c->up_paused = pause && c->up;
     if (!c->up)
@@ -634,7 +465,7 @@ static void pause_upstream(struct conn *c, bool pause)
         evtimer_del(c->timer);
     } else {
         bufferevent_enable(c->up->bev, EV_READ);
-        arm_deadline(c);
+        conn_arm_deadline(c);
     }
 }
 
@@ -666,7 +497,7 @@ static void close_or_linger(struct conn *c)
 }
 
 /* The request is answered: reset for the next, or close. */
-static void finish_request(struct conn *c)
+void conn_finish_request(struct conn *c)
 {
     if (c->timer)
         evtimer_del(c->timer);
@@ -695,7 +526,7 @@ static void finish_request(struct conn *c)
     if (c->close_after || c->w->stopping) {
         c->state = CS_DRAINING;
         bufferevent_disable(c->bev, EV_READ);
-        if (evbuffer_get_length(out(c)) == 0)
+        if (evbuffer_get_length(conn_out(c)) == 0)
             close_or_linger(c);
         return;
     }
@@ -745,7 +576,7 @@ static void on_write(struct bufferevent *bev, void *arg)
     size_t left = evbuffer_get_length(bufferevent_get_output(bev));
 
     if (c->up_paused)
-        pause_upstream(c, false);
+        conn_pause_upstream(c, false);
     if (c->state == CS_DRAINING && left == 0)
         close_or_linger(c);
 }
@@ -755,7 +586,7 @@ static void client_gone(struct conn *c)
 {
     atomic_fetch_add(&metrics.results[METRICS_CLIENT_GONE], 1);
     if (c->up_paused)
-        pause_upstream(c, false); /* read on, for the store */
+        conn_pause_upstream(c, false); /* read on, for the store */
     c->gone = true;
     bufferevent_free(c->bev);
     c->bev = NULL;
@@ -778,7 +609,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         c->state != CS_DRAINING && c->state != CS_LINGER) {
         c->close_after = true;
         bufferevent_enable(c->bev, EV_WRITE);
-        http_problem(out(c), 408, "the request did not arrive in time", 0,
+        http_problem(conn_out(c), 408, "the request did not arrive in time", 0,
                      true);
         atomic_fetch_add(&metrics.results[METRICS_CLIENT_ERROR], 1);
         c->state = CS_DRAINING;

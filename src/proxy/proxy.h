@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
+#include <time.h>
 
 #include "config.h"
 #include "http.h"
@@ -156,11 +157,36 @@ void worker_wake_conn(struct worker *w, struct conn *c);
 
 /* -- conn.c ----------------------------------------------------------- */
 
+static inline uint64_t proxy_now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* What goes to c's client. */
+static inline struct evbuffer *conn_out(struct conn *c)
+{
+    return bufferevent_get_output(c->bev);
+}
+
+/* Shared with relay.c: refuse with problem+json (and close when the
+ * request was not read whole); the request's log line; the request is
+ * answered: reset for the next, or close; the upstream waits for the
+ * client (pause) or may go on; (re)arm the upstream's idle deadline. */
+void conn_refuse(struct conn *c, unsigned status, const char *detail,
+                 unsigned retry_after_s, const char *outcome);
+void conn_log_request(struct conn *c, const char *outcome, unsigned status);
+void conn_finish_request(struct conn *c);
+void conn_pause_upstream(struct conn *c, bool pause);
+void conn_arm_deadline(struct conn *c);
+
 void conn_accept(struct worker *w, evutil_socket_t fd,
                  const struct sockaddr *sa, int salen);
 /* The engine decided a waiting request (wait mode), on this thread. */
 void conn_woken(struct conn *c);
-/* Upstream events, on the conn's thread. */
+/* Upstream events, on the conn's thread (relay.c). */
 void conn_upstream_head(struct conn *c, struct upstream *u);
 void conn_upstream_body(struct conn *c, const char *at, size_t len);
 void conn_upstream_done(struct conn *c, struct upstream *u);

@@ -1,0 +1,162 @@
+/* The upstream's response, relayed to the client as it comes (chunked
+ * for an HTTP/1.1 client when the upstream gave no length) and, for a
+ * request that proceeded, kept for the engine to store. */
+#include <event2/buffer.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "proxy.h"
+
+/* Whether an upstream response header goes to the client. */
+static bool relay_header(const struct http_head *h, const struct http_field *f)
+{
+    const char *name = h->bytes + f->name_off;
+
+    return !http_hop_by_hop(h, f) &&
+           !idem__name_is(name, f->name_len, "Content-Length") &&
+           !idem__name_is(name, f->name_len, "Idempotency-Policy");
+}
+
+/* The response's head to the client: 0, or -1 out of memory. */
+static int relay_head(struct conn *c, const struct upstream *u, bool sized)
+{
+    const struct http_head *h = &u->head;
+    struct evbuffer *o = conn_out(c);
+    bool ok = http_status_line(o, u->parser.status_code) == 0;
+    unsigned i;
+
+    for (i = 0; ok && i < h->nfields; i++)
+        if (relay_header(h, &h->fields[i]))
+            ok = http_add_field(o, h, &h->fields[i]) == 0;
+    if (ok && sized)
+        ok = evbuffer_add_printf(
+                 o, "Content-Length: %llu\r\n",
+                 (unsigned long long)u->parser.content_length) >= 0;
+    if (ok && c->chunked_out)
+        ok = evbuffer_add_printf(o, "Transfer-Encoding: chunked\r\n") >= 0;
+    ok = ok && evbuffer_add_printf(o, "%s\r\n",
+                                   c->close_after ? "Connection: close\r\n"
+                                                  : "") >= 0;
+    return ok ? 0 : -1;
+}
+
+void conn_upstream_head(struct conn *c, struct upstream *u)
+{
+    unsigned status = u->parser.status_code;
+    bool sized = (u->parser.flags & F_CONTENT_LENGTH) != 0;
+    bool no_body = u->head_only || status == 204 || status == 304;
+
+    c->status_sent = status;
+    c->responded = true;
+    if (c->decision.outcome == IDEM_OUTCOME_PROCEED) {
+        c->stored = evbuffer_new();
+        c->store_failed = !c->stored;
+    }
+    if (c->gone)
+        return; /* the response is still read, for the store */
+    /* a HEAD keeps its length; an HTTP/1.0 client gets a body that ends
+     * with the connection instead of chunks it cannot read */
+    c->chunked_out = !sized && !no_body && c->rd.parser.http_minor >= 1;
+    if (!sized && !no_body && !c->chunked_out)
+        c->close_after = true;
+    if (relay_head(c, u, sized) != 0)
+        c->close_after = true; /* a cut answer: the client must see it end */
+}
+
+void conn_upstream_body(struct conn *c, const char *at, size_t len)
+{
+    size_t keep;
+
+    if (c->stored && !c->stored_over && !c->store_failed) {
+        /* one byte past the limit tells the engine the body was cut */
+        keep = c->w->cfg->max_stored_body + 1 - evbuffer_get_length(c->stored);
+        if (len < keep)
+            keep = len;
+        c->store_failed = evbuffer_add(c->stored, at, keep) != 0;
+        c->stored_over = keep < len;
+    }
+    if (c->gone || len == 0)
+        return;
+    if ((c->chunked_out &&
+         evbuffer_add_printf(conn_out(c), "%zx\r\n", len) < 0) ||
+        evbuffer_add(conn_out(c), at, len) != 0 ||
+        (c->chunked_out && evbuffer_add(conn_out(c), "\r\n", 2) != 0))
+        c->close_after = true; /* a cut answer: the client must see it end */
+    if (evbuffer_get_length(conn_out(c)) > UPSTREAM_HIGH)
+        conn_pause_upstream(c, true); /* on_write resumes it */
+    else
+        conn_arm_deadline(c);
+}
+
+static void on_completed(int rc, bool stored, void *ud)
+{
+    (void)stored;
+    (void)ud;
+    if (rc != IDEM_OK && rc != IDEM_ESTALE)
+        log_msg(LOG_WARN, "could not store a response: %s", idem_strerror(rc));
+}
+
+/* Complete the engine's call with the response just relayed. An
+ * asynchronous store answers later, when the call may be gone. */
+static void complete_call(struct conn *c, struct upstream *u)
+{
+    struct idem_response resp = {
+        .status = c->status_sent,
+        .headers = http_head_views(&u->head),
+        .nheaders = u->head.nfields,
+        .body_len = c->stored ? evbuffer_get_length(c->stored) : 0,
+    };
+    int rc;
+
+    resp.body = resp.body_len ? evbuffer_pullup(c->stored, -1) : NULL;
+    if (c->store_failed || (!resp.headers && resp.nheaders) ||
+        (!resp.body && resp.body_len)) {
+        /* a record missing part of what was sent would replay a lie */
+        log_msg(LOG_WARN, "out of memory keeping a response: not stored");
+        idem_call_abort(c->call);
+        return;
+    }
+    rc = idem_call_complete_async(c->call, &resp, on_completed, NULL);
+    if (rc != IDEM_EINPROGRESS)
+        on_completed(rc, false, NULL);
+}
+
+void conn_upstream_done(struct conn *c, struct upstream *u)
+{
+    uint64_t us = proxy_now_us() - c->t_start_us;
+
+    if (!c->request_done)
+        c->close_after = true; /* answered before the body ended */
+    c->t_upstream_us = us;
+    metrics_observe_upstream(us);
+    if (c->chunked_out && !c->gone)
+        evbuffer_add(conn_out(c), "0\r\n\r\n", 5);
+    if (c->decision.outcome == IDEM_OUTCOME_PROCEED)
+        complete_call(c, u);
+    upstream_release(u, u->keep_alive);
+    c->up = NULL;
+    conn_log_request(c, idem_outcome_name(c->decision.outcome), c->status_sent);
+    conn_finish_request(c);
+}
+
+void conn_upstream_failed(struct conn *c, unsigned status)
+{
+    c->up = NULL;
+    atomic_fetch_add(&metrics.results[status == 504 ? METRICS_UPSTREAM_TIMEOUT
+                                                    : METRICS_UPSTREAM_ERROR],
+                     1);
+    if (c->decision.outcome == IDEM_OUTCOME_PROCEED)
+        idem_call_abort(c->call); /* the key is free for a retry */
+    if (c->responded) {
+        /* a response is half sent: all the client can learn is a cut */
+        c->close_after = true;
+        c->gone = true;
+        conn_log_request(c, "error", status);
+        conn_finish_request(c);
+        return;
+    }
+    conn_refuse(c, status,
+                status == 504 ? "the upstream did not answer in time"
+                              : "the upstream could not be reached",
+                0, "error");
+}
