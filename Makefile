@@ -25,7 +25,8 @@ help:
 	@echo "make valgrind   the tests under valgrind memcheck, zero leaks"
 	@echo "make bench      build and run the benchmarks (figures only)"
 	@echo "make soak       long leak proofs ($(SOAK_KEYS) keys), and memory"
-	@echo "                through idemproxy (build/soak/rss.png)"
+	@echo "                through idemproxy, memory and Redis stores"
+	@echo "                (build/soak/rss.png, rss-redis.png)"
 	@echo "make fuzz       run each libFuzzer target $(FUZZ_SECS)s, fuzz_http"
 	@echo "                $(FUZZ_HTTP_SECS)s (clang)"
 	@echo "make install    install libidem (PREFIX=$(PREFIX))"
@@ -80,6 +81,7 @@ soak: build
 	./build/soak_cache 100000
 	./build/soak_engine $(SOAK_KEYS)
 	SOAK_KEYS=$(SOAK_KEYS) tests/soak/soak_proxy.sh
+	SOAK_KEYS=$(SOAK_KEYS) SOAK_STORE=redis tests/soak/soak_proxy.sh
 
 fuzz:
 	$(call configure,build-fuzz,-DCMAKE_C_COMPILER=clang -DIDEM_FUZZ=ON -DIDEM_SANITIZE=asan)
