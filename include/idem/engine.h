@@ -166,7 +166,10 @@ typedef void (*idem_finish_cb)(int rc, bool stored, void *ud);
 IDEM_API int idem_engine_new(const struct idem_engine_opts *opts,
                              struct idem_engine **engine_out);
 
-/* Free an engine whose calls are all freed. NULL is harmless. */
+/* Free an engine whose calls are all freed. With an asynchronous store,
+ * completions may still be on their way after their calls are freed:
+ * detach the store on every thread first (idem_store_redis_detach), which
+ * answers them all. NULL is harmless. */
 IDEM_API void idem_engine_free(struct idem_engine *e);
 
 /* Time out waits past their bound (their callbacks get CONFLICT) and

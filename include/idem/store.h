@@ -51,7 +51,8 @@ struct idem_snapshot_stats {
 IDEM_API int idem_store_memory_new(const struct idem_store_memory_opts *opts,
                                    struct idem_store **store_out);
 
-/* Free any store. NULL is harmless. */
+/* Free any store; a Redis store must be detached on every thread first.
+ * NULL is harmless. */
 IDEM_API void idem_store_free(struct idem_store *s);
 
 IDEM_API void idem_store_stats(struct idem_store *s,
