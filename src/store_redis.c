@@ -89,8 +89,9 @@ struct rconn {
     enum conn_state state;
     struct event *timer;
     int64_t backoff_ms;
-    int setup_left; /* setup replies to come; all well: backoff resets */
-    bool quiet;     /* a failed connect was logged: not again until up */
+    int setup_left;  /* setup replies to come; all well: backoff resets */
+    bool quiet;      /* a failed connect was logged: not again until up */
+    bool told_moved; /* a Cluster redirection was logged */
     struct rop *head, *tail; /* commands sent, oldest first */
     struct rconn *next;      /* this thread's other connections */
 };
@@ -233,12 +234,6 @@ static int judge(struct rop *op, const redisReply *reply,
     return IDEM_EIO;
 }
 
-static bool is_noscript(const redisReply *reply)
-{
-    return reply && reply->type == REDIS_REPLY_ERROR && reply->str &&
-           strncmp(reply->str, "NOSCRIPT", 8) == 0;
-}
-
 /* The length of the bulk string at p ("$N\r\n" N bytes "\r\n"), or 0. */
 static size_t bulk_len(const char *p, const char *end)
 {
@@ -291,6 +286,36 @@ static int resend_eval(struct rconn *c, struct rop *op)
     return 0;
 }
 
+static bool error_is(const redisReply *reply, const char *code)
+{
+    size_t n = strlen(code);
+
+    return reply && reply->type == REDIS_REPLY_ERROR && reply->str &&
+           strncmp(reply->str, code, n) == 0 &&
+           (reply->str[n] == ' ' || reply->str[n] == '\0');
+}
+
+/* Errors that say where we are connected is wrong. READONLY: a replica
+ * (after a failover, the address may lead to the new primary now):
+ * reconnect. MOVED or ASK: a Cluster node, which we do not follow. */
+static void mind_error(struct rconn *c, redisAsyncContext *ac,
+                       const redisReply *reply)
+{
+    if (error_is(reply, "READONLY")) {
+        say(c->rs, true,
+            "redis: the server is a read-only replica; "
+            "reconnecting");
+        redisAsyncDisconnect(ac);
+    } else if ((error_is(reply, "MOVED") || error_is(reply, "ASK")) &&
+               !c->told_moved) {
+        c->told_moved = true;
+        say(c->rs, true,
+            "redis: a Cluster redirection (%s): point --store "
+            "at a primary or a cluster-aware proxy",
+            reply->str);
+    }
+}
+
 static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
     struct rop *op = privdata;
@@ -299,9 +324,9 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     redisReply *reply = r;
     int rc;
 
-    (void)ac;
     queue_remove(c, op);
-    if (is_noscript(reply) && !op->retried && resend_eval(c, op) == 0)
+    mind_error(c, ac, reply);
+    if (error_is(reply, "NOSCRIPT") && !op->retried && resend_eval(c, op) == 0)
         return;
     rc = judge(op, reply, &blob);
     if (rc == IDEM_EIO || rc == IDEM_ENOMEM)

@@ -704,6 +704,30 @@ static void test_redis_paused_times_out(void **state)
     assert_true(st.timeouts >= 1);
 }
 
+/* The server turned into a read-only replica (as after a failover seen
+ * through a fixed address): UNAVAILABLE, and the connection is remade,
+ * so writes work again once the address leads to a primary. */
+static void test_readonly_replica_reconnects(void **state)
+{
+    struct idem_engine *e = engine_on_redis((struct idem_engine_opts){ 0 });
+    struct idem_store_stats st;
+    struct treq t;
+    uint64_t end;
+
+    (void)state;
+    treq_init(&t, "POST", "/o", "k", NULL, "{}");
+    assert_int_equal(test_redis_cmd(&server, "REPLICAOF 127.0.0.1 1"), 0);
+    assert_int_equal(decide_free(e, &t), IDEM_OUTCOME_UNAVAILABLE);
+    assert_int_equal(test_redis_cmd(&server, "REPLICAOF NO ONE"), 0);
+    end = mono_ms() + LOOP_LIMIT_MS;
+    while (decide_free(e, &t) != IDEM_OUTCOME_PROCEED) {
+        assert_true(mono_ms() < end);
+        loop_for(20);
+    }
+    idem_store_stats(fx.store, &st);
+    assert_true(st.connects >= 2);
+}
+
 /* Detach lets a completion in flight land before it closes. */
 static void test_detach_drains(void **state)
 {
@@ -900,6 +924,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_redis_stopped_and_back, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_redis_paused_times_out, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_readonly_replica_reconnects, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_detach_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_keys_leave_nothing, setup,
