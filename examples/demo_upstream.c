@@ -72,6 +72,7 @@ struct conn {
 /* The query parameters that shape a reply. */
 struct opts {
     unsigned long status, delay_ms, size, chunked, close, no_store, echo, cut;
+    unsigned long early_hints;
 };
 
 struct param {
@@ -89,6 +90,7 @@ static const struct param params[] = {
     { "no_store", 0, 1, offsetof(struct opts, no_store) },
     { "echo", 0, 1, offsetof(struct opts, echo) },
     { "cut", 0, 64ul << 20, offsetof(struct opts, cut) },
+    { "early_hints", 0, 1, offsetof(struct opts, early_hints) },
 };
 
 static void usage(FILE *f)
@@ -102,6 +104,7 @@ static void usage(FILE *f)
           "  echo=1 (adds \"headers\":[[name,value],...]).\n"
           "  cut=N: send the head and N bytes of the body, then close\n"
           "  (an upstream that dies in the middle of a response).\n"
+          "  early_hints=1: a 103 Early Hints (Link: </style.css>) first.\n"
           "  --listen default 127.0.0.1:8081; port 0 picks a free port.\n",
           f);
 }
@@ -288,6 +291,9 @@ static void write_head(struct evbuffer *out, const struct opts *o,
 {
     bool no_body = o->status == 204 || o->status == 304;
 
+    if (o->early_hints)
+        evbuffer_add_printf(out, "HTTP/1.1 103 Early Hints\r\n"
+                                 "Link: </style.css>; rel=preload\r\n\r\n");
     evbuffer_add_printf(out, "HTTP/1.1 %lu %s\r\n", o->status,
                         reason(o->status));
     if (!no_body)

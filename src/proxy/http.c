@@ -272,6 +272,7 @@ const char *http_reason(unsigned status)
     } reasons[] = {
         { 100, "Continue" },
         { 101, "Switching Protocols" },
+        { 103, "Early Hints" },
         { 200, "OK" },
         { 201, "Created" },
         { 202, "Accepted" },

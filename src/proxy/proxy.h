@@ -187,6 +187,10 @@ void conn_accept(struct worker *w, evutil_socket_t fd,
 /* The engine decided a waiting request (wait mode), on this thread. */
 void conn_woken(struct conn *c);
 /* Upstream events, on the conn's thread (relay.c). */
+/* An interim response: 103 Early Hints goes to an HTTP/1.1 client ahead
+ * of the final response (never stored: a replay has none); others stay
+ * here. */
+void conn_upstream_interim(struct conn *c, struct upstream *u);
 void conn_upstream_head(struct conn *c, struct upstream *u);
 void conn_upstream_body(struct conn *c, const char *at, size_t len);
 void conn_upstream_done(struct conn *c, struct upstream *u);

@@ -17,17 +17,26 @@ static bool relay_header(const struct http_head *h, const struct http_field *f)
            !idem__name_is(name, f->name_len, "Idempotency-Policy");
 }
 
-/* The response's head to the client: 0, or -1 out of memory. */
-static int relay_head(struct conn *c, const struct upstream *u, bool sized)
+/* The status line and the fields of u's head that go to the client.
+ * false: out of memory. */
+static bool put_head(struct evbuffer *o, const struct upstream *u)
 {
     const struct http_head *h = &u->head;
-    struct evbuffer *o = conn_out(c);
     bool ok = http_status_line(o, u->parser.status_code) == 0;
     unsigned i;
 
     for (i = 0; ok && i < h->nfields; i++)
         if (relay_header(h, &h->fields[i]))
             ok = http_add_field(o, h, &h->fields[i]) == 0;
+    return ok;
+}
+
+/* The response's head to the client: 0, or -1 out of memory. */
+static int relay_head(struct conn *c, const struct upstream *u, bool sized)
+{
+    struct evbuffer *o = conn_out(c);
+    bool ok = put_head(o, u);
+
     if (ok && sized)
         ok = evbuffer_add_printf(
                  o, "Content-Length: %llu\r\n",
@@ -38,6 +47,17 @@ static int relay_head(struct conn *c, const struct upstream *u, bool sized)
                                    c->close_after ? "Connection: close\r\n"
                                                   : "") >= 0;
     return ok ? 0 : -1;
+}
+
+void conn_upstream_interim(struct conn *c, struct upstream *u)
+{
+    /* 100 answered an Expect the proxy handled itself; an HTTP/1.0 client
+     * cannot read interim responses */
+    if (u->parser.status_code != 103 || c->gone || c->responded ||
+        c->rd.parser.http_minor < 1)
+        return;
+    if (!put_head(conn_out(c), u) || evbuffer_add(conn_out(c), "\r\n", 2) != 0)
+        c->close_after = true; /* a cut answer: the client must see it end */
 }
 
 void conn_upstream_head(struct conn *c, struct upstream *u)

@@ -42,8 +42,11 @@ static int on_headers_complete(llhttp_t *p)
 {
     struct upstream *u = up_of(p);
 
-    if (p->status_code < 200)
-        return 0; /* interim (100, 103): not relayed */
+    if (p->status_code < 200) { /* interim: 103 is relayed, never stored */
+        if (u->conn)
+            conn_upstream_interim(u->conn, u);
+        return 0;
+    }
     if (u->conn)
         conn_upstream_head(u->conn, u);
     return u->head_only ? 1 : 0; /* 1: a HEAD response has no body */

@@ -551,6 +551,41 @@ static void test_expect_continue(void **state)
     h_close(c);
 }
 
+/* An upstream's 103 Early Hints reaches an HTTP/1.1 client ahead of the
+ * response; the replay has only the response. */
+static void test_early_hints_relayed_not_stored(void **state)
+{
+    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_req q = { .method = "POST",
+                       .target = "/o?early_hints=1",
+                       .key = "k-hints",
+                       .body = "{}" };
+    struct h_conn *c = h_connect(px->http_port);
+    struct h_resp hints, final;
+    size_t len;
+    char *raw = h_build(&q, &len);
+
+    (void)state;
+    assert_non_null(c);
+    assert_int_equal(h_send(c, raw, len), 0);
+    assert_int_equal(h_read(c, &hints, false), 0);
+    assert_int_equal(hints.status, 103);
+    assert_string_equal(h_header(&hints, "Link"), "</style.css>; rel=preload");
+    assert_int_equal(h_read(c, &final, false), 0);
+    assert_int_equal(final.status, 200);
+    assert_int_equal(h_json_long(&final, "execution"), 1);
+    h_resp_free(&hints);
+    h_resp_free(&final);
+    /* the replay, on the same connection: the response alone */
+    assert_int_equal(h_send(c, raw, len), 0);
+    assert_int_equal(h_read(c, &final, false), 0);
+    assert_int_equal(final.status, 200);
+    assert_replayed(&final, true);
+    h_resp_free(&final);
+    free(raw);
+    h_close(c);
+}
+
 static void test_head_and_keep_alive(void **state)
 {
     struct h_proc *up, *px = pair(&up, NULL);
@@ -1032,6 +1067,7 @@ int main(void)
         T(test_chunked_response),
         T(test_pipelining_in_order),
         T(test_expect_continue),
+        T(test_early_hints_relayed_not_stored),
         T(test_head_and_keep_alive),
         T(test_keyless_requests_pass_through),
         T(test_connection_close),
