@@ -418,6 +418,30 @@ static void test_scopes_are_apart(void **state)
     idem_call_free(a);
 }
 
+/* A body over max_stored_body keeps status and headers only; a record
+ * ends with its lifetime (Redis's TTL), and the key runs again. */
+static void test_large_body_and_lifetime(void **state)
+{
+    struct idem_engine *e = engine_on_redis(
+        (struct idem_engine_opts){ .max_stored_body = 4, .lifetime_ms = 200 });
+    struct idem_decision d;
+    struct idem_call *call;
+    struct treq t;
+
+    (void)state;
+    treq_init(&t, "POST", "/o", "k", NULL, "{}");
+    assert_int_equal(decide(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
+    assert_int_equal(finish(call, 201, "0123456789", NULL), IDEM_OK);
+    assert_int_equal(decide(e, &t, &call, &d), IDEM_OUTCOME_REPLAY);
+    assert_int_equal(d.status, 201);
+    assert_true(d.body_omitted);
+    assert_int_equal(d.replay.body_len, 0);
+    idem_call_free(call);
+    test_redis_sleep_ms(300);
+    assert_int_equal(decide(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
+    assert_int_equal(finish(call, 201, "{}", NULL), IDEM_OK);
+}
+
 /* unix:///path: the same store over a Unix socket, with a database. */
 static void test_unix_socket(void **state)
 {
@@ -909,6 +933,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_abort_and_policy_release, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_scopes_are_apart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_large_body_and_lifetime, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_unix_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(test_password, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fencing, setup, teardown),
