@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "free_port.h"
+
 #define TEST_REDIS_BIN "/usr/bin/redis-server"
 
 struct test_redis {
@@ -35,23 +37,6 @@ static inline void test_redis_sleep_ms(long ms)
 
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
-}
-
-/* A port on 127.0.0.1 that was free a moment ago. */
-static inline uint16_t test_redis_free_port(void)
-{
-    struct sockaddr_in a = { .sin_family = AF_INET };
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    uint16_t port = 0;
-
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
 }
 
 /* A synchronous client to r (for checks and administration), or NULL. */
@@ -97,7 +82,7 @@ static inline int test_redis_start_on(struct test_redis *r)
     int i, status, null;
 
     if (!r->port && !r->unix_path)
-        r->port = test_redis_free_port();
+        r->port = test_free_port();
     snprintf(port, sizeof(port), "%u", r->unix_path ? 0 : r->port);
     r->pid = fork();
     if (r->pid == 0) {

@@ -107,6 +107,18 @@ static enum idem_outcome decide_free(struct idem_engine *e,
     return o;
 }
 
+/* Decide t every 20 ms until it proceeds: the store is back (fails the
+ * test after LOOP_LIMIT_MS). */
+static void proceeds_again(struct idem_engine *e, const struct treq *t)
+{
+    uint64_t end = mono_ms() + LOOP_LIMIT_MS;
+
+    while (decide_free(e, t) != IDEM_OUTCOME_PROCEED) {
+        assert_true(mono_ms() < end);
+        loop_for(20);
+    }
+}
+
 /* Wait for an IDEM_EINPROGRESS answer; rc as it came. */
 static int settle(int rc, struct answer *a)
 {
@@ -680,7 +692,6 @@ static void test_redis_stopped_and_back(void **state)
     struct idem_decision d;
     struct idem_call *call;
     struct treq t;
-    uint64_t end;
 
     (void)state;
     treq_init(&t, "POST", "/o", "k", NULL, "{}");
@@ -690,11 +701,7 @@ static void test_redis_stopped_and_back(void **state)
     assert_int_equal(finish(call, 200, "x", NULL), IDEM_EIO);
     assert_int_equal(decide_free(e, &t), IDEM_OUTCOME_UNAVAILABLE);
     assert_int_equal(test_redis_start_on(&server), 0);
-    end = mono_ms() + LOOP_LIMIT_MS;
-    while (decide_free(e, &t) != IDEM_OUTCOME_PROCEED) {
-        assert_true(mono_ms() < end);
-        loop_for(20);
-    }
+    proceeds_again(e, &t);
     idem_store_stats(fx.store, &st);
     assert_int_equal(st.connections, 1);
     assert_true(st.connects >= 2);
@@ -709,7 +716,7 @@ static void test_redis_paused_times_out(void **state)
     struct idem_engine *e = engine_on_redis((struct idem_engine_opts){ 0 });
     struct idem_store_stats st;
     struct treq t;
-    uint64_t t0, end;
+    uint64_t t0;
 
     (void)state;
     treq_init(&t, "POST", "/o", "k", NULL, "{}");
@@ -719,11 +726,7 @@ static void test_redis_paused_times_out(void **state)
     assert_true(mono_ms() - t0 >= 400); /* the 500 ms deadline, give or take */
     kill(server.pid, SIGCONT);
     treq_init(&t, "POST", "/o", "k2", NULL, "{}");
-    end = mono_ms() + LOOP_LIMIT_MS;
-    while (decide_free(e, &t) != IDEM_OUTCOME_PROCEED) {
-        assert_true(mono_ms() < end);
-        loop_for(20);
-    }
+    proceeds_again(e, &t);
     idem_store_stats(fx.store, &st);
     assert_true(st.timeouts >= 1);
 }
@@ -736,18 +739,13 @@ static void test_readonly_replica_reconnects(void **state)
     struct idem_engine *e = engine_on_redis((struct idem_engine_opts){ 0 });
     struct idem_store_stats st;
     struct treq t;
-    uint64_t end;
 
     (void)state;
     treq_init(&t, "POST", "/o", "k", NULL, "{}");
     assert_int_equal(test_redis_cmd(&server, "REPLICAOF 127.0.0.1 1"), 0);
     assert_int_equal(decide_free(e, &t), IDEM_OUTCOME_UNAVAILABLE);
     assert_int_equal(test_redis_cmd(&server, "REPLICAOF NO ONE"), 0);
-    end = mono_ms() + LOOP_LIMIT_MS;
-    while (decide_free(e, &t) != IDEM_OUTCOME_PROCEED) {
-        assert_true(mono_ms() < end);
-        loop_for(20);
-    }
+    proceeds_again(e, &t);
     idem_store_stats(fx.store, &st);
     assert_true(st.connects >= 2);
 }

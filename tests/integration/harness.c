@@ -25,6 +25,7 @@
 #include <cmocka.h>
 #include <llhttp.h>
 
+#include "free_port.h"
 #include "harness.h"
 
 #define MAX_PROCS 16
@@ -446,18 +447,7 @@ int h_teardown(void **state)
 
 uint16_t h_free_port(void)
 {
-    struct sockaddr_in sa = { .sin_family = AF_INET };
-    socklen_t len = sizeof(sa);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    uint16_t port = 0;
-
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
+    return test_free_port();
 }
 
 /* -- HTTP client ------------------------------------------------------- */

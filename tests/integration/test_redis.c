@@ -81,6 +81,24 @@ static int post(const struct h_proc *px, const char *target, const char *key,
     return h_exchange(px->http_port, &q, r);
 }
 
+/* A connection to px on which the same POST as post() has been sent; its
+ * answer is read later (h_read), so many can be in flight at once. */
+static struct h_conn *send_post(const struct h_proc *px, const char *target,
+                                const char *key)
+{
+    struct h_req q = {
+        .method = "POST", .target = target, .key = key, .body = "{\"n\":1}"
+    };
+    struct h_conn *c = h_connect(px->http_port);
+    size_t len;
+    char *raw = h_build(&q, &len);
+
+    assert_non_null(c);
+    assert_int_equal(h_send(c, raw, len), 0);
+    free(raw);
+    return c;
+}
+
 static int post_status(const struct h_proc *px, const char *target,
                        const char *key)
 {
@@ -137,21 +155,13 @@ static int two_proxies_once(const char *const *extra)
 {
     struct h_proc *up = upstream(), *px[2];
     struct h_conn *c[CONCURRENT];
-    struct h_req q = { .method = "POST",
-                       .target = "/orders?delay_ms=300",
-                       .key = "pay-1",
-                       .body = "{\"n\":1}" };
     struct h_resp r;
     int i, first = 0, replays = 0, conflicts = 0;
-    size_t len;
-    char *raw = h_build(&q, &len);
 
     px[0] = proxy(up, extra);
     px[1] = proxy(up, extra);
-    for (i = 0; i < CONCURRENT; i++) {
-        assert_non_null(c[i] = h_connect(px[i % 2]->http_port));
-        assert_int_equal(h_send(c[i], raw, len), 0);
-    }
+    for (i = 0; i < CONCURRENT; i++)
+        c[i] = send_post(px[i % 2], "/orders?delay_ms=300", "pay-1");
     for (i = 0; i < CONCURRENT; i++) {
         assert_int_equal(h_read(c[i], &r, false), 0);
         if (r.status == 409) {
@@ -166,7 +176,6 @@ static int two_proxies_once(const char *const *extra)
         h_resp_free(&r);
         h_close(c[i]);
     }
-    free(raw);
     assert_int_equal(first, 1);
     assert_int_equal(first + replays + conflicts, CONCURRENT);
     assert_int_equal(h_upstream_count(up->http_port), 1);
@@ -203,21 +212,12 @@ static void stop_redis_under_load(const struct h_proc *px)
 {
     struct h_conn *c[UNDER_LOAD];
     struct h_resp r;
-    char key[32], *raw;
-    size_t len;
+    char key[32];
     int i;
 
     for (i = 0; i < UNDER_LOAD; i++) {
-        struct h_req q = { .method = "POST",
-                           .target = "/o?delay_ms=200",
-                           .key = key,
-                           .body = "{\"n\":1}" };
-
         snprintf(key, sizeof(key), "load-%d", i);
-        raw = h_build(&q, &len);
-        assert_non_null(c[i] = h_connect(px->http_port));
-        assert_int_equal(h_send(c[i], raw, len), 0);
-        free(raw);
+        c[i] = send_post(px, "/o?delay_ms=200", key);
         if (i == UNDER_LOAD / 2)
             test_redis_stop(&server);
     }
@@ -293,22 +293,13 @@ static void test_sigterm_under_load_loses_nothing(void **state)
     struct h_proc *up = upstream(), *a = proxy(up, NULL), *b;
     struct h_conn *c[AT_SIGTERM];
     struct h_resp r;
-    char key[32], *raw;
-    size_t len;
+    char key[32];
     int i;
 
     (void)state;
     for (i = 0; i < AT_SIGTERM; i++) {
-        struct h_req q = { .method = "POST",
-                           .target = "/o?delay_ms=300",
-                           .key = key,
-                           .body = "{\"n\":1}" };
-
         snprintf(key, sizeof(key), "term-%d", i);
-        raw = h_build(&q, &len);
-        assert_non_null(c[i] = h_connect(a->http_port));
-        assert_int_equal(h_send(c[i], raw, len), 0);
-        free(raw);
+        c[i] = send_post(a, "/o?delay_ms=300", key);
     }
     assert_int_equal(h_upstream_wait_count(up->http_port, AT_SIGTERM),
                      AT_SIGTERM);
@@ -341,25 +332,17 @@ static void test_renewal_keeps_slow_request_single(void **state)
     struct h_proc *up = upstream(),
                   *px = proxy(
                       up, (const char *const[]){ "--lease", "400ms", NULL });
-    struct h_req q = { .method = "POST",
-                       .target = "/slow?delay_ms=1200",
-                       .key = "slow-1",
-                       .body = "{\"n\":1}" };
     struct h_conn *first;
     struct h_resp r;
-    size_t len;
-    char *raw = h_build(&q, &len);
 
     (void)state;
-    assert_non_null(first = h_connect(px->http_port));
-    assert_int_equal(h_send(first, raw, len), 0);
+    first = send_post(px, "/slow?delay_ms=1200", "slow-1");
     test_redis_sleep_ms(800); /* two leases */
     assert_int_equal(post_status(px, "/slow?delay_ms=1200", "slow-1"), 409);
     assert_int_equal(h_read(first, &r, false), 0);
     assert_int_equal(r.status, 200);
     h_resp_free(&r);
     h_close(first);
-    free(raw);
     assert_replays(px, "/slow?delay_ms=1200", "slow-1");
     assert_int_equal(h_upstream_count(up->http_port), 1);
     assert_true(metric(px, "idem_lease_renewals_total") >= 2);
