@@ -9,6 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "statm.h"
+
 static inline uint64_t bench_now_ns(void)
 {
     struct timespec ts;
@@ -20,17 +22,8 @@ static inline uint64_t bench_now_ns(void)
 /* Resident set size in bytes after returning free heap to the kernel. */
 static inline size_t bench_rss_bytes(void)
 {
-    unsigned long pages = 0, resident = 0;
-    FILE *f;
-
     malloc_trim(0);
-    f = fopen("/proc/self/statm", "r");
-    if (!f)
-        return 0;
-    if (fscanf(f, "%lu %lu", &pages, &resident) != 2)
-        resident = 0;
-    fclose(f);
-    return resident * (size_t)sysconf(_SC_PAGESIZE);
+    return statm_resident_bytes(0);
 }
 
 static inline void bench_print(const char *name, double value, const char *unit)

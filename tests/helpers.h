@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "idem/env.h"
+#include "statm.h"
 
 /* -- Fake clock and counting, failing allocator, as one env. ----------- */
 
@@ -141,15 +142,7 @@ static inline bool test_rss_meaningful(void)
 /* Resident set size in bytes, from /proc/self/statm; 0 if unreadable. */
 static inline size_t test_rss_bytes(void)
 {
-    unsigned long pages = 0, resident = 0;
-    FILE *f = fopen("/proc/self/statm", "r");
-
-    if (!f)
-        return 0;
-    if (fscanf(f, "%lu %lu", &pages, &resident) != 2)
-        resident = 0;
-    fclose(f);
-    return resident * (size_t)sysconf(_SC_PAGESIZE);
+    return statm_resident_bytes(0);
 }
 
 /* Give freed heap back to the kernel, then read RSS. */

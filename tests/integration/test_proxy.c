@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "statm.h"
 
 #define ARGS_MAX 32
 #define FLAGS(...) ((const char *const[]){ __VA_ARGS__, NULL })
@@ -725,23 +726,6 @@ static bool rss_is_the_proxys(void)
     return !h_proxy_wrapped();
 }
 
-/* Resident memory of pid, in bytes (0 if unreadable). */
-static size_t rss_of(pid_t pid)
-{
-    char path[64];
-    unsigned long pages = 0, resident = 0;
-    FILE *f;
-
-    snprintf(path, sizeof(path), "/proc/%d/statm", (int)pid);
-    f = fopen(path, "r");
-    if (!f)
-        return 0;
-    if (fscanf(f, "%lu %lu", &pages, &resident) != 2)
-        resident = 0;
-    fclose(f);
-    return resident * (size_t)sysconf(_SC_PAGESIZE);
-}
-
 /* A client that does not read holds the upstream back: a 64 MiB response
  * is not buffered in the proxy, and arrives whole once the client reads. */
 static void test_slow_reader_backpressure(void **state)
@@ -750,7 +734,7 @@ static void test_slow_reader_backpressure(void **state)
     struct h_proc *up, *px = pair(&up, NULL);
     char *get = h_format("GET /big?size=%zu HTTP/1.1\r\nHost: x\r\n\r\n", size);
     struct h_conn *c = h_connect(px->http_port);
-    size_t before = rss_of(px->pid), during;
+    size_t before = statm_resident_bytes(px->pid), during;
     struct h_resp r;
 
     (void)state;
@@ -759,7 +743,7 @@ static void test_slow_reader_backpressure(void **state)
     assert_int_equal(h_send_str(c, get), 0);
     free(get);
     sleep(1); /* the upstream has long sent it all; the client reads none */
-    during = rss_of(px->pid);
+    during = statm_resident_bytes(px->pid);
     if (rss_is_the_proxys())
         assert_true(during < before + (16u << 20)); /* not 64 MiB */
     h_set_timeout(c, 30000);
@@ -778,7 +762,7 @@ static void test_idle_half_heads_are_dropped(void **state)
     enum { N = 1000 };
     struct h_proc *up, *px = pair(&up, FLAGS("--client-timeout", "1s"));
     struct h_conn **c = calloc(N, sizeof(*c));
-    size_t before = rss_of(px->pid);
+    size_t before = statm_resident_bytes(px->pid);
     int i, closed = 0;
 
     (void)state;
@@ -790,7 +774,7 @@ static void test_idle_half_heads_are_dropped(void **state)
     }
     assert_int_equal(post_status(px, "/alive", NULL, "x"), 200);
     if (rss_is_the_proxys())
-        assert_true(rss_of(px->pid) < before + (16u << 20));
+        assert_true(statm_resident_bytes(px->pid) < before + (16u << 20));
     for (i = 0; i < N; i++) { /* a 408, then the close */
         struct h_resp r = { 0 };
 
