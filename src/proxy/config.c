@@ -897,7 +897,7 @@ int config_parse(struct config *c, int argc, char **argv, FILE *out, FILE *err)
         rc = parse_flag(&p, argc, argv, &i);
     if (rc == 0 && c->upstream.host[0] == '\0')
         rc = fail(&p, "--upstream is required");
-    if (rc == 0 && c->snapshot && strcmp(c->store, "memory") != 0)
+    if (rc == 0 && c->snapshot && !config_store_is_memory(c))
         rc = fail(&p, "--snapshot applies to the memory store only");
     if (rc != 0)
         config_free(c);

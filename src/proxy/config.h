@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "idem/engine.h"
 
@@ -68,6 +69,12 @@ struct config {
     bool log_keys;               /* --log-keys: keys in clear (default: a
                                     digest prefix) */
 };
+
+/* Whether c keeps records in memory (--store memory), not in Redis. */
+static inline bool config_store_is_memory(const struct config *c)
+{
+    return strcmp(c->store, "memory") == 0;
+}
 
 /* Parse argv (after argv[0]) into *c, starting from the defaults.
  * Returns 0 to run; 1 if --help or --version printed to out (exit 0);

@@ -101,7 +101,7 @@ static int make_store(struct app *app)
         .log = log_store,
     };
 
-    if (strcmp(c->store, "memory") == 0)
+    if (config_store_is_memory(c))
         return idem_store_memory_new(&mo, &app->store);
     return idem_store_redis_new(&ro, &app->store);
 }
@@ -296,7 +296,7 @@ static int run(struct app *app)
 static int start(struct app *app)
 {
     struct idem_store *redis =
-        strcmp(app->cfg.store, "memory") != 0 ? app->store : NULL;
+        config_store_is_memory(&app->cfg) ? NULL : app->store;
     int *fds = calloc(app->nworkers, sizeof(int)), admin_fd;
     unsigned i;
     int rc = -1;
