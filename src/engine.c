@@ -98,7 +98,9 @@ static bool opts_ok(const struct idem_engine_opts *o)
            o->nfingerprint_headers <= IDEM__MAX_FP_HEADERS &&
            o->key_rules.max_len <= IDEM_KEY_MAX_CAP &&
            (o->conflict == IDEM_CONFLICT_REJECT ||
-            o->conflict == IDEM_CONFLICT_WAIT);
+            o->conflict == IDEM_CONFLICT_WAIT) &&
+           (o->unknown_outcome == IDEM_UNKNOWN_HOLD ||
+            o->unknown_outcome == IDEM_UNKNOWN_RELEASE);
 }
 
 static void apply_defaults(struct idem_engine *e,
@@ -115,6 +117,7 @@ static void apply_defaults(struct idem_engine *e,
     e->max_waiters = o->max_waiters ? o->max_waiters : DEFAULT_MAX_WAITERS;
     e->max_stored_body =
         o->max_stored_body ? o->max_stored_body : DEFAULT_MAX_STORED_BODY;
+    e->hold_unknown = o->unknown_outcome == IDEM_UNKNOWN_HOLD;
     e->storable = o->storable;
     e->storable_ud = o->storable_ud;
     e->token_seed = idem__random_seed();
@@ -189,9 +192,11 @@ void idem_engine_stats(struct idem_engine *e, struct idem_engine_stats *out)
     memset(out, 0, sizeof(*out));
     if (!e)
         return;
-    for (i = 0; i <= IDEM_OUTCOME_UNAVAILABLE; i++)
+    for (i = 0; i < IDEM_OUTCOME_COUNT; i++)
         out->outcomes[i] = atomic_load(&e->outcomes[i]);
     out->stored = atomic_load(&e->stored);
+    out->body_omitted = atomic_load(&e->body_omitted);
+    out->unknown = atomic_load(&e->unknown);
     out->not_stored = atomic_load(&e->not_stored);
     out->stale = atomic_load(&e->stale);
     out->wait_timeouts = atomic_load(&e->wait_timeouts);
@@ -405,6 +410,11 @@ static bool judge_existing(struct idem_call *call, struct idem__blob *blob)
     } else if (v.rec.state == IDEM__REC_INFLIGHT) {
         set_decision(call, IDEM_OUTCOME_CONFLICT, 409,
                      "a request with this idempotency key is in progress");
+    } else if (v.rec.state == IDEM__REC_UNKNOWN) {
+        set_decision(call, IDEM_OUTCOME_UNKNOWN, 502,
+                     "a request with this idempotency key may have "
+                     "executed, but its outcome is unknown: it is not "
+                     "executed again");
     } else {
         set_replay(call, blob, &v);
         return false;
@@ -413,26 +423,50 @@ static bool judge_existing(struct idem_call *call, struct idem__blob *blob)
     return call->d.outcome == IDEM_OUTCOME_CONFLICT;
 }
 
+uint64_t idem__engine_lease_end(const struct idem_engine *e)
+{
+    return e->env.wall_ms(e->env.ud) + (uint64_t)e->lease_ms;
+}
+
+int64_t idem__engine_inflight_ttl(const struct idem_engine *e)
+{
+    /* held: the record outlives its lease, so a lapsed one is found and
+     * judged; released: it ends with its lease */
+    return e->hold_unknown ? e->lease_ms + e->lifetime_ms : e->lease_ms;
+}
+
+int idem__engine_encode_inflight(const struct idem_call *call, uint8_t *buf,
+                                 size_t cap, size_t *len_out)
+{
+    const struct idem_engine *e = call->e;
+    struct idem__record r = { .state = IDEM__REC_INFLIGHT,
+                              .created_ms = call->created_ms,
+                              .expires_ms = idem__engine_lease_end(e) };
+
+    memcpy(r.fingerprint, call->fingerprint, IDEM_FP_LEN);
+    memcpy(r.token, call->token, IDEM__TOKEN_LEN);
+    return idem__record_encode(&r, buf, cap, len_out);
+}
+
 int idem__engine_store_begin(struct idem_call *call, struct idem__blob *blob,
                              idem__store_done done, void *ud)
 {
     struct idem_engine *e = call->e;
-    uint64_t wall = e->env.wall_ms(e->env.ud);
-    struct idem__record r = { .state = IDEM__REC_INFLIGHT,
-                              .created_ms = wall,
-                              .expires_ms = wall + (uint64_t)e->lease_ms };
-    uint8_t buf[128];
+    struct idem__begin_args a = { .ttl_ms = idem__engine_inflight_ttl(e),
+                                  .wall_ms = e->env.wall_ms(e->env.ud),
+                                  .hold = e->hold_unknown,
+                                  .unknown_ttl_ms = e->lifetime_ms };
+    uint8_t buf[IDEM__INFLIGHT_MAX];
     size_t len = 0;
     int rc;
 
     *blob = (struct idem__blob){ NULL, 0, NULL, NULL };
-    memcpy(r.fingerprint, call->fingerprint, IDEM_FP_LEN);
-    memcpy(r.token, call->token, IDEM__TOKEN_LEN);
-    rc = idem__record_encode(&r, buf, sizeof(buf), &len);
+    call->created_ms = a.wall_ms;
+    rc = idem__engine_encode_inflight(call, buf, sizeof(buf), &len);
     if (!ALWAYS(rc == IDEM_OK))
         return rc;
-    return e->store->ops->begin(e->store, call->skey, call->klen, buf, len,
-                                e->lease_ms, blob, done, ud);
+    return e->store->ops->begin(e->store, call->skey, call->klen, buf, len, &a,
+                                blob, done, ud);
 }
 
 bool idem__engine_begun(struct idem_call *call, int rc, struct idem__blob *blob)
@@ -535,7 +569,7 @@ void idem_call_free(struct idem_call *call)
     if (call->state == CALL_WAITING || call->state == CALL_DECIDING)
         idem_call_cancel(call);
     else if (call->state == CALL_PROCEEDING)
-        idem_call_abort(call);
+        idem_call_unknown(call, NULL, NULL); /* it may have run */
     idem__fp_cancel(&call->fp);
     idem__blob_release(&call->blob);
     idem__free(&call->e->env, call->replay_hdrs);
@@ -555,9 +589,10 @@ const char *idem_outcome_name(enum idem_outcome o)
         [IDEM_OUTCOME_MISMATCH] = "mismatch",
         [IDEM_OUTCOME_INVALID] = "invalid",
         [IDEM_OUTCOME_UNAVAILABLE] = "unavailable",
+        [IDEM_OUTCOME_UNKNOWN] = "unknown",
     };
 
-    if ((int)o < IDEM_OUTCOME_PASS || o > IDEM_OUTCOME_UNAVAILABLE)
+    if ((int)o < IDEM_OUTCOME_PASS || o > IDEM_OUTCOME_UNKNOWN)
         return "unknown";
     return names[o];
 }

@@ -56,9 +56,10 @@ static bool keep_header(const struct idem_response *resp,
                                                      .headers = &probe }) != 0;
 }
 
-/* Encode resp as a completed record into a fresh buffer (*buf_out). */
+/* Encode resp as a completed record into a fresh buffer (*buf_out); its
+ * body left out if omit or longer than max_stored_body. */
 static int encode_done(struct idem_call *call, const struct idem_response *resp,
-                       uint8_t **buf_out, size_t *len_out)
+                       bool omit, uint8_t **buf_out, size_t *len_out)
 {
     struct idem_engine *e = call->e;
     uint64_t wall = e->env.wall_ms(e->env.ud);
@@ -79,7 +80,7 @@ static int encode_done(struct idem_call *call, const struct idem_response *resp,
     memcpy(r.fingerprint, call->fingerprint, IDEM_FP_LEN);
     r.headers = kept;
     r.nheaders = n;
-    if (resp->body_len > e->max_stored_body)
+    if (omit || resp->body_len > e->max_stored_body)
         r.flags = IDEM__REC_BODY_OMITTED;
     else
         r.body = resp->body, r.body_len = resp->body_len;
@@ -92,7 +93,6 @@ static int encode_done(struct idem_call *call, const struct idem_response *resp,
     return rc;
 }
 
-/* The call's key leaves flight: count, then decide its waiters. */
 /* -- Ops -------------------------------------------------------------- */
 
 static struct idem__op *op_alloc(struct idem_engine *e, enum idem__op_kind kind,
@@ -129,7 +129,7 @@ void idem__op_free(struct idem__op *op)
 }
 
 static int settled(struct idem_engine *e, enum idem__op_kind kind, int rc,
-                   const uint8_t *skey, size_t klen, const uint8_t *token);
+                   const uint8_t *skey, size_t klen);
 
 void idem__op_done(void *ud, int rc, struct idem__blob *blob)
 {
@@ -137,7 +137,7 @@ void idem__op_done(void *ud, int rc, struct idem__blob *blob)
 
     if (blob)
         idem__blob_release(blob);
-    settled(op->e, op->kind, rc, op->skey, op->klen, op->token);
+    settled(op->e, op->kind, rc, op->skey, op->klen);
     if (op->cb)
         op->cb(rc, op->kind == IDEM__OP_COMPLETE && rc == IDEM_OK, op->ud);
     idem__op_free(op);
@@ -161,9 +161,11 @@ void idem__release_key(struct idem_engine *e, const uint8_t *skey, size_t klen,
 }
 
 /* The store answered op kind for a key: count, and for a key that left
- * flight, decide its waiters. Returns rc. */
+ * flight, decide its waiters. A completion the store could not take
+ * leaves the key in flight: its lease ends it, and the unknown-outcome
+ * policy then decides (the request executed). Returns rc. */
 static int settled(struct idem_engine *e, enum idem__op_kind kind, int rc,
-                   const uint8_t *skey, size_t klen, const uint8_t *token)
+                   const uint8_t *skey, size_t klen)
 {
     if (rc == IDEM_ESTALE)
         atomic_fetch_add(&e->stale, 1);
@@ -178,8 +180,10 @@ static int settled(struct idem_engine *e, enum idem__op_kind kind, int rc,
     case IDEM__OP_COMPLETE:
         if (rc == IDEM_OK)
             atomic_fetch_add(&e->stored, 1);
-        else if (rc != IDEM_ESTALE) /* could not store: a retry may run */
-            idem__release_key(e, skey, klen, token);
+        break;
+    case IDEM__OP_UNKNOWN:
+        if (rc == IDEM_OK)
+            atomic_fetch_add(&e->unknown, 1);
         break;
     case IDEM__OP_NOSTORE:
         if (rc == IDEM_OK)
@@ -194,10 +198,20 @@ static int settled(struct idem_engine *e, enum idem__op_kind kind, int rc,
     return rc;
 }
 
-/* Send op kind for call's key (rec: the completed record) to the store:
- * its answer, or IDEM_EINPROGRESS with the answer to come to cb. */
+/* Whether a synchronous store's answer means it had no room for a record
+ * (the key is still in flight: another, smaller record may follow). */
+static bool no_room(int rc)
+{
+    return rc == IDEM_E2BIG || rc == IDEM_EBUSY;
+}
+
+/* Send op kind for call's key to the store (rec: the record to replace
+ * the in-flight one with, for ttl_ms; NULL: delete it): its answer, or
+ * IDEM_EINPROGRESS with the answer to come to cb. With smaller_next, an
+ * answer of no room is returned unsettled: the caller sends another. */
 static int store_op(struct idem_call *call, enum idem__op_kind kind,
-                    const void *rec, size_t rlen, idem_finish_cb cb, void *ud)
+                    const void *rec, size_t rlen, int64_t ttl_ms,
+                    idem_finish_cb cb, void *ud, bool smaller_next)
 {
     struct idem_engine *e = call->e;
     struct idem_store *s = e->store;
@@ -207,32 +221,64 @@ static int store_op(struct idem_call *call, enum idem__op_kind kind,
 
     if (s->ops->async) {
         if (!(op = idem__op_new(call, kind, cb, ud)))
-            return settled(e, kind, IDEM_ENOMEM, call->skey, call->klen,
-                           call->token);
+            return settled(e, kind, IDEM_ENOMEM, call->skey, call->klen);
         done = idem__op_done;
     }
-    if (kind == IDEM__OP_COMPLETE)
+    if (rec)
         rc = s->ops->complete(s, call->skey, call->klen, call->token, rec, rlen,
-                              e->lifetime_ms, done, op);
-    else if (kind == IDEM__OP_RENEW)
-        rc = s->ops->renew(s, call->skey, call->klen, call->token, e->lease_ms,
-                           done, op);
+                              ttl_ms, done, op);
     else
         rc = s->ops->abort(s, call->skey, call->klen, call->token, done, op);
     if (rc == IDEM_EINPROGRESS)
         return rc;
     idem__op_free(op);
-    return settled(e, kind, rc, call->skey, call->klen, call->token);
+    if (smaller_next && no_room(rc))
+        return rc;
+    return settled(e, kind, rc, call->skey, call->klen);
 }
 
 /* -- The calls -------------------------------------------------------- */
+
+/* Encode resp and store it: without its body when the record would be
+ * larger than the store holds, or when a synchronous store had no room
+ * for it whole. The request executed: a lack of room never releases. */
+static int store_done(struct idem_call *call, const struct idem_response *resp,
+                      idem_finish_cb cb, void *ud)
+{
+    struct idem_engine *e = call->e;
+    size_t room = idem_store_max_record(e->store), len = 0;
+    bool omit = false, retry;
+    uint8_t *buf;
+    int rc;
+
+    do {
+        buf = NULL;
+        rc = encode_done(call, resp, omit, &buf, &len);
+        if (rc == IDEM_OK && !omit && resp->body_len &&
+            len + call->klen > room) {
+            idem__free(&e->env, buf);
+            omit = retry = true;
+            continue;
+        }
+        if (rc != IDEM_OK)
+            return settled(e, IDEM__OP_COMPLETE, rc, call->skey, call->klen);
+        retry = !omit && resp->body_len;
+        rc = store_op(call, IDEM__OP_COMPLETE, buf, len, e->lifetime_ms, cb, ud,
+                      retry);
+        idem__free(&e->env, buf);
+        retry = retry && no_room(rc);
+        omit = omit || retry;
+    } while (retry);
+    if ((omit || resp->body_len > e->max_stored_body) &&
+        (rc == IDEM_OK || rc == IDEM_EINPROGRESS))
+        atomic_fetch_add(&e->body_omitted, 1);
+    return rc;
+}
 
 static int complete(struct idem_call *call, const struct idem_response *resp,
                     idem_finish_cb cb, void *ud, bool *stored_out)
 {
     struct idem_engine *e;
-    uint8_t *buf = NULL;
-    size_t len = 0;
     bool storable;
     int rc;
 
@@ -247,14 +293,8 @@ static int complete(struct idem_call *call, const struct idem_response *resp,
                            : default_storable(resp->status);
     if (!storable || resp->status < 100 || resp->status > 999 ||
         said_no_store(resp))
-        return store_op(call, IDEM__OP_NOSTORE, NULL, 0, cb, ud);
-    rc = encode_done(call, resp, &buf, &len);
-    if (rc == IDEM_OK)
-        rc = store_op(call, IDEM__OP_COMPLETE, buf, len, cb, ud);
-    else
-        rc = settled(e, IDEM__OP_COMPLETE, rc, call->skey, call->klen,
-                     call->token);
-    idem__free(&e->env, buf);
+        return store_op(call, IDEM__OP_NOSTORE, NULL, 0, 0, cb, ud, false);
+    rc = store_done(call, resp, cb, ud);
     if (stored_out)
         *stored_out = rc == IDEM_OK;
     return rc;
@@ -278,7 +318,7 @@ int idem_call_abort_async(struct idem_call *call, idem_finish_cb cb, void *ud)
     if (!call || call->state != CALL_PROCEEDING)
         return IDEM_EINVAL;
     call->state = CALL_FINISHED;
-    return store_op(call, IDEM__OP_ABORT, NULL, 0, cb, ud);
+    return store_op(call, IDEM__OP_ABORT, NULL, 0, 0, cb, ud, false);
 }
 
 int idem_call_abort(struct idem_call *call)
@@ -286,9 +326,39 @@ int idem_call_abort(struct idem_call *call)
     return idem_call_abort_async(call, NULL, NULL);
 }
 
-int idem_call_renew(struct idem_call *call, idem_finish_cb cb, void *ud)
+int idem_call_unknown(struct idem_call *call, idem_finish_cb cb, void *ud)
 {
+    struct idem__record r = { .state = IDEM__REC_UNKNOWN };
+    uint8_t buf[IDEM__INFLIGHT_MAX];
+    struct idem_engine *e;
+    size_t len = 0;
+
     if (!call || call->state != CALL_PROCEEDING)
         return IDEM_EINVAL;
-    return store_op(call, IDEM__OP_RENEW, NULL, 0, cb, ud);
+    e = call->e;
+    if (!e->hold_unknown)
+        return idem_call_abort_async(call, cb, ud);
+    call->state = CALL_FINISHED;
+    r.created_ms = e->env.wall_ms(e->env.ud);
+    r.expires_ms = r.created_ms + (uint64_t)e->lifetime_ms;
+    memcpy(r.fingerprint, call->fingerprint, IDEM_FP_LEN);
+    memcpy(r.token, call->token, IDEM__TOKEN_LEN);
+    if (!ALWAYS(idem__record_encode(&r, buf, sizeof(buf), &len) == IDEM_OK))
+        return IDEM_EINVAL;
+    return store_op(call, IDEM__OP_UNKNOWN, buf, len, e->lifetime_ms, cb, ud,
+                    false);
+}
+
+int idem_call_renew(struct idem_call *call, idem_finish_cb cb, void *ud)
+{
+    uint8_t buf[IDEM__INFLIGHT_MAX];
+    size_t len = 0;
+
+    if (!call || call->state != CALL_PROCEEDING)
+        return IDEM_EINVAL;
+    if (!ALWAYS(idem__engine_encode_inflight(call, buf, sizeof(buf), &len) ==
+                IDEM_OK))
+        return IDEM_EINVAL;
+    return store_op(call, IDEM__OP_RENEW, buf, len,
+                    idem__engine_inflight_ttl(call->e), cb, ud, false);
 }

@@ -46,13 +46,15 @@ struct idem_engine {
     enum idem_conflict_mode conflict;
     size_t max_waiters;
     size_t max_stored_body;
+    bool hold_unknown; /* IDEM_UNKNOWN_HOLD */
     bool (*storable)(unsigned status, void *ud);
     void *storable_ud;
     uint64_t token_seed;
     atomic_uint_fast64_t token_next;
     /* counters */
-    atomic_uint_fast64_t outcomes[IDEM_OUTCOME_UNAVAILABLE + 1];
+    atomic_uint_fast64_t outcomes[IDEM_OUTCOME_COUNT];
     atomic_uint_fast64_t stored, not_stored, stale, wait_timeouts, in_flight;
+    atomic_uint_fast64_t body_omitted, unknown;
     atomic_uint_fast64_t renewed;
     atomic_size_t polling; /* asynchronous waits now */
     /* calls waiting in wait mode: one list, bounded by max_waiters */
@@ -68,6 +70,7 @@ struct idem_call {
     struct idem__fp fp;
     uint8_t fingerprint[IDEM_FP_LEN];
     uint8_t token[IDEM__TOKEN_LEN];
+    uint64_t created_ms; /* wall clock at its begin */
     struct idem_decision d;
     struct idem__blob blob;          /* REPLAY: the record's bytes */
     struct idem_header *replay_hdrs; /* REPLAY: views into blob */
@@ -85,6 +88,19 @@ struct idem_call {
     size_t klen;
     uint8_t skey[]; /* store key: scope digest, then the key */
 };
+
+/* An encoded in-flight record's most bytes. */
+#define IDEM__INFLIGHT_MAX 128
+
+/* The wall-clock end of a lease taken or renewed now. */
+uint64_t idem__engine_lease_end(const struct idem_engine *e);
+
+/* How long an in-flight record lives in the store. */
+int64_t idem__engine_inflight_ttl(const struct idem_engine *e);
+
+/* Encode call's in-flight record, its lease ending lease_ms from now. */
+int idem__engine_encode_inflight(const struct idem_call *call, uint8_t *buf,
+                                 size_t cap, size_t *len_out);
 
 /* Encode call's in-flight record and ask the store to begin: the store's
  * answer (IDEM_EINPROGRESS: done(ud, ...) comes later). */
@@ -140,6 +156,7 @@ enum idem__op_kind {
     IDEM__OP_ABORT,    /* releasing a key: the call aborted */
     IDEM__OP_RELEASE,  /* releasing a key nobody waits for */
     IDEM__OP_RENEW,    /* extending a lease */
+    IDEM__OP_UNKNOWN,  /* holding a key whose outcome is unknown */
 };
 
 struct idem__op {

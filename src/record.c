@@ -44,7 +44,7 @@ static bool header_ok(const struct idem_header *h)
 static bool shape_ok(uint8_t state, uint8_t flags, uint64_t status,
                      uint64_t nheaders, uint64_t body_len)
 {
-    if (state == IDEM__REC_INFLIGHT)
+    if (state == IDEM__REC_INFLIGHT || state == IDEM__REC_UNKNOWN)
         return flags == 0 && status == 0 && nheaders == 0 && body_len == 0;
     return state == IDEM__REC_DONE && (flags & ~IDEM__REC_BODY_OMITTED) == 0 &&
            status >= 100 && status <= 999 &&

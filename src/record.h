@@ -23,6 +23,9 @@
 enum idem__record_state {
     IDEM__REC_INFLIGHT = 1, /* a request holds the key; no response yet */
     IDEM__REC_DONE = 2,     /* the response is stored */
+    /* the request may have executed, but no response will come: shaped as
+     * in flight (no status, headers or body), never a lease */
+    IDEM__REC_UNKNOWN = 3,
 };
 
 /* Record flags. */

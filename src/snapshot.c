@@ -63,7 +63,7 @@ static int save_one(const void *key, size_t klen, struct idem_cache_value *v,
     size_t len = idem_cache_value_len(v);
 
     if (idem__record_decode(data, len, &view) != IDEM_OK ||
-        view.rec.state != IDEM__REC_DONE || klen > UINT32_MAX ||
+        view.rec.state == IDEM__REC_INFLIGHT || klen > UINT32_MAX ||
         len > UINT32_MAX)
         return 0;
     put_u32(w, (uint32_t)klen);
@@ -219,7 +219,7 @@ static int walk(const uint8_t *p, const uint8_t *end,
         rlen = get_u32(p);
         if (rlen > (size_t)(end - p) - 4 ||
             idem__record_decode(p + 4, rlen, &v) != IDEM_OK ||
-            v.rec.state != IDEM__REC_DONE)
+            v.rec.state == IDEM__REC_INFLIGHT)
             return IDEM_EIO;
         if (fn)
             rc = fn(p - klen, klen, p + 4, rlen, &v, ud);
@@ -270,6 +270,46 @@ static int load_one(const uint8_t *key, size_t klen, const uint8_t *rec,
                         (int64_t)(v->rec.expires_ms - l->now));
     if (rc == IDEM_OK)
         l->st.loaded++;
+    return rc == IDEM_E2BIG || rc == IDEM_EBUSY ? IDEM_E2BIG : rc;
+}
+
+static int unload_one(const uint8_t *key, size_t klen, const uint8_t *rec,
+                      size_t rlen, const struct idem__record_view *v, void *ud)
+{
+    struct loader *l = ud;
+
+    (void)rec;
+    (void)rlen;
+    if (v->rec.expires_ms > l->now) {
+        idem_cache_remove(l->ms->cache, key, klen);
+        l->st.refused++;
+    }
+    return IDEM_OK;
+}
+
+static uint64_t evictions(struct idem__memory_store *ms)
+{
+    struct idem_cache_stats cs;
+
+    idem_cache_stats(ms->cache, &cs);
+    return cs.evicted;
+}
+
+/* Load every live record of a checked body, or none: a record the cache
+ * had no room for, or one that pushed another out, undoes the load. */
+static int load_all(struct loader *l, const uint8_t *body,
+                    const uint8_t *body_end)
+{
+    uint64_t count, evicted = evictions(l->ms);
+    int rc = walk(body, body_end, load_one, l, &count);
+
+    if (rc == IDEM_OK && evictions(l->ms) != evicted)
+        rc = IDEM_E2BIG;
+    if (rc != IDEM_OK) {
+        l->st.refused = 0;
+        walk(body, body_end, unload_one, l, &count);
+        l->st.loaded = 0;
+    }
     return rc;
 }
 
@@ -280,7 +320,6 @@ int idem_store_memory_load(struct idem_store *s, const char *path,
     const uint8_t *body, *body_end;
     uint8_t *buf = NULL;
     size_t len = 0;
-    uint64_t count;
     int rc;
 
     if (!idem__store_is_memory(s) || !path)
@@ -291,7 +330,7 @@ int idem_store_memory_load(struct idem_store *s, const char *path,
     rc = check(buf, len, &body, &body_end);
     if (rc == IDEM_OK) {
         l.now = idem_env_wall_ms(&l.ms->env);
-        rc = walk(body, body_end, load_one, &l, &count);
+        rc = load_all(&l, body, body_end);
     }
     free(buf);
     if (stats_out)

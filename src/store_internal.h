@@ -35,27 +35,39 @@ static inline void idem__blob_release(struct idem__blob *b)
  * callee takes it: release it or keep it), NULL otherwise. */
 typedef void (*idem__store_done)(void *ud, int rc, struct idem__blob *existing);
 
+/* How a begin treats the key it is asked for. */
+struct idem__begin_args {
+    int64_t ttl_ms;   /* the new in-flight record's life in the store */
+    uint64_t wall_ms; /* now (Unix ms), to judge the lease of one found */
+    /* An in-flight record found whose lease (its expires_ms) has passed:
+     * hold: it becomes IDEM__REC_UNKNOWN for unknown_ttl_ms and is
+     * returned as found; otherwise the begin takes the key over. */
+    bool hold;
+    int64_t unknown_ttl_ms;
+};
+
 struct idem__store_ops {
-    /* Store rec (in flight) under key for lease_ms unless key has a record.
-     * IDEM_OK: stored. IDEM_EEXIST: *existing_out holds the record found.
-     * Otherwise a failure (IDEM_ENOMEM, IDEM_EBUSY, IDEM_EIO). */
+    /* Store rec (in flight) under key unless key has a record (a lapsed
+     * lease is judged as args says). IDEM_OK: stored. IDEM_EEXIST:
+     * *existing_out holds the record found. Otherwise a failure
+     * (IDEM_ENOMEM, IDEM_EBUSY, IDEM_EIO). */
     int (*begin)(struct idem_store *s, const void *key, size_t klen,
-                 const void *rec, size_t rlen, int64_t lease_ms,
+                 const void *rec, size_t rlen,
+                 const struct idem__begin_args *args,
                  struct idem__blob *existing_out, idem__store_done done,
                  void *ud);
-    /* Replace key's in-flight record owned by token with rec for ttl_ms.
-     * IDEM_OK; IDEM_ESTALE (not in flight under token: nothing written). */
+    /* Replace key's in-flight record owned by token with rec for ttl_ms:
+     * a completed or unknown record, or an in-flight one with a later
+     * lease (renewal). IDEM_OK; IDEM_ESTALE (not in flight under token:
+     * nothing written); IDEM_E2BIG (rec is larger than max_record). */
     int (*complete)(struct idem_store *s, const void *key, size_t klen,
                     const uint8_t *token, const void *rec, size_t rlen,
                     int64_t ttl_ms, idem__store_done done, void *ud);
     /* Delete key's in-flight record owned by token. IDEM_OK, IDEM_ESTALE. */
     int (*abort)(struct idem_store *s, const void *key, size_t klen,
                  const uint8_t *token, idem__store_done done, void *ud);
-    /* Extend the lease of key's in-flight record owned by token to lease_ms
-     * from now. IDEM_OK, IDEM_ESTALE. */
-    int (*renew)(struct idem_store *s, const void *key, size_t klen,
-                 const uint8_t *token, int64_t lease_ms, idem__store_done done,
-                 void *ud);
+    /* The largest record (key included) the store can hold. */
+    size_t (*max_record)(struct idem_store *s);
     /* Asynchronous stores only: run fn(ud) once, after ms, on the calling
      * thread. Returns a handle for cancel_after, or NULL (no timer: the
      * caller must not wait for it). */

@@ -12,6 +12,7 @@
 #include "store_memory.h"
 
 #define DEFAULT_MAX_MEMORY (64u << 20)
+#define DEFAULT_SHARDS 16u /* the cache's own default */
 
 static void value_release(void *ctx)
 {
@@ -37,29 +38,85 @@ static int get_record(struct idem__memory_store *ms, const void *key,
     return rc;
 }
 
+/* Whether v holds an in-flight record whose lease ended by wall_ms. */
+static bool lapsed(struct idem_cache_value *v, uint64_t wall_ms)
+{
+    struct idem__record_view view;
+
+    return idem__record_decode(idem_cache_value_data(v),
+                               idem_cache_value_len(v), &view) == IDEM_OK &&
+           view.rec.state == IDEM__REC_INFLIGHT &&
+           view.rec.expires_ms <= wall_ms;
+}
+
+/* Under key's lock: the in-flight record in *v, whose owner's lease ran
+ * out, becomes an "outcome unknown" record for ttl_ms, evictable; *v is
+ * then that record. IDEM_OK or a cache failure (*v released). */
+static int hold_unknown_locked(struct idem__memory_store *ms, const void *key,
+                               size_t klen, struct idem_cache_value **v,
+                               int64_t ttl_ms)
+{
+    uint8_t buf[256];
+    size_t len = idem_cache_value_len(*v);
+    int rc = IDEM_EINVAL;
+
+    if (ALWAYS(len <= sizeof(buf))) {
+        memcpy(buf, idem_cache_value_data(*v), len);
+        buf[IDEM__RECORD_STATE_OFF] = IDEM__REC_UNKNOWN;
+        rc = idem_cache_set(ms->cache, key, klen, buf, len, ttl_ms);
+    }
+    idem_cache_value_release(*v);
+    *v = NULL;
+    if (rc == IDEM_OK) {
+        idem_cache_unpin(ms->cache, key, klen);
+        rc = idem_cache_get(ms->cache, key, klen, v);
+    }
+    return rc;
+}
+
+/* Under key's lock: begin, as the ops table says. */
+static int begin_locked(struct idem__memory_store *ms, const void *key,
+                        size_t klen, const void *rec, size_t rlen,
+                        const struct idem__begin_args *a,
+                        struct idem__blob *existing_out)
+{
+    struct idem_cache_value *v;
+    int rc = idem_cache_get(ms->cache, key, klen, &v);
+
+    if (rc == IDEM_OK && lapsed(v, a->wall_ms)) {
+        if (a->hold)
+            rc = hold_unknown_locked(ms, key, klen, &v, a->unknown_ttl_ms);
+        else { /* take the key over; its pin carries over */
+            idem_cache_value_release(v);
+            return idem_cache_set(ms->cache, key, klen, rec, rlen, a->ttl_ms);
+        }
+    }
+    if (rc == IDEM_OK) {
+        *existing_out =
+            (struct idem__blob){ idem_cache_value_data(v),
+                                 idem_cache_value_len(v), value_release, v };
+        return IDEM_EEXIST;
+    }
+    if (rc == IDEM_ENOTFOUND)
+        rc = idem_cache_set_ex(ms->cache, key, klen, rec, rlen, a->ttl_ms,
+                               IDEM_CACHE_PIN);
+    return rc;
+}
+
 static int ms_begin(struct idem_store *s, const void *key, size_t klen,
-                    const void *rec, size_t rlen, int64_t lease_ms,
+                    const void *rec, size_t rlen,
+                    const struct idem__begin_args *args,
                     struct idem__blob *existing_out, idem__store_done done,
                     void *ud)
 {
     struct idem__memory_store *ms = (struct idem__memory_store *)s;
-    struct idem_cache_value *v;
     int rc = idem_keylock_lock(ms->locks, key, klen);
 
     (void)done;
     (void)ud;
     if (rc != IDEM_OK)
         return rc;
-    rc = idem_cache_get(ms->cache, key, klen, &v);
-    if (rc == IDEM_OK) {
-        *existing_out =
-            (struct idem__blob){ idem_cache_value_data(v),
-                                 idem_cache_value_len(v), value_release, v };
-        rc = IDEM_EEXIST;
-    } else if (rc == IDEM_ENOTFOUND) {
-        rc = idem_cache_set_ex(ms->cache, key, klen, rec, rlen, lease_ms,
-                               IDEM_CACHE_PIN);
-    }
+    rc = begin_locked(ms, key, klen, rec, rlen, args, existing_out);
     idem_keylock_unlock(ms->locks, key, klen);
     return rc;
 }
@@ -80,15 +137,12 @@ static bool owned_locked(struct idem__memory_store *ms, const void *key,
     return owned;
 }
 
-/* What settle() does to a record in flight under the caller's token. */
-enum settle_op { SETTLE_COMPLETE, SETTLE_ABORT, SETTLE_RENEW };
-
 /* Under key's lock: if its record is in flight under token, replace it
- * with rec for ttl_ms, remove it, or give it ttl_ms more. IDEM_OK,
- * IDEM_ESTALE. */
-static int settle(struct idem_store *s, enum settle_op op, const void *key,
-                  size_t klen, const uint8_t *token, const void *rec,
-                  size_t rlen, int64_t ttl_ms)
+ * with rec for ttl_ms (rec NULL: remove it). A record that leaves flight
+ * becomes evictable. IDEM_OK, IDEM_ESTALE, a cache failure. */
+static int settle(struct idem_store *s, const void *key, size_t klen,
+                  const uint8_t *token, const uint8_t *rec, size_t rlen,
+                  int64_t ttl_ms)
 {
     struct idem__memory_store *ms = (struct idem__memory_store *)s;
     int rc = idem_keylock_lock(ms->locks, key, klen);
@@ -97,13 +151,12 @@ static int settle(struct idem_store *s, enum settle_op op, const void *key,
         return rc;
     if (!owned_locked(ms, key, klen, token))
         rc = IDEM_ESTALE;
-    else if (op == SETTLE_ABORT)
+    else if (!rec)
         rc = idem_cache_remove(ms->cache, key, klen);
-    else if (op == SETTLE_RENEW)
-        rc = idem_cache_update_ttl(ms->cache, key, klen, ttl_ms);
     else if ((rc = idem_cache_set(ms->cache, key, klen, rec, rlen, ttl_ms)) ==
-             IDEM_OK)
-        idem_cache_unpin(ms->cache, key, klen); /* done: evictable */
+                 IDEM_OK &&
+             rec[IDEM__RECORD_STATE_OFF] != IDEM__REC_INFLIGHT)
+        idem_cache_unpin(ms->cache, key, klen);
     idem_keylock_unlock(ms->locks, key, klen);
     return rc;
 }
@@ -114,7 +167,9 @@ static int ms_complete(struct idem_store *s, const void *key, size_t klen,
 {
     (void)done;
     (void)ud;
-    return settle(s, SETTLE_COMPLETE, key, klen, token, rec, rlen, ttl_ms);
+    if (!ALWAYS(rec && rlen > IDEM__RECORD_STATE_OFF))
+        return IDEM_EINVAL;
+    return settle(s, key, klen, token, rec, rlen, ttl_ms);
 }
 
 static int ms_abort(struct idem_store *s, const void *key, size_t klen,
@@ -122,16 +177,18 @@ static int ms_abort(struct idem_store *s, const void *key, size_t klen,
 {
     (void)done;
     (void)ud;
-    return settle(s, SETTLE_ABORT, key, klen, token, NULL, 0, 0);
+    return settle(s, key, klen, token, NULL, 0, 0);
 }
 
-static int ms_renew(struct idem_store *s, const void *key, size_t klen,
-                    const uint8_t *token, int64_t lease_ms,
-                    idem__store_done done, void *ud)
+static size_t ms_max_record(struct idem_store *s)
 {
-    (void)done;
-    (void)ud;
-    return settle(s, SETTLE_RENEW, key, klen, token, NULL, 0, lease_ms);
+    struct idem__memory_store *ms = (struct idem__memory_store *)s;
+    struct idem_cache_stats cs;
+
+    idem_cache_stats(ms->cache, &cs);
+    return cs.shard_max_bytes > IDEM_CACHE_ENTRY_OVERHEAD
+               ? (size_t)cs.shard_max_bytes - IDEM_CACHE_ENTRY_OVERHEAD
+               : 0;
 }
 
 static void ms_tick(struct idem_store *s)
@@ -168,18 +225,31 @@ static const struct idem__store_ops memory_ops = {
     .begin = ms_begin,
     .complete = ms_complete,
     .abort = ms_abort,
-    .renew = ms_renew,
+    .max_record = ms_max_record,
     .tick = ms_tick,
     .stats = ms_stats,
     .free = ms_free,
 };
+
+/* Shards for the cache: as asked, but fewer while one shard's share of
+ * max_bytes could not hold two records of max_record bytes. */
+static unsigned shards_for(const struct idem_store_memory_opts *o,
+                           size_t max_bytes)
+{
+    unsigned n = o->shards ? o->shards : DEFAULT_SHARDS;
+    size_t need = o->max_record + IDEM_CACHE_ENTRY_OVERHEAD;
+
+    while (o->max_record && n > 1 && max_bytes / n / 2 < need)
+        n /= 2;
+    return n;
+}
 
 int idem_store_memory_new(const struct idem_store_memory_opts *opts,
                           struct idem_store **store_out)
 {
     struct idem_store_memory_opts o =
         opts ? *opts : (struct idem_store_memory_opts){ 0 };
-    struct idem_cache_opts co = { .shards = o.shards };
+    struct idem_cache_opts co = { 0 };
     struct idem_keylock_opts ko = { 0 };
     struct idem__memory_store *ms;
     struct idem_env env;
@@ -193,6 +263,7 @@ int idem_store_memory_new(const struct idem_store_memory_opts *opts,
         return IDEM_ENOMEM;
     *ms = (struct idem__memory_store){ .base.ops = &memory_ops, .env = env };
     co.max_bytes = o.max_memory ? o.max_memory : DEFAULT_MAX_MEMORY;
+    co.shards = shards_for(&o, co.max_bytes);
     co.env = ko.env = &ms->env;
     rc = idem_cache_new(&co, &ms->cache);
     if (rc == IDEM_OK)
@@ -214,6 +285,11 @@ void idem_store_free(struct idem_store *s)
 {
     if (s)
         s->ops->free(s);
+}
+
+size_t idem_store_max_record(struct idem_store *s)
+{
+    return s && s->ops->max_record ? s->ops->max_record(s) : 0;
 }
 
 void idem_store_stats(struct idem_store *s, struct idem_store_stats *out)

@@ -1,8 +1,9 @@
 /* The Redis store. Each attached thread owns one hiredis async connection
  * on its libevent loop; commands on it pipeline. Every operation is one
  * Lua script, sent by EVALSHA (EVAL when Redis answers NOSCRIPT), so a
- * read-check-write on a key is atomic and one round trip; complete, abort
- * and renew check the owner's token in place before they write (fencing).
+ * read-check-write on a key is atomic and one round trip; complete (and
+ * renewal, which writes the record with its later lease) and abort check
+ * the owner's token in place before they write (fencing).
  *
  * hiredis 0.14 has no timeouts of its own, so each connection has one
  * timer, whose meaning follows its state: the connect deadline while
@@ -34,32 +35,47 @@
 
 _Static_assert(IDEM__RECORD_VERSION_OFF == 2 && IDEM__RECORD_STATE_OFF == 3 &&
                    IDEM__RECORD_TOKEN_OFF == 37 && IDEM__TOKEN_LEN == 16 &&
-                   IDEM__RECORD_VERSION == 1 && IDEM__REC_INFLIGHT == 1,
+                   IDEM__RECORD_VERSION == 1 && IDEM__REC_INFLIGHT == 1 &&
+                   IDEM__REC_UNKNOWN == 3 && IDEM__RECORD_TOKEN_OFF + 16 == 53,
                "the scripts below read records at these offsets");
 
 /* -- Scripts ---------------------------------------------------------- */
 
-/* KEYS[1] the key. begin: ARGV record, lease. The others: ARGV[1] the
- * owner's token; complete: record, lifetime; renew: lease. OWNED holds
- * when the key's record is a version 1 record in flight under the token
- * (bytes 38..53 in Lua's 1-based counting). */
+/* KEYS[1] the key. begin: ARGV record, its ttl, the wall clock (Unix
+ * ms), "1" to hold a lapsed lease as unknown (else take the key over), the
+ * unknown record's ttl. The others: ARGV[1] the owner's token; complete:
+ * record, ttl. OWNED holds when the key's record is a version 1 record in
+ * flight under the token (bytes 38..53 in Lua's 1-based counting). A
+ * lease is the record's second varint (created, then expires) from byte
+ * 54 on. */
 #define OWNED                                                                  \
     "local v = redis.call('GET', KEYS[1]) "                                    \
     "if not v or string.sub(v, 1, 2) ~= 'IK' or string.byte(v, 3) ~= 1 "       \
     "or string.byte(v, 4) ~= 1 or string.sub(v, 38, 53) ~= ARGV[1] then "      \
     "return 0 end "
 
-enum script { SC_BEGIN, SC_COMPLETE, SC_ABORT, SC_RENEW, NSCRIPTS };
+enum script { SC_BEGIN, SC_COMPLETE, SC_ABORT, NSCRIPTS };
 
 static const char *const scripts[NSCRIPTS] = {
-    [SC_BEGIN] = "local v = redis.call('GET', KEYS[1]) "
-                 "if v then return v end "
-                 "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
-                 "return 1",
+    [SC_BEGIN] =
+        "local v = redis.call('GET', KEYS[1]) "
+        "if v then "
+        "if #v < 56 or string.sub(v, 1, 2) ~= 'IK' or string.byte(v, 3) ~= 1 "
+        "or string.byte(v, 4) ~= 1 then return v end "
+        "local i, x, m, b = 54, 0, 1, 0 "
+        "repeat b = string.byte(v, i) i = i + 1 until b < 128 "
+        "repeat b = string.byte(v, i) i = i + 1 x = x + (b % 128) * m "
+        "m = m * 128 until b < 128 "
+        "if x > tonumber(ARGV[3]) then return v end "
+        "if ARGV[4] == '1' then "
+        "v = string.sub(v, 1, 3) .. '\\3' .. string.sub(v, 5) "
+        "redis.call('SET', KEYS[1], v, 'PX', ARGV[5]) return v end "
+        "end "
+        "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
+        "return 1",
     [SC_COMPLETE] = OWNED "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) "
                           "return 1",
     [SC_ABORT] = OWNED "redis.call('DEL', KEYS[1]) return 1",
-    [SC_RENEW] = OWNED "redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1",
 };
 
 /* -- Types ------------------------------------------------------------ */
@@ -373,8 +389,8 @@ static int run(struct idem_store *s, enum script script, const void *skey,
     struct redis_store *rs = (struct redis_store *)s;
     struct rconn *c = thread_conn(rs);
     char key[PREFIX_MAX + 2 + 2 * IDEM__SCOPE_LEN + 2 + IDEM_KEY_MAX_CAP];
-    const char *argv[8] = { "EVALSHA", rs->sha[script], "1", key };
-    size_t argl[8] = { 7, 40, 1, 0 };
+    const char *argv[10] = { "EVALSHA", rs->sha[script], "1", key };
+    size_t argl[10] = { 7, 40, 1, 0 };
     struct rop *op;
     int i;
 
@@ -411,17 +427,22 @@ static int run(struct idem_store *s, enum script script, const void *skey,
 }
 
 static int rs_begin(struct idem_store *s, const void *key, size_t klen,
-                    const void *rec, size_t rlen, int64_t lease_ms,
+                    const void *rec, size_t rlen,
+                    const struct idem__begin_args *a,
                     struct idem__blob *existing_out, idem__store_done done,
                     void *ud)
 {
-    char ms[24];
-    const char *args[2] = { rec, ms };
-    size_t lens[2] = { rlen, 0 };
+    char ttl[24], wall[24], uttl[24];
+    const char *args[5] = { rec, ttl, wall, a->hold ? "1" : "0", uttl };
+    size_t lens[5] = { rlen, 0, 0, 1, 0 };
 
     (void)existing_out;
-    lens[1] = (size_t)snprintf(ms, sizeof(ms), "%lld", (long long)lease_ms);
-    return run(s, SC_BEGIN, key, klen, 2, args, lens, done, ud);
+    lens[1] = (size_t)snprintf(ttl, sizeof(ttl), "%lld", (long long)a->ttl_ms);
+    lens[2] = (size_t)snprintf(wall, sizeof(wall), "%llu",
+                               (unsigned long long)a->wall_ms);
+    lens[4] = (size_t)snprintf(uttl, sizeof(uttl), "%lld",
+                               (long long)a->unknown_ttl_ms);
+    return run(s, SC_BEGIN, key, klen, 5, args, lens, done, ud);
 }
 
 static int rs_complete(struct idem_store *s, const void *key, size_t klen,
@@ -445,16 +466,11 @@ static int rs_abort(struct idem_store *s, const void *key, size_t klen,
     return run(s, SC_ABORT, key, klen, 1, args, lens, done, ud);
 }
 
-static int rs_renew(struct idem_store *s, const void *key, size_t klen,
-                    const uint8_t *token, int64_t lease_ms,
-                    idem__store_done done, void *ud)
+/* Redis keeps strings of up to 512 MiB (proto-max-bulk-len). */
+static size_t rs_max_record(struct idem_store *s)
 {
-    char ms[24];
-    const char *args[2] = { (const char *)token, ms };
-    size_t lens[2] = { IDEM__TOKEN_LEN, 0 };
-
-    lens[1] = (size_t)snprintf(ms, sizeof(ms), "%lld", (long long)lease_ms);
-    return run(s, SC_RENEW, key, klen, 2, args, lens, done, ud);
+    (void)s;
+    return (size_t)512 << 20;
 }
 
 /* -- The connection --------------------------------------------------- */
@@ -775,7 +791,7 @@ static const struct idem__store_ops redis_ops = {
     .begin = rs_begin,
     .complete = rs_complete,
     .abort = rs_abort,
-    .renew = rs_renew,
+    .max_record = rs_max_record,
     .after = rs_after,
     .cancel_after = rs_cancel_after,
     .tick = rs_tick,

@@ -238,7 +238,8 @@ static void test_scopes_keep_clients_apart(void **state)
 
 static void test_lease_expiry_and_stale_owner(void **state)
 {
-    struct idem_engine_opts o = { .lease_ms = 5000 };
+    struct idem_engine_opts o = { .lease_ms = 5000,
+                                  .unknown_outcome = IDEM_UNKNOWN_RELEASE };
     struct idem_engine *e = engine(&o);
     struct idem_decision d;
     struct idem_call *old, *next;
@@ -266,7 +267,8 @@ static void test_lease_expiry_and_stale_owner(void **state)
 
 static void test_abort_and_free_release_the_key(void **state)
 {
-    struct idem_engine *e = engine(NULL);
+    struct idem_engine_opts o = { .unknown_outcome = IDEM_UNKNOWN_RELEASE };
+    struct idem_engine *e = engine(&o);
     struct idem_decision d;
     struct idem_call *call;
     struct treq t;
@@ -281,6 +283,80 @@ static void test_abort_and_free_release_the_key(void **state)
     idem_call_free(call); /* never completed: freed = aborted */
     assert_int_equal(run_call(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
     assert_int_equal(complete_with(call, 200, "{}", NULL), IDEM_OK);
+    done(e);
+}
+
+/* The default: a request that may have run is never run again. A lapsed
+ * lease, a call freed unfinished and idem_call_unknown() all leave an
+ * "outcome unknown" record for the lifetime; only abort releases. */
+static void test_unknown_outcomes_hold_the_key(void **state)
+{
+    struct idem_engine_opts o = { .lease_ms = 5000, .lifetime_ms = 60000 };
+    struct idem_engine *e = engine(&o);
+    struct idem_decision d;
+    struct idem_call *call, *old;
+    struct treq t, other;
+
+    (void)state;
+    treq_init(&t, "POST", "/o", "k1", NULL, "{}");
+    assert_int_equal(run_call(e, &t, &old, &d), IDEM_OUTCOME_PROCEED);
+    test_clock_advance(&te, 5000); /* its owner never came back */
+    assert_int_equal(run_call(e, &t, &call, &d), IDEM_OUTCOME_UNKNOWN);
+    assert_int_equal(d.status, 502);
+    assert_non_null(d.detail);
+    idem_call_free(call);
+    assert_int_equal(complete_with(old, 201, "late", NULL), IDEM_ESTALE);
+    /* another request under the key is still a mismatch */
+    treq_init(&other, "POST", "/o", "k1", NULL, "{\"x\":1}");
+    assert_int_equal(outcome_of(e, &other), IDEM_OUTCOME_MISMATCH);
+    /* freed unfinished, and said unknown: both hold */
+    treq_init(&t, "POST", "/o", "k2", NULL, "{}");
+    assert_int_equal(run_call(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
+    idem_call_free(call);
+    assert_int_equal(outcome_of(e, &t), IDEM_OUTCOME_UNKNOWN);
+    treq_init(&t, "POST", "/o", "k3", NULL, "{}");
+    assert_int_equal(run_call(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
+    assert_int_equal(idem_call_unknown(call, NULL, NULL), IDEM_OK);
+    assert_int_equal(idem_call_unknown(call, NULL, NULL), IDEM_EINVAL);
+    idem_call_free(call);
+    assert_int_equal(outcome_of(e, &t), IDEM_OUTCOME_UNKNOWN);
+    assert_int_equal(stats(e).unknown, 2); /* settled so by their owner */
+    assert_int_equal(stats(e).in_flight, 0);
+    assert_int_equal(stats(e).outcomes[IDEM_OUTCOME_UNKNOWN], 3);
+    /* abort: provably not run, released */
+    treq_init(&t, "POST", "/o", "k4", NULL, "{}");
+    assert_int_equal(run_call(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
+    assert_int_equal(idem_call_abort(call), IDEM_OK);
+    idem_call_free(call);
+    assert_int_equal(outcome_of(e, &t), IDEM_OUTCOME_PROCEED);
+    /* the unknown record lives for the lifetime, then the key is free */
+    test_clock_advance(&te, 60000);
+    treq_init(&t, "POST", "/o", "k3", NULL, "{}");
+    assert_int_equal(outcome_of(e, &t), IDEM_OUTCOME_PROCEED);
+    done(e);
+}
+
+/* Renewal keeps a lease from lapsing into an unknown outcome. */
+static void test_renewal_moves_the_lease(void **state)
+{
+    struct idem_engine_opts o = { .lease_ms = 5000 };
+    struct idem_engine *e = engine(&o);
+    struct idem_decision d;
+    struct idem_call *call;
+    struct treq t;
+    int i;
+
+    (void)state;
+    treq_init(&t, "POST", "/o", "k", NULL, "{}");
+    assert_int_equal(run_call(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
+    for (i = 0; i < 4; i++) {
+        test_clock_advance(&te, 2500);
+        assert_int_equal(idem_call_renew(call, NULL, NULL), IDEM_OK);
+        assert_int_equal(outcome_of(e, &t), IDEM_OUTCOME_CONFLICT);
+    }
+    assert_int_equal(complete_with(call, 201, "ok", NULL), IDEM_OK);
+    assert_int_equal(outcome_of(e, &t), IDEM_OUTCOME_REPLAY);
+    assert_int_equal(stats(e).renewed, 4);
     done(e);
 }
 
@@ -441,13 +517,14 @@ static void test_bad_options(void **state)
 /* -- A store that fails, and one that holds garbage ------------------- */
 
 static int bad_begin(struct idem_store *s, const void *key, size_t klen,
-                     const void *rec, size_t rlen, int64_t lease_ms,
+                     const void *rec, size_t rlen,
+                     const struct idem__begin_args *args,
                      struct idem__blob *existing_out, idem__store_done cb,
                      void *ud)
 {
     static const char junk[] = "not a record";
 
-    (void)s, (void)key, (void)klen, (void)rec, (void)rlen, (void)lease_ms;
+    (void)s, (void)key, (void)klen, (void)rec, (void)rlen, (void)args;
     (void)cb, (void)ud;
     if (atomic_load(&te.now_ms) % 2)
         return IDEM_EIO;
@@ -545,6 +622,8 @@ int main(void)
         cmocka_unit_test(test_scopes_keep_clients_apart),
         cmocka_unit_test(test_lease_expiry_and_stale_owner),
         cmocka_unit_test(test_abort_and_free_release_the_key),
+        cmocka_unit_test(test_unknown_outcomes_hold_the_key),
+        cmocka_unit_test(test_renewal_moves_the_lease),
         cmocka_unit_test(test_storage_policy),
         cmocka_unit_test(test_no_store_policy_header),
         cmocka_unit_test(test_large_response_keeps_status_only),

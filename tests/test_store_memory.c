@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -105,6 +106,102 @@ static void test_eviction_spares_in_flight(void **state)
     assert_int_equal(put(e, "done-999", body), IDEM_OUTCOME_REPLAY);
     for (i = 0; i < 8; i++)
         assert_int_equal(complete_with(held[i], 201, "ok", NULL), IDEM_OK);
+    finish(e, s);
+}
+
+/* A response whose record is larger than the store can hold is kept as
+ * status and headers: the request ran, and room never releases its key. */
+static void test_no_room_keeps_status_and_headers(void **state)
+{
+    struct idem_store_memory_opts mo = { .max_memory = 64 * 1024,
+                                         .shards = 1,
+                                         .env = &te.env };
+    struct idem_engine_opts o = { .env = &te.env, .max_stored_body = 1u << 20 };
+    struct idem_engine_stats es;
+    struct idem_engine *e;
+    struct idem_store *s;
+    struct idem_decision d;
+    struct idem_call *call;
+    struct treq t;
+    char *body = malloc(100 * 1024);
+
+    (void)state;
+    test_env_init(&te, 1000);
+    assert_non_null(body);
+    memset(body, 'b', 100 * 1024 - 1);
+    body[100 * 1024 - 1] = '\0';
+    assert_int_equal(idem_store_memory_new(&mo, &s), IDEM_OK);
+    assert_true(idem_store_max_record(s) < 100 * 1024);
+    o.store = s;
+    assert_int_equal(idem_engine_new(&o, &e), IDEM_OK);
+    assert_int_equal(put(e, "big", body), IDEM_OUTCOME_PROCEED);
+    treq_init(&t, "POST", "/o", "big", NULL, "{}");
+    assert_int_equal(run_call(e, &t, &call, &d), IDEM_OUTCOME_REPLAY);
+    assert_true(d.body_omitted);
+    assert_int_equal(d.replay.status, 201);
+    assert_int_equal(d.replay.body_len, 0);
+    idem_call_free(call);
+    idem_engine_stats(e, &es);
+    assert_int_equal(es.body_omitted, 1);
+    assert_int_equal(es.stored, 1);
+    free(body);
+    finish(e, s);
+}
+
+/* A completion the store cannot take leaves the key in flight; when its
+ * lease ends, the outcome is unknown: never a second run. */
+static void test_failed_completion_holds_the_key(void **state)
+{
+    struct idem_store *s;
+    struct idem_engine *e;
+    struct idem_decision d;
+    struct idem_call *call;
+    struct treq t;
+
+    (void)state;
+    test_env_init(&te, 1000);
+    e = engine_over(0, &s);
+    treq_init(&t, "POST", "/o", "k", NULL, "{}");
+    assert_int_equal(run_call(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
+    test_env_fail_in(&te, 0);
+    assert_int_equal(complete_with(call, 201, "ok", NULL), IDEM_ENOMEM);
+    test_env_fail_never(&te);
+    assert_int_equal(outcome_of(e, &t), IDEM_OUTCOME_CONFLICT);
+    test_clock_advance(&te, 60 * 1000); /* the default lease */
+    assert_int_equal(outcome_of(e, &t), IDEM_OUTCOME_UNKNOWN);
+    finish(e, s);
+}
+
+/* A snapshot too large for the store loads nothing, and says how much. */
+static void test_snapshot_that_does_not_fit_loads_nothing(void **state)
+{
+    struct idem_snapshot_stats ss;
+    struct idem_store_stats st;
+    struct idem_store *s;
+    struct idem_engine *e;
+    char key[16], body[4096];
+    int i;
+
+    (void)state;
+    test_env_init(&te, 1000);
+    memset(body, 'b', sizeof(body) - 1);
+    body[sizeof(body) - 1] = '\0';
+    e = engine_over(0, &s);
+    for (i = 0; i < 40; i++) {
+        snprintf(key, sizeof(key), "k-%d", i);
+        assert_int_equal(put(e, key, body), IDEM_OUTCOME_PROCEED);
+    }
+    assert_int_equal(idem_store_memory_save(s, snap_path, &ss), IDEM_OK);
+    assert_int_equal(ss.saved, 40);
+    finish(e, s);
+
+    e = engine_over(64 * 1024, &s); /* room for about 15 */
+    assert_int_equal(idem_store_memory_load(s, snap_path, &ss), IDEM_E2BIG);
+    assert_int_equal(ss.loaded, 0);
+    assert_int_equal(ss.refused, 40);
+    idem_store_stats(s, &st);
+    assert_int_equal(st.records, 0);
+    assert_int_equal(put(e, "k-0", "x"), IDEM_OUTCOME_PROCEED);
     finish(e, s);
 }
 
@@ -256,6 +353,11 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_eviction_spares_in_flight),
+        cmocka_unit_test(test_no_room_keeps_status_and_headers),
+        cmocka_unit_test(test_failed_completion_holds_the_key),
+        cmocka_unit_test_setup_teardown(
+            test_snapshot_that_does_not_fit_loads_nothing, make_path,
+            remove_path),
         cmocka_unit_test_setup_teardown(test_snapshot_round_trip, make_path,
                                         remove_path),
         cmocka_unit_test_setup_teardown(test_snapshot_skips_expired, make_path,

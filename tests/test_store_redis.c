@@ -531,8 +531,8 @@ static void test_password(void **state)
 /* An owner whose lease ran out cannot overwrite the next owner. */
 static void test_fencing(void **state)
 {
-    struct idem_engine *e =
-        engine_on_redis((struct idem_engine_opts){ .lease_ms = 100 });
+    struct idem_engine *e = engine_on_redis((struct idem_engine_opts){
+        .lease_ms = 100, .unknown_outcome = IDEM_UNKNOWN_RELEASE });
     struct idem_engine_stats st;
     struct idem_decision d;
     struct idem_call *stale, *next;
@@ -551,6 +551,43 @@ static void test_fencing(void **state)
     idem_call_free(next);
     idem_engine_stats(e, &st);
     assert_int_equal(st.stale, 2);
+}
+
+/* Held (the default): a lease that ran out on its owner becomes "outcome
+ * unknown" in the script, for the lifetime; so does a call said unknown.
+ * The owner, back late, may not write. */
+static void test_lapsed_lease_is_unknown(void **state)
+{
+    struct idem_engine *e = engine_on_redis(
+        (struct idem_engine_opts){ .lease_ms = 100, .lifetime_ms = 60000 });
+    struct idem_engine_stats st;
+    struct idem_decision d;
+    struct idem_call *stale, *call;
+    struct answer a = { 0 };
+    struct treq t, other;
+
+    (void)state;
+    treq_init(&t, "POST", "/o", "k", NULL, "{}");
+    assert_int_equal(decide(e, &t, &stale, &d), IDEM_OUTCOME_PROCEED);
+    test_redis_sleep_ms(150);
+    assert_int_equal(decide(e, &t, &call, &d), IDEM_OUTCOME_UNKNOWN);
+    assert_int_equal(d.status, 502);
+    idem_call_free(call);
+    assert_int_equal(decide_free(e, &t), IDEM_OUTCOME_UNKNOWN);
+    treq_init(&other, "POST", "/o", "k", NULL, "{\"x\":1}");
+    assert_int_equal(decide_free(e, &other), IDEM_OUTCOME_MISMATCH);
+    assert_int_equal(renew(stale), IDEM_ESTALE);
+    assert_int_equal(finish(stale, 200, "late", NULL), IDEM_ESTALE);
+    /* said unknown by its owner */
+    treq_init(&t, "POST", "/o", "k2", NULL, "{}");
+    assert_int_equal(decide(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
+    assert_int_equal(settle(idem_call_unknown(call, on_finished, &a), &a),
+                     IDEM_OK);
+    idem_call_free(call);
+    assert_int_equal(decide_free(e, &t), IDEM_OUTCOME_UNKNOWN);
+    idem_engine_stats(e, &st);
+    assert_int_equal(st.unknown, 1);
+    assert_int_equal(st.in_flight, 0);
 }
 
 /* Renewed every half lease, a slow request keeps its key past the lease. */
@@ -928,6 +965,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_proceed_store_replay, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_key_layout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lapsed_lease_is_unknown, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_abort_and_policy_release, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_scopes_are_apart, setup, teardown),

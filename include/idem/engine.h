@@ -61,6 +61,22 @@ enum idem_outcome {
     IDEM_OUTCOME_MISMATCH,    /* 422: the key was used for another request */
     IDEM_OUTCOME_INVALID,     /* 400: bad key, or missing where required */
     IDEM_OUTCOME_UNAVAILABLE, /* 503: the store failed */
+    /* 502: the request with this key may have executed, but its outcome
+     * is unknown (no usable response came); it is not run again */
+    IDEM_OUTCOME_UNKNOWN,
+};
+
+#define IDEM_OUTCOME_COUNT (IDEM_OUTCOME_UNKNOWN + 1)
+
+/* What a key keeps when its request may have executed but no usable
+ * response came (idem_call_unknown, a call freed unfinished, a lease that
+ * ran out on its owner). */
+enum idem_unknown_policy {
+    /* an "outcome unknown" record for the lifetime: retries get UNKNOWN
+     * (502), never a second execution */
+    IDEM_UNKNOWN_HOLD = 0,
+    /* the key is released: a retry executes again */
+    IDEM_UNKNOWN_RELEASE,
 };
 
 enum idem_conflict_mode {
@@ -85,13 +101,17 @@ struct idem_engine_opts {
      * Content-Type and body. */
     const char *const *fingerprint_headers;
     size_t nfingerprint_headers;
-    int64_t lease_ms;       /* in-flight lease. 0: 60 s */
+    /* In-flight lease. 0: 60 s. One that runs out before its owner
+     * completes or renews it follows unknown_outcome when the key is
+     * next asked for: the owner may have executed the request. */
+    int64_t lease_ms;
     int64_t lifetime_ms;    /* stored responses. 0: 24 h */
     uint32_t retry_after_s; /* on 409. 0: 1 */
     enum idem_conflict_mode conflict;
     int64_t wait_ms;        /* bound of a wait. 0: 10 s */
     unsigned max_waiters;   /* waiting calls at once. 0: 10,000 */
     size_t max_stored_body; /* longest body stored. 0: 1 MiB */
+    enum idem_unknown_policy unknown_outcome; /* 0: IDEM_UNKNOWN_HOLD */
     /* Whether a response status is stored. NULL: every status below 500
      * but 408, 425 and 429. */
     bool (*storable)(unsigned status, void *ud);
@@ -139,8 +159,15 @@ struct idem_decision {
 };
 
 struct idem_engine_stats {
-    uint64_t outcomes[IDEM_OUTCOME_UNAVAILABLE + 1]; /* by enum idem_outcome */
-    uint64_t stored;                                 /* responses stored */
+    uint64_t outcomes[IDEM_OUTCOME_COUNT]; /* by enum idem_outcome */
+    uint64_t stored;                       /* responses stored */
+    /* of those, stored as status and headers only: the body was over
+     * max_stored_body or more than the store holds in one record */
+    uint64_t body_omitted;
+    /* calls settled as "outcome unknown" by their owner (idem_call_unknown
+     * or freed unfinished) in IDEM_UNKNOWN_HOLD; a lease found run out
+     * shows as outcomes[IDEM_OUTCOME_UNKNOWN] of the retry instead */
+    uint64_t unknown;
     uint64_t not_stored; /* completions released by policy */
     uint64_t stale;      /* completions or renewals refused: lease lost */
     uint64_t renewed;    /* leases extended */
@@ -187,8 +214,9 @@ IDEM_API struct idem_store *idem_engine_store(struct idem_engine *e);
  * at a time. IDEM_OK, IDEM_ENOMEM, IDEM_EINVAL. */
 IDEM_API int idem_call_new(struct idem_engine *e, struct idem_call **call_out);
 
-/* Free a call. One that proceeded and was neither completed nor aborted is
- * aborted (its key released); a waiting one is cancelled. A call whose
+/* Free a call. One that proceeded and was neither completed nor aborted
+ * is settled as idem_call_unknown() (the caller cannot say it did not
+ * run); a waiting one is cancelled. A call whose
  * callback may still come (idem_call_cancel() said IDEM_EALREADY) must
  * not be freed until it has. NULL is harmless. */
 IDEM_API void idem_call_free(struct idem_call *call);
@@ -215,7 +243,13 @@ IDEM_API int idem_call_decide(struct idem_call *call, idem_decide_cb cb,
 
 /* Finish a call that PROCEEDed with its response. A storable response is
  * stored for lifetime_ms (*stored_out true); any other releases the key so
- * a retry executes again (*stored_out false). A response carrying
+ * a retry executes again (*stored_out false): the storage policy says the
+ * application did not complete it. A body longer than max_stored_body, or
+ * a record larger than the store holds, is stored as status and headers
+ * only (IDEM_OUTCOME_REPLAY's body_omitted): an executed request is never
+ * released for want of room. If the store cannot take the record at all
+ * (it failed), the key stays in flight until its lease ends and then
+ * follows the unknown-outcome policy. A response carrying
  * "Idempotency-Policy: no-store" is never stored. Hop-by-hop headers,
  * Content-Length, Date and Idempotency-Policy are not stored. IDEM_OK;
  * IDEM_ESTALE if the lease was lost (nothing written: another call may
@@ -243,13 +277,24 @@ IDEM_API int idem_call_complete_async(struct idem_call *call,
  * not waiting. */
 IDEM_API int idem_call_cancel(struct idem_call *call);
 
-/* Release the key of a call that PROCEEDed without a response worth
- * keeping (upstream error, timeout). IDEM_OK, IDEM_ESTALE, IDEM_EINVAL;
+/* Release the key of a call that PROCEEDed and provably did not execute
+ * (e.g. the upstream refused the connection before a byte of the request
+ * was sent): a retry executes. IDEM_OK, IDEM_ESTALE, IDEM_EINVAL;
  * IDEM_EINPROGRESS with an asynchronous store (as for
  * idem_call_complete_async). */
 IDEM_API int idem_call_abort(struct idem_call *call);
 IDEM_API int idem_call_abort_async(struct idem_call *call, idem_finish_cb cb,
                                    void *ud);
+
+/* Settle a call that PROCEEDed whose request may have executed but whose
+ * outcome will never be known (a connection cut after the request went
+ * out, a protocol error, no answer in time). IDEM_UNKNOWN_HOLD: the key
+ * keeps an "outcome unknown" record for lifetime_ms, and retries are
+ * decided UNKNOWN (502), never executed; IDEM_UNKNOWN_RELEASE: as
+ * idem_call_abort(). IDEM_OK, IDEM_ESTALE, IDEM_EINVAL; IDEM_EINPROGRESS
+ * with an asynchronous store, cb as for idem_call_complete_async. */
+IDEM_API int idem_call_unknown(struct idem_call *call, idem_finish_cb cb,
+                               void *ud);
 
 /* Extend the lease of a call that PROCEEDed to lease_ms from now, so a
  * request that works longer than its lease keeps its key (call it every

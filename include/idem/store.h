@@ -21,6 +21,11 @@ struct idem_store_memory_opts {
     size_t max_memory;
     /* Cache shards (see idem_cache_opts). 0: the cache's default. */
     unsigned shards;
+    /* The largest record (key, response head and stored body) the store
+     * must be able to hold: fewer shards are used while one shard's share
+     * of max_memory could not hold two such records. 0: no such bound.
+     * idem_store_max_record() says what the store holds. */
+    size_t max_record;
     const struct idem_env *env; /* copied. NULL: idem_env_default() */
 };
 
@@ -44,6 +49,9 @@ struct idem_snapshot_stats {
     uint64_t loaded;  /* records taken in */
     uint64_t expired; /* records skipped: their lifetime had ended */
     uint64_t saved;   /* records written */
+    /* live records not loaded because they did not all fit (the load
+     * answered IDEM_E2BIG and took none) */
+    uint64_t refused;
 };
 
 /* An in-memory store: records in a TTL cache, per-key atomicity from a
@@ -54,6 +62,11 @@ IDEM_API int idem_store_memory_new(const struct idem_store_memory_opts *opts,
 /* Free any store; a Redis store must be detached on every thread first.
  * NULL is harmless. */
 IDEM_API void idem_store_free(struct idem_store *s);
+
+/* The largest record, in bytes with its key, that s can hold (SIZE_MAX
+ * for no bound of its own; 0 for NULL). The engine stores a response
+ * whose record would be larger as status and headers only. */
+IDEM_API size_t idem_store_max_record(struct idem_store *s);
 
 IDEM_API void idem_store_stats(struct idem_store *s,
                                struct idem_store_stats *stats_out);
@@ -66,10 +79,14 @@ IDEM_API void idem_store_stats(struct idem_store *s,
 IDEM_API int idem_store_memory_save(struct idem_store *s, const char *path,
                                     struct idem_snapshot_stats *stats_out);
 
-/* Load a snapshot into a memory store, skipping records whose time is up.
- * The file is checked whole before anything is loaded: a truncated or
- * corrupt snapshot answers IDEM_EIO and loads nothing. IDEM_ENOTFOUND if
- * path does not exist. IDEM_OK, IDEM_EINVAL, IDEM_ENOMEM. */
+/* Load a snapshot into an empty memory store, skipping records whose time
+ * is up. All or nothing: the file is checked whole before anything is
+ * loaded (a truncated or corrupt snapshot answers IDEM_EIO and loads
+ * nothing), and if the live records do not all fit in max_memory the load
+ * is undone and answers IDEM_E2BIG (stats_out->refused says how many).
+ * IDEM_ENOTFOUND if path does not exist. IDEM_OK, IDEM_EINVAL,
+ * IDEM_ENOMEM (undone as well). Saved records are completed ones and
+ * "outcome unknown" ones, never one in flight. */
 IDEM_API int idem_store_memory_load(struct idem_store *s, const char *path,
                                     struct idem_snapshot_stats *stats_out);
 

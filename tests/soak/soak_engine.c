@@ -1,8 +1,9 @@
 /* Leak proof for the engine over the memory store: N distinct keys
  * (argv[1], default 100,000) with a short lifetime, two thirds completed,
- * one third abandoned (freed in flight, so aborted). After the lifetime
- * passes the store holds 0 records, 0 bytes, 0 lock entries, the engine 0
- * calls in flight, and resident memory is back near where it started.
+ * one third abandoned (freed in flight: "outcome unknown" records, held
+ * for the lifetime). After the lifetime passes the store holds 0 records,
+ * 0 bytes, 0 lock entries, the engine 0 calls in flight, and resident
+ * memory is back near where it started.
  * `make soak` runs 10,000,000. */
 #include <setjmp.h>
 #include <stdarg.h>
