@@ -1,8 +1,9 @@
 /* libFuzzer target: request bytes through what idemproxy does with them,
  * without sockets. llhttp (strict, as conn.c sets it up) fills an
- * http_head through the http_head_* calls under small limits; each whole
- * request then goes through the engine as conn.c takes it: start, body,
- * decide, complete, free. Checks the head's bounds, every decision, and
+ * http_head through the http_head_* calls under small limits; each head
+ * is judged (http_reader_judge: target, Host) and each whole request then
+ * goes through the engine as conn.c takes it: start, body, decide,
+ * complete, free. Checks the head's bounds, every decision, and
  * that no record stays in flight. Any disagreement aborts. */
 #include <stdbool.h>
 #include <stdint.h>
@@ -12,6 +13,7 @@
 
 #include "fuzz.h"
 #include "http.h"
+#include "target.h"
 #include "idem/engine.h"
 #include "idem/store.h"
 
@@ -66,6 +68,8 @@ static void check_head(const struct http_head *h)
     CHECK(h->nfields <= h->max_fields && h->nfields <= h->fields_cap);
     CHECK(h->method_off + h->method_len <= h->len);
     CHECK(h->target_off + h->target_len <= h->len);
+    CHECK(h->origin_off + h->origin_len <= h->len);
+    CHECK(h->authority_off + h->authority_len <= h->len);
     for (i = 0; i < h->nfields; i++) {
         const struct http_field *f = &h->fields[i];
 
@@ -89,6 +93,16 @@ static void check_started(const struct idem_decision *d)
     }
 }
 
+/* conn.c's route_of() for the one route "/p": the judged origin-form's
+ * path, percent-decoded, starts with it. */
+static bool on_route(const char *target, size_t len)
+{
+    const char *query = memchr(target, '?', len);
+
+    return target_has_prefix(target, query ? (size_t)(query - target) : len,
+                             "/p", 2);
+}
+
 /* conn.c's start_call(), with one more header first: this input's
  * scope, so no input sees another's records. */
 static void start_call(struct client *c, struct idem_decision *d)
@@ -101,8 +115,8 @@ static void start_call(struct client *c, struct idem_decision *d)
     struct idem_request req = {
         .method = h->bytes + h->method_off,
         .method_len = h->method_len,
-        .target = h->bytes + h->target_off,
-        .target_len = h->target_len,
+        .target = h->bytes + h->origin_off,
+        .target_len = h->origin_len,
         .headers = hdrs,
         .nheaders = h->nfields + 1u,
     };
@@ -111,8 +125,8 @@ static void start_call(struct client *c, struct idem_decision *d)
     hdrs[0] = (struct idem_header){ "X-Fuzz-Input", 12, scope, (size_t)slen };
     if (h->nfields)
         memcpy(hdrs + 1, views, h->nfields * sizeof(*views));
-    req.key_required = (c->ctl & CTL_REQUIRE) && req.target_len >= 2 &&
-                       memcmp(req.target, "/p", 2) == 0;
+    req.key_required =
+        (c->ctl & CTL_REQUIRE) && on_route(req.target, req.target_len);
     req.route = req.key_required ? "/p" : NULL;
     req.route_len = req.key_required ? 2 : 0;
     CHECK(idem_call_new(engine, &c->call) == IDEM_OK);
@@ -123,10 +137,24 @@ static void start_call(struct client *c, struct idem_decision *d)
 static int on_headers_complete(llhttp_t *p)
 {
     struct client *c = client_of(p);
+    struct http_head *h = &c->rd.head;
     struct idem_decision d;
+    const char *why = NULL;
+    unsigned status;
 
-    check_head(&c->rd.head);
+    check_head(h);
     c->close_after = c->close_after || !llhttp_should_keep_alive(p);
+    status = http_reader_judge(&c->rd, &why);
+    CHECK(status == 0 || (status == 400 && why) || (status == 431 && h->full));
+    if (status != 0) {
+        c->refused = true;
+        return HPE_PAUSED;
+    }
+    check_head(h);
+    /* what goes upstream is an origin-form (or "*") */
+    CHECK(h->origin_len > 0 &&
+          (h->bytes[h->origin_off] == '/' ||
+           (h->origin_len == 1 && h->bytes[h->origin_off] == '*')));
     start_call(c, &d);
     c->streaming = d.outcome == IDEM_OUTCOME_PASS;
     c->body_len = 0;

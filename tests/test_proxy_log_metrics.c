@@ -1,6 +1,6 @@
-/* idemproxy's log lines (format, escaping, key digests, levels, reopen)
- * and its Prometheus text (every family, histogram arithmetic, figures
- * read from a real engine). */
+/* idemproxy's log lines (format, escaping, key digests, levels, rate limits,
+ * reopen) and its Prometheus text (every family, histogram arithmetic,
+ * figures read from a real engine). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -313,6 +313,32 @@ static void test_levels_filter(void **state)
     free(text);
 }
 
+/* log_limited: a line a second per limit, then the count of the rest. */
+static void test_limited_lines(void **state)
+{
+    static struct log_limit spin, other;
+    char *text;
+
+    (void)state;
+    open_log("text", "info", false);
+    for (int i = 0; i < 5; i++)
+        log_limited(&spin, LOG_WARN, "spin %d", i);
+    log_limited(&other, LOG_WARN, "other");
+    log_limited(&spin, LOG_DEBUG, "below the level: not counted");
+    atomic_fetch_sub(&spin.last_ms, 1000); /* a second passes */
+    log_limited(&spin, LOG_WARN, "spin %d", 5);
+    log_limited(&spin, LOG_WARN, "spin %d", 6);
+    text = close_log();
+    assert_int_equal(count_lines(text), 3);
+    assert_non_null(strstr(text, " warn spin 0\n"));
+    assert_non_null(strstr(text, " warn other\n"));
+    assert_non_null(
+        strstr(text, " warn spin 5 (4 similar lines suppressed)\n"));
+    assert_null(strstr(text, "spin 1"));
+    assert_null(strstr(text, "spin 6"));
+    free(text);
+}
+
 /* After a rotation (rename), log_reopen writes to a new file. */
 static void test_reopen_after_rotation(void **state)
 {
@@ -562,6 +588,7 @@ int main(void)
         cmocka_unit_test(test_keys_in_clear_when_asked),
         cmocka_unit_test(test_long_values_are_cut),
         cmocka_unit_test(test_levels_filter),
+        cmocka_unit_test(test_limited_lines),
         cmocka_unit_test(test_reopen_after_rotation),
         cmocka_unit_test(test_open_failure_keeps_the_log),
         cmocka_unit_test(test_every_family),

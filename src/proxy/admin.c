@@ -10,12 +10,18 @@
 
 #define ADMIN_MAX_HEAD 8192
 
+struct admin {
+    struct evconnlistener *listener;
+    struct event *resume; /* after an accept pause */
+    struct idem_engine *engine;
+};
+
 struct admin_conn {
     struct bufferevent *bev;
     struct idem_engine *engine;
 };
 
-static void admin_free(struct admin_conn *a)
+static void admin_conn_free(struct admin_conn *a)
 {
     bufferevent_free(a->bev);
     free(a);
@@ -24,7 +30,7 @@ static void admin_free(struct admin_conn *a)
 static void on_written(struct bufferevent *bev, void *arg)
 {
     (void)bev;
-    admin_free(arg);
+    admin_conn_free(arg);
 }
 
 static void answer(struct admin_conn *a, const char *line, size_t len)
@@ -59,7 +65,7 @@ static void on_read(struct bufferevent *bev, void *arg)
 
     if (end.pos < 0) {
         if (evbuffer_get_length(in) > ADMIN_MAX_HEAD)
-            admin_free(a);
+            admin_conn_free(a);
         return;
     }
     line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF);
@@ -71,7 +77,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     (void)what;
-    admin_free(arg);
+    admin_conn_free(arg);
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
@@ -87,16 +93,48 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
         evutil_closesocket(fd);
         return;
     }
-    a->engine = arg;
+    a->engine = ((struct admin *)arg)->engine;
     bufferevent_setcb(a->bev, on_read, NULL, on_event, a);
     bufferevent_set_timeouts(a->bev, &tv, &tv);
     if (bufferevent_enable(a->bev, EV_READ | EV_WRITE) != 0)
-        admin_free(a); /* it could never read */
+        admin_conn_free(a); /* it could never read */
 }
 
-struct evconnlistener *admin_listen(struct event_base *base, int fd,
-                                    struct idem_engine *engine)
+static void on_accept_error(struct evconnlistener *l, void *arg)
 {
-    return evconnlistener_new(base, on_accept, engine, LEV_OPT_CLOSE_ON_FREE,
-                              -1, fd);
+    proxy_accept_failed(l, ((struct admin *)arg)->resume, "admin listener");
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    evconnlistener_enable(((struct admin *)arg)->listener);
+}
+
+struct admin *admin_listen(struct event_base *base, int fd,
+                           struct idem_engine *engine)
+{
+    struct admin *ad = calloc(1, sizeof(*ad));
+
+    if (!ad || !(ad->resume = evtimer_new(base, on_resume, ad)) ||
+        !(ad->listener = evconnlistener_new(base, on_accept, ad,
+                                            LEV_OPT_CLOSE_ON_FREE, -1, fd))) {
+        admin_close(ad);
+        return NULL;
+    }
+    ad->engine = engine;
+    evconnlistener_set_error_cb(ad->listener, on_accept_error);
+    return ad;
+}
+
+void admin_close(struct admin *ad)
+{
+    if (!ad)
+        return;
+    if (ad->listener)
+        evconnlistener_free(ad->listener);
+    if (ad->resume)
+        event_free(ad->resume);
+    free(ad);
 }

@@ -650,6 +650,7 @@ static const struct kind
 static const char *const levels[] = { "error", "warn", "info", "debug", NULL };
 static const char *const formats[] = { "text", "json", NULL };
 static const char *const failures[] = { "closed", "open", NULL };
+static const char *const unknowns[] = { "hold", "release", NULL };
 
 /* The options, in --help's order. Kept one per two lines by hand. */
 /* clang-format off */
@@ -680,6 +681,9 @@ static const struct option options[] = {
     { .name = "lease", .kind = &k_duration, .off = AT(lease_ms), .min = 1,
       .arg = "DURATION", .def = "60s",
       .help = "longest a key is held in flight" },
+    { .name = "unknown-outcome", .kind = &k_enum, .off = AT(unknown_outcome),
+      .names = unknowns, .arg = "MODE", .def = "hold",
+      .help = "may have run, no answer: hold or release" },
     { .name = "max-memory", .kind = &k_size, .off = AT(max_memory), .min = 1,
       .arg = "SIZE", .def = "64M", .help = "memory for stored records" },
     { .name = "max-body", .kind = &k_size, .off = AT(max_body), .min = 1,
@@ -749,6 +753,9 @@ static const struct option options[] = {
 _Static_assert(sizeof(enum log_level) == sizeof(int), "enum fields as int");
 _Static_assert(sizeof(enum log_format) == sizeof(int), "enum fields as int");
 _Static_assert(sizeof(enum store_failure) == sizeof(int), "enum fields as int");
+_Static_assert(sizeof(enum idem_unknown_policy) == sizeof(int) &&
+                   IDEM_UNKNOWN_HOLD == 0 && IDEM_UNKNOWN_RELEASE == 1,
+               "enum fields as int, in the order of unknowns[]");
 
 static int print_help(struct parse *p, const struct option *o, const char *v)
 {

@@ -40,9 +40,12 @@ struct config {
     enum store_failure store_failure; /* --store-failure closed|open */
     int64_t lifetime_ms;              /* --lifetime, default 24h */
     int64_t lease_ms;                 /* --lease, default 60s */
-    size_t max_memory;                /* --max-memory, default 64M */
-    size_t max_body;                  /* --max-body, default 1M (413 past it) */
-    size_t max_stored_body;           /* --max-stored-body, default 1M */
+    /* --unknown-outcome hold|release: a request that may have run with no
+     * usable answer keeps its key (502 to retries) or frees it */
+    enum idem_unknown_policy unknown_outcome;
+    size_t max_memory;       /* --max-memory, default 64M */
+    size_t max_body;         /* --max-body, default 1M (413 past it) */
+    size_t max_stored_body;  /* --max-stored-body, default 1M */
     size_t max_header_bytes; /* --max-header-bytes, default 16K (431) */
     unsigned max_headers;    /* --max-headers, default 100 (431) */
     enum idem_conflict_mode conflict; /* --conflict reject|wait:DURATION */

@@ -13,6 +13,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
+#include "target.h"
 
 static void conn_free(struct conn *c);
 static void conn_parse(struct conn *c);
@@ -55,8 +56,11 @@ void conn_refuse(struct conn *c, unsigned status, const char *detail,
 {
     if (!c->request_done)
         c->close_after = true;
-    if (!c->gone && http_problem(conn_out(c), status, detail, retry_after_s,
-                                 c->close_after))
+    if (!c->gone && http_problem_typed(conn_out(c), status,
+                                       strcmp(outcome, "unknown") == 0
+                                           ? HTTP_PROBLEM_UNKNOWN
+                                           : "about:blank",
+                                       detail, retry_after_s, c->close_after))
         c->close_after = true; /* a cut answer: the client must see it end */
     if (status < 500 && strcmp(outcome, "error") == 0) /* 408 413 431 400 */
         atomic_fetch_add(&metrics.results[METRICS_CLIENT_ERROR], 1);
@@ -73,12 +77,13 @@ static void release_call(const void *data, size_t len, void *extra)
 }
 
 /* The stored response, its body referenced in place, not copied: the
- * call (which holds the record) is freed once the body has been sent. */
+ * call (which holds the record) is freed once the body has been sent. The
+ * record keeps no Date: this one is written afresh. */
 static void replay(struct conn *c)
 {
     const struct idem_response *r = &c->decision.replay;
     struct evbuffer *o = conn_out(c);
-    bool ok = http_status_line(o, r->status) == 0;
+    bool ok = http_status_line(o, r->status) == 0 && http_date_line(o) == 0;
     size_t i;
 
     for (i = 0; ok && i < r->nheaders; i++)
@@ -163,8 +168,7 @@ static void act(struct conn *c)
         c->state = CS_UPSTREAM;
         set_client_timeout(c, false); /* the upstream deadline rules now */
         if (upstream_forward(c) != 0)
-            conn_refuse(c, 502, "the upstream could not be reached", 0,
-                        "error");
+            conn_upstream_failed(c, 502, false); /* nothing was sent */
         return;
     case IDEM_OUTCOME_REPLAY:
         replay(c);
@@ -238,16 +242,20 @@ static int on_message_begin(llhttp_t *p)
     return 0;
 }
 
-/* Whether path starts with one of the routes that require a key; *route
- * gets the matched prefix. */
-static bool route_of(const struct config *cfg, const char *path, size_t len,
+/* Whether the path of target (an origin-form judged unambiguous by
+ * http_reader_judge), percent-decoded, starts with one of the routes that
+ * require a key; *route gets the matched prefix. */
+static bool route_of(const struct config *cfg, const char *target, size_t len,
                      const char **route, size_t *route_len)
 {
+    const char *query = memchr(target, '?', len);
     size_t i, n;
 
+    if (query)
+        len = (size_t)(query - target);
     for (i = 0; i < cfg->nrequire_key; i++) {
         n = strlen(cfg->require_key[i]);
-        if (n <= len && memcmp(path, cfg->require_key[i], n) == 0) {
+        if (target_has_prefix(target, len, cfg->require_key[i], n)) {
             *route = cfg->require_key[i];
             *route_len = n;
             return true;
@@ -256,15 +264,17 @@ static bool route_of(const struct config *cfg, const char *path, size_t len,
     return false;
 }
 
-/* Ask the engine about the head: PASS, INVALID or PENDING. */
+/* Ask the engine about the judged head: PASS, INVALID or PENDING. Its
+ * target is the origin-form the upstream gets, so an absolute-form and
+ * the same request in origin-form share a fingerprint. */
 static int start_call(struct conn *c)
 {
     struct http_head *h = &c->rd.head;
     struct idem_request req = {
         .method = h->bytes + h->method_off,
         .method_len = h->method_len,
-        .target = h->bytes + h->target_off,
-        .target_len = h->target_len,
+        .target = h->bytes + h->origin_off,
+        .target_len = h->origin_len,
         .headers = http_head_views(h),
         .nheaders = h->nfields,
     };
@@ -291,10 +301,14 @@ static int on_headers_complete(llhttp_t *p)
 {
     struct conn *c = conn_of(p);
     const struct config *cfg = c->w->cfg;
+    const char *expect, *why = NULL;
+    unsigned status = http_reader_judge(&c->rd, &why);
     size_t len;
-    const char *expect = http_head_get(&c->rd.head, "Expect", &len);
 
     c->close_after = c->close_after || !llhttp_should_keep_alive(p);
+    if (status)
+        return defer_refusal(c, status, why, "error");
+    expect = http_head_get(&c->rd.head, "Expect", &len); /* judged: moved */
     if (start_call(c) != 0)
         return defer_refusal(c, 503, "out of memory", "error");
     if (c->decision.outcome == IDEM_OUTCOME_INVALID)
@@ -568,6 +582,16 @@ static void on_read(struct bufferevent *bev, void *arg)
     }
 }
 
+/* A client answered 504 while its request still runs (conn_wait_late) is
+ * let go once the answer is out; the connection lives on for the late
+ * response. */
+static void drop_client(struct conn *c)
+{
+    if (c->bev)
+        bufferevent_free(c->bev);
+    c->bev = NULL;
+}
+
 /* The output drained to UPSTREAM_LOW (the write low watermark) or
  * further. */
 static void on_write(struct bufferevent *bev, void *arg)
@@ -575,6 +599,11 @@ static void on_write(struct bufferevent *bev, void *arg)
     struct conn *c = arg;
     size_t left = evbuffer_get_length(bufferevent_get_output(bev));
 
+    if (c->late) {
+        if (left == 0)
+            drop_client(c);
+        return;
+    }
     if (c->up_paused)
         conn_pause_upstream(c, false);
     if (c->state == CS_DRAINING && left == 0)
@@ -601,6 +630,10 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     bool idle = c->state == CS_HEAD && c->rd.head.len == 0;
 
     (void)bev;
+    if (c->late) {
+        drop_client(c);
+        return;
+    }
     if (c->state == CS_UPSTREAM || c->state == CS_DECIDING) {
         client_gone(c);
         return;
@@ -619,6 +652,35 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     conn_free(c);
 }
 
+/* A request that proceeded got no answer in time: the client gets its
+ * 504 now, but the request may be running, so the exchange stays open
+ * (the lease renewed) for up to one more lease, and a late response is
+ * stored as any other. Retries meanwhile get 409 (or wait). */
+static void wait_late(struct conn *c)
+{
+    int64_t ms = c->w->cfg->lease_ms;
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+
+    atomic_fetch_add(&metrics.results[METRICS_UPSTREAM_TIMEOUT], 1);
+    c->late = true;
+    if (!c->gone) {
+        c->close_after = true;
+        if (http_problem(conn_out(c), 504,
+                         "the upstream did not answer in time; the request "
+                         "may still complete, and a retry with the same "
+                         "key will get its response",
+                         0, true) == 0 &&
+            evbuffer_get_length(conn_out(c)) > 0)
+            bufferevent_disable(c->bev, EV_READ);
+        else
+            drop_client(c);
+        c->status_sent = 504;
+        conn_log_request(c, "error", 504);
+        c->gone = true;
+    }
+    evtimer_add(c->timer, &tv);
+}
+
 static void on_upstream_deadline(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
@@ -628,9 +690,14 @@ static void on_upstream_deadline(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (!u)
         return;
+    if (c->decision.outcome == IDEM_OUTCOME_PROCEED && !c->late &&
+        !c->responded && c->w->cfg->unknown_outcome == IDEM_UNKNOWN_HOLD) {
+        wait_late(c);
+        return;
+    }
     u->conn = NULL;
     upstream_release(u, false);
-    conn_upstream_failed(c, 504);
+    conn_upstream_failed(c, 504, true); /* it may have run */
 }
 
 void conn_accept(struct worker *w, evutil_socket_t fd,

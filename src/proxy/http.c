@@ -3,8 +3,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "http.h"
+#include "target.h"
 
 void http_head_init(struct http_head *h, size_t max_bytes, unsigned max_fields)
 {
@@ -21,6 +23,9 @@ void http_head_reset(struct http_head *h)
     h->nfields = 0;
     h->in_value = false;
     h->full = false;
+    h->bad_name = false;
+    h->origin_off = h->origin_len = 0;
+    h->authority_off = h->authority_len = 0;
 }
 
 void http_head_deinit(struct http_head *h)
@@ -31,8 +36,8 @@ void http_head_deinit(struct http_head *h)
     memset(h, 0, sizeof(*h));
 }
 
-/* Append bytes; -1 past max_bytes or without memory. */
-static int append(struct http_head *h, const char *at, size_t len)
+/* Room for len more bytes; -1 past max_bytes or without memory. */
+static int reserve(struct http_head *h, size_t len)
 {
     size_t cap;
     char *p;
@@ -51,6 +56,14 @@ static int append(struct http_head *h, const char *at, size_t len)
         h->bytes = p;
         h->cap = cap;
     }
+    return 0;
+}
+
+/* Append bytes; -1 past max_bytes or without memory. */
+static int append(struct http_head *h, const char *at, size_t len)
+{
+    if (reserve(h, len) != 0)
+        return -1;
     memcpy(h->bytes + h->len, at, len);
     h->len += len;
     return 0;
@@ -98,8 +111,24 @@ static int new_field(struct http_head *h)
     return 0;
 }
 
+/* Whether ch may be in a token (RFC 9110 §5.6.2). */
+static bool is_tchar(unsigned char ch)
+{
+    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
+           (ch >= 'A' && ch <= 'Z') ||
+           (ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
 int http_head_field(struct http_head *h, const char *at, size_t len)
 {
+    size_t i;
+
+    for (i = 0; i < len; i++) {
+        if (!is_tchar((unsigned char)at[i])) {
+            h->bad_name = true;
+            return -1;
+        }
+    }
     if ((h->in_value || h->nfields == 0) && new_field(h) != 0)
         return -1;
     h->in_value = false;
@@ -129,8 +158,10 @@ static int head_piece(llhttp_t *p, int rc)
 
     if (rc == 0)
         return 0;
-    r->oom = !r->head.full;
-    llhttp_set_error_reason(p, r->oom ? "out of memory" : "head too large");
+    r->oom = !r->head.full && !r->head.bad_name;
+    llhttp_set_error_reason(p, r->oom             ? "out of memory"
+                               : r->head.bad_name ? "invalid header name"
+                                                  : "head too large");
     return HPE_USER;
 }
 
@@ -207,6 +238,72 @@ enum llhttp_errno http_reader_execute(struct http_reader *r, const char *data,
     return err;
 }
 
+/* Why the head's Host fields are refused, or NULL: none in HTTP/1.1
+ * (HTTP/1.0 may leave it out), more than one, or a value that is not a
+ * host[:port] (RFC 9112 §3.2). */
+static const char *host_refusal(const struct http_reader *r)
+{
+    const struct http_head *h = &r->head;
+    bool http11 = r->parser.http_major > 1 ||
+                  (r->parser.http_major == 1 && r->parser.http_minor >= 1);
+    unsigned n = http_head_count(h, "Host");
+    size_t len = 0;
+    const char *v = http_head_get(h, "Host", &len);
+
+    if (n > 1)
+        return "the request has more than one Host header";
+    if (n == 0)
+        return http11 ? "the request has no Host header" : NULL;
+    while (len && (v[len - 1] == ' ' || v[len - 1] == '\t'))
+        len--; /* llhttp keeps trailing white space */
+    return target_authority_ok(v, len) ? NULL : "the Host header is not valid";
+}
+
+/* Point the head's origin_* and authority_* at what t judged: inside the
+ * target, except an empty path's "/" and query, written after the head's
+ * bytes (never in place: the log shows the target as it came). */
+static int set_origin(struct http_head *h, const struct target *t)
+{
+    size_t from = h->target_off + t->path_off;
+    size_t rest = h->target_len - t->path_off;
+
+    h->authority_off = h->target_off + t->authority_off;
+    h->authority_len = t->authority_len;
+    h->origin_off = from;
+    h->origin_len = rest;
+    if (!t->slash)
+        return 0;
+    if (reserve(h, 1 + rest) != 0)
+        return -1;
+    h->origin_off = h->len;
+    h->origin_len = 1 + rest;
+    h->bytes[h->len] = '/';
+    memcpy(h->bytes + h->len + 1, h->bytes + from, rest);
+    h->len += 1 + rest;
+    return 0;
+}
+
+unsigned http_reader_judge(struct http_reader *r, const char **why_out)
+{
+    struct http_head *h = &r->head;
+    const char *why = NULL;
+    struct target t;
+
+    if (r->parser.method == HTTP_CONNECT)
+        why = "CONNECT is not supported"; /* no tunnels */
+    else if (target_parse(h->bytes + h->target_off, h->target_len,
+                          r->parser.method == HTTP_OPTIONS, &t, &why) == 0)
+        why = host_refusal(r);
+    if (why) {
+        *why_out = why;
+        return 400;
+    }
+    if (set_origin(h, &t) == 0)
+        return 0;
+    *why_out = h->full ? "the request head is too large" : "out of memory";
+    return h->full ? 431 : 503;
+}
+
 const struct idem_header *http_head_views(struct http_head *h)
 {
     struct idem_header *v;
@@ -241,6 +338,16 @@ const char *http_head_get(const struct http_head *h, const char *name,
         }
     }
     return NULL;
+}
+
+unsigned http_head_count(const struct http_head *h, const char *name)
+{
+    unsigned i, n = 0;
+
+    for (i = 0; i < h->nfields; i++)
+        n += idem__name_is(h->bytes + h->fields[i].name_off,
+                           h->fields[i].name_len, name);
+    return n;
 }
 
 bool http_hop_by_hop(const struct http_head *h, const struct http_field *f)
@@ -313,10 +420,37 @@ int http_status_line(struct evbuffer *out, unsigned status)
                : 0;
 }
 
+const char *http_date(void)
+{
+    static const char days[7][4] = { "Sun", "Mon", "Tue", "Wed",
+                                     "Thu", "Fri", "Sat" };
+    static const char months[12][4] = { "Jan", "Feb", "Mar", "Apr",
+                                        "May", "Jun", "Jul", "Aug",
+                                        "Sep", "Oct", "Nov", "Dec" };
+    static _Thread_local char buf[64] = "Thu, 01 Jan 1970 00:00:00 GMT";
+    static _Thread_local time_t cached = -1;
+    time_t now = time(NULL);
+    struct tm tm;
+
+    if (now == cached || !gmtime_r(&now, &tm))
+        return buf;
+    /* not strftime: %a and %b follow the locale */
+    snprintf(buf, sizeof(buf), "%s, %02d %s %04d %02d:%02d:%02d GMT",
+             days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12],
+             tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    cached = now;
+    return buf;
+}
+
+int http_date_line(struct evbuffer *out)
+{
+    return evbuffer_add_printf(out, "Date: %s\r\n", http_date()) < 0 ? -1 : 0;
+}
+
 int http_respond(struct evbuffer *out, unsigned status, const char *ctype,
                  const char *extra, const void *body, size_t len, bool close)
 {
-    bool ok = http_status_line(out, status) == 0;
+    bool ok = http_status_line(out, status) == 0 && http_date_line(out) == 0;
 
     if (ok && ctype)
         ok = evbuffer_add_printf(out, "Content-Type: %s\r\n", ctype) >= 0;
@@ -344,6 +478,13 @@ static void json_escape(struct evbuffer *out, const char *s)
 int http_problem(struct evbuffer *out, unsigned status, const char *detail,
                  unsigned retry_after_s, bool close)
 {
+    return http_problem_typed(out, status, "about:blank", detail, retry_after_s,
+                              close);
+}
+
+int http_problem_typed(struct evbuffer *out, unsigned status, const char *type,
+                       const char *detail, unsigned retry_after_s, bool close)
+{
     struct evbuffer *body = evbuffer_new();
     char extra[64] = "";
     int rc;
@@ -351,9 +492,9 @@ int http_problem(struct evbuffer *out, unsigned status, const char *detail,
     if (!body)
         return -1;
     evbuffer_add_printf(body,
-                        "{\"type\":\"about:blank\",\"title\":\"%s\","
+                        "{\"type\":\"%s\",\"title\":\"%s\","
                         "\"status\":%u",
-                        http_reason(status), status);
+                        type, http_reason(status), status);
     if (detail) {
         evbuffer_add_printf(body, ",\"detail\":\"");
         json_escape(body, detail);

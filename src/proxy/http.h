@@ -31,7 +31,13 @@ struct http_head {
     unsigned nfields, fields_cap;
     bool in_value;             /* the last piece was a value */
     bool full;                 /* a limit was passed */
+    bool bad_name;             /* a field name is not a token */
     struct idem_header *views; /* for the engine, built on demand */
+    /* A request's target as judged (http_reader_judge): what the engine
+     * and the upstream get, and an absolute-form's authority (length 0
+     * otherwise), the upstream's Host. */
+    size_t origin_off, origin_len;
+    size_t authority_off, authority_len;
 };
 
 void http_head_init(struct http_head *h, size_t max_bytes, unsigned max_fields);
@@ -39,7 +45,9 @@ void http_head_reset(struct http_head *h);
 void http_head_deinit(struct http_head *h);
 
 /* llhttp pieces: append to the method, target, a field name or value.
- * 0, or -1 when a limit is passed (h->full) or memory runs out. */
+ * 0, or -1 when a limit is passed (h->full), a field name holds a byte
+ * that is not a token's (h->bad_name: llhttp 8 lets "Name : v" through
+ * as "Name "; RFC 9112 §5.1 refuses it) or memory runs out. */
 int http_head_method(struct http_head *h, const char *at, size_t len);
 int http_head_target(struct http_head *h, const char *at, size_t len);
 int http_head_field(struct http_head *h, const char *at, size_t len);
@@ -93,6 +101,16 @@ static inline struct http_reader *http_reader_of(llhttp_t *p)
 enum llhttp_errno http_reader_execute(struct http_reader *r, const char *data,
                                       size_t len, size_t *used_out);
 
+/* Judge the head of the request the reader just read (after its
+ * headers, before the engine sees it; target.h says what is refused):
+ * CONNECT; the target; no Host in HTTP/1.1, more than one Host, or a Host
+ * value that is not a host[:port]. Sets the head's origin_* (the target,
+ * or an absolute-form's path and query; one whose path is empty is written
+ * as "/" after the head's bytes) and authority_*. 0, or the status to
+ * refuse with (400; 431 when that "/" passed the head's limit, 503 when
+ * memory ran out) and *why_out a static sentence for its detail. */
+unsigned http_reader_judge(struct http_reader *r, const char **why_out);
+
 /* The head's headers as engine views (valid until the head changes).
  * NULL if out of memory (and nfields > 0). */
 const struct idem_header *http_head_views(struct http_head *h);
@@ -100,6 +118,9 @@ const struct idem_header *http_head_views(struct http_head *h);
 /* The first value of header name, or NULL. */
 const char *http_head_get(const struct http_head *h, const char *name,
                           size_t *len_out);
+
+/* How many fields of h are called name. */
+unsigned http_head_count(const struct http_head *h, const char *name);
 
 /* Whether field f of h is hop-by-hop: a hop-by-hop name, or one the
  * head's Connection header names. */
@@ -115,9 +136,17 @@ const char *http_reason(unsigned status);
 /* Append "HTTP/1.1 status reason\r\n" to out. */
 int http_status_line(struct evbuffer *out, unsigned status);
 
-/* Append a whole small response: status line, Content-Type (if ctype),
- * Content-Length, Connection: close when close, extra header lines (each
- * ending in \r\n, may be NULL), the blank line and body. 0 or -1. */
+/* The time now as an RFC 9110 IMF-fixdate, "Sun, 06 Nov 1994 08:49:37
+ * GMT": formatted at most once a second per thread, valid until the
+ * thread's next call. */
+const char *http_date(void);
+
+/* Append "Date: <http_date()>\r\n" to out. 0 or -1. */
+int http_date_line(struct evbuffer *out);
+
+/* Append a whole small response: status line, Date, Content-Type (if
+ * ctype), Content-Length, Connection: close when close, extra header lines
+ * (each ending in \r\n, may be NULL), the blank line and body. 0 or -1. */
 int http_respond(struct evbuffer *out, unsigned status, const char *ctype,
                  const char *extra, const void *body, size_t len, bool close);
 
@@ -125,5 +154,14 @@ int http_respond(struct evbuffer *out, unsigned status, const char *ctype,
  * (detail is escaped; may be NULL). Retry-After when retry_after_s > 0. */
 int http_problem(struct evbuffer *out, unsigned status, const char *detail,
                  unsigned retry_after_s, bool close);
+
+/* http_problem with a problem type URI of its own (type is not escaped:
+ * a constant). */
+int http_problem_typed(struct evbuffer *out, unsigned status, const char *type,
+                       const char *detail, unsigned retry_after_s, bool close);
+
+/* The problem type of a retry whose key holds an unknown outcome (502):
+ * the request may have executed; docs/semantics.md says what to do. */
+#define HTTP_PROBLEM_UNKNOWN "tag:idem,2026:problem:outcome-unknown"
 
 #endif

@@ -262,22 +262,62 @@ static bool enabled(enum log_level level)
     return level <= log_max;
 }
 
-void log_msg(enum log_level level, const char *fmt, ...)
+static void log_vmsg(enum log_level level, uint64_t suppressed, const char *fmt,
+                     va_list ap) __attribute__((format(printf, 3, 0)));
+
+/* Write a message line; with "(N similar lines suppressed)" at its end
+ * when suppressed is not 0. */
+static void log_vmsg(enum log_level level, uint64_t suppressed, const char *fmt,
+                     va_list ap)
 {
     char msg[LINE_MAX_BYTES];
+    size_t len;
     struct line l;
-    va_list ap;
     int n;
+
+    n = vsnprintf(msg, sizeof(msg), fmt, ap);
+    len = n < 0 ? 0 : (size_t)n < sizeof(msg) ? (size_t)n : strlen(msg);
+    if (suppressed) {
+        n = snprintf(msg + len, sizeof(msg) - len,
+                     " (%" PRIu64 " similar lines suppressed)", suppressed);
+        if (n > 0)
+            len += strlen(msg + len); /* cut at the buffer's end */
+    }
+    start(&l, level, msg, len);
+    finish(&l);
+}
+
+void log_msg(enum log_level level, const char *fmt, ...)
+{
+    va_list ap;
 
     if (!enabled(level) || level > LOG_DEBUG)
         return;
     va_start(ap, fmt);
-    n = vsnprintf(msg, sizeof(msg), fmt, ap);
+    log_vmsg(level, 0, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        n = 0;
-    start(&l, level, msg, (size_t)n < sizeof(msg) ? (size_t)n : strlen(msg));
-    finish(&l);
+}
+
+void log_limited(struct log_limit *lim, enum log_level level, const char *fmt,
+                 ...)
+{
+    struct timespec ts;
+    int64_t now, last = atomic_load(&lim->last_ms);
+    va_list ap;
+
+    if (!enabled(level) || level > LOG_DEBUG)
+        return;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    /* a second after the last line, one thread wins; the others count */
+    if (now - last < 1000 ||
+        !atomic_compare_exchange_strong(&lim->last_ms, &last, now)) {
+        atomic_fetch_add(&lim->suppressed, 1);
+        return;
+    }
+    va_start(ap, fmt);
+    log_vmsg(level, atomic_exchange(&lim->suppressed, 0), fmt, ap);
+    va_end(ap);
 }
 
 /* "k:" and the first 12 hex digits of the key's SHA-256, in out[16]. */

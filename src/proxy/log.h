@@ -4,6 +4,7 @@
 #ifndef IDEMPROXY_LOG_H
 #define IDEMPROXY_LOG_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,6 +22,20 @@ void log_close(void);
 /* An operational message at level: printf-style. */
 void log_msg(enum log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* A rate limit for one kind of message, shared by threads: zeroed
+ * (static) storage is ready to use. */
+struct log_limit {
+    _Atomic int64_t last_ms;     /* the last line out, CLOCK_MONOTONIC */
+    _Atomic uint64_t suppressed; /* lines dropped since */
+};
+
+/* log_msg, at most once a second per lim: a line of the same kind in the
+ * same second is only counted, and the next line that goes out ends in
+ * "(N similar lines suppressed)". For messages a loop can repeat (accept
+ * failures, libevent's own). Thread-safe, lock-free. */
+void log_limited(struct log_limit *lim, enum log_level level, const char *fmt,
+                 ...) __attribute__((format(printf, 3, 4)));
 
 /* One request's decision. Strings are (pointer, length), may hold any
  * bytes (escaped on output); key may be NULL. */

@@ -28,7 +28,7 @@ struct app {
     struct worker *workers;
     unsigned nworkers;
     struct event_base *base;
-    struct evconnlistener *admin;
+    struct admin *admin;
     struct sockaddr_storage upstream;
     int upstream_len;
     uint16_t port, admin_port; /* bound (the flags may say 0) */
@@ -89,10 +89,19 @@ static void log_store(void *ud, bool trouble, const char *msg)
     log_msg(trouble ? LOG_WARN : LOG_INFO, "%s", msg);
 }
 
+/* The largest record a response may need: its stored body, its head as
+ * upstream.c reads it, the key, and the record's own bytes. */
+static size_t record_need(const struct config *c)
+{
+    return c->max_stored_body + RESPONSE_HEAD_MAX +
+           (size_t)RESPONSE_FIELDS_MAX * 8 + IDEM_KEY_MAX_LEN + 512;
+}
+
 static int make_store(struct app *app)
 {
     const struct config *c = &app->cfg;
-    struct idem_store_memory_opts mo = { .max_memory = c->max_memory };
+    struct idem_store_memory_opts mo = { .max_memory = c->max_memory,
+                                         .max_record = record_need(c) };
     struct idem_store_redis_opts ro = {
         .url = c->store,
         .prefix = c->redis_prefix,
@@ -121,10 +130,20 @@ static int make_engine(struct app *app)
         .conflict = c->conflict,
         .wait_ms = c->wait_ms,
         .max_stored_body = c->max_stored_body,
+        .unknown_outcome = c->unknown_outcome,
     };
     int rc = make_store(app);
 
     eo.store = app->store;
+    if (rc == IDEM_OK && idem_store_max_record(app->store) < record_need(c)) {
+        fprintf(stderr,
+                "idemproxy: --max-stored-body %zu does not fit in "
+                "--max-memory %zu: a record may take %zu bytes, the store "
+                "holds %zu (raise --max-memory or lower --max-stored-body)\n",
+                c->max_stored_body, c->max_memory, record_need(c),
+                idem_store_max_record(app->store));
+        return -2;
+    }
     if (rc == IDEM_OK)
         rc = idem_engine_new(&eo, &app->engine);
     if (rc != IDEM_OK)
@@ -132,21 +151,45 @@ static int make_engine(struct app *app)
     return rc == IDEM_OK ? 0 : -1;
 }
 
+/* A snapshot that could not be loaded is kept beside, as FILE.rejected,
+ * so the one saved at exit does not overwrite the records it holds. */
+static void keep_rejected(const char *path)
+{
+    size_t n = strlen(path) + sizeof(".rejected");
+    char *kept = malloc(n);
+
+    if (!kept)
+        return;
+    snprintf(kept, n, "%s.rejected", path);
+    if (rename(path, kept) == 0)
+        log_msg(LOG_ERROR, "snapshot %s kept as %s", path, kept);
+    free(kept);
+}
+
 static void load_snapshot(struct app *app)
 {
     struct idem_snapshot_stats st = { 0 };
+    const char *path = app->cfg.snapshot;
     int rc;
 
-    if (!app->cfg.snapshot)
+    if (!path)
         return;
-    rc = idem_store_memory_load(app->store, app->cfg.snapshot, &st);
+    rc = idem_store_memory_load(app->store, path, &st);
     if (rc == IDEM_OK)
         log_msg(LOG_INFO, "snapshot %s: %llu records loaded, %llu expired",
-                app->cfg.snapshot, (unsigned long long)st.loaded,
+                path, (unsigned long long)st.loaded,
                 (unsigned long long)st.expired);
+    else if (rc == IDEM_E2BIG)
+        log_msg(LOG_ERROR,
+                "snapshot %s not loaded: its %llu live records do not fit "
+                "--max-memory %zu; nothing was loaded (raise --max-memory)",
+                path, (unsigned long long)st.refused, app->cfg.max_memory);
     else if (rc != IDEM_ENOTFOUND)
-        log_msg(LOG_ERROR, "snapshot %s skipped: %s", app->cfg.snapshot,
+        log_msg(LOG_ERROR, "snapshot %s not loaded: %s; nothing was loaded",
+                path,
                 rc == IDEM_EIO ? "damaged or unreadable" : idem_strerror(rc));
+    if (rc != IDEM_OK && rc != IDEM_ENOTFOUND)
+        keep_rejected(path);
 }
 
 static void save_snapshot(struct app *app)
@@ -219,7 +262,8 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
     loop_exit(app->base);
 }
 
-static void on_hup(evutil_socket_t sig, short what, void *arg)
+/* SIGHUP and SIGUSR1 (nginx's signal for it): reopen the log. */
+static void on_reopen(evutil_socket_t sig, short what, void *arg)
 {
     (void)sig;
     (void)what;
@@ -267,19 +311,21 @@ static void join_workers(struct app *app)
     }
 }
 
-/* The main loop's events: signals and the engine's tick. */
+/* The main loop's events: signals and the engine's tick (the last). */
 static int run(struct app *app)
 {
-    struct event *evs[4];
+    enum { NEVS = 5 };
+    struct event *evs[NEVS];
     struct timeval tick = { 0, TICK_MS * 1000 };
     int i, rc = 0;
 
     evs[0] = evsignal_new(app->base, SIGTERM, on_stop, app);
     evs[1] = evsignal_new(app->base, SIGINT, on_stop, app);
-    evs[2] = evsignal_new(app->base, SIGHUP, on_hup, app);
-    evs[3] = event_new(app->base, -1, EV_PERSIST, on_tick, app);
-    for (i = 0; i < 4; i++)
-        if (!evs[i] || event_add(evs[i], i == 3 ? &tick : NULL) != 0)
+    evs[2] = evsignal_new(app->base, SIGHUP, on_reopen, app);
+    evs[3] = evsignal_new(app->base, SIGUSR1, on_reopen, app);
+    evs[NEVS - 1] = event_new(app->base, -1, EV_PERSIST, on_tick, app);
+    for (i = 0; i < NEVS; i++)
+        if (!evs[i] || event_add(evs[i], i == NEVS - 1 ? &tick : NULL) != 0)
             rc = -1;
     if (rc == 0) {
         announce(app);
@@ -287,7 +333,7 @@ static int run(struct app *app)
     } else {
         log_msg(LOG_ERROR, "cannot set up the main loop's events");
     }
-    for (i = 0; i < 4; i++)
+    for (i = 0; i < NEVS; i++)
         if (evs[i])
             event_free(evs[i]);
     return rc;
@@ -320,6 +366,23 @@ out:
     return rc;
 }
 
+/* libevent's own messages, through the log: each severity at most once a
+ * second (a loop can repeat one endlessly). */
+static void on_libevent_log(int severity, const char *msg)
+{
+    static struct log_limit limits[4];
+    static const enum log_level levels[4] = {
+        [EVENT_LOG_DEBUG] = LOG_DEBUG,
+        [EVENT_LOG_MSG] = LOG_INFO,
+        [EVENT_LOG_WARN] = LOG_WARN,
+        [EVENT_LOG_ERR] = LOG_ERROR,
+    };
+
+    if (severity < 0 || severity > 3)
+        severity = EVENT_LOG_ERR;
+    log_limited(&limits[severity], levels[severity], "libevent: %s", msg);
+}
+
 int main(int argc, char **argv)
 {
     struct app app = { .nworkers = 0 };
@@ -334,6 +397,7 @@ int main(int argc, char **argv)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
+    event_set_log_callback(on_libevent_log);
     evthread_use_pthreads();
     app.nworkers = app.cfg.workers;
     app.workers = calloc(app.nworkers, sizeof(*app.workers));
@@ -342,7 +406,8 @@ int main(int argc, char **argv)
     if (resolve_upstream(&app) != 0)
         log_msg(LOG_ERROR, "cannot resolve the upstream %s",
                 app.cfg.upstream.host);
-    else if (app.workers && app.base && make_engine(&app) == 0) {
+    else if (app.workers && app.base && (rc = make_engine(&app)) == 0) {
+        rc = 1;
         load_snapshot(&app);
         if (start(&app) == 0 && run(&app) == 0)
             rc = 0;
@@ -351,8 +416,7 @@ int main(int argc, char **argv)
     }
     for (i = 0; app.workers && i < app.nworkers; i++)
         worker_deinit(&app.workers[i]);
-    if (app.admin)
-        evconnlistener_free(app.admin);
+    admin_close(app.admin);
     if (app.base)
         event_base_free(app.base);
     idem_engine_free(app.engine);
@@ -361,5 +425,5 @@ int main(int argc, char **argv)
     log_msg(LOG_INFO, "stopped");
     log_close();
     config_free(&app.cfg);
-    return rc;
+    return rc == -2 ? 2 : rc != 0;
 }

@@ -171,6 +171,12 @@ static const struct family f_redis_timeouts = {
     "Redis commands or connects past --redis-timeout"
 };
 
+static const struct family f_body_omitted = {
+    "idem_stored_body_omitted_total", "counter",
+    "Responses stored as status and headers only: body over "
+    "--max-stored-body or larger than a record may be"
+};
+
 #define SNAP(f) offsetof(struct snap, f)
 
 static const struct sample samples[] = {
@@ -183,6 +189,8 @@ static const struct sample samples[] = {
     { &f_completions, "result=\"stored\"", SNAP(e.stored) },
     { &f_completions, "result=\"not_stored\"", SNAP(e.not_stored) },
     { &f_completions, "result=\"stale\"", SNAP(e.stale) },
+    { &f_completions, "result=\"unknown\"", SNAP(e.unknown) },
+    { &f_body_omitted, "", SNAP(e.body_omitted) },
     { &f_wait_timeouts, "", SNAP(e.wait_timeouts) },
     { &f_entries, "", SNAP(s.records) },
     { &f_bytes, "", SNAP(s.bytes) },
@@ -210,7 +218,7 @@ static const struct sample samples[] = {
 static const enum idem_outcome outcomes[] = {
     IDEM_OUTCOME_PASS,        IDEM_OUTCOME_PROCEED,  IDEM_OUTCOME_REPLAY,
     IDEM_OUTCOME_CONFLICT,    IDEM_OUTCOME_MISMATCH, IDEM_OUTCOME_INVALID,
-    IDEM_OUTCOME_UNAVAILABLE,
+    IDEM_OUTCOME_UNAVAILABLE, IDEM_OUTCOME_UNKNOWN,
 };
 
 /* -- Rendering -------------------------------------------------------- */

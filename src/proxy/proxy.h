@@ -30,6 +30,10 @@ struct conn;
 #define UPSTREAM_HIGH (256 * 1024)
 #define UPSTREAM_LOW (64 * 1024)
 
+/* The upstream's response head: bytes and fields at most (502 past). */
+#define RESPONSE_HEAD_MAX (64 * 1024)
+#define RESPONSE_FIELDS_MAX 256
+
 /* An upstream connection: idle in its worker's pool, or serving one
  * client connection's request. */
 struct upstream {
@@ -46,6 +50,7 @@ struct upstream {
     bool got_bytes;  /* a response byte arrived for this request */
     bool keep_alive; /* the response allows reuse */
     bool head_only;  /* the request was HEAD: no body follows */
+    size_t queued;   /* the request's bytes queued when it was sent */
 };
 
 TAILQ_HEAD(upstream_list, upstream);
@@ -83,6 +88,7 @@ struct conn {
     const char *refusal_detail;
     const char *refusal_outcome;
     bool gone;        /* the client left; finish for the store only */
+    bool late;        /* answered 504: waiting on for the late response */
     bool retried;     /* sent again once on a fresh upstream */
     bool streaming;   /* not covered: the body streams upstream */
     bool read_paused; /* the upstream is behind: reading stopped */
@@ -110,6 +116,7 @@ struct worker {
     bool started; /* the thread runs (worker_start succeeded) */
     struct event_base *base;
     struct evconnlistener *listener;
+    struct event *accept_resume; /* re-enables it after an accept pause */
     struct event *wake; /* other threads' news: wait-mode decisions, stop */
     pthread_mutex_t mu; /* guards the wake queue and stopping */
     struct conn *woken, *woken_tail; /* decided, to act on (FIFO) */
@@ -140,6 +147,18 @@ static inline void loop_exit(struct event_base *base)
 /* A socket bufferevent on base that can write, or NULL (out of
  * memory). */
 struct bufferevent *proxy_bev_new(struct event_base *base, evutil_socket_t fd);
+
+/* How long a listener stops accepting when out of descriptors. */
+#define ACCEPT_PAUSE_MS 100
+
+/* For a listener's error callback (name: which listener, for the log):
+ * accept() failed. Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+ * ENOMEM), the socket stays readable and the loop would spin on it, so l
+ * is disabled and resume (a timer whose callback re-enables it) armed
+ * for ACCEPT_PAUSE_MS. Logged at most once a second, all listeners
+ * together. */
+void proxy_accept_failed(struct evconnlistener *l, struct event *resume,
+                         const char *name);
 
 /* Create worker w bound to fd (a listening socket it takes over). redis:
  * the engine's store if it is Redis (the worker's thread attaches its
@@ -194,7 +213,9 @@ void conn_upstream_interim(struct conn *c, struct upstream *u);
 void conn_upstream_head(struct conn *c, struct upstream *u);
 void conn_upstream_body(struct conn *c, const char *at, size_t len);
 void conn_upstream_done(struct conn *c, struct upstream *u);
-void conn_upstream_failed(struct conn *c, unsigned status);
+/* The exchange failed; maybe_run: the request may have reached the
+ * upstream (so a key is never simply released). */
+void conn_upstream_failed(struct conn *c, unsigned status, bool maybe_run);
 /* The upstream took most of a streamed body: read the client again. */
 void conn_upstream_drained(struct conn *c);
 /* Close every idle client connection (shutdown). */
@@ -204,9 +225,14 @@ void conn_discard(struct conn *c);
 
 /* -- admin.c ---------------------------------------------------------- */
 
-/* Serve /healthz and /metrics on fd, in base (the main thread's). */
-struct evconnlistener *admin_listen(struct event_base *base, int fd,
-                                    struct idem_engine *engine);
+struct admin;
+
+/* Serve /healthz and /metrics on fd, in base (the main thread's). NULL
+ * if out of memory. */
+struct admin *admin_listen(struct event_base *base, int fd,
+                           struct idem_engine *engine);
+/* Close the listener (not the connections it serves). NULL is fine. */
+void admin_close(struct admin *a);
 
 /* -- upstream.c ------------------------------------------------------- */
 

@@ -17,17 +17,21 @@ static bool relay_header(const struct http_head *h, const struct http_field *f)
            !idem__name_is(name, f->name_len, "Idempotency-Policy");
 }
 
-/* The status line and the fields of u's head that go to the client.
+/* The status line and the fields of u's head that go to the client, with
+ * a Date when the upstream sent none (RFC 9110 6.6.1: a proxy adds one).
  * false: out of memory. */
 static bool put_head(struct evbuffer *o, const struct upstream *u)
 {
     const struct http_head *h = &u->head;
     bool ok = http_status_line(o, u->parser.status_code) == 0;
+    size_t len;
     unsigned i;
 
     for (i = 0; ok && i < h->nfields; i++)
         if (relay_header(h, &h->fields[i]))
             ok = http_add_field(o, h, &h->fields[i]) == 0;
+    if (ok && !http_head_get(h, "Date", &len))
+        ok = http_date_line(o) == 0;
     return ok;
 }
 
@@ -131,9 +135,11 @@ static void complete_call(struct conn *c, struct upstream *u)
     resp.body = resp.body_len ? evbuffer_pullup(c->stored, -1) : NULL;
     if (c->store_failed || (!resp.headers && resp.nheaders) ||
         (!resp.body && resp.body_len)) {
-        /* a record missing part of what was sent would replay a lie */
-        log_msg(LOG_WARN, "out of memory keeping a response: not stored");
-        idem_call_abort(c->call);
+        /* a record missing part of what was sent would replay a lie; the
+         * request ran, so its key is never simply released */
+        log_msg(LOG_WARN, "out of memory keeping a response: not stored, "
+                          "its outcome is unknown");
+        idem_call_unknown(c->call, NULL, NULL);
         return;
     }
     rc = idem_call_complete_async(c->call, &resp, on_completed, NULL);
@@ -159,24 +165,41 @@ void conn_upstream_done(struct conn *c, struct upstream *u)
     conn_finish_request(c);
 }
 
-void conn_upstream_failed(struct conn *c, unsigned status)
+/* The detail a client gets for a failed exchange. */
+static const char *failure_detail(const struct conn *c, unsigned status,
+                                  bool maybe_run)
+{
+    if (status == 504)
+        return "the upstream did not answer in time";
+    if (maybe_run && c->decision.outcome == IDEM_OUTCOME_PROCEED &&
+        c->w->cfg->unknown_outcome == IDEM_UNKNOWN_HOLD)
+        return "the upstream failed after the request was sent: it may have "
+               "executed, so its idempotency key is held (outcome unknown)";
+    return "the upstream could not be reached";
+}
+
+void conn_upstream_failed(struct conn *c, unsigned status, bool maybe_run)
 {
     c->up = NULL;
-    atomic_fetch_add(&metrics.results[status == 504 ? METRICS_UPSTREAM_TIMEOUT
-                                                    : METRICS_UPSTREAM_ERROR],
-                     1);
-    if (c->decision.outcome == IDEM_OUTCOME_PROCEED)
-        idem_call_abort(c->call); /* the key is free for a retry */
-    if (c->responded) {
-        /* a response is half sent: all the client can learn is a cut */
+    if (!c->late) /* a late wait's end was counted at its 504 */
+        atomic_fetch_add(
+            &metrics.results[status == 504 ? METRICS_UPSTREAM_TIMEOUT
+                                           : METRICS_UPSTREAM_ERROR],
+            1);
+    /* released only when the request provably did not reach the upstream;
+     * otherwise the unknown-outcome policy decides */
+    if (c->decision.outcome == IDEM_OUTCOME_PROCEED && maybe_run)
+        idem_call_unknown(c->call, NULL, NULL);
+    else if (c->decision.outcome == IDEM_OUTCOME_PROCEED)
+        idem_call_abort(c->call);
+    if (c->responded || c->late) {
+        /* a response is half sent, or the client had its 504: all it can
+         * learn now is a cut */
         c->close_after = true;
         c->gone = true;
         conn_log_request(c, "error", status);
         conn_finish_request(c);
         return;
     }
-    conn_refuse(c, status,
-                status == 504 ? "the upstream did not answer in time"
-                              : "the upstream could not be reached",
-                0, "error");
+    conn_refuse(c, status, failure_detail(c, status, maybe_run), 0, "error");
 }

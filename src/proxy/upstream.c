@@ -84,15 +84,24 @@ static const llhttp_settings_t response_settings = {
 
 /* -- Events ----------------------------------------------------------- */
 
-/* The request on u failed: tell its connection, drop u. */
-static void fail(struct upstream *u, unsigned status)
+/* Whether a byte of the request may have reached the upstream: the
+ * connection was made and the request's bytes began to leave. */
+static bool maybe_sent(struct upstream *u)
+{
+    return u->connected &&
+           evbuffer_get_length(bufferevent_get_output(u->bev)) < u->queued;
+}
+
+/* The request on u failed: tell its connection whether the request may
+ * have run (maybe_run), drop u. */
+static void fail(struct upstream *u, unsigned status, bool maybe_run)
 {
     struct conn *c = u->conn;
 
     u->conn = NULL;
     upstream_free(u);
     if (c)
-        conn_upstream_failed(c, status);
+        conn_upstream_failed(c, status, maybe_run);
 }
 
 /* The response is whole: hand over; u goes back to the pool or away. */
@@ -133,7 +142,7 @@ static void on_read(struct bufferevent *bev, void *arg)
         if (err != HPE_OK) {
             log_msg(LOG_WARN, "bad response from the upstream: %s",
                     llhttp_errno_name(err));
-            fail(u, 502);
+            fail(u, 502, true);
             return;
         }
     }
@@ -149,6 +158,7 @@ static bool retry(struct upstream *u)
     size_t n = c->rd.head.method_len;
 
     if (!u->reused || u->got_bytes || c->retried ||
+        c->decision.outcome == IDEM_OUTCOME_PROCEED ||
         !(idem__name_is(m, n, "GET") || idem__name_is(m, n, "HEAD") ||
           idem__name_is(m, n, "OPTIONS")))
         return false;
@@ -156,7 +166,7 @@ static bool retry(struct upstream *u)
     u->conn = NULL;
     upstream_free(u);
     if (upstream_forward(c) != 0)
-        conn_upstream_failed(c, 502);
+        conn_upstream_failed(c, 502, false);
     return true;
 }
 
@@ -192,7 +202,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (!retry(u))
-        fail(u, 502);
+        fail(u, 502, u->got_bytes || maybe_sent(u));
 }
 
 /* -- The pool --------------------------------------------------------- */
@@ -211,7 +221,7 @@ static struct upstream *upstream_new(struct worker *w)
         free(u);
         return NULL;
     }
-    http_head_init(&u->head, 64 * 1024, 256);
+    http_head_init(&u->head, RESPONSE_HEAD_MAX, RESPONSE_FIELDS_MAX);
     bufferevent_setcb(u->bev, on_read, on_write, on_event, u);
     bufferevent_setwatermark(u->bev, EV_WRITE, UPSTREAM_LOW, 0);
     bufferevent_set_timeouts(u->bev, NULL, &tv); /* the connect deadline */
@@ -227,7 +237,8 @@ static struct upstream *upstream_new(struct worker *w)
 }
 
 /* Whether a request header goes upstream: not hop-by-hop, and not one
- * the proxy writes itself. */
+ * the proxy writes itself (Host too, for an absolute-form: its authority
+ * is the Host, RFC 9112 §3.2.2). */
 static bool forward_header(const struct http_head *h,
                            const struct http_field *f)
 {
@@ -235,6 +246,9 @@ static bool forward_header(const struct http_head *h,
                                        "X-Forwarded-For", "X-Forwarded-Proto" };
     size_t i;
 
+    if (h->authority_len &&
+        idem__name_is(h->bytes + f->name_off, f->name_len, "Host"))
+        return false;
     for (i = 0; i < sizeof(own) / sizeof(own[0]); i++)
         if (idem__name_is(h->bytes + f->name_off, f->name_len, own[i]))
             return false;
@@ -270,7 +284,9 @@ static int add_body(struct evbuffer *o, struct evbuffer *body)
                : -1;
 }
 
-/* Queue c's request on o: 0, or -1 out of memory (o then holds a part). */
+/* Queue c's request on o: 0, or -1 out of memory (o then holds a part).
+ * The target is the origin-form conn.c judged (an absolute-form's path
+ * and query, its authority then the Host). */
 static int write_request(struct conn *c, struct evbuffer *o)
 {
     const struct http_head *h = &c->rd.head;
@@ -281,8 +297,11 @@ static int write_request(struct conn *c, struct evbuffer *o)
     bool ok;
 
     ok = evbuffer_add_printf(o, "%.*s %.*s HTTP/1.1\r\n", (int)h->method_len,
-                             h->bytes + h->method_off, (int)h->target_len,
-                             h->bytes + h->target_off) >= 0;
+                             h->bytes + h->method_off, (int)h->origin_len,
+                             h->bytes + h->origin_off) >= 0;
+    if (ok && h->authority_len)
+        ok = evbuffer_add_printf(o, "Host: %.*s\r\n", (int)h->authority_len,
+                                 h->bytes + h->authority_off) >= 0;
     for (i = 0; ok && i < h->nfields; i++)
         if (forward_header(h, &h->fields[i]))
             ok = http_add_field(o, h, &h->fields[i]) == 0;
@@ -326,6 +345,7 @@ int upstream_forward(struct conn *c)
         upstream_free(u);
         return -1;
     }
+    u->queued = evbuffer_get_length(bufferevent_get_output(u->bev));
     return 0;
 }
 

@@ -1,6 +1,7 @@
 /* Workers: one thread, one event_base, one SO_REUSEPORT listener each.
  * Other threads talk to a worker only through its wake event: wait-mode
  * decisions for its connections, and the request to stop. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +17,40 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
     conn_accept(arg, fd, sa, salen);
 }
 
+void proxy_accept_failed(struct evconnlistener *l, struct event *resume,
+                         const char *name)
+{
+    static struct log_limit limit;
+    int err = EVUTIL_SOCKET_ERROR();
+    struct timeval tv = { 0, ACCEPT_PAUSE_MS * 1000 };
+
+    if ((err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) &&
+        evtimer_add(resume, &tv) == 0) {
+        evconnlistener_disable(l);
+        log_limited(&limit, LOG_WARN, "%s: accept: %s: pausing accepts", name,
+                    strerror(err));
+        return;
+    }
+    log_limited(&limit, LOG_WARN, "%s: accept: %s", name, strerror(err));
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    struct worker *w = arg;
+
+    proxy_accept_failed(l, w->accept_resume, "listener");
+}
+
+static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+
+    (void)fd;
+    (void)what;
+    if (w->listener)
+        evconnlistener_enable(w->listener);
+}
+
 /* Stop taking requests: close the listener, idle upstream and client
  * connections; busy ones close after their response. */
 static void begin_stop(struct worker *w)
@@ -25,6 +60,7 @@ static void begin_stop(struct worker *w)
         evconnlistener_free(w->listener);
         w->listener = NULL;
     }
+    event_del(w->accept_resume);
     upstream_close_idle(w);
     conn_close_idle(w);
     if (w->nconns == 0)
@@ -116,11 +152,15 @@ int worker_init(struct worker *w, unsigned id, int fd, const struct config *cfg,
     w->base = ec ? event_base_new_with_config(ec) : NULL;
     if (ec)
         event_config_free(ec);
-    if (!w->base || !(w->wake = event_new(w->base, -1, 0, on_wake, w)))
+    if (!w->base || !(w->wake = event_new(w->base, -1, 0, on_wake, w)) ||
+        !(w->accept_resume = evtimer_new(w->base, on_accept_resume, w)))
         return -1;
     w->listener = evconnlistener_new(w->base, on_accept, w,
                                      LEV_OPT_CLOSE_ON_FREE, -1, fd);
-    return w->listener ? 0 : -1;
+    if (!w->listener)
+        return -1;
+    evconnlistener_set_error_cb(w->listener, on_accept_error);
+    return 0;
 }
 
 /* The loop. A Redis store gets this thread's connection first; at the
@@ -167,6 +207,8 @@ void worker_deinit(struct worker *w)
     upstream_close_idle(w);
     if (w->listener)
         evconnlistener_free(w->listener);
+    if (w->accept_resume)
+        event_free(w->accept_resume);
     if (w->wake)
         event_free(w->wake);
     if (w->base)

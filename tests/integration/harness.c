@@ -99,7 +99,7 @@ static long now_ms(void)
     return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
 }
 
-static void sleep_ms(long ms)
+void h_sleep_ms(long ms)
 {
     struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
 
@@ -219,7 +219,7 @@ static int wait_exit(pid_t pid, long ms)
             return -1;
         if (now_ms() >= end)
             return -1;
-        sleep_ms(10);
+        h_sleep_ms(10);
     }
 }
 
@@ -800,6 +800,26 @@ long h_upstream_wait_count(uint16_t port, long want)
     long n;
 
     while ((n = h_upstream_count(port)) != want && now_ms() < end)
-        sleep_ms(20);
+        h_sleep_ms(20);
     return n;
+}
+
+long h_metric(uint16_t admin_port, const char *name)
+{
+    struct h_req q = { .method = "GET", .target = "/metrics" };
+    struct h_resp r;
+    const char *p;
+    size_t n = strlen(name);
+    long v = -1;
+
+    if (h_exchange(admin_port, &q, &r) != 0)
+        return -1;
+    for (p = r.body; p && (p = strstr(p, name)); p += n)
+        if ((p == r.body || p[-1] == '\n') && (p[n] == ' ' || p[n] == '{')) {
+            p = strchr(p, ' ');
+            v = p ? strtol(p + 1, NULL, 10) : -1;
+            break;
+        }
+    h_resp_free(&r);
+    return v;
 }

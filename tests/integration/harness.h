@@ -71,6 +71,9 @@ int h_teardown(void **state);
  * it by h_teardown. Fails the test if it cannot be made. */
 const char *h_tmpdir(void);
 
+/* Sleep ms milliseconds, whatever signals come. */
+void h_sleep_ms(long ms);
+
 /* A port on 127.0.0.1 that was free a moment ago (bound, then closed). */
 uint16_t h_free_port(void);
 
@@ -163,6 +166,11 @@ int h_exchange(uint16_t port, const struct h_req *q, struct h_resp *r);
  * waits up to H_IO_TIMEOUT_MS for a server that keeps it open). */
 int h_exchange_raw(uint16_t port, const char *raw, struct h_resp *r,
                    bool *closed);
+
+/* The value of the first sample of metric name (a bare name, or a name
+ * with its labels, e.g. "idem_requests_total{outcome=\"replay\"}") from
+ * GET /metrics on admin_port, or -1. */
+long h_metric(uint16_t admin_port, const char *name);
 
 /* GET /count from demo_upstream on port: its executions, or -1. */
 long h_upstream_count(uint16_t port);

@@ -447,12 +447,14 @@ static bool allowed(int status)
            status == CLOSED || status == REFUSED;
 }
 
-/* A' on Redis may also be 409: A's record not stored yet (see
- * STORE_WAIT_MS), or never, its completion having failed: the key is in
- * flight until its lease ends. */
+/* A' may also be 409: on Redis, A's record not stored yet (see
+ * STORE_WAIT_MS); with either store, never, A's completion having failed:
+ * the request ran, so the key is held in flight until its lease ends (and
+ * then answers "outcome unknown"), never released to run again. */
 static bool allowed_replay(const struct window *w, int status)
 {
-    return allowed(status) || (w->redis && status == 409);
+    (void)w;
+    return allowed(status) || status == 409;
 }
 
 static bool same_header(const struct h_resp *a, const struct h_resp *b,
@@ -545,8 +547,8 @@ static bool judge(const struct window *w, unsigned long n,
         snprintf(why, cap, "no answer in %d ms: a hang", REQ_TIMEOUT_MS);
     else if (!allowed(run->sa) || !allowed_replay(w, run->sa2) ||
              !allowed(run->sr))
-        snprintf(why, cap, "an answer outside 200/500/502/503/closed%s",
-                 w->redis ? " (409 for A')" : "");
+        snprintf(why, cap,
+                 "an answer outside 200/500/502/503/closed (409 for A')");
     else if (!replay_intact(run))
         snprintf(why, cap, "A' replayed a response that is not A's");
     else if (r)

@@ -54,21 +54,7 @@ static struct h_proc *proxy(const struct h_proc *up, const char *const *extra)
 /* The value of an unlabelled metric on px's admin port, or -1. */
 static long metric(const struct h_proc *px, const char *name)
 {
-    struct h_req q = { .method = "GET", .target = "/metrics" };
-    struct h_resp r;
-    const char *p;
-    size_t n = strlen(name);
-    long v = -1;
-
-    if (h_exchange(px->admin_port, &q, &r) != 0)
-        return -1;
-    for (p = r.body; p && (p = strstr(p, name)); p += n)
-        if ((p == r.body || p[-1] == '\n') && p[n] == ' ') {
-            v = strtol(p + n + 1, NULL, 10);
-            break;
-        }
-    h_resp_free(&r);
-    return v;
+    return h_metric(px->admin_port, name);
 }
 
 static int post(const struct h_proc *px, const char *target, const char *key,
@@ -348,6 +334,31 @@ static void test_renewal_keeps_slow_request_single(void **state)
     assert_true(metric(px, "idem_lease_renewals_total") >= 2);
 }
 
+/* A dead owner: the instance running a request is killed, its lease runs
+ * out, and another instance finds the outcome unknown (502), never
+ * running the request a second time. */
+static void test_dead_owner_is_unknown(void **state)
+{
+    const char *const lease[] = { "--lease", "400ms", NULL };
+    struct h_proc *up = upstream(), *a = proxy(up, lease), *b;
+    struct h_conn *c;
+    struct h_resp r;
+
+    (void)state;
+    c = send_post(a, "/o?delay_ms=3000", "dead-1");
+    assert_int_equal(h_upstream_wait_count(up->http_port, 1), 1);
+    h_signal(a, SIGKILL);
+    assert_int_equal(h_stop(a), 128 + SIGKILL);
+    h_close(c);
+    b = proxy(up, lease);
+    test_redis_sleep_ms(600); /* the lease, renewed until the kill, ends */
+    assert_int_equal(post(b, "/o?delay_ms=3000", "dead-1", &r), 0);
+    assert_int_equal(r.status, 502);
+    assert_non_null(strstr(r.body, "outcome-unknown"));
+    h_resp_free(&r);
+    assert_int_equal(h_upstream_count(up->http_port), 1);
+}
+
 /* Bad store flags are refused at start with a message. */
 static void test_store_flags_refused(void **state)
 {
@@ -385,6 +396,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_under_load_loses_nothing,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dead_owner_is_unknown, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_renewal_keeps_slow_request_single,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_flags_refused, setup,
