@@ -150,7 +150,10 @@ int idem_cache_new(const struct idem_cache_opts *opts,
     c = idem__alloc(&env, sizeof(*c));
     if (!c)
         return IDEM_ENOMEM;
-    *c = (struct idem_cache){ .env = env, .seed = idem__random_seed() };
+    *c = (struct idem_cache){ .env = env,
+                              .seed = idem__random_seed(),
+                              .evict = o.evict,
+                              .evict_ud = o.evict_ud };
     atomic_init(&c->computes, 0);
     configure_bounds(c, &o);
     rc = cache_init(c);

@@ -77,6 +77,8 @@ struct idem_cache {
     unsigned nshards;
     size_t shard_max_entries; /* SIZE_MAX: no bound */
     size_t shard_max_bytes;
+    bool (*evict)(const void *value, size_t vlen, void *ud); /* or NULL */
+    void *evict_ud;
     struct idem_keylock *flights; /* get_or_compute's single flight */
     atomic_uint_fast64_t computes;
     void *shards_mem; /* as allocated; shards is it, cache-line aligned */

@@ -8,6 +8,7 @@
 #include "hash.h"
 
 #define ROOM_BUDGET 64u /* wheel work per round before evicting live ones */
+#define EVICT_ASKS 64u  /* refusals of the evict hook before giving up */
 
 static size_t bucket_of(const struct idem_cache *c,
                         const struct idem__cache_shard *s,
@@ -161,25 +162,42 @@ bool idem__cache_reclaim_locked(struct idem_cache *c,
     return done;
 }
 
+/* Whether the cache's evict hook lets e go (live entries only). */
+static bool may_evict(const struct idem_cache *c,
+                      const struct idem__cache_entry *e, uint64_t now)
+{
+    return !c->evict || idem__cache_expired(e, now) ||
+           c->evict(e->data + e->klen, e->vlen, c->evict_ud);
+}
+
 /* SIEVE: from the hand towards newer entries (wrapping to the oldest),
  * clear the visited bit of each evictable entry until one without it turns
- * up; the hand stays just past it. Two rounds at most, since the first
- * clears every bit it passes. NULL when nothing is evictable. */
+ * up that the evict hook lets go; the hand stays just past it. Without a
+ * hook, two rounds at most, since the first clears every bit it passes;
+ * with one, at most EVICT_ASKS refusals. NULL when nothing is evictable. */
 static struct idem__cache_entry *
-victim_locked(struct idem__cache_shard *s, const struct idem__cache_entry *keep)
+victim_locked(const struct idem_cache *c, struct idem__cache_shard *s,
+              const struct idem__cache_entry *keep, uint64_t now)
 {
     size_t protected = s->pinned + (keep && !keep->pins);
+    size_t asks = 0, steps = 0, bound = 2 * s->count + 1;
     struct idem__cache_entry *e = s->hand ? s->hand : s->oldest;
 
     if (s->count <= protected)
         return NULL;
-    for (;;) {
-        if (!e->pins && e != keep) {
-            if (!e->visited)
-                break;
+    for (;; e = e->newer ? e->newer : s->oldest) {
+        if (++steps > bound && asks)
+            return NULL; /* every candidate was kept */
+        if (e->pins || e == keep)
+            continue;
+        if (e->visited) {
             e->visited = 0;
+            continue;
         }
-        e = e->newer ? e->newer : s->oldest;
+        if (may_evict(c, e, now))
+            break;
+        if (++asks >= EVICT_ASKS)
+            return NULL;
     }
     s->hand = e->newer;
     return e;
@@ -215,7 +233,7 @@ int idem__cache_make_room_locked(struct idem_cache *c,
                 idem__cache_reclaim_locked(c, s, now, ROOM_BUDGET, grave);
             continue;
         }
-        v = victim_locked(s, keep);
+        v = victim_locked(c, s, keep, now);
         if (!v)
             return IDEM_EBUSY;
         if (idem__cache_expired(v, now))

@@ -477,6 +477,10 @@ bool idem__engine_begun(struct idem_call *call, int rc, struct idem__blob *blob)
         set_decision(call, IDEM_OUTCOME_PROCEED, 0, NULL);
         call->state = CALL_PROCEEDING;
         atomic_fetch_add(&call->e->in_flight, 1);
+    } else if (rc == IDEM_ENOSPC) {
+        set_decision(call, IDEM_OUTCOME_FULL, 503,
+                     "the idempotency store has no room for a new key now");
+        call->d.retry_after_s = call->e->retry_after_s;
     } else {
         set_decision(call, IDEM_OUTCOME_UNAVAILABLE, 503,
                      "the idempotency store is unavailable");
@@ -590,9 +594,10 @@ const char *idem_outcome_name(enum idem_outcome o)
         [IDEM_OUTCOME_INVALID] = "invalid",
         [IDEM_OUTCOME_UNAVAILABLE] = "unavailable",
         [IDEM_OUTCOME_UNKNOWN] = "unknown",
+        [IDEM_OUTCOME_FULL] = "full",
     };
 
-    if ((int)o < IDEM_OUTCOME_PASS || o > IDEM_OUTCOME_UNKNOWN)
+    if ((int)o < IDEM_OUTCOME_PASS || o > IDEM_OUTCOME_FULL)
         return "unknown";
     return names[o];
 }

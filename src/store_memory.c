@@ -100,7 +100,7 @@ static int begin_locked(struct idem__memory_store *ms, const void *key,
     if (rc == IDEM_ENOTFOUND)
         rc = idem_cache_set_ex(ms->cache, key, klen, rec, rlen, a->ttl_ms,
                                IDEM_CACHE_PIN);
-    return rc;
+    return rc == IDEM_EBUSY ? IDEM_ENOSPC : rc; /* nothing may go for it */
 }
 
 static int ms_begin(struct idem_store *s, const void *key, size_t klen,
@@ -191,6 +191,40 @@ static size_t ms_max_record(struct idem_store *s)
                : 0;
 }
 
+/* Count an eviction of a record age_ms old. */
+static void count_eviction(struct idem__memory_store *ms, uint64_t age_ms)
+{
+    static const uint64_t bounds[] = IDEM_EVICT_AGE_BOUNDS_MS;
+    uint64_t young = atomic_load(&ms->youngest_evicted);
+    size_t i = 0;
+
+    while (i < sizeof(bounds) / sizeof(bounds[0]) && age_ms >= bounds[i])
+        i++;
+    atomic_fetch_add(&ms->evicted_by_age[i], 1);
+    atomic_fetch_add(&ms->evicted_age_sum, age_ms);
+    while (age_ms < young &&
+           !atomic_compare_exchange_weak(&ms->youngest_evicted, &young, age_ms))
+        ;
+}
+
+/* The cache's evict hook: a record younger than the minimum retention
+ * stays; one let go is counted by its age (since it was completed). */
+static bool may_evict(const void *value, size_t vlen, void *ud)
+{
+    struct idem__memory_store *ms = ud;
+    struct idem__record_view v;
+    uint64_t now, age;
+
+    if (idem__record_decode(value, vlen, &v) != IDEM_OK)
+        return true; /* unreadable: worth nothing */
+    now = ms->env.wall_ms(ms->env.ud);
+    age = now > v.rec.created_ms ? now - v.rec.created_ms : 0;
+    if (age < (uint64_t)ms->min_retention_ms)
+        return false;
+    count_eviction(ms, age);
+    return true;
+}
+
 static void ms_tick(struct idem_store *s)
 {
     idem_cache_tick(((struct idem__memory_store *)s)->cache);
@@ -207,9 +241,13 @@ static void ms_stats(struct idem_store *s, struct idem_store_stats *out)
         .bytes = cs.bytes,
         .in_flight = cs.pinned,
         .evicted = cs.evicted,
+        .evicted_age_ms_sum = atomic_load(&ms->evicted_age_sum),
+        .youngest_evicted_ms = atomic_load(&ms->youngest_evicted),
         .expired = cs.expired,
         .lock_entries = idem_keylock_count(ms->locks),
     };
+    for (int i = 0; i < IDEM_EVICT_AGE_BUCKETS; i++)
+        out->evicted_by_age[i] = atomic_load(&ms->evicted_by_age[i]);
 }
 
 static void ms_free(struct idem_store *s)
@@ -255,16 +293,21 @@ int idem_store_memory_new(const struct idem_store_memory_opts *opts,
     struct idem_env env;
     int rc;
 
-    if (!store_out)
+    if (!store_out || o.min_retention_ms < 0)
         return IDEM_EINVAL;
     idem__env_resolve(o.env, &env);
     ms = idem__alloc(&env, sizeof(*ms));
     if (!ms)
         return IDEM_ENOMEM;
-    *ms = (struct idem__memory_store){ .base.ops = &memory_ops, .env = env };
+    *ms = (struct idem__memory_store){ .base.ops = &memory_ops,
+                                       .env = env,
+                                       .min_retention_ms = o.min_retention_ms };
+    atomic_init(&ms->youngest_evicted, UINT64_MAX);
     co.max_bytes = o.max_memory ? o.max_memory : DEFAULT_MAX_MEMORY;
     co.shards = shards_for(&o, co.max_bytes);
     co.env = ko.env = &ms->env;
+    co.evict = may_evict;
+    co.evict_ud = ms;
     rc = idem_cache_new(&co, &ms->cache);
     if (rc == IDEM_OK)
         rc = idem_keylock_new(&ko, &ms->locks);

@@ -2,6 +2,7 @@
 #ifndef IDEM_STORE_MEMORY_H
 #define IDEM_STORE_MEMORY_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 
 #include "idem/cache.h"
@@ -13,6 +14,11 @@ struct idem__memory_store {
     struct idem_env env;
     struct idem_cache *cache;   /* records by store key */
     struct idem_keylock *locks; /* one short critical section per op */
+    int64_t min_retention_ms;   /* younger records are never evicted */
+    /* evictions by age (IDEM_EVICT_AGE_BOUNDS_MS), their sum, and the
+     * youngest, counted by the cache's evict hook under a shard lock */
+    atomic_uint_fast64_t evicted_by_age[IDEM_EVICT_AGE_BUCKETS];
+    atomic_uint_fast64_t evicted_age_sum, youngest_evicted;
 };
 
 /* Whether s is a memory store (snapshots apply to no other). */

@@ -91,6 +91,7 @@ struct redis_store {
     void *log_ud;
     atomic_uint_fast64_t connections, connects, commands, errors, timeouts,
         pending;
+    atomic_uint_fast64_t policy; /* IDEM_REDIS_POLICY_*, last seen */
 };
 
 enum conn_state { C_DOWN, C_CONNECTING, C_UP };
@@ -613,8 +614,41 @@ static void on_setup(redisAsyncContext *ac, void *r, void *privdata)
     }
 }
 
+/* The answer to CONFIG GET maxmemory-policy: anything but noeviction lets
+ * Redis evict records under memory pressure, and a retry of an evicted
+ * key runs again. Said when it changes (each connection asks). */
+static void on_policy(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct rconn *c = privdata;
+    redisReply *reply = r, *v;
+    uint64_t seen, was;
+
+    (void)ac;
+    if (!reply)
+        return; /* the connection went down */
+    v = reply->type == REDIS_REPLY_ARRAY && reply->elements == 2
+            ? reply->element[1]
+            : NULL;
+    seen = !v || v->type != REDIS_REPLY_STRING ? IDEM_REDIS_POLICY_UNKNOWN
+           : strcmp(v->str, "noeviction") == 0 ? IDEM_REDIS_POLICY_NOEVICTION
+                                               : IDEM_REDIS_POLICY_EVICTS;
+    was = atomic_exchange(&c->rs->policy, seen);
+    if (seen == was)
+        return;
+    if (seen == IDEM_REDIS_POLICY_EVICTS)
+        say(c->rs, true,
+            "redis: maxmemory-policy is %s: under memory pressure Redis may "
+            "evict idempotency records, and a retry of an evicted key runs "
+            "again; set it to noeviction",
+            v->str);
+    else if (seen == IDEM_REDIS_POLICY_UNKNOWN)
+        say(c->rs, false,
+            "redis: cannot read maxmemory-policy (%s); it must be noeviction",
+            reply->type == REDIS_REPLY_ERROR ? reply->str : "no answer");
+}
+
 /* Log in, pick the database and load the scripts: sent first, answered
- * before any command of ours. */
+ * before any command of ours. Then ask for the eviction policy. */
 static int send_setup(struct rconn *c)
 {
     struct redis_store *rs = c->rs;
@@ -633,6 +667,9 @@ static int send_setup(struct rconn *c)
     for (i = 0; rc == REDIS_OK && i < NSCRIPTS; i++)
         rc = idem__redis_send_command(c->ac, on_setup, c, "SCRIPT LOAD %s",
                                       scripts[i]);
+    if (rc == REDIS_OK)
+        rc = idem__redis_send_command(c->ac, on_policy, c,
+                                      "CONFIG GET maxmemory-policy");
     return rc == REDIS_OK ? 0 : -1;
 }
 
@@ -775,6 +812,7 @@ static void rs_stats(struct idem_store *s, struct idem_store_stats *out)
         .errors = atomic_load(&rs->errors),
         .timeouts = atomic_load(&rs->timeouts),
         .pending = atomic_load(&rs->pending),
+        .policy = atomic_load(&rs->policy),
     };
 }
 

@@ -205,6 +205,102 @@ static void test_snapshot_that_does_not_fit_loads_nothing(void **state)
     finish(e, s);
 }
 
+/* An engine over a 64 KiB, one-shard memory store keeping records at
+ * least min_retention_ms. */
+static struct idem_engine *engine_retaining(int64_t min_retention_ms,
+                                            struct idem_store **store_out)
+{
+    struct idem_store_memory_opts mo = { .max_memory = 64 * 1024,
+                                         .shards = 1,
+                                         .min_retention_ms = min_retention_ms,
+                                         .env = &te.env };
+    struct idem_engine_opts o = { .env = &te.env };
+    struct idem_engine *e = NULL;
+
+    assert_int_equal(idem_store_memory_new(&mo, store_out), IDEM_OK);
+    o.store = *store_out;
+    assert_int_equal(idem_engine_new(&o, &e), IDEM_OK);
+    return e;
+}
+
+/* Put keys "k-0", "k-1", ... with a 1 KiB body until one is not PROCEED
+ * (or max keys): how many proceeded. */
+static int fill(struct idem_engine *e, int max, enum idem_outcome *last)
+{
+    char key[16], body[1024];
+    int i;
+
+    memset(body, 'b', sizeof(body) - 1);
+    body[sizeof(body) - 1] = '\0';
+    for (i = 0; i < max; i++) {
+        snprintf(key, sizeof(key), "k-%d", i);
+        if ((*last = put(e, key, body)) != IDEM_OUTCOME_PROCEED)
+            break;
+    }
+    return i;
+}
+
+/* Full of records younger than the minimum: a new key is refused (FULL,
+ * with Retry-After) and no record is forgotten. Once they age past it,
+ * eviction takes them again, counted by age. */
+static void test_min_retention_refuses_when_full(void **state)
+{
+    struct idem_engine_stats es;
+    struct idem_store_stats st;
+    struct idem_decision d;
+    struct idem_call *call;
+    struct idem_store *s;
+    struct idem_engine *e;
+    enum idem_outcome last;
+    struct treq t;
+    int n;
+
+    (void)state;
+    test_env_init(&te, 1000);
+    e = engine_retaining(10 * 60000, &s);
+    n = fill(e, 1000, &last);
+    assert_int_equal(last, IDEM_OUTCOME_FULL);
+    assert_true(n > 10);
+    treq_init(&t, "POST", "/o", "another", NULL, "{}");
+    assert_int_equal(run_call(e, &t, &call, &d), IDEM_OUTCOME_FULL);
+    assert_int_equal(d.status, 503);
+    assert_true(d.retry_after_s > 0);
+    idem_call_free(call);
+    idem_store_stats(s, &st);
+    assert_int_equal(st.evicted, 0);
+    assert_int_equal(st.records, (uint64_t)n);
+    assert_int_equal(st.youngest_evicted_ms, UINT64_MAX);
+    assert_int_equal(put(e, "k-0", "x"), IDEM_OUTCOME_REPLAY); /* kept */
+    idem_engine_stats(e, &es);
+    assert_int_equal(es.outcomes[IDEM_OUTCOME_FULL], 2);
+    test_clock_advance(&te, 10 * 60000); /* now old enough to go */
+    assert_int_equal(outcome_of(e, &t), IDEM_OUTCOME_PROCEED);
+    idem_store_stats(s, &st);
+    assert_true(st.evicted > 0);
+    assert_int_equal(st.evicted_by_age[2], st.evicted); /* 10 min .. 1 h */
+    assert_true(st.youngest_evicted_ms >= 10 * 60000);
+    finish(e, s);
+}
+
+/* Without a minimum (--when-full evict), young records go, counted. */
+static void test_no_min_retention_evicts_young(void **state)
+{
+    struct idem_store_stats st;
+    struct idem_store *s;
+    struct idem_engine *e;
+    enum idem_outcome last;
+
+    (void)state;
+    test_env_init(&te, 1000);
+    e = engine_retaining(0, &s);
+    assert_int_equal(fill(e, 200, &last), 200);
+    idem_store_stats(s, &st);
+    assert_true(st.evicted > 0);
+    assert_int_equal(st.evicted_by_age[0], st.evicted); /* under 1 min */
+    assert_true(st.youngest_evicted_ms < 60000);
+    finish(e, s);
+}
+
 static void test_snapshot_round_trip(void **state)
 {
     struct idem_snapshot_stats ss;
@@ -355,6 +451,8 @@ int main(void)
         cmocka_unit_test(test_eviction_spares_in_flight),
         cmocka_unit_test(test_no_room_keeps_status_and_headers),
         cmocka_unit_test(test_failed_completion_holds_the_key),
+        cmocka_unit_test(test_min_retention_refuses_when_full),
+        cmocka_unit_test(test_no_min_retention_evicts_young),
         cmocka_unit_test_setup_teardown(
             test_snapshot_that_does_not_fit_loads_nothing, make_path,
             remove_path),

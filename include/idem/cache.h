@@ -31,6 +31,13 @@ struct idem_cache_opts {
     size_t max_bytes;
     /* Clock and allocator; copied. NULL: idem_env_default(). */
     const struct idem_env *env;
+    /* Asked, under the shard's lock, about the live entry eviction chose to
+     * make room: true evicts it, false keeps it this time (as if it were
+     * pinned). A set that finds only kept or pinned entries answers
+     * IDEM_EBUSY. It sees the entry's value only and must call no cache
+     * function. NULL: every choice is evicted. */
+    bool (*evict)(const void *value, size_t vlen, void *ud);
+    void *evict_ud;
 };
 
 struct idem_cache_stats {

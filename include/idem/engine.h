@@ -64,9 +64,12 @@ enum idem_outcome {
     /* 502: the request with this key may have executed, but its outcome
      * is unknown (no usable response came); it is not run again */
     IDEM_OUTCOME_UNKNOWN,
+    /* 503: the store has no room for a new key (every record it holds is
+     * in flight or younger than its minimum retention); retry later */
+    IDEM_OUTCOME_FULL,
 };
 
-#define IDEM_OUTCOME_COUNT (IDEM_OUTCOME_UNKNOWN + 1)
+#define IDEM_OUTCOME_COUNT (IDEM_OUTCOME_FULL + 1)
 
 /* What a key keeps when its request may have executed but no usable
  * response came (idem_call_unknown, a call freed unfinished, a lease that
@@ -233,8 +236,8 @@ IDEM_API int idem_call_body(struct idem_call *call, const void *data,
                             size_t len);
 
 /* Decide a PENDING call whose body is complete. IDEM_OK: *out is PROCEED,
- * REPLAY, CONFLICT, MISMATCH or UNAVAILABLE. IDEM_EINPROGRESS: in wait
- * mode the key is in flight, or the store is asynchronous; cb(call,
+ * REPLAY, CONFLICT, MISMATCH, UNKNOWN, FULL or UNAVAILABLE. IDEM_EINPROGRESS:
+ * in wait mode the key is in flight, or the store is asynchronous; cb(call,
  * decision, ud) comes once it is decided (in wait mode: REPLAY, PROCEED
  * after an abort, or CONFLICT at the bound). cb is required in wait mode
  * and with an asynchronous store. IDEM_EINVAL: the call is not pending. */

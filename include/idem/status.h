@@ -24,7 +24,8 @@
     X(ESTALE, -10, "stale owner token")                                        \
     X(EIO, -11, "input/output error")                                          \
     X(EEXIST, -12, "already exists")                                           \
-    X(E2BIG, -13, "too big for the bound")
+    X(E2BIG, -13, "too big for the bound")                                     \
+    X(ENOSPC, -14, "no room: what is held may not be evicted yet")
 
 enum idem_status {
 #define IDEM_STATUS_ENUM(name, value, text) IDEM_##name = (value),

@@ -26,14 +26,34 @@ struct idem_store_memory_opts {
      * of max_memory could not hold two such records. 0: no such bound.
      * idem_store_max_record() says what the store holds. */
     size_t max_record;
+    /* A completed (or outcome unknown) record younger than this is never
+     * evicted for room: when only such records (and ones in flight) are
+     * left, a new key's begin answers IDEM_ENOSPC and the engine decides
+     * FULL (503) rather than forget a young promise. 0: any completed
+     * record may be evicted, the least valuable first. */
+    int64_t min_retention_ms;
     const struct idem_env *env; /* copied. NULL: idem_env_default() */
 };
 
+/* Ages that evictions are counted by: under 1 min, 10 min, 1 h, 24 h. */
+#define IDEM_EVICT_AGE_BUCKETS 5
+#define IDEM_EVICT_AGE_BOUNDS_MS                                               \
+    {                                                                          \
+        60000, 600000, 3600000, 86400000                                       \
+    }
+
 struct idem_store_stats {
-    uint64_t records;      /* records held, in flight or completed */
-    uint64_t bytes;        /* bytes charged against max_memory */
-    uint64_t in_flight;    /* records in flight (pinned) */
-    uint64_t evicted;      /* completed records evicted for room */
+    uint64_t records;   /* records held, in flight or completed */
+    uint64_t bytes;     /* bytes charged against max_memory */
+    uint64_t in_flight; /* records in flight (pinned) */
+    uint64_t evicted;   /* completed records evicted for room */
+    /* those by age when evicted: below each of IDEM_EVICT_AGE_BOUNDS_MS,
+     * then older; and the sum of their ages in ms */
+    uint64_t evicted_by_age[IDEM_EVICT_AGE_BUCKETS];
+    uint64_t evicted_age_ms_sum;
+    /* the age in ms of the youngest record evicted so far; UINT64_MAX:
+     * none */
+    uint64_t youngest_evicted_ms;
     uint64_t expired;      /* records whose lifetime or lease ended */
     uint64_t lock_entries; /* per-key lock entries now: 0 when idle */
     /* Redis only (0 for memory): */
@@ -43,7 +63,13 @@ struct idem_store_stats {
     uint64_t errors;      /* commands failed: error reply, lost link, timeout */
     uint64_t timeouts;    /* commands or connects past their deadline */
     uint64_t pending;     /* commands awaiting their answer now */
+    uint64_t policy;      /* maxmemory-policy: IDEM_REDIS_POLICY_* */
 };
+
+/* What Redis answered for maxmemory-policy, asked on every connection. */
+#define IDEM_REDIS_POLICY_UNKNOWN 0    /* not asked yet, or CONFIG refused */
+#define IDEM_REDIS_POLICY_NOEVICTION 1 /* records are never evicted */
+#define IDEM_REDIS_POLICY_EVICTS 2     /* Redis may evict records */
 
 struct idem_snapshot_stats {
     uint64_t loaded;  /* records taken in */

@@ -651,6 +651,7 @@ static const char *const levels[] = { "error", "warn", "info", "debug", NULL };
 static const char *const formats[] = { "text", "json", NULL };
 static const char *const failures[] = { "closed", "open", NULL };
 static const char *const unknowns[] = { "hold", "release", NULL };
+static const char *const fulls[] = { "refuse", "evict", NULL };
 
 /* The options, in --help's order. Kept one per two lines by hand. */
 /* clang-format off */
@@ -686,6 +687,12 @@ static const struct option options[] = {
       .help = "may have run, no answer: hold or release" },
     { .name = "max-memory", .kind = &k_size, .off = AT(max_memory), .min = 1,
       .arg = "SIZE", .def = "64M", .help = "memory for stored records" },
+    { .name = "min-retention", .kind = &k_duration,
+      .off = AT(min_retention_ms), .arg = "DURATION", .def = "10m",
+      .help = "records never evicted younger" },
+    { .name = "when-full", .kind = &k_enum, .off = AT(when_full),
+      .names = fulls, .arg = "MODE", .def = "refuse",
+      .help = "no room: refuse (503) or evict" },
     { .name = "max-body", .kind = &k_size, .off = AT(max_body), .min = 1,
       .arg = "SIZE", .def = "1M", .help = "longest request body (413)" },
     { .name = "max-stored-body", .kind = &k_size, .off = AT(max_stored_body),
@@ -753,6 +760,7 @@ static const struct option options[] = {
 _Static_assert(sizeof(enum log_level) == sizeof(int), "enum fields as int");
 _Static_assert(sizeof(enum log_format) == sizeof(int), "enum fields as int");
 _Static_assert(sizeof(enum store_failure) == sizeof(int), "enum fields as int");
+_Static_assert(sizeof(enum when_full) == sizeof(int), "enum fields as int");
 _Static_assert(sizeof(enum idem_unknown_policy) == sizeof(int) &&
                    IDEM_UNKNOWN_HOLD == 0 && IDEM_UNKNOWN_RELEASE == 1,
                "enum fields as int, in the order of unknowns[]");
@@ -906,6 +914,8 @@ int config_parse(struct config *c, int argc, char **argv, FILE *out, FILE *err)
         rc = fail(&p, "--upstream is required");
     if (rc == 0 && c->snapshot && !config_store_is_memory(c))
         rc = fail(&p, "--snapshot applies to the memory store only");
+    if (c->min_retention_ms > c->lifetime_ms) /* a record lives no longer */
+        c->min_retention_ms = c->lifetime_ms;
     if (rc != 0)
         config_free(c);
     return rc < 0 ? 2 : rc;

@@ -21,6 +21,12 @@ enum store_failure {
     STORE_FAIL_OPEN,       /* forwarded without the guarantee, counted */
 };
 
+/* What a full memory store does for a new key. */
+enum when_full {
+    WHEN_FULL_REFUSE = 0, /* 503 + Retry-After; young records are kept */
+    WHEN_FULL_EVICT,      /* evict completed records, however young */
+};
+
 /* A "host:port" address. host is an IPv4/IPv6 literal or a name
  * ("localhost"); IPv6 literals are written "[::1]:8080". */
 struct addr {
@@ -43,11 +49,14 @@ struct config {
     /* --unknown-outcome hold|release: a request that may have run with no
      * usable answer keeps its key (502 to retries) or frees it */
     enum idem_unknown_policy unknown_outcome;
-    size_t max_memory;       /* --max-memory, default 64M */
-    size_t max_body;         /* --max-body, default 1M (413 past it) */
-    size_t max_stored_body;  /* --max-stored-body, default 1M */
-    size_t max_header_bytes; /* --max-header-bytes, default 16K (431) */
-    unsigned max_headers;    /* --max-headers, default 100 (431) */
+    size_t max_memory;        /* --max-memory, default 64M */
+    int64_t min_retention_ms; /* --min-retention, default 10m (at most
+                                 the lifetime) */
+    enum when_full when_full; /* --when-full refuse|evict */
+    size_t max_body;          /* --max-body, default 1M (413 past it) */
+    size_t max_stored_body;   /* --max-stored-body, default 1M */
+    size_t max_header_bytes;  /* --max-header-bytes, default 16K (431) */
+    unsigned max_headers;     /* --max-headers, default 100 (431) */
     enum idem_conflict_mode conflict; /* --conflict reject|wait:DURATION */
     int64_t wait_ms;                  /* the DURATION of wait:, default 10s */
     char **methods;                   /* --methods POST,PATCH */

@@ -19,7 +19,8 @@
 #include "proxy.h"
 
 #define TICK_MS 100
-#define TRIM_TICKS 50 /* every 5 s: return freed heap to the kernel */
+#define TRIM_TICKS 50        /* every 5 s: return freed heap to the kernel */
+#define EVICT_CHECK_TICKS 10 /* every 1 s: young records evicted? */
 
 struct app {
     struct config cfg;
@@ -100,8 +101,12 @@ static size_t record_need(const struct config *c)
 static int make_store(struct app *app)
 {
     const struct config *c = &app->cfg;
-    struct idem_store_memory_opts mo = { .max_memory = c->max_memory,
-                                         .max_record = record_need(c) };
+    struct idem_store_memory_opts mo = {
+        .max_memory = c->max_memory,
+        .max_record = record_need(c),
+        .min_retention_ms =
+            c->when_full == WHEN_FULL_REFUSE ? c->min_retention_ms : 0,
+    };
     struct idem_store_redis_opts ro = {
         .url = c->store,
         .prefix = c->redis_prefix,
@@ -272,6 +277,29 @@ static void on_reopen(evutil_socket_t sig, short what, void *arg)
         log_msg(LOG_ERROR, "cannot reopen the log: %s", strerror(errno));
 }
 
+/* Say, at most once a minute, that records younger than an hour were
+ * evicted since the last look: a promise forgotten, the key's retry runs
+ * again (--when-full evict, or a store full of in-flight requests). */
+static void warn_young_evictions(struct app *app)
+{
+    static uint64_t seen, said_ms;
+    struct idem_store_stats st;
+    uint64_t young, now = (uint64_t)time(NULL) * 1000;
+
+    idem_store_stats(app->store, &st);
+    young = st.evicted_by_age[0] + st.evicted_by_age[1] + st.evicted_by_age[2];
+    if (young == seen || now - said_ms < 60000)
+        return;
+    log_msg(LOG_WARN,
+            "%llu records younger than an hour evicted for room (the "
+            "youngest %llus old): a retry of their keys runs again; raise "
+            "--max-memory, or use --when-full refuse",
+            (unsigned long long)(young - seen),
+            (unsigned long long)(st.youngest_evicted_ms / 1000));
+    seen = young;
+    said_ms = now;
+}
+
 /* The engine's timer: expire waits and records. Every TRIM_TICKS, give
  * the heap that expired records freed back to the kernel: glibc keeps it
  * in the workers' arenas otherwise, and resident memory would stay at its
@@ -285,6 +313,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     idem_engine_tick(((struct app *)arg)->engine);
     if (++ticks % TRIM_TICKS == 0)
         malloc_trim(0);
+    if (ticks % EVICT_CHECK_TICKS == 0)
+        warn_young_evictions(arg);
 }
 
 /* Wait for the workers, at most the shutdown timeout; then cut. */

@@ -218,7 +218,7 @@ static const struct sample samples[] = {
 static const enum idem_outcome outcomes[] = {
     IDEM_OUTCOME_PASS,        IDEM_OUTCOME_PROCEED,  IDEM_OUTCOME_REPLAY,
     IDEM_OUTCOME_CONFLICT,    IDEM_OUTCOME_MISMATCH, IDEM_OUTCOME_INVALID,
-    IDEM_OUTCOME_UNAVAILABLE, IDEM_OUTCOME_UNKNOWN,
+    IDEM_OUTCOME_UNAVAILABLE, IDEM_OUTCOME_UNKNOWN,  IDEM_OUTCOME_FULL,
 };
 
 /* -- Rendering -------------------------------------------------------- */
@@ -318,6 +318,54 @@ static void render_latency(struct text *t)
     add(t, "%s_count %" PRIu64 "\n", f.name, total);
 }
 
+/* The memory store's evictions by the age of what they took, and the
+ * youngest taken (left out while there is none). */
+static void render_eviction_ages(struct text *t, const struct snap *s)
+{
+    static const struct family f = {
+        "idem_store_eviction_age_seconds", "histogram",
+        "Ages of the records evicted for room (a retry of one runs again)"
+    };
+    static const struct family young = {
+        "idem_store_youngest_eviction_age_seconds", "gauge",
+        "Age of the youngest record evicted since start"
+    };
+    static const char *const le[] = { "60", "600", "3600", "86400", "+Inf" };
+    uint64_t total = 0;
+    size_t i;
+
+    family(t, &f);
+    for (i = 0; i < IDEM_EVICT_AGE_BUCKETS; i++) {
+        total += s->s.evicted_by_age[i];
+        add(t, "%s_bucket{le=\"%s\"} %" PRIu64 "\n", f.name, le[i], total);
+    }
+    add(t, "%s_sum %" PRIu64 ".%03" PRIu64 "\n", f.name,
+        s->s.evicted_age_ms_sum / 1000, s->s.evicted_age_ms_sum % 1000);
+    add(t, "%s_count %" PRIu64 "\n", f.name, total);
+    if (s->s.youngest_evicted_ms == UINT64_MAX)
+        return;
+    family(t, &young);
+    add(t, "%s %" PRIu64 ".%03" PRIu64 "\n", young.name,
+        s->s.youngest_evicted_ms / 1000, s->s.youngest_evicted_ms % 1000);
+}
+
+/* Redis's maxmemory-policy: 1 may evict records, 0 noeviction, -1 not
+ * known (no Redis, not asked yet, or CONFIG refused). */
+static void render_redis_policy(struct text *t, const struct snap *s)
+{
+    static const struct family f = {
+        "idem_redis_may_evict", "gauge",
+        "Redis maxmemory-policy lets it evict records: 1 yes, 0 "
+        "noeviction, -1 not known"
+    };
+
+    family(t, &f);
+    add(t, "%s %d\n", f.name,
+        s->s.policy == IDEM_REDIS_POLICY_EVICTS       ? 1
+        : s->s.policy == IDEM_REDIS_POLICY_NOEVICTION ? 0
+                                                      : -1);
+}
+
 char *metrics_render(struct idem_engine *e, size_t *len_out)
 {
     struct text t = { .cap = 4096 };
@@ -330,6 +378,8 @@ char *metrics_render(struct idem_engine *e, size_t *len_out)
     render_requests(&t, &s);
     render_samples(&t, &s);
     render_latency(&t);
+    render_eviction_ages(&t, &s);
+    render_redis_policy(&t, &s);
     if (t.failed) {
         free(t.p);
         return NULL;

@@ -284,6 +284,76 @@ static void test_snapshot_all_or_nothing(void **state)
     free(file);
 }
 
+/* -- Memory pressure ------------------------------------------------------ */
+
+#define PRESSURE_KEYS 200
+
+/* POST distinct keys with 20 KB answers until one is not 200: its index
+ * (PRESSURE_KEYS if none); *r holds that answer. */
+static int press(struct h_proc *px, struct h_resp *r)
+{
+    char key[16];
+    int i;
+
+    for (i = 0; i < PRESSURE_KEYS; i++) {
+        snprintf(key, sizeof(key), "p-%d", i);
+        post(px, "/p?size=20000", key, "x", r);
+        if (r->status != 200)
+            return i;
+        h_resp_free(r);
+    }
+    return i;
+}
+
+/* Full of records younger than --min-retention: a new key gets 503 with
+ * Retry-After, and no record is forgotten. */
+static void test_full_store_refuses_new_keys(void **state)
+{
+    struct h_proc *up,
+        *px =
+            pair(&up, FLAGS("--max-memory", "1M", "--max-stored-body", "64K"));
+    struct h_resp r;
+    int n;
+
+    (void)state;
+    n = press(px, &r);
+    assert_true(n > 5 && n < PRESSURE_KEYS);
+    assert_problem(&r, 503);
+    assert_non_null(h_header(&r, "Retry-After"));
+    h_resp_free(&r);
+    assert_int_equal(h_metric(px->admin_port, "idem_store_evictions_total"), 0);
+    assert_int_equal(
+        h_metric(px->admin_port, "idem_requests_total{outcome=\"full\"}"), 1);
+    post(px, "/p?size=20000", "p-0", "x", &r); /* the first is kept */
+    assert_int_equal(r.status, 200);
+    assert_replayed(&r, true);
+    h_resp_free(&r);
+    assert_int_equal(h_upstream_count(up->http_port), n);
+}
+
+/* --when-full evict: young records go, and metrics and log say so. */
+static void test_when_full_evict_says_so(void **state)
+{
+    struct h_proc *up,
+        *px = pair(&up, FLAGS("--max-memory", "1M", "--max-stored-body", "64K",
+                              "--when-full", "evict", "--log-level", "warn"));
+    char err[8192];
+    struct h_resp r;
+
+    (void)state;
+    assert_int_equal(press(px, &r), PRESSURE_KEYS);
+    assert_true(h_metric(px->admin_port, "idem_store_evictions_total") > 0);
+    assert_true(h_metric(px->admin_port,
+                         "idem_store_eviction_age_seconds_bucket{le=\"60\"}") >
+                0);
+    assert_int_equal(
+        h_metric(px->admin_port, "idem_store_youngest_eviction_age_seconds"),
+        0);
+    h_sleep_ms(1200); /* the check runs every second */
+    h_stderr(px, err, sizeof(err));
+    assert_non_null(strstr(err, "younger than an hour evicted"));
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, h_setup, h_teardown)
 
 int main(void)
@@ -297,6 +367,8 @@ int main(void)
         T(test_big_bodies_fit_their_bound),
         T(test_unfit_stored_body_refused_at_start),
         T(test_snapshot_all_or_nothing),
+        T(test_full_store_refuses_new_keys),
+        T(test_when_full_evict_says_so),
     };
 
     signal(SIGPIPE, SIG_IGN);

@@ -359,6 +359,32 @@ static void test_dead_owner_is_unknown(void **state)
     assert_int_equal(h_upstream_count(up->http_port), 1);
 }
 
+/* A Redis that may evict records is said loudly, and in a metric. */
+static void test_evicting_policy_is_said(void **state)
+{
+    struct h_proc *up, *px;
+    char err[4096];
+    int i;
+
+    (void)state;
+    assert_int_equal(
+        test_redis_cmd(&server, "CONFIG SET maxmemory-policy allkeys-lru"), 0);
+    up = upstream();
+    px = proxy(up, NULL);
+    for (i = 0; i < 100 && metric(px, "idem_redis_may_evict") != 1; i++)
+        test_redis_sleep_ms(20);
+    assert_int_equal(metric(px, "idem_redis_may_evict"), 1);
+    h_stderr(px, err, sizeof(err));
+    assert_non_null(strstr(err, "warn redis: maxmemory-policy is allkeys-lru"));
+    assert_int_equal(h_stop(px), 0);
+    assert_int_equal(
+        test_redis_cmd(&server, "CONFIG SET maxmemory-policy noeviction"), 0);
+    px = proxy(up, NULL);
+    for (i = 0; i < 100 && metric(px, "idem_redis_may_evict") != 0; i++)
+        test_redis_sleep_ms(20);
+    assert_int_equal(metric(px, "idem_redis_may_evict"), 0);
+}
+
 /* Bad store flags are refused at start with a message. */
 static void test_store_flags_refused(void **state)
 {
@@ -397,6 +423,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sigterm_under_load_loses_nothing,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_owner_is_unknown, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_evicting_policy_is_said, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_renewal_keeps_slow_request_single,
                                         setup, teardown),

@@ -136,6 +136,9 @@ end=$(rss_kib "$px_pid")
 peak=$(awk -F, 'NR > 1 && $2 > m { m = $2 } END { print m + 0 }' "$OUT/rss$SUFFIX.csv")
 requests=$(metric 'idem_requests_total{outcome="proceed"}')
 evicted=$(metric idem_store_evictions_total)
+evicted_1m=$(metric 'idem_store_eviction_age_seconds_bucket{le="60"}')
+evicted_1h=$(metric 'idem_store_eviction_age_seconds_bucket{le="3600"}')
+full=$(metric 'idem_requests_total{outcome="full"}')
 
 gnuplot <<EOF || echo "soak_proxy: gnuplot failed; rss.csv is there" >&2
 set terminal png size 900,400
@@ -149,6 +152,9 @@ EOF
 
 echo "soak.proxy$SUFFIX.requests $requests"
 echo "soak.proxy$SUFFIX.evictions $evicted"
+echo "soak.proxy$SUFFIX.evictions_under_1m $evicted_1m"
+echo "soak.proxy$SUFFIX.evictions_under_1h $evicted_1h"
+echo "soak.proxy$SUFFIX.full_refusals $full"
 echo "soak.proxy$SUFFIX.rss_baseline $((baseline / 1024)) MiB"
 echo "soak.proxy$SUFFIX.rss_peak $((peak / 1024)) MiB"
 echo "soak.proxy$SUFFIX.rss_end $((end / 1024)) MiB"
