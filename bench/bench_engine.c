@@ -48,7 +48,7 @@ static enum idem_outcome one(struct idem_engine *e, struct req *q)
     idem_call_body(call, body, sizeof(body) - 1);
     idem_call_decide(call, NULL, NULL, &d);
     if (d.outcome == IDEM_OUTCOME_PROCEED)
-        idem_call_complete(call, &resp, NULL);
+        idem_call_complete(call, &resp, NULL, NULL);
     idem_call_free(call);
     return d.outcome;
 }

@@ -137,6 +137,8 @@ int idem_engine_new(const struct idem_engine_opts *opts,
     if (idem__fp_init() != IDEM_OK)
         return IDEM_ENOMEM;
     idem__env_resolve(o.env, &env);
+    if (!env.after != !env.cancel) /* timers come in pairs */
+        return IDEM_EINVAL;
     e = idem__alloc(&env, sizeof(*e));
     if (!e)
         return IDEM_ENOMEM;
@@ -145,11 +147,15 @@ int idem_engine_new(const struct idem_engine_opts *opts,
     pthread_mutex_init(&e->wait_mu, NULL);
     apply_defaults(e, &o);
     e->store = o.store;
+    idem__list_init(&e->waiting);
     rc = copy_names(e, &o);
     if (rc == IDEM_OK && !e->store) {
         rc = idem_store_memory_new(&mo, &e->store);
         e->owns_store = rc == IDEM_OK;
     }
+    if (rc == IDEM_OK)
+        e->wait_ops =
+            e->store->ops->async ? &idem__poll_waiting : &idem__list_waiting;
     if (rc != IDEM_OK) {
         idem_engine_free(e);
         return rc;
@@ -178,7 +184,7 @@ size_t idem_engine_tick(struct idem_engine *e)
 
     if (!e)
         return 0;
-    n = idem__wait_expire(e);
+    n = e->wait_ops->expire(e);
     e->store->ops->tick(e->store);
     return n;
 }
@@ -519,16 +525,11 @@ int idem_call_decide(struct idem_call *call, idem_decide_cb cb, void *ud,
     if (rc != IDEM_OK)
         return rc;
     new_token(call);
-    call->state = CALL_FINISHED;
-    if (e->store->ops->async)
-        return idem__async_decide(call, cb, ud, out);
-    if (idem__engine_try_begin(call) && e->conflict == IDEM_CONFLICT_WAIT) {
-        call->cb = cb;
-        call->cb_ud = ud;
-        call->deadline_ms = e->env.now_ms(e->env.ud) + (uint64_t)e->wait_ms;
-        if (idem__wait_begin(call) == IDEM_EINPROGRESS)
-            return IDEM_EINPROGRESS;
-    }
+    call->cb = cb;
+    call->cb_ud = ud;
+    call->deadline_ms = e->env.now_ms(e->env.ud) + (uint64_t)e->wait_ms;
+    if (e->wait_ops->decide(call) == IDEM_EINPROGRESS)
+        return IDEM_EINPROGRESS;
     idem__engine_count(e, call->d.outcome);
     *out = call->d;
     return IDEM_OK;
@@ -548,6 +549,7 @@ int idem_call_new(struct idem_engine *e, struct idem_call **call_out)
         return IDEM_ENOMEM;
     memset(call, 0, sizeof(*call));
     call->e = e;
+    idem__list_init(&call->wlink);
     *call_out = call;
     return IDEM_OK;
 }
@@ -556,14 +558,7 @@ int idem_call_cancel(struct idem_call *call)
 {
     if (!call)
         return IDEM_EINVAL;
-    if (call->e->store->ops->async)
-        return idem__async_cancel(call);
-    if (call->state != CALL_WAITING)
-        return IDEM_ENOTFOUND;
-    if (!idem__wait_cancel(call))
-        return IDEM_EALREADY;
-    call->state = CALL_FINISHED;
-    return IDEM_OK;
+    return call->e->wait_ops->cancel(call);
 }
 
 void idem_call_free(struct idem_call *call)

@@ -1,8 +1,9 @@
-/* Deciding with an asynchronous store (Redis). A call's begin is an op in
- * flight (struct idem__op); its answer decides the call or, in wait mode
- * with the key in flight elsewhere, starts a poll: the begin is sent
- * again after 10, 20, 40 ... ms (at most POLL_MAX_MS apart) until the
- * key is free or done, or the wait's bound passes. Polling, not pub/sub:
+/* Deciding with an asynchronous store (Redis): idem__poll_waiting. A
+ * call's begin is an op in flight (struct idem__op); its answer decides
+ * the call or, in wait mode with the key in flight elsewhere, starts a
+ * poll on the env's timers: the begin is sent again after 10, 20, 40 ...
+ * ms (at most POLL_MAX_MS apart) until the key is free or done, or the
+ * wait's bound passes. Polling, not pub/sub:
  * the owner may be another instance, or may die without a word, and a
  * poll needs no subscription per key (docs/internals/engine.md). A call
  * that lets go (cancel, free) while its begin is in flight orphans the
@@ -55,7 +56,8 @@ static bool answered(struct idem_call *call, int rc, struct idem__blob *blob)
         delay = (int64_t)(call->deadline_ms - now);
     call->poll_ms =
         call->poll_ms * 2 > POLL_MAX_MS ? POLL_MAX_MS : call->poll_ms * 2;
-    call->timer = e->store->ops->after(e->store, delay, poll_fire, call);
+    call->timer =
+        e->env.after ? e->env.after(e->env.ud, delay, poll_fire, call) : NULL;
     if (!call->timer)
         return true; /* no timer: the conflict stands */
     if (!call->polling) {
@@ -129,34 +131,26 @@ static void poll_fire(void *ud)
         decided_later(call);
 }
 
-int idem__async_decide(struct idem_call *call, idem_decide_cb cb, void *ud,
-                       struct idem_decision *out)
+static int poll_decide(struct idem_call *call)
 {
-    struct idem_engine *e = call->e;
-
-    call->cb = cb;
-    call->cb_ud = ud;
-    call->deadline_ms = e->env.now_ms(e->env.ud) + (uint64_t)e->wait_ms;
     call->poll_ms = POLL_FIRST_MS;
     call->state = CALL_DECIDING;
     if (send_begin(call) == IDEM_EINPROGRESS)
         return IDEM_EINPROGRESS;
     unpoll(call);
-    idem__engine_count(e, call->d.outcome);
     if (call->d.outcome != IDEM_OUTCOME_PROCEED)
         call->state = CALL_FINISHED;
-    *out = call->d;
     return IDEM_OK;
 }
 
-int idem__async_cancel(struct idem_call *call)
+static int poll_cancel(struct idem_call *call)
 {
-    struct idem_store *s = call->e->store;
+    struct idem_engine *e = call->e;
 
     if (call->state != CALL_DECIDING && call->state != CALL_WAITING)
         return IDEM_ENOTFOUND;
     if (call->timer) {
-        s->ops->cancel_after(s, call->timer);
+        e->env.cancel(e->env.ud, call->timer);
         call->timer = NULL;
     }
     if (call->op) {
@@ -167,3 +161,25 @@ int idem__async_cancel(struct idem_call *call)
     call->state = CALL_FINISHED;
     return IDEM_OK;
 }
+
+/* Polling waits learn of a key leaving flight by asking, and time out on
+ * their own timers. */
+static void poll_left(struct idem_engine *e, const uint8_t *skey, size_t klen)
+{
+    (void)e;
+    (void)skey;
+    (void)klen;
+}
+
+static size_t poll_expire(struct idem_engine *e)
+{
+    (void)e;
+    return 0;
+}
+
+const struct idem__waiting idem__poll_waiting = {
+    .decide = poll_decide,
+    .cancel = poll_cancel,
+    .left = poll_left,
+    .expire = poll_expire,
+};

@@ -193,8 +193,7 @@ static int settled(struct idem_engine *e, enum idem__op_kind kind, int rc,
         break;
     }
     atomic_fetch_sub(&e->in_flight, 1);
-    if (!e->store->ops->async) /* asynchronous waits poll instead */
-        idem__wait_wake(e, skey, klen);
+    e->wait_ops->left(e, skey, klen);
     return rc;
 }
 
@@ -275,55 +274,51 @@ static int store_done(struct idem_call *call, const struct idem_response *resp,
     return rc;
 }
 
-static int complete(struct idem_call *call, const struct idem_response *resp,
-                    idem_finish_cb cb, void *ud, bool *stored_out)
+/* Hand an op's answer to its caller (STYLE §18): without cb, rc itself
+ * (IDEM_EINPROGRESS: the answer will only be counted); with cb, an answer
+ * that came at once goes to cb now, and the caller gets IDEM_OK. */
+static int answer(int rc, bool stored, idem_finish_cb cb, void *ud)
 {
-    struct idem_engine *e;
-    bool storable;
-    int rc;
+    if (!cb)
+        return rc;
+    if (rc != IDEM_EINPROGRESS)
+        cb(rc, stored, ud);
+    return IDEM_OK;
+}
 
-    if (stored_out)
-        *stored_out = false;
-    if (!call || !resp || call->state != CALL_PROCEEDING ||
-        (!resp->headers && resp->nheaders) || (!resp->body && resp->body_len))
-        return IDEM_EINVAL;
-    e = call->e;
-    call->state = CALL_FINISHED;
-    storable = e->storable ? e->storable(resp->status, e->storable_ud)
-                           : default_storable(resp->status);
-    if (!storable || resp->status < 100 || resp->status > 999 ||
-        said_no_store(resp))
-        return store_op(call, IDEM__OP_NOSTORE, NULL, 0, 0, cb, ud, false);
-    rc = store_done(call, resp, cb, ud);
-    if (stored_out)
-        *stored_out = rc == IDEM_OK;
-    return rc;
+static bool response_ok(const struct idem_response *resp)
+{
+    return resp && (resp->headers || !resp->nheaders) &&
+           (resp->body || !resp->body_len);
 }
 
 int idem_call_complete(struct idem_call *call, const struct idem_response *resp,
-                       bool *stored_out)
+                       idem_finish_cb cb, void *ud)
 {
-    return complete(call, resp, NULL, NULL, stored_out);
+    struct idem_engine *e;
+    int rc;
+
+    if (!call || call->state != CALL_PROCEEDING || !response_ok(resp))
+        return IDEM_EINVAL;
+    e = call->e;
+    call->state = CALL_FINISHED;
+    if (resp->status < 100 || resp->status > 999 || said_no_store(resp) ||
+        !(e->storable ? e->storable(resp->status, e->storable_ud)
+                      : default_storable(resp->status))) {
+        rc = store_op(call, IDEM__OP_NOSTORE, NULL, 0, 0, cb, ud, false);
+        return answer(rc, false, cb, ud);
+    }
+    rc = store_done(call, resp, cb, ud);
+    return answer(rc, rc == IDEM_OK, cb, ud);
 }
 
-int idem_call_complete_async(struct idem_call *call,
-                             const struct idem_response *resp,
-                             idem_finish_cb cb, void *ud)
-{
-    return complete(call, resp, cb, ud, NULL);
-}
-
-int idem_call_abort_async(struct idem_call *call, idem_finish_cb cb, void *ud)
+int idem_call_abort(struct idem_call *call, idem_finish_cb cb, void *ud)
 {
     if (!call || call->state != CALL_PROCEEDING)
         return IDEM_EINVAL;
     call->state = CALL_FINISHED;
-    return store_op(call, IDEM__OP_ABORT, NULL, 0, 0, cb, ud, false);
-}
-
-int idem_call_abort(struct idem_call *call)
-{
-    return idem_call_abort_async(call, NULL, NULL);
+    return answer(store_op(call, IDEM__OP_ABORT, NULL, 0, 0, cb, ud, false),
+                  false, cb, ud);
 }
 
 int idem_call_unknown(struct idem_call *call, idem_finish_cb cb, void *ud)
@@ -337,7 +332,7 @@ int idem_call_unknown(struct idem_call *call, idem_finish_cb cb, void *ud)
         return IDEM_EINVAL;
     e = call->e;
     if (!e->hold_unknown)
-        return idem_call_abort_async(call, cb, ud);
+        return idem_call_abort(call, cb, ud);
     call->state = CALL_FINISHED;
     r.created_ms = e->env.wall_ms(e->env.ud);
     r.expires_ms = r.created_ms + (uint64_t)e->lifetime_ms;
@@ -345,8 +340,9 @@ int idem_call_unknown(struct idem_call *call, idem_finish_cb cb, void *ud)
     memcpy(r.token, call->token, IDEM__TOKEN_LEN);
     if (!ALWAYS(idem__record_encode(&r, buf, sizeof(buf), &len) == IDEM_OK))
         return IDEM_EINVAL;
-    return store_op(call, IDEM__OP_UNKNOWN, buf, len, e->lifetime_ms, cb, ud,
-                    false);
+    return answer(store_op(call, IDEM__OP_UNKNOWN, buf, len, e->lifetime_ms, cb,
+                           ud, false),
+                  false, cb, ud);
 }
 
 int idem_call_renew(struct idem_call *call, idem_finish_cb cb, void *ud)
@@ -359,6 +355,7 @@ int idem_call_renew(struct idem_call *call, idem_finish_cb cb, void *ud)
     if (!ALWAYS(idem__engine_encode_inflight(call, buf, sizeof(buf), &len) ==
                 IDEM_OK))
         return IDEM_EINVAL;
-    return store_op(call, IDEM__OP_RENEW, buf, len,
-                    idem__engine_inflight_ttl(call->e), cb, ud, false);
+    return answer(store_op(call, IDEM__OP_RENEW, buf, len,
+                           idem__engine_inflight_ttl(call->e), cb, ud, false),
+                  false, cb, ud);
 }

@@ -11,6 +11,7 @@
 
 #include "fingerprint.h"
 #include "idem/engine.h"
+#include "list.h"
 #include "record.h"
 #include "store_internal.h"
 
@@ -56,10 +57,12 @@ struct idem_engine {
     atomic_uint_fast64_t stored, not_stored, stale, wait_timeouts, in_flight;
     atomic_uint_fast64_t body_omitted, unknown;
     atomic_uint_fast64_t renewed;
-    atomic_size_t polling; /* asynchronous waits now */
-    /* calls waiting in wait mode: one list, bounded by max_waiters */
+    atomic_size_t polling;                /* asynchronous waits now */
+    const struct idem__waiting *wait_ops; /* by the store's kind */
+    /* calls waiting in wait mode (synchronous stores): one list, bounded
+     * by max_waiters */
     pthread_mutex_t wait_mu;
-    struct idem_call *waiting;
+    struct idem__list waiting;
     size_t nwaiting;
     atomic_size_t nwaiting_hint; /* read without the lock: 0 skips wakes */
 };
@@ -74,12 +77,12 @@ struct idem_call {
     struct idem_decision d;
     struct idem__blob blob;          /* REPLAY: the record's bytes */
     struct idem_header *replay_hdrs; /* REPLAY: views into blob */
-    /* wait mode; the links and `listed` are guarded by e->wait_mu */
+    /* wait mode; wlink (on e->waiting while listed) is guarded by
+     * e->wait_mu */
     idem_decide_cb cb;
     void *cb_ud;
     uint64_t deadline_ms;
-    struct idem_call *wnext, *wprev;
-    bool listed;
+    struct idem__list wlink;
     /* asynchronous stores: the begin in flight, or the poll timer */
     struct idem__op *op;
     void *timer;
@@ -126,26 +129,25 @@ void idem__engine_set_conflict(struct idem_call *call, const char *detail);
 /* Count an outcome delivered to the caller. */
 void idem__engine_count(struct idem_engine *e, enum idem_outcome o);
 
-/* Wait mode: put call on the wait list unless a retry under the list's
- * lock decides it. IDEM_EINPROGRESS (waiting) or IDEM_OK (call->d). */
-int idem__wait_begin(struct idem_call *call);
+/* How calls decide and wait for a key in flight, one interface for both
+ * kinds of store, chosen by the store's kind: on the engine's list, woken
+ * by the owner's complete or abort (synchronous stores, engine_wait.c), or
+ * polling the store on the env's timers (asynchronous ones,
+ * engine_async.c). */
+struct idem__waiting {
+    /* Decide call, its fingerprint and token set, cb and deadline too:
+     * IDEM_OK with call->d, or IDEM_EINPROGRESS (call->cb comes later). */
+    int (*decide)(struct idem_call *call);
+    /* Stop a deciding or waiting call: IDEM_OK (no callback will come),
+     * IDEM_EALREADY (it is on its way), IDEM_ENOTFOUND (not waiting). */
+    int (*cancel)(struct idem_call *call);
+    /* Key skey[0..klen) left flight: decide its waiters. */
+    void (*left)(struct idem_engine *e, const uint8_t *skey, size_t klen);
+    /* Decide, as CONFLICT, the waits whose bound passed: how many. */
+    size_t (*expire)(struct idem_engine *e);
+};
 
-/* The key skey[0..klen) left flight (completed or aborted): decide its
- * waiters. */
-void idem__wait_wake(struct idem_engine *e, const uint8_t *skey, size_t klen);
-
-/* Take call off the wait list. true if it was on it (no callback will
- * come); false if a wake or a timeout took it first. */
-bool idem__wait_cancel(struct idem_call *call);
-
-/* Decide, as CONFLICT, the waits whose bound has passed. */
-size_t idem__wait_expire(struct idem_engine *e);
-
-/* Asynchronous stores: decide call (idem_call_decide after the
- * fingerprint), and cancel it while it decides or waits. */
-int idem__async_decide(struct idem_call *call, idem_decide_cb cb, void *ud,
-                       struct idem_decision *out);
-int idem__async_cancel(struct idem_call *call);
+extern const struct idem__waiting idem__list_waiting, idem__poll_waiting;
 
 /* An asynchronous store op the engine awaits, with copies of what its
  * answer needs: the call may be gone by then. */

@@ -1,6 +1,7 @@
-/* Wait mode: a call whose key is in flight waits for the owner to finish.
- * Waiting calls sit on one list per engine, bounded by max_waiters: there
- * is no per-key structure to leak. A wake scans the list for the key
+/* Wait mode with a synchronous store (idem__list_waiting): a call whose key
+ * is in flight waits for the owner to finish. Waiting calls sit on one
+ * list per engine (src/list.h), bounded by max_waiters: there is no
+ * per-key structure to leak. A wake scans the list for the key
  * (O(waiting calls), and only when some call waits). Lost wake-ups cannot
  * happen: a call's last look at the store and its listing happen under
  * wait_mu, and an owner wakes under wait_mu after its store write. */
@@ -11,26 +12,14 @@
 
 static void list_add_locked(struct idem_engine *e, struct idem_call *c)
 {
-    c->wprev = NULL;
-    c->wnext = e->waiting;
-    if (e->waiting)
-        e->waiting->wprev = c;
-    e->waiting = c;
-    c->listed = true;
+    idem__list_push_back(&e->waiting, &c->wlink);
     e->nwaiting++;
     atomic_store(&e->nwaiting_hint, e->nwaiting);
 }
 
 static void list_del_locked(struct idem_engine *e, struct idem_call *c)
 {
-    if (c->wprev)
-        c->wprev->wnext = c->wnext;
-    else
-        e->waiting = c->wnext;
-    if (c->wnext)
-        c->wnext->wprev = c->wprev;
-    c->wnext = c->wprev = NULL;
-    c->listed = false;
+    idem__list_remove(&c->wlink);
     e->nwaiting--;
     atomic_store(&e->nwaiting_hint, e->nwaiting);
 }
@@ -45,7 +34,9 @@ void idem__engine_set_conflict(struct idem_call *c, const char *detail)
     };
 }
 
-int idem__wait_begin(struct idem_call *call)
+/* Put call on the wait list unless a retry under the list's lock decides
+ * it. IDEM_EINPROGRESS (waiting) or IDEM_OK (call->d). */
+static int wait_begin(struct idem_call *call)
 {
     struct idem_engine *e = call->e;
     int rc = IDEM_OK;
@@ -74,23 +65,34 @@ void idem__engine_deliver(struct idem_call *c)
     c->cb(c, &c->d, c->cb_ud);
 }
 
-/* Take off the list the calls for which pick() holds, as a chain. */
-static struct idem_call *take_locked(struct idem_engine *e,
-                                     bool (*pick)(const struct idem_call *c,
-                                                  const void *arg),
-                                     const void *arg)
+/* Move to taken the calls on the list for which pick() holds. */
+static void take_locked(struct idem_engine *e,
+                        bool (*pick)(const struct idem_call *c,
+                                     const void *arg),
+                        const void *arg, struct idem__list *taken)
 {
-    struct idem_call *c = e->waiting, *next, *taken = NULL;
+    struct idem__list *n, *tmp;
+    struct idem_call *c;
 
-    for (; c; c = next) {
-        next = c->wnext;
+    idem__list_foreach_safe(n, tmp, &e->waiting)
+    {
+        c = idem__list_entry(n, struct idem_call, wlink);
         if (pick(c, arg)) {
             list_del_locked(e, c);
-            c->wnext = taken;
-            taken = c;
+            idem__list_push_back(taken, &c->wlink);
         }
     }
-    return taken;
+}
+
+/* The next call of taken, off it; NULL once it is empty. */
+static struct idem_call *next_taken(struct idem__list *taken)
+{
+    struct idem__list *n = idem__list_first(taken);
+
+    if (!n)
+        return NULL;
+    idem__list_remove(n);
+    return idem__list_entry(n, struct idem_call, wlink);
 }
 
 struct key_ref {
@@ -105,37 +107,42 @@ static bool same_key(const struct idem_call *c, const void *arg)
     return c->klen == k->klen && memcmp(c->skey, k->skey, c->klen) == 0;
 }
 
-void idem__wait_wake(struct idem_engine *e, const uint8_t *skey, size_t klen)
+static void list_left(struct idem_engine *e, const uint8_t *skey, size_t klen)
 {
     struct key_ref k = { skey, klen };
-    struct idem_call *c, *next;
+    struct idem__list taken;
+    struct idem_call *c;
 
     if (atomic_load(&e->nwaiting_hint) == 0)
         return;
+    idem__list_init(&taken);
     pthread_mutex_lock(&e->wait_mu);
-    c = take_locked(e, same_key, &k);
+    take_locked(e, same_key, &k, &taken);
     pthread_mutex_unlock(&e->wait_mu);
-    for (; c; c = next) {
-        next = c->wnext;
-        c->wnext = NULL;
+    while ((c = next_taken(&taken)) != NULL) {
         /* still in flight (an abort let another call in): wait again */
-        if (idem__wait_begin(c) == IDEM_EINPROGRESS)
+        if (wait_begin(c) == IDEM_EINPROGRESS)
             continue;
         idem__engine_deliver(c);
     }
 }
 
-bool idem__wait_cancel(struct idem_call *call)
+static int list_cancel(struct idem_call *call)
 {
     struct idem_engine *e = call->e;
     bool listed;
 
+    if (call->state != CALL_WAITING)
+        return IDEM_ENOTFOUND;
     pthread_mutex_lock(&e->wait_mu);
-    listed = call->listed;
+    listed = idem__list_linked(&call->wlink);
     if (listed)
         list_del_locked(e, call);
     pthread_mutex_unlock(&e->wait_mu);
-    return listed;
+    if (!listed)
+        return IDEM_EALREADY; /* a wake or a timeout took it first */
+    call->state = CALL_FINISHED;
+    return IDEM_OK;
 }
 
 static bool overdue(const struct idem_call *c, const void *arg)
@@ -143,24 +150,42 @@ static bool overdue(const struct idem_call *c, const void *arg)
     return c->deadline_ms <= *(const uint64_t *)arg;
 }
 
-size_t idem__wait_expire(struct idem_engine *e)
+static size_t list_expire(struct idem_engine *e)
 {
     uint64_t now = e->env.now_ms(e->env.ud);
-    struct idem_call *c, *next;
+    struct idem__list taken;
+    struct idem_call *c;
     size_t n = 0;
 
     if (atomic_load(&e->nwaiting_hint) == 0)
         return 0;
+    idem__list_init(&taken);
     pthread_mutex_lock(&e->wait_mu);
-    c = take_locked(e, overdue, &now);
+    take_locked(e, overdue, &now, &taken);
     pthread_mutex_unlock(&e->wait_mu);
-    for (; c; c = next, n++) {
-        next = c->wnext;
-        c->wnext = NULL;
+    while ((c = next_taken(&taken)) != NULL) {
         idem__engine_set_conflict(
             c, "a request with this key is still in progress");
         atomic_fetch_add(&e->wait_timeouts, 1);
         idem__engine_deliver(c);
+        n++;
     }
     return n;
 }
+
+/* A synchronous store answers the begin at once; in wait mode a key in
+ * flight puts the call on the list. */
+static int list_decide(struct idem_call *call)
+{
+    call->state = CALL_FINISHED;
+    if (idem__engine_try_begin(call) && call->e->conflict == IDEM_CONFLICT_WAIT)
+        return wait_begin(call);
+    return IDEM_OK;
+}
+
+const struct idem__waiting idem__list_waiting = {
+    .decide = list_decide,
+    .cancel = list_cancel,
+    .left = list_left,
+    .expire = list_expire,
+};

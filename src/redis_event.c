@@ -8,10 +8,12 @@
  * 0.14 does not check (idem__redis_send_*). */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "idem/store.h"
 #include "internal.h"
 #include "redis_event.h"
 
@@ -198,4 +200,71 @@ int idem__redis_send_command(redisAsyncContext *ac, redisCallbackFn *fn,
     if (rc != REDIS_OK)
         return REDIS_ERR;
     return queued(ac, tail, olen) ? REDIS_OK : REDIS_ERR;
+}
+
+/* -- Timers for an engine's env ------------------------------------------ */
+
+/* The loop the calling thread attached a Redis store to (the last one). */
+static _Thread_local struct event_base *timer_base;
+
+struct rtimer {
+    struct event *ev;
+    void (*fn)(void *arg);
+    void *arg;
+};
+
+void idem__redis_timers_use(struct event_base *base)
+{
+    timer_base = base;
+}
+
+static void on_rtimer(evutil_socket_t fd, short what, void *p)
+{
+    struct rtimer *t = p;
+    void (*fn)(void *arg) = t->fn;
+    void *arg = t->arg;
+
+    (void)fd;
+    (void)what;
+    event_free(t->ev);
+    free(t);
+    fn(arg);
+}
+
+static void *rtimer_after(void *ud, int64_t ms, void (*fn)(void *arg),
+                          void *arg)
+{
+    struct timeval tv = { (time_t)(ms / 1000),
+                          (suseconds_t)(ms % 1000) * 1000 };
+    struct rtimer *t;
+
+    (void)ud;
+    if (!timer_base || !(t = malloc(sizeof(*t))))
+        return NULL;
+    *t = (struct rtimer){ .fn = fn, .arg = arg };
+    if (!(t->ev = evtimer_new(timer_base, on_rtimer, t)) ||
+        evtimer_add(t->ev, &tv) != 0) {
+        if (t->ev)
+            event_free(t->ev);
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+static void rtimer_cancel(void *ud, void *timer)
+{
+    struct rtimer *t = timer;
+
+    (void)ud;
+    event_free(t->ev);
+    free(t);
+}
+
+void idem_store_redis_timers(struct idem_env *env)
+{
+    if (!env)
+        return;
+    env->after = rtimer_after;
+    env->cancel = rtimer_cancel;
 }

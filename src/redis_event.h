@@ -25,4 +25,8 @@ int idem__redis_send_command(redisAsyncContext *ac, redisCallbackFn *fn,
                              void *privdata, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* The loop the calling thread's engine timers run on
+ * (idem_store_redis_timers): base, or NULL for none. */
+void idem__redis_timers_use(struct event_base *base);
+
 #endif

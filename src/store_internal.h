@@ -68,13 +68,6 @@ struct idem__store_ops {
                  const uint8_t *token, idem__store_done done, void *ud);
     /* The largest record (key included) the store can hold. */
     size_t (*max_record)(struct idem_store *s);
-    /* Asynchronous stores only: run fn(ud) once, after ms, on the calling
-     * thread. Returns a handle for cancel_after, or NULL (no timer: the
-     * caller must not wait for it). */
-    void *(*after)(struct idem_store *s, int64_t ms, void (*fn)(void *ud),
-                   void *ud);
-    /* Cancel a timer that has not run; it never runs then. */
-    void (*cancel_after)(struct idem_store *s, void *timer);
     /* Reclaim expired records now. */
     void (*tick)(struct idem_store *s);
     void (*stats)(struct idem_store *s, struct idem_store_stats *out);

@@ -126,14 +126,6 @@ struct rop {
     bool retried; /* sent again as EVAL */
 };
 
-/* A timer of after(). */
-struct rtimer {
-    struct event *ev;
-    void (*fn)(void *ud);
-    void *ud;
-    struct redis_store *rs;
-};
-
 static _Thread_local struct rconn *thread_conns;
 
 static void conn_start(struct rconn *c);
@@ -725,6 +717,7 @@ int idem_store_redis_attach(struct idem_store *s, struct event_base *base)
     }
     c->next = thread_conns;
     thread_conns = c;
+    idem__redis_timers_use(base);
     conn_start(c);
     return IDEM_OK;
 }
@@ -745,53 +738,8 @@ void idem_store_redis_detach(struct idem_store *s)
     for (pp = &thread_conns; *pp != c; pp = &(*pp)->next)
         ;
     *pp = c->next;
+    idem__redis_timers_use(thread_conns ? thread_conns->base : NULL);
     idem__free(&rs->env, c);
-}
-
-/* -- Timers for the engine -------------------------------------------- */
-
-static void on_after(evutil_socket_t fd, short what, void *arg)
-{
-    struct rtimer *t = arg;
-    void (*fn)(void *ud) = t->fn;
-    void *ud = t->ud;
-
-    (void)fd;
-    (void)what;
-    event_free(t->ev);
-    idem__free(&t->rs->env, t);
-    fn(ud);
-}
-
-static void *rs_after(struct idem_store *s, int64_t ms, void (*fn)(void *ud),
-                      void *ud)
-{
-    struct redis_store *rs = (struct redis_store *)s;
-    struct rconn *c = thread_conn(rs);
-    struct timeval tv = { (time_t)(ms / 1000),
-                          (suseconds_t)(ms % 1000) * 1000 };
-    struct rtimer *t;
-
-    if (!c || !(t = idem__alloc(&rs->env, sizeof(*t))))
-        return NULL;
-    *t = (struct rtimer){ .fn = fn, .ud = ud, .rs = rs };
-    if (!(t->ev = evtimer_new(c->base, on_after, t)) ||
-        evtimer_add(t->ev, &tv) != 0) {
-        if (t->ev)
-            event_free(t->ev);
-        idem__free(&rs->env, t);
-        return NULL;
-    }
-    return t;
-}
-
-static void rs_cancel_after(struct idem_store *s, void *timer)
-{
-    struct rtimer *t = timer;
-
-    (void)s;
-    event_free(t->ev);
-    idem__free(&t->rs->env, t);
 }
 
 /* -- The store -------------------------------------------------------- */
@@ -830,8 +778,6 @@ static const struct idem__store_ops redis_ops = {
     .complete = rs_complete,
     .abort = rs_abort,
     .max_record = rs_max_record,
-    .after = rs_after,
-    .cancel_after = rs_cancel_after,
     .tick = rs_tick,
     .stats = rs_stats,
     .free = rs_free,

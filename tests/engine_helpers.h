@@ -88,6 +88,36 @@ static inline enum idem_outcome outcome_of(struct idem_engine *e,
     return o;
 }
 
+struct finish_answer {
+    int rc;
+    bool stored;
+    bool done;
+};
+
+static inline void finish_answered(int rc, bool stored, void *ud)
+{
+    struct finish_answer *a = ud;
+
+    a->rc = rc;
+    a->stored = stored;
+    a->done = true;
+}
+
+/* idem_call_complete on a synchronous store, with *stored (if not NULL)
+ * from the callback, which has run when it returns. */
+static inline int complete_sync(struct idem_call *call,
+                                const struct idem_response *resp, bool *stored)
+{
+    struct finish_answer a = { .rc = IDEM_EINPROGRESS };
+    int rc = idem_call_complete(call, resp, finish_answered, &a);
+
+    if (rc != IDEM_OK)
+        return rc;
+    if (stored)
+        *stored = a.stored;
+    return a.done ? a.rc : IDEM_EINPROGRESS;
+}
+
 /* Complete call with status and body and free it; returns the status. */
 static inline int complete_with(struct idem_call *call, unsigned status,
                                 const char *body, bool *stored)
@@ -97,7 +127,7 @@ static inline int complete_with(struct idem_call *call, unsigned status,
         { S("Location"), S("/orders/42") },
     };
     struct idem_response resp = { status, hs, 2, body, strlen(body) };
-    int rc = idem_call_complete(call, &resp, stored);
+    int rc = complete_sync(call, &resp, stored);
 
     idem_call_free(call);
     return rc;

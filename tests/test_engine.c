@@ -128,9 +128,9 @@ static void test_proceed_complete_replay(void **state)
     treq_init(&t, "POST", "/orders?x=1", "k", "Bearer a", "{\"n\":1}");
     assert_int_equal(run_call(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
     assert_int_equal(stats(e).in_flight, 1);
-    assert_int_equal(idem_call_complete(call, &resp, &stored), IDEM_OK);
+    assert_int_equal(complete_sync(call, &resp, &stored), IDEM_OK);
     assert_true(stored);
-    assert_int_equal(idem_call_complete(call, &resp, NULL), IDEM_EINVAL);
+    assert_int_equal(idem_call_complete(call, &resp, NULL, NULL), IDEM_EINVAL);
     idem_call_free(call);
 
     assert_int_equal(run_call(e, &t, &call, &d), IDEM_OUTCOME_REPLAY);
@@ -276,8 +276,8 @@ static void test_abort_and_free_release_the_key(void **state)
     (void)state;
     treq_init(&t, "POST", "/o", "k", NULL, "{}");
     assert_int_equal(run_call(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
-    assert_int_equal(idem_call_abort(call), IDEM_OK);
-    assert_int_equal(idem_call_abort(call), IDEM_EINVAL);
+    assert_int_equal(idem_call_abort(call, NULL, NULL), IDEM_OK);
+    assert_int_equal(idem_call_abort(call, NULL, NULL), IDEM_EINVAL);
     idem_call_free(call);
     assert_int_equal(run_call(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
     idem_call_free(call); /* never completed: freed = aborted */
@@ -326,7 +326,7 @@ static void test_unknown_outcomes_hold_the_key(void **state)
     /* abort: provably not run, released */
     treq_init(&t, "POST", "/o", "k4", NULL, "{}");
     assert_int_equal(run_call(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
-    assert_int_equal(idem_call_abort(call), IDEM_OK);
+    assert_int_equal(idem_call_abort(call, NULL, NULL), IDEM_OK);
     idem_call_free(call);
     assert_int_equal(outcome_of(e, &t), IDEM_OUTCOME_PROCEED);
     /* the unknown record lives for the lifetime, then the key is free */
@@ -417,7 +417,7 @@ static void test_no_store_policy_header(void **state)
     (void)state;
     treq_init(&t, "POST", "/o", "k", NULL, "{}");
     assert_int_equal(run_call(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
-    assert_int_equal(idem_call_complete(call, &resp, &stored), IDEM_OK);
+    assert_int_equal(complete_sync(call, &resp, &stored), IDEM_OK);
     assert_false(stored);
     idem_call_free(call);
     assert_int_equal(run_call(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
@@ -484,7 +484,7 @@ static void test_call_misuse(void **state)
     assert_int_equal(idem_call_new(e, &call), IDEM_OK);
     assert_int_equal(idem_call_body(call, "x", 1), IDEM_EINVAL);
     assert_int_equal(idem_call_decide(call, NULL, NULL, &d), IDEM_EINVAL);
-    assert_int_equal(idem_call_abort(call), IDEM_EINVAL);
+    assert_int_equal(idem_call_abort(call, NULL, NULL), IDEM_EINVAL);
     assert_int_equal(idem_call_cancel(call), IDEM_ENOTFOUND);
     assert_int_equal(idem_call_start(call, &t.r, &d), IDEM_OK);
     assert_int_equal(idem_call_start(call, &t.r, &d), IDEM_EINVAL);

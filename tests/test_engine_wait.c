@@ -107,7 +107,7 @@ static void test_abort_passes_the_key_on(void **state)
     assert_int_equal(start_waiting(e, &t, &owner), IDEM_OK);
     assert_int_equal(start_waiting(e, &t, &a), IDEM_EINPROGRESS);
     assert_int_equal(start_waiting(e, &t, &b), IDEM_EINPROGRESS);
-    assert_int_equal(idem_call_abort(owner.call), IDEM_OK);
+    assert_int_equal(idem_call_abort(owner.call, NULL, NULL), IDEM_OK);
     idem_call_free(owner.call);
     /* one waiter now owns the key; the other waits on */
     assert_int_equal(a.calls + b.calls, 1);
@@ -219,7 +219,7 @@ static void *racer(void *arg)
             struct idem_response resp = { 201, NULL, 0, "paid", 4 };
 
             atomic_fetch_add(&r->proceeded, 1);
-            if (idem_call_complete(call, &resp, NULL) != IDEM_OK)
+            if (idem_call_complete(call, &resp, NULL, NULL) != IDEM_OK)
                 atomic_fetch_add(&r->other, 1);
         } else if (d.outcome == IDEM_OUTCOME_REPLAY) {
             atomic_fetch_add(&r->replayed, 1);

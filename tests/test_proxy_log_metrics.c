@@ -541,7 +541,7 @@ static void test_engine_and_proxy_figures(void **state)
     assert_int_equal(idem_engine_new(&opts, &e), IDEM_OK);
     treq_init(&t, "POST", "/orders", "order-1", NULL, "{}");
     assert_int_equal(run_call(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
-    assert_int_equal(idem_call_complete(call, &resp, NULL), IDEM_OK);
+    assert_int_equal(idem_call_complete(call, &resp, NULL, NULL), IDEM_OK);
     idem_call_free(call);
     assert_int_equal(outcome_of(e, &t), IDEM_OUTCOME_REPLAY);
     assert_int_equal(outcome_of(e, &t), IDEM_OUTCOME_REPLAY);

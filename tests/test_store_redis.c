@@ -119,10 +119,11 @@ static void proceeds_again(struct idem_engine *e, const struct treq *t)
     }
 }
 
-/* Wait for an IDEM_EINPROGRESS answer; rc as it came. */
+/* Wait for the answer of a call given a callback (it returned rc: IDEM_OK
+ * when the callback is to come). */
 static int settle(int rc, struct answer *a)
 {
-    if (rc != IDEM_EINPROGRESS)
+    if (rc != IDEM_OK)
         return rc;
     loop_until(&a->done);
     return a->rc;
@@ -138,7 +139,7 @@ static int finish(struct idem_call *call, unsigned status, const char *body,
     };
     struct idem_response resp = { status, hs, 2, body, strlen(body) };
     struct answer a = { 0 };
-    int rc = settle(idem_call_complete_async(call, &resp, on_finished, &a), &a);
+    int rc = settle(idem_call_complete(call, &resp, on_finished, &a), &a);
 
     idem_call_free(call);
     if (stored)
@@ -194,7 +195,11 @@ static void wait_connected(struct idem_store *s)
 /* An engine on a Redis store; opts may set anything but the store. */
 static struct idem_engine *engine_on_redis(struct idem_engine_opts o)
 {
+    static struct idem_env env;
+
     fx.store = redis_store(NULL, 500);
+    idem_store_redis_timers(&env); /* wait mode polls on base */
+    o.env = &env;
     o.store = fx.store;
     assert_int_equal(idem_engine_new(&o, &fx.e), IDEM_OK);
     wait_connected(fx.store);
@@ -390,7 +395,7 @@ static void test_abort_and_policy_release(void **state)
     (void)state;
     treq_init(&t, "POST", "/o", "k", NULL, "{}");
     assert_int_equal(decide(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
-    assert_int_equal(settle(idem_call_abort_async(call, on_finished, &a), &a),
+    assert_int_equal(settle(idem_call_abort(call, on_finished, &a), &a),
                      IDEM_OK);
     idem_call_free(call);
     assert_int_equal(decide(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
@@ -399,8 +404,7 @@ static void test_abort_and_policy_release(void **state)
     assert_int_equal(decide(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
     a.done = false;
     assert_int_equal(
-        settle(idem_call_complete_async(call, &resp, on_finished, &a), &a),
-        IDEM_OK);
+        settle(idem_call_complete(call, &resp, on_finished, &a), &a), IDEM_OK);
     assert_false(a.stored);
     idem_call_free(call);
     assert_int_equal(decide_free(e, &t), IDEM_OUTCOME_PROCEED);
@@ -799,7 +803,8 @@ static void test_detach_drains(void **state)
     (void)state;
     treq_init(&t, "POST", "/o", "k", NULL, "{}");
     assert_int_equal(decide(e, &t, &call, &d), IDEM_OUTCOME_PROCEED);
-    assert_int_equal(idem_call_complete(call, &resp, NULL), IDEM_EINPROGRESS);
+    assert_int_equal(idem_call_complete(call, &resp, NULL, NULL),
+                     IDEM_EINPROGRESS);
     idem_call_free(call);
     idem_store_redis_detach(fx.store);
     assert_int_equal(idem_store_redis_attach(fx.store, base), IDEM_OK);

@@ -186,10 +186,11 @@ struct idem_engine_stats {
 typedef void (*idem_decide_cb)(struct idem_call *call,
                                const struct idem_decision *d, void *ud);
 
-/* Called when an asynchronous store has answered a complete, abort or
- * renewal: rc as the synchronous call would have returned; stored: the
- * response was stored. On the thread that made the call, which may have
- * freed the call since. */
+/* The answer to a complete, abort, unknown or renewal (one completion
+ * model, STYLE §18): rc as the call without a callback returns; stored:
+ * the response was stored. Exactly once: before the call returns with a
+ * synchronous store (memory), later on the calling thread with an
+ * asynchronous one (Redis), when the call may have been freed. */
 typedef void (*idem_finish_cb)(int rc, bool stored, void *ud);
 
 /* Create an engine. IDEM_OK, IDEM_EINVAL, IDEM_ENOMEM. */
@@ -245,32 +246,28 @@ IDEM_API int idem_call_decide(struct idem_call *call, idem_decide_cb cb,
                               void *ud, struct idem_decision *out);
 
 /* Finish a call that PROCEEDed with its response. A storable response is
- * stored for lifetime_ms (*stored_out true); any other releases the key so
- * a retry executes again (*stored_out false): the storage policy says the
- * application did not complete it. A body longer than max_stored_body, or
- * a record larger than the store holds, is stored as status and headers
- * only (IDEM_OUTCOME_REPLAY's body_omitted): an executed request is never
+ * stored for lifetime_ms (stored); any other releases the key so a retry
+ * executes again: the storage policy says the application did not
+ * complete it. A body longer than max_stored_body, or a record larger
+ * than the store holds, is stored as status and headers only
+ * (IDEM_OUTCOME_REPLAY's body_omitted): an executed request is never
  * released for want of room. If the store cannot take the record at all
  * (it failed), the key stays in flight until its lease ends and then
  * follows the unknown-outcome policy. A response carrying
  * "Idempotency-Policy: no-store" is never stored. Hop-by-hop headers,
- * Content-Length, Date and Idempotency-Policy are not stored. IDEM_OK;
- * IDEM_ESTALE if the lease was lost (nothing written: another call may
- * own the key now); IDEM_EINVAL; IDEM_ENOMEM and store errors (the key is
- * released). stored_out may be NULL. With an asynchronous store:
- * IDEM_EINPROGRESS (see idem_call_complete_async). */
+ * Content-Length, Date and Idempotency-Policy are not stored.
+ *
+ * The answer: IDEM_OK; IDEM_ESTALE if the lease was lost (nothing
+ * written: the key's record changed meanwhile); IDEM_ENOMEM and store
+ * errors (the key held, as above). cb NULL: the answer is returned, or
+ * IDEM_EINPROGRESS when the store answers later (it is then only
+ * counted). cb set: cb(answer, stored, ud) comes exactly once (see
+ * idem_finish_cb) and the call returns IDEM_OK. Either way IDEM_EINVAL,
+ * with no callback, for a call that did not PROCEED or a bad resp. The
+ * call may be freed once this returns. */
 IDEM_API int idem_call_complete(struct idem_call *call,
                                 const struct idem_response *resp,
-                                bool *stored_out);
-
-/* idem_call_complete() for any store. With an asynchronous one it returns
- * IDEM_EINPROGRESS: the write is on its way, the call may be freed at
- * once, and cb(rc, stored, ud) (if cb is not NULL) comes with the answer;
- * the engine's counters count it either way. Otherwise it returns as
- * idem_call_complete() and cb is not called. */
-IDEM_API int idem_call_complete_async(struct idem_call *call,
-                                      const struct idem_response *resp,
-                                      idem_finish_cb cb, void *ud);
+                                idem_finish_cb cb, void *ud);
 
 /* Stop a call waiting or deciding, e.g. because its client left. IDEM_OK:
  * no callback will come (with an asynchronous store, a begin already sent
@@ -282,28 +279,26 @@ IDEM_API int idem_call_cancel(struct idem_call *call);
 
 /* Release the key of a call that PROCEEDed and provably did not execute
  * (e.g. the upstream refused the connection before a byte of the request
- * was sent): a retry executes. IDEM_OK, IDEM_ESTALE, IDEM_EINVAL;
- * IDEM_EINPROGRESS with an asynchronous store (as for
- * idem_call_complete_async). */
-IDEM_API int idem_call_abort(struct idem_call *call);
-IDEM_API int idem_call_abort_async(struct idem_call *call, idem_finish_cb cb,
-                                   void *ud);
+ * was sent): a retry executes. Answers IDEM_OK or IDEM_ESTALE, delivered
+ * as for idem_call_complete(); IDEM_EINVAL if the call did not PROCEED. */
+IDEM_API int idem_call_abort(struct idem_call *call, idem_finish_cb cb,
+                             void *ud);
 
 /* Settle a call that PROCEEDed whose request may have executed but whose
  * outcome will never be known (a connection cut after the request went
  * out, a protocol error, no answer in time). IDEM_UNKNOWN_HOLD: the key
  * keeps an "outcome unknown" record for lifetime_ms, and retries are
  * decided UNKNOWN (502), never executed; IDEM_UNKNOWN_RELEASE: as
- * idem_call_abort(). IDEM_OK, IDEM_ESTALE, IDEM_EINVAL; IDEM_EINPROGRESS
- * with an asynchronous store, cb as for idem_call_complete_async. */
+ * idem_call_abort(). Answers IDEM_OK or IDEM_ESTALE, delivered as for
+ * idem_call_complete(); IDEM_EINVAL if the call did not PROCEED. */
 IDEM_API int idem_call_unknown(struct idem_call *call, idem_finish_cb cb,
                                void *ud);
 
 /* Extend the lease of a call that PROCEEDed to lease_ms from now, so a
  * request that works longer than its lease keeps its key (call it every
- * lease_ms / 2 while it works). IDEM_OK; IDEM_ESTALE (the lease was lost:
- * another call may own the key); IDEM_EINVAL (not proceeding);
- * IDEM_EINPROGRESS with an asynchronous store, cb as above. */
+ * lease_ms / 2 while it works). Answers IDEM_OK or IDEM_ESTALE (the lease
+ * was lost: the key's record changed), delivered as for
+ * idem_call_complete(); IDEM_EINVAL if the call is not proceeding. */
 IDEM_API int idem_call_renew(struct idem_call *call, idem_finish_cb cb,
                              void *ud);
 

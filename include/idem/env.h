@@ -1,6 +1,8 @@
-/* The environment a libidem object runs in: its clock and its allocator.
- * Injected so that tests can move time and fail the Nth allocation; every
- * object copies the struct at creation, so the caller's copy may go away. */
+/* The environment a libidem object runs in: its clock, its allocator and
+ * the caller's timers. Injected so that tests can move time and fail the
+ * Nth allocation, and so that the library knows no event loop; every
+ * object copies the struct at creation, so the caller's copy may go
+ * away. */
 #ifndef IDEM_ENV_H
 #define IDEM_ENV_H
 
@@ -18,7 +20,15 @@ struct idem_env {
     /* realloc(3) semantics: (NULL, n) allocates, (p, 0) frees and returns
      * NULL, otherwise resizes; returns NULL on failure. NULL: libc. */
     void *(*alloc)(void *ud, void *ptr, size_t size);
-    /* Passed to both hooks. */
+    /* Timers, on the calling thread's event loop (the library has none of
+     * its own): run fn(arg) once, ms from now, on the thread that called
+     * after; return a handle for cancel, or NULL if none can be had.
+     * cancel: the timer never runs. The engine uses them to poll an
+     * asynchronous store in wait mode. NULL: no timers (such waits end
+     * in a conflict at once). */
+    void *(*after)(void *ud, int64_t ms, void (*fn)(void *arg), void *arg);
+    void (*cancel)(void *ud, void *timer);
+    /* Passed to every hook. */
     void *ud;
 };
 

@@ -150,6 +150,13 @@ IDEM_API int idem_store_redis_new(const struct idem_store_redis_opts *opts,
 IDEM_API int idem_store_redis_attach(struct idem_store *s,
                                      struct event_base *base);
 
+/* Fill env's timer hooks (after, cancel) with timers on the event loop
+ * the calling thread attached a Redis store to: what an engine over the
+ * Redis store needs for wait mode (--conflict wait), where a waiting call
+ * polls the store. Thread-safe: each thread's timers run on its own
+ * loop. */
+IDEM_API void idem_store_redis_timers(struct idem_env *env);
+
 /* Close the calling thread's connection: run its loop until the commands
  * in flight are answered or their deadline passes (the rest fail with
  * IDEM_EIO), then free it. Call it before the loop and the store go. */

@@ -111,6 +111,14 @@ static void replay(struct conn *c)
     conn_finish_request(c);
 }
 
+static void on_renewed(int rc, bool stored, void *ud)
+{
+    (void)stored;
+    (void)ud;
+    if (rc == IDEM_ESTALE)
+        log_msg(LOG_WARN, "the lease of a running request was lost");
+}
+
 /* Keep a proceeding request's lease while the upstream works: renew it
  * every half lease, so a slow request never runs twice. */
 static void on_renew(evutil_socket_t fd, short what, void *arg)
@@ -119,9 +127,8 @@ static void on_renew(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
-    if (c->call && idem_call_renew(c->call, NULL, NULL) == IDEM_ESTALE)
-        log_msg(LOG_WARN, "%s: the lease of a running request was lost",
-                c->client);
+    if (c->call)
+        idem_call_renew(c->call, on_renewed, NULL);
 }
 
 static void start_renewal(struct conn *c)

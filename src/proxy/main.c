@@ -26,6 +26,7 @@ struct app {
     struct config cfg;
     struct idem_store *store;
     struct idem_engine *engine;
+    struct idem_env env; /* the engine's: timers on the workers' loops */
     struct worker *workers;
     unsigned nworkers;
     struct event_base *base;
@@ -138,6 +139,11 @@ static int make_engine(struct app *app)
         .unknown_outcome = c->unknown_outcome,
     };
     int rc = make_store(app);
+
+    if (!config_store_is_memory(c)) { /* waits poll Redis on the workers' */
+        idem_store_redis_timers(&app->env); /* loops */
+        eo.env = &app->env;
+    }
 
     eo.store = app->store;
     if (rc == IDEM_OK && idem_store_max_record(app->store) < record_need(c)) {

@@ -130,7 +130,6 @@ static void complete_call(struct conn *c, struct upstream *u)
         .nheaders = u->head.nfields,
         .body_len = c->stored ? evbuffer_get_length(c->stored) : 0,
     };
-    int rc;
 
     resp.body = resp.body_len ? evbuffer_pullup(c->stored, -1) : NULL;
     if (c->store_failed || (!resp.headers && resp.nheaders) ||
@@ -142,9 +141,7 @@ static void complete_call(struct conn *c, struct upstream *u)
         idem_call_unknown(c->call, NULL, NULL);
         return;
     }
-    rc = idem_call_complete_async(c->call, &resp, on_completed, NULL);
-    if (rc != IDEM_EINPROGRESS)
-        on_completed(rc, false, NULL);
+    idem_call_complete(c->call, &resp, on_completed, NULL);
 }
 
 void conn_upstream_done(struct conn *c, struct upstream *u)
@@ -191,7 +188,7 @@ void conn_upstream_failed(struct conn *c, unsigned status, bool maybe_run)
     if (c->decision.outcome == IDEM_OUTCOME_PROCEED && maybe_run)
         idem_call_unknown(c->call, NULL, NULL);
     else if (c->decision.outcome == IDEM_OUTCOME_PROCEED)
-        idem_call_abort(c->call);
+        idem_call_abort(c->call, NULL, NULL);
     if (c->responded || c->late) {
         /* a response is half sent, or the client had its 504: all it can
          * learn now is a cut */
