@@ -24,7 +24,6 @@ struct model {
     int qlen[NKEY];
     int key_of[NREQ]; /* -1: idle */
     bool holding[NREQ];
-    int spare;        /* size class of the table's spare entry, or -1 */
     int expect_grant; /* request the next callback must name, or -1 */
     int granted;      /* callbacks seen for expect_grant */
 };
@@ -45,32 +44,24 @@ static size_t klen(int k)
     return __builtin_strlen(keys[k]);
 }
 
-/* keylock rounds key storage to 16 bytes; a spare serves its class. */
-static int size_class(int k)
+/* Whether creating an entry failed for want of memory. Only a call with
+ * an allocation set to fail may: whether it allocates at all (inline slot
+ * free, or the spare entry fits) depends on the table's random seed. */
+static bool create_failed(bool fail, int rc)
 {
-    return (int)((klen(k) + 15) / 16);
-}
-
-/* Creating key k's entry: does it allocate (no spare of its class)? */
-static bool model_create_allocates(int k)
-{
-    if (m.spare == size_class(k)) {
-        m.spare = -1;
-        return false;
-    }
-    return true;
+    if (!fail)
+        CHECK(rc != IDEM_ENOMEM);
+    return rc == IDEM_ENOMEM;
 }
 
 /* The model's side of a release of key k: pass to the queue head, or
- * delete the entry, which becomes the spare if there is none. */
+ * delete the entry. */
 static void model_release(int k)
 {
     int r;
 
     if (m.qlen[k] == 0) {
         m.holder[k] = NOBODY;
-        if (m.spare < 0)
-            m.spare = size_class(k);
         return;
     }
     r = m.queue[k][0];
@@ -99,8 +90,8 @@ static void op_acquire(struct idem_keylock *t, int r, int k, bool fail)
 
     if (m.key_of[r] >= 0)
         CHECK(rc == IDEM_EINVAL);
-    else if (m.holder[k] == NOBODY && model_create_allocates(k) && fail)
-        CHECK(rc == IDEM_ENOMEM);
+    else if (m.holder[k] == NOBODY && create_failed(fail, rc))
+        return;
     else if (m.holder[k] == NOBODY) {
         CHECK(rc == IDEM_OK);
         m.holder[k] = r;
@@ -167,8 +158,8 @@ static void op_thread(struct idem_keylock *t, int k, bool unlock, bool fail)
     rc = idem_keylock_trylock(t, keys[k], klen(k));
     if (m.holder[k] != NOBODY)
         CHECK(rc == IDEM_EBUSY);
-    else if (model_create_allocates(k) && fail)
-        CHECK(rc == IDEM_ENOMEM);
+    else if (create_failed(fail, rc))
+        return;
     else {
         CHECK(rc == IDEM_OK);
         m.holder[k] = THREAD;
@@ -217,7 +208,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     o.env = &te.env;
     if (idem_keylock_new(&o, &t) != IDEM_OK)
         return 0;
-    m.spare = -1;
     for (i = 0; i < NKEY; i++)
         m.holder[i] = NOBODY, m.qlen[i] = 0;
     for (i = 0; i < NREQ; i++) {

@@ -1,8 +1,10 @@
-/* keylock: striped hash tables of per-key lock entries. An entry's
- * references are its holder and its waiters; it exists only while it has a
- * holder (waiters queue behind one), and the release that finds no waiter
- * unlinks and frees it under the stripe lock. docs/internals/keylock.md. */
+/* keylock: per-key lock entries that free themselves. Each stripe has a few
+ * inline slots that an uncontended lock claims and its unlock frees with one
+ * atomic each, and a chained table of allocated entries under the stripe
+ * mutex for keys whose slot is taken, too long, or contended. An entry
+ * exists only while held. docs/internals/keylock.md. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <string.h>
 #include <time.h>
@@ -10,45 +12,56 @@
 #include "hash.h"
 #include "idem/keylock.h"
 #include "internal.h"
+#include "keylock_slot.h"
 
 #define DEFAULT_STRIPES 64u
 #define MAX_STRIPES 65536u
 #define MIN_BUCKETS 16u
-/* A freed entry for a key this long or shorter may be kept for reuse. */
+/* A freed allocated entry for a key this long or shorter may be kept. */
 #define SPARE_MAX_KEY 256u
+/* Locks a thread remembers, to unlock them without hashing the key. */
+#define HELD_MEMO 4u
 
 enum req_state { REQ_IDLE = 0, REQ_WAITING, REQ_HOLDING };
 
-struct entry {
-    struct entry *next; /* bucket chain */
-    uint64_t hash;
-    const void *owner;          /* holder: a request or a thread token */
-    struct idem_lock_req *head; /* waiters, first in first out */
-    struct idem_lock_req *tail;
-    uint32_t nwaiters;
-    uint32_t klen;
-    unsigned char key[];
+/* An entry allocated for a key its slot could not take. */
+struct heap_entry {
+    struct heap_entry *next; /* bucket chain */
+    struct entry e;
 };
 
+_Static_assert(sizeof(struct heap_entry) ==
+                   offsetof(struct heap_entry, e) + sizeof(struct entry),
+               "an allocated entry's key follows its entry");
+
 struct stripe {
+    struct slot slots[SLOTS];
     _Alignas(IDEM_CACHELINE) pthread_mutex_t mu;
-    struct entry **buckets;
-    size_t mask; /* buckets - 1 */
-    size_t count;
-    size_t bytes;        /* bucket array + live entries */
-    struct entry *spare; /* one freed entry kept to spare a malloc+free */
-    uint64_t waiters, created, freed, acquired, handoffs, busy, timeouts,
-        cancels;
+    struct heap_entry **buckets;
+    size_t mask;              /* buckets - 1 */
+    size_t count;             /* allocated entries */
+    size_t bytes;             /* bucket array + allocated entries */
+    struct heap_entry *spare; /* one freed entry kept to spare a malloc */
+    uint32_t homed[SLOTS];    /* allocated entries whose home is slot i */
+    uint64_t waiters, created, handoffs, busy, timeouts, cancels;
 };
 
 struct idem_keylock {
     struct idem_env env;
     uint64_t seed;
+    uint64_t id;    /* unique per table in this process */
     unsigned shift; /* 64 - log2(nstripes) */
     unsigned nstripes;
     unsigned max_waiters;
-    void *stripes_mem; /* as allocated; stripes is it, cache-line aligned */
+    void *stripes_mem; /* as allocated; stripes is it, aligned */
     struct stripe *stripes;
+};
+
+/* A key's stripe, and its home: the one slot it may occupy. */
+struct place {
+    struct stripe *s;
+    struct slot *sl;
+    uint32_t *homed; /* allocated entries homed at sl */
 };
 
 /* A thread blocked in lock()/timedlock(). Its request has no callback;
@@ -59,14 +72,28 @@ struct thread_waiter {
     pthread_cond_t cond;
 };
 
-/* Identifies the calling thread as a lock owner: its address differs
- * between live threads. */
-static _Thread_local char thread_token IDEM_TLS_FAST;
+/* A lock this thread holds: unlock finds its entry here without hashing.
+ * The array's address identifies the thread as an owner. */
+struct held {
+    uint64_t table;
+    struct entry *e;
+    struct slot *sl; /* e's slot; NULL: e was allocated */
+};
+
+static _Thread_local struct held held[HELD_MEMO] IDEM_TLS_FAST;
+#define THREAD_TOKEN ((void *)held)
+
+static atomic_uint_fast64_t table_ids;
+
+static const unsigned char *entry_key(const struct entry *e)
+{
+    return (const unsigned char *)(e + 1);
+}
 
 /* Key storage is rounded up to 16 bytes, the size class a spare serves. */
 static size_t entry_size(size_t klen)
 {
-    return sizeof(struct entry) + ((klen + 15u) & ~(size_t)15u);
+    return sizeof(struct heap_entry) + ((klen + 15u) & ~(size_t)15u);
 }
 
 static bool key_ok(const void *key, size_t klen)
@@ -74,39 +101,100 @@ static bool key_ok(const void *key, size_t klen)
     return (key || klen == 0) && klen <= UINT32_MAX;
 }
 
-static struct stripe *stripe_for(struct idem_keylock *t, uint64_t h)
+static bool key_is(const struct entry *e, uint64_t h, const void *key,
+                   size_t klen)
 {
-    return &t->stripes[idem__stripe_of(h, t->shift)];
+    return e->hash == h && e->klen == klen &&
+           bytes_equal(entry_key(e), key, klen);
 }
 
-static struct entry *lookup_locked(struct stripe *s, uint64_t h,
+static struct place place_of(struct idem_keylock *t, uint64_t h)
+{
+    struct stripe *s = &t->stripes[idem__stripe_of(h, t->shift)];
+    size_t i = (size_t)(h >> 32) & (SLOTS - 1);
+
+    return (struct place){ s, &s->slots[i], &s->homed[i] };
+}
+
+/* -- Without the mutex: one atomic to lock, one to unlock ------------- */
+
+static void held_add(const struct idem_keylock *t, struct entry *e,
+                     struct slot *sl)
+{
+    unsigned i = 0;
+
+    while (i < HELD_MEMO - 1 && held[i].e)
+        i++;
+    held[i] = (struct held){ t->id, e, sl }; /* full: forget the last */
+}
+
+/* Whether this thread remembers holding key; if so *h_out is what it
+ * remembers, forgotten here. */
+static bool held_take(const struct idem_keylock *t, const void *key,
+                      size_t klen, struct held *h_out)
+{
+    unsigned i;
+
+    for (i = 0; i < HELD_MEMO; i++) {
+        struct entry *e = held[i].e;
+
+        if (e && held[i].table == t->id && e->klen == klen &&
+            bytes_equal(entry_key(e), key, klen)) {
+            *h_out = held[i];
+            held[i].e = NULL;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* -- Under the mutex ------------------------------------------------- */
+
+/* Take p's stripe mutex and its home slot; leave() gives both back. */
+static void enter(const struct place *p)
+{
+    pthread_mutex_lock(&p->s->mu);
+    slot_freeze(p->sl);
+}
+
+static void leave(const struct place *p)
+{
+    slot_settle(p->sl, *p->homed);
+    pthread_mutex_unlock(&p->s->mu);
+}
+
+static struct entry *lookup_locked(const struct place *p, uint64_t h,
                                    const void *key, size_t klen)
 {
-    struct entry *e = s->buckets[h & s->mask];
+    struct heap_entry *he;
 
-    while (e && !(e->hash == h && e->klen == klen &&
-                  (klen == 0 || memcmp(e->key, key, klen) == 0)))
-        e = e->next;
-    return e;
+    if (slot_used(p->sl) && key_is(&p->sl->e, h, key, klen))
+        return &p->sl->e;
+    if (*p->homed == 0)
+        return NULL;
+    he = p->s->buckets[h & p->s->mask];
+    while (he && !key_is(&he->e, h, key, klen))
+        he = he->next;
+    return he ? &he->e : NULL;
 }
 
 /* Rebuild s's bucket array with n buckets. On allocation failure the old
  * array stays: chains get longer, nothing breaks. */
 static void rehash_locked(struct idem_keylock *t, struct stripe *s, size_t n)
 {
-    struct entry **nb = idem__alloc(&t->env, n * sizeof(*nb));
+    struct heap_entry **nb = idem__alloc(&t->env, n * sizeof(*nb));
     size_t i;
 
     if (!nb)
         return;
     memset(nb, 0, n * sizeof(*nb));
     for (i = 0; i <= s->mask; i++) {
-        struct entry *e = s->buckets[i], *next;
+        struct heap_entry *he = s->buckets[i], *next;
 
-        for (; e; e = next) {
-            next = e->next;
-            e->next = nb[e->hash & (n - 1)];
-            nb[e->hash & (n - 1)] = e;
+        for (; he; he = next) {
+            next = he->next;
+            he->next = nb[he->e.hash & (n - 1)];
+            nb[he->e.hash & (n - 1)] = he;
         }
     }
     idem__free(&t->env, s->buckets);
@@ -115,48 +203,73 @@ static void rehash_locked(struct idem_keylock *t, struct stripe *s, size_t n)
     s->mask = n - 1;
 }
 
-static struct entry *entry_insert_locked(struct idem_keylock *t,
-                                         struct stripe *s, uint64_t h,
-                                         const void *key, size_t klen)
+static struct entry *heap_insert_locked(struct idem_keylock *t,
+                                        const struct place *p, uint64_t h,
+                                        const void *key, size_t klen)
 {
-    struct entry *e = s->spare;
+    struct stripe *s = p->s;
+    struct heap_entry *he = s->spare;
 
-    if (e && entry_size(e->klen) == entry_size(klen))
+    if (he && entry_size(he->e.klen) == entry_size(klen))
         s->spare = NULL;
-    else if (!(e = idem__alloc(&t->env, entry_size(klen)))) {
+    else if (!(he = idem__alloc(&t->env, entry_size(klen))))
         return NULL;
-    }
-    *e = (struct entry){ .hash = h, .klen = (uint32_t)klen };
-    if (klen)
-        memcpy(e->key, key, klen);
-    e->next = s->buckets[h & s->mask];
-    s->buckets[h & s->mask] = e;
+    he->e = (struct entry){ .hash = h, .klen = (uint32_t)klen };
+    bytes_copy(he + 1, key, klen);
+    he->next = s->buckets[h & s->mask];
+    s->buckets[h & s->mask] = he;
     s->count++;
     s->created++;
     s->bytes += entry_size(klen);
+    (*p->homed)++;
     if (s->count > s->mask + 1)
         rehash_locked(t, s, 2 * (s->mask + 1));
-    return e;
+    return &he->e;
 }
 
-static void entry_delete_locked(struct idem_keylock *t, struct stripe *s,
-                                struct entry *e)
+/* A new entry for key: its home slot if free and the key fits, else an
+ * allocated one. Its owner is the caller's to set. NULL: no memory. */
+static struct entry *create_locked(struct idem_keylock *t,
+                                   const struct place *p, uint64_t h,
+                                   const void *key, size_t klen)
 {
-    struct entry **pp = &s->buckets[e->hash & s->mask];
+    if (!slot_used(p->sl) && klen <= INLINE_KEY) {
+        p->sl->e = (struct entry){ .hash = h, .klen = (uint32_t)klen };
+        bytes_copy(p->sl->key, key, klen);
+        slot_set_used(p->sl, true);
+        return &p->sl->e;
+    }
+    return heap_insert_locked(t, p, h, key, klen);
+}
 
-    assert(!e->head && e->nwaiters == 0);
-    while (*pp != e)
+static void heap_delete_locked(struct idem_keylock *t, const struct place *p,
+                               struct heap_entry *he)
+{
+    struct stripe *s = p->s;
+    struct heap_entry **pp = &s->buckets[he->e.hash & s->mask];
+
+    while (*pp != he)
         pp = &(*pp)->next;
-    *pp = e->next;
+    *pp = he->next;
     s->count--;
-    s->freed++;
-    s->bytes -= entry_size(e->klen);
-    if (!s->spare && e->klen <= SPARE_MAX_KEY)
-        s->spare = e;
+    s->bytes -= entry_size(he->e.klen);
+    (*p->homed)--;
+    if (!s->spare && he->e.klen <= SPARE_MAX_KEY)
+        s->spare = he;
     else
-        idem__free(&t->env, e);
+        idem__free(&t->env, he);
     if (s->mask + 1 > MIN_BUCKETS && s->count < (s->mask + 1) / 4)
         rehash_locked(t, s, (s->mask + 1) / 2);
+}
+
+static void entry_delete_locked(struct idem_keylock *t, const struct place *p,
+                                struct entry *e)
+{
+    assert(!e->head && e->nwaiters == 0);
+    if (e == &p->sl->e)
+        slot_set_used(p->sl, false);
+    else
+        heap_delete_locked(t, p, IDEM_CONTAINER_OF(e, struct heap_entry, e));
 }
 
 static void waiter_push(struct entry *e, struct idem_lock_req *w)
@@ -190,19 +303,18 @@ static void waiter_unlink(struct entry *e, struct idem_lock_req *w)
 /* Find or create key's entry and make owner its holder, or queue w behind
  * the holder (w NULL: do not wait). *e_out is the entry when the answer is
  * IDEM_OK or IDEM_EINPROGRESS. */
-static int take_or_queue_locked(struct idem_keylock *t, struct stripe *s,
+static int take_or_queue_locked(struct idem_keylock *t, const struct place *p,
                                 uint64_t h, const void *key, size_t klen,
                                 const void *owner, struct idem_lock_req *w,
                                 struct entry **e_out)
 {
-    struct entry *e = lookup_locked(s, h, key, klen);
+    struct entry *e = lookup_locked(p, h, key, klen);
 
     if (!e) {
-        e = entry_insert_locked(t, s, h, key, klen);
+        e = create_locked(t, p, h, key, klen);
         if (!e)
             return IDEM_ENOMEM;
         e->owner = owner;
-        s->acquired++;
         *e_out = e;
         return IDEM_OK;
     }
@@ -210,11 +322,11 @@ static int take_or_queue_locked(struct idem_keylock *t, struct stripe *s,
     if (e->owner == owner && w)
         return IDEM_EDEADLK;
     if (!w || (t->max_waiters && e->nwaiters >= t->max_waiters)) {
-        s->busy++;
+        p->s->busy++;
         return IDEM_EBUSY;
     }
     waiter_push(e, w);
-    s->waiters++;
+    p->s->waiters++;
     *e_out = e;
     return IDEM_EINPROGRESS;
 }
@@ -222,20 +334,19 @@ static int take_or_queue_locked(struct idem_keylock *t, struct stripe *s,
 /* e's holder leaves: hand e to its first waiter, or delete it. Returns the
  * granted request whose callback the caller runs once the lock is dropped,
  * or NULL. A granted thread is signalled here, under the lock. */
-static struct idem_lock_req *release_locked(struct idem_keylock *t,
-                                            struct stripe *s, struct entry *e)
+static struct idem_lock_req *
+release_locked(struct idem_keylock *t, const struct place *p, struct entry *e)
 {
     struct idem_lock_req *w = e->head;
     struct thread_waiter *tw;
 
     if (!w) {
-        entry_delete_locked(t, s, e);
+        entry_delete_locked(t, p, e);
         return NULL;
     }
     waiter_unlink(e, w);
-    s->waiters--;
-    s->acquired++;
-    s->handoffs++;
+    p->s->waiters--;
+    p->s->handoffs++;
     w->state = REQ_HOLDING;
     if (w->cb) {
         e->owner = w;
@@ -247,10 +358,30 @@ static struct idem_lock_req *release_locked(struct idem_keylock *t,
     return NULL;
 }
 
-static void run_granted(struct idem_lock_req *w, idem_lock_cb cb)
+/* Release e, which owner holds, under the mutex; run a grant's callback. */
+__attribute__((noinline)) static int release_slow(struct idem_keylock *t,
+                                                  const struct place *p,
+                                                  struct entry *e,
+                                                  struct idem_lock_req *req)
 {
-    if (w)
-        cb(w, IDEM_OK);
+    struct idem_lock_req *granted = NULL;
+    idem_lock_cb cb = NULL;
+    int rc = IDEM_EPERM;
+
+    enter(p);
+    if (!req || (req->state == REQ_HOLDING && ALWAYS(e->owner == req))) {
+        if (req) {
+            req->state = REQ_IDLE;
+            req->entry = NULL;
+        }
+        granted = release_locked(t, p, e);
+        cb = granted ? granted->cb : NULL;
+        rc = IDEM_OK;
+    }
+    leave(p);
+    if (granted)
+        cb(granted, IDEM_OK);
+    return rc;
 }
 
 /* -- Table lifecycle ------------------------------------------------- */
@@ -258,14 +389,14 @@ static void run_granted(struct idem_lock_req *w, idem_lock_cb cb)
 static int stripes_init(struct idem_keylock *t)
 {
     size_t bytes = (size_t)t->nstripes * sizeof(struct stripe);
-    unsigned i;
+    size_t align = _Alignof(struct stripe);
+    unsigned i, j;
 
-    t->stripes_mem = idem__alloc(&t->env, bytes + IDEM_CACHELINE - 1);
+    t->stripes_mem = idem__alloc(&t->env, bytes + align - 1);
     if (!t->stripes_mem)
         return IDEM_ENOMEM;
-    t->stripes =
-        (struct stripe *)(((uintptr_t)t->stripes_mem + IDEM_CACHELINE - 1) &
-                          ~(uintptr_t)(IDEM_CACHELINE - 1));
+    t->stripes = (struct stripe *)(((uintptr_t)t->stripes_mem + align - 1) &
+                                   ~(uintptr_t)(align - 1));
     memset(t->stripes, 0, bytes);
     for (i = 0; i < t->nstripes; i++) {
         struct stripe *s = &t->stripes[i];
@@ -278,6 +409,8 @@ static int stripes_init(struct idem_keylock *t)
         memset(s->buckets, 0, MIN_BUCKETS * sizeof(*s->buckets));
         s->mask = MIN_BUCKETS - 1;
         s->bytes = MIN_BUCKETS * sizeof(*s->buckets);
+        for (j = 0; j < SLOTS; j++)
+            atomic_init(&s->slots[j].word, SLOT_FREE);
         pthread_mutex_init(&s->mu, NULL);
     }
     return IDEM_OK;
@@ -301,6 +434,7 @@ int idem_keylock_new(const struct idem_keylock_opts *opts,
     t->nstripes = idem__pow2_ceil(o.stripes ? o.stripes : DEFAULT_STRIPES);
     t->shift = 64u - (unsigned)__builtin_ctz(t->nstripes);
     t->seed = idem__random_seed();
+    t->id = atomic_fetch_add(&table_ids, 1) + 1;
     rc = stripes_init(t);
     if (rc != IDEM_OK) {
         idem_keylock_free(t);
@@ -321,11 +455,11 @@ void idem_keylock_free(struct idem_keylock *t)
         struct stripe *s = &t->stripes[i];
 
         for (b = 0; b <= s->mask; b++) {
-            struct entry *e = s->buckets[b], *next;
+            struct heap_entry *he = s->buckets[b], *next;
 
-            for (; e; e = next) {
-                next = e->next;
-                idem__free(&t->env, e);
+            for (; he; he = next) {
+                next = he->next;
+                idem__free(&t->env, he);
             }
         }
         idem__free(&t->env, s->buckets);
@@ -349,21 +483,25 @@ static void deadline_after(uint64_t ms, struct timespec *ts)
     }
 }
 
-/* Sleep until tw is granted the lock or the deadline (NULL: none) passes;
- * on timeout, leave the queue. Called and returns with s->mu held. */
+/* Sleep until tw is granted the lock or timeout_ms (NULL: none) passes; on
+ * timeout, leave the queue. Called and returns with s->mu held. The clock
+ * is read only here, when a thread must wait. */
 static int wait_locked(struct stripe *s, struct thread_waiter *tw,
-                       const struct timespec *deadline)
+                       const uint64_t *timeout_ms)
 {
     pthread_condattr_t attr;
+    struct timespec deadline;
     int err = 0;
 
+    if (timeout_ms)
+        deadline_after(*timeout_ms, &deadline);
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     pthread_cond_init(&tw->cond, &attr);
     pthread_condattr_destroy(&attr);
     while (tw->req.state == REQ_WAITING && err == 0) {
-        if (deadline)
-            err = pthread_cond_timedwait(&tw->cond, &s->mu, deadline);
+        if (timeout_ms)
+            err = pthread_cond_timedwait(&tw->cond, &s->mu, &deadline);
         else
             pthread_cond_wait(&tw->cond, &s->mu);
     }
@@ -376,29 +514,47 @@ static int wait_locked(struct stripe *s, struct thread_waiter *tw,
     return IDEM_ETIMEDOUT;
 }
 
-/* wait: false for trylock; deadline: NULL waits forever. */
-static int lock_thread(struct idem_keylock *t, const void *key, size_t klen,
-                       bool wait, const struct timespec *deadline)
+/* The locking path once the key's slot was not free. */
+__attribute__((noinline)) static int
+lock_slow(struct idem_keylock *t, const struct place *p, uint64_t h,
+          const void *key, size_t klen, bool wait, const uint64_t *timeout_ms)
 {
     struct thread_waiter tw; /* the queue links are set if it waits */
-    struct entry *e;
-    struct stripe *s;
-    uint64_t h;
+    struct entry *e = NULL;
     int rc;
+
+    tw.req.cb = NULL;
+    tw.req.data = THREAD_TOKEN;
+    enter(p);
+    rc = take_or_queue_locked(t, p, h, key, klen, THREAD_TOKEN,
+                              wait ? &tw.req : NULL, &e);
+    if (rc == IDEM_EINPROGRESS) {
+        rc = wait_locked(p->s, &tw, timeout_ms);
+        /* others settled the slot while the mutex was dropped */
+        slot_freeze(p->sl);
+    }
+    leave(p);
+    if (rc == IDEM_OK)
+        held_add(t, e, e == &p->sl->e ? p->sl : NULL);
+    return rc;
+}
+
+/* wait: false for trylock; timeout_ms: NULL waits forever. */
+static int lock_thread(struct idem_keylock *t, const void *key, size_t klen,
+                       bool wait, const uint64_t *timeout_ms)
+{
+    struct place p;
+    uint64_t h;
 
     if (!t || !key_ok(key, klen))
         return IDEM_EINVAL;
-    tw.req.cb = NULL;
-    tw.req.data = &thread_token;
     h = idem__hash(key, klen, t->seed);
-    s = stripe_for(t, h);
-    pthread_mutex_lock(&s->mu);
-    rc = take_or_queue_locked(t, s, h, key, klen, &thread_token,
-                              wait ? &tw.req : NULL, &e);
-    if (rc == IDEM_EINPROGRESS)
-        rc = wait_locked(s, &tw, deadline);
-    pthread_mutex_unlock(&s->mu);
-    return rc;
+    p = place_of(t, h);
+    if (slot_claim(p.sl, h, key, klen, THREAD_TOKEN)) {
+        held_add(t, &p.sl->e, p.sl);
+        return IDEM_OK;
+    }
+    return lock_slow(t, &p, h, key, klen, wait, timeout_ms);
 }
 
 int idem_keylock_lock(struct idem_keylock *t, const void *key, size_t klen)
@@ -414,40 +570,52 @@ int idem_keylock_trylock(struct idem_keylock *t, const void *key, size_t klen)
 int idem_keylock_timedlock(struct idem_keylock *t, const void *key, size_t klen,
                            uint64_t timeout_ms)
 {
-    struct timespec deadline;
     int rc;
 
     if (timeout_ms == 0) {
         rc = lock_thread(t, key, klen, false, NULL);
         return rc == IDEM_EBUSY ? IDEM_ETIMEDOUT : rc;
     }
-    deadline_after(timeout_ms, &deadline);
-    return lock_thread(t, key, klen, true, &deadline);
+    return lock_thread(t, key, klen, true, &timeout_ms);
+}
+
+/* Unlock a key this thread does not remember holding: hash and look. */
+__attribute__((noinline)) static int unlock_hashed(struct idem_keylock *t,
+                                                   const void *key, size_t klen)
+{
+    struct idem_lock_req *granted = NULL;
+    idem_lock_cb cb = NULL;
+    uint64_t h = idem__hash(key, klen, t->seed);
+    struct place p = place_of(t, h);
+    struct entry *e;
+    int rc = IDEM_EPERM;
+
+    enter(&p);
+    e = lookup_locked(&p, h, key, klen);
+    if (e && e->owner == THREAD_TOKEN) {
+        granted = release_locked(t, &p, e);
+        cb = granted ? granted->cb : NULL;
+        rc = IDEM_OK;
+    }
+    leave(&p);
+    if (granted)
+        cb(granted, IDEM_OK);
+    return rc;
 }
 
 int idem_keylock_unlock(struct idem_keylock *t, const void *key, size_t klen)
 {
-    struct idem_lock_req *granted = NULL;
-    idem_lock_cb cb = NULL;
-    struct entry *e;
-    struct stripe *s;
-    uint64_t h;
-    int rc = IDEM_EPERM;
+    struct held mine;
+    struct place p;
 
     if (!t || !key_ok(key, klen))
         return IDEM_EINVAL;
-    h = idem__hash(key, klen, t->seed);
-    s = stripe_for(t, h);
-    pthread_mutex_lock(&s->mu);
-    e = lookup_locked(s, h, key, klen);
-    if (e && e->owner == &thread_token) {
-        granted = release_locked(t, s, e);
-        cb = granted ? granted->cb : NULL;
-        rc = IDEM_OK;
-    }
-    pthread_mutex_unlock(&s->mu);
-    run_granted(granted, cb);
-    return rc;
+    if (!held_take(t, key, klen, &mine))
+        return unlock_hashed(t, key, klen);
+    if (mine.sl && slot_release(mine.sl))
+        return IDEM_OK;
+    p = place_of(t, mine.e->hash);
+    return release_slow(t, &p, mine.e, NULL);
 }
 
 /* -- Asynchronous API ------------------------------------------------ */
@@ -460,96 +628,119 @@ void idem_lock_req_init(struct idem_lock_req *req, idem_lock_cb cb, void *data)
 int idem_keylock_acquire(struct idem_keylock *t, struct idem_lock_req *req,
                          const void *key, size_t klen)
 {
-    struct entry *e;
-    struct stripe *s;
+    struct entry *e = NULL;
+    struct place p;
     uint64_t h;
     int rc;
 
     if (!t || !req || !req->cb || req->entry || !key_ok(key, klen))
         return IDEM_EINVAL;
     h = idem__hash(key, klen, t->seed);
-    s = stripe_for(t, h);
-    pthread_mutex_lock(&s->mu);
-    rc = take_or_queue_locked(t, s, h, key, klen, req, req, &e);
+    p = place_of(t, h);
+    if (slot_claim(p.sl, h, key, klen, req)) {
+        e = &p.sl->e;
+        rc = IDEM_OK;
+    } else {
+        enter(&p);
+        rc = take_or_queue_locked(t, &p, h, key, klen, req, req, &e);
+        leave(&p);
+    }
     if (rc == IDEM_OK) {
         req->entry = e;
         req->state = REQ_HOLDING;
     }
-    pthread_mutex_unlock(&s->mu);
     return rc;
-}
-
-/* The stripe of a request that waits or holds: its entry cannot die
- * meanwhile, and req->entry is written only by the request's own user. */
-static struct stripe *req_stripe(struct idem_keylock *t,
-                                 const struct idem_lock_req *req)
-{
-    return stripe_for(t, ((const struct entry *)req->entry)->hash);
 }
 
 int idem_keylock_release(struct idem_keylock *t, struct idem_lock_req *req)
 {
-    struct idem_lock_req *granted = NULL;
-    idem_lock_cb cb = NULL;
-    struct stripe *s;
     struct entry *e;
-    int rc = IDEM_EPERM;
+    struct place p;
 
     if (!t || !req)
         return IDEM_EINVAL;
     if (!req->entry)
         return IDEM_EPERM;
     e = req->entry;
-    s = req_stripe(t, req);
-    pthread_mutex_lock(&s->mu);
-    if (req->state == REQ_HOLDING && ALWAYS(e->owner == req)) {
+    p = place_of(t, e->hash);
+    if (req->state == REQ_HOLDING && e == &p.sl->e && slot_release(p.sl)) {
         req->state = REQ_IDLE;
         req->entry = NULL;
-        granted = release_locked(t, s, e);
-        cb = granted ? granted->cb : NULL;
-        rc = IDEM_OK;
+        return IDEM_OK;
     }
-    pthread_mutex_unlock(&s->mu);
-    run_granted(granted, cb);
-    return rc;
+    return release_slow(t, &p, e, req);
 }
 
 int idem_keylock_cancel(struct idem_keylock *t, struct idem_lock_req *req)
 {
-    struct stripe *s;
+    struct place p;
     int rc = IDEM_EALREADY;
 
     if (!t || !req)
         return IDEM_EINVAL;
     if (!req->entry)
         return IDEM_ENOTFOUND;
-    s = req_stripe(t, req);
-    pthread_mutex_lock(&s->mu);
+    p = place_of(t, ((const struct entry *)req->entry)->hash);
+    enter(&p);
     if (req->state == REQ_WAITING) {
         waiter_unlink(req->entry, req);
         req->state = REQ_IDLE;
         req->entry = NULL;
-        s->waiters--;
-        s->cancels++;
+        p.s->waiters--;
+        p.s->cancels++;
         rc = IDEM_OK;
     }
-    pthread_mutex_unlock(&s->mu);
+    leave(&p);
     return rc;
 }
 
 /* -- Introspection --------------------------------------------------- */
 
+/* Entries live in s and entries ever created there. Called under s->mu;
+ * slots still change under it, each one read once. */
+static void census_locked(struct stripe *s, uint64_t *live, uint64_t *created)
+{
+    unsigned i;
+
+    *live = s->count;
+    *created = s->created;
+    for (i = 0; i < SLOTS; i++)
+        slot_census(&s->slots[i], live, created);
+}
+
 size_t idem_keylock_count(struct idem_keylock *t)
 {
+    uint64_t live, created;
     size_t n = 0;
     unsigned i;
 
     for (i = 0; t && i < t->nstripes; i++) {
         pthread_mutex_lock(&t->stripes[i].mu);
-        n += t->stripes[i].count;
+        census_locked(&t->stripes[i], &live, &created);
         pthread_mutex_unlock(&t->stripes[i].mu);
+        n += (size_t)live;
     }
     return n;
+}
+
+/* Add s's counters to *st. Under s->mu. Every grant is a creation or a
+ * hand-off, and every creation not live was freed. */
+static void stripe_stats_locked(struct stripe *s, struct idem_keylock_stats *st)
+{
+    uint64_t live, created;
+
+    census_locked(s, &live, &created);
+    st->entries += live;
+    st->created += created;
+    st->freed += created - live;
+    st->acquired += created + s->handoffs;
+    st->waiters += s->waiters;
+    st->handoffs += s->handoffs;
+    st->busy += s->busy;
+    st->timeouts += s->timeouts;
+    st->cancels += s->cancels;
+    st->table_bytes += s->bytes;
+    st->spare_bytes += s->spare ? entry_size(s->spare->e.klen) : 0;
 }
 
 void idem_keylock_stats(struct idem_keylock *t,
@@ -561,25 +752,13 @@ void idem_keylock_stats(struct idem_keylock *t,
     if (!stats_out)
         return;
     for (i = 0; t && i < t->nstripes; i++) {
-        struct stripe *s = &t->stripes[i];
-
-        pthread_mutex_lock(&s->mu);
-        st.entries += s->count;
-        st.waiters += s->waiters;
-        st.created += s->created;
-        st.freed += s->freed;
-        st.acquired += s->acquired;
-        st.handoffs += s->handoffs;
-        st.busy += s->busy;
-        st.timeouts += s->timeouts;
-        st.cancels += s->cancels;
-        st.table_bytes += s->bytes;
-        st.spare_bytes += s->spare ? entry_size(s->spare->klen) : 0;
-        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_lock(&t->stripes[i].mu);
+        stripe_stats_locked(&t->stripes[i], &st);
+        pthread_mutex_unlock(&t->stripes[i].mu);
     }
     if (t)
         st.table_bytes += sizeof(*t) +
                           (size_t)t->nstripes * sizeof(struct stripe) +
-                          IDEM_CACHELINE - 1;
+                          _Alignof(struct stripe) - 1;
     *stats_out = st;
 }

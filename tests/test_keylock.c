@@ -410,34 +410,82 @@ static void test_table_shrinks_back(void **state)
     idem_keylock_free(t);
 }
 
-/* A key locked again and again reuses its stripe's spare entry. */
-static void test_spare_entry_spares_allocations(void **state)
+/* Lock and unlock key n times; every call must succeed. */
+static void pairs(struct idem_keylock *t, const void *key, size_t klen, int n)
+{
+    int i;
+
+    for (i = 0; i < n; i++) {
+        assert_int_equal(idem_keylock_lock(t, key, klen), IDEM_OK);
+        assert_int_equal(idem_keylock_unlock(t, key, klen), IDEM_OK);
+    }
+}
+
+/* An uncontended key fits its inline slot and allocates nothing; a key too
+ * long for a slot reuses its stripe's spare entry. */
+static void test_uncontended_allocates_nothing(void **state)
 {
     struct test_env te;
     struct idem_keylock_opts o = { .stripes = 1, .env = &te.env };
     struct idem_keylock *t;
+    char long_a[100], long_b[200];
     long before;
-    int i;
 
     (void)state;
+    memset(long_a, 'a', sizeof(long_a));
+    memset(long_b, 'b', sizeof(long_b));
     test_env_init(&te, 0);
     t = new_table(&o);
     before = atomic_load(&te.allocs);
-    for (i = 0; i < 1000; i++) {
-        assert_int_equal(idem_keylock_lock(t, K("same")), IDEM_OK);
-        assert_int_equal(idem_keylock_unlock(t, K("same")), IDEM_OK);
-    }
+    pairs(t, K("same"), 1000);
+    assert_int_equal(atomic_load(&te.allocs) - before, 0);
+    assert_int_equal(stats_of(t).spare_bytes, 0);
+    pairs(t, long_a, sizeof(long_a), 1000);
     assert_int_equal(atomic_load(&te.allocs) - before, 1);
-    assert_true(stats_of(t).spare_bytes > 0 && stats_of(t).spare_bytes <= 64);
+    assert_true(stats_of(t).spare_bytes > sizeof(long_a) &&
+                stats_of(t).spare_bytes <= 256);
     /* a key of another size class cannot use it, and is freed */
-    assert_int_equal(idem_keylock_lock(t, K("a-key-longer-than-16")), IDEM_OK);
-    assert_int_equal(idem_keylock_unlock(t, K("a-key-longer-than-16")),
-                     IDEM_OK);
+    pairs(t, long_b, sizeof(long_b), 1);
     assert_int_equal(atomic_load(&te.allocs) - before, 2);
     /* the table, its stripes, their buckets, the spare */
     assert_int_equal(atomic_load(&te.live), 4);
+    assert_int_equal(stats_of(t).created, 2001);
+    assert_int_equal(stats_of(t).freed, 2001);
     idem_keylock_free(t);
     assert_int_equal(atomic_load(&te.live), 0);
+}
+
+/* Keys sharing one slot: the first takes it, the others get allocated
+ * entries, in any order of unlocking; and a thread holding more locks than
+ * it remembers still unlocks them all. */
+static void test_keys_sharing_slots(void **state)
+{
+    struct idem_keylock_opts o = { .stripes = 1 };
+    struct idem_keylock *t = new_table(&o);
+    char key[16];
+    int i, len, n = 64;
+
+    (void)state;
+    for (i = 0; i < n; i++) {
+        len = snprintf(key, sizeof(key), "s%d", i);
+        assert_int_equal(idem_keylock_lock(t, key, (size_t)len), IDEM_OK);
+        assert_int_equal(idem_keylock_trylock(t, key, (size_t)len), IDEM_EBUSY);
+    }
+    assert_int_equal(idem_keylock_count(t), n);
+    for (i = 0; i < n; i += 2) { /* every other one, then the rest */
+        len = snprintf(key, sizeof(key), "s%d", i);
+        assert_int_equal(idem_keylock_unlock(t, key, (size_t)len), IDEM_OK);
+    }
+    for (i = n - 1; i > 0; i -= 2) {
+        len = snprintf(key, sizeof(key), "s%d", i);
+        assert_int_equal(idem_keylock_unlock(t, key, (size_t)len), IDEM_OK);
+        assert_int_equal(idem_keylock_unlock(t, key, (size_t)len), IDEM_EPERM);
+    }
+    assert_int_equal(idem_keylock_count(t), 0);
+    assert_int_equal(stats_of(t).created, (uint64_t)n);
+    assert_int_equal(stats_of(t).freed, (uint64_t)n);
+    pairs(t, K("again"), 10);
+    idem_keylock_free(t);
 }
 
 /* Free a table that still holds and queues: nothing leaks. */
@@ -482,7 +530,8 @@ static long failing_run(long n)
         assert_int_equal(atomic_load(&te.live), 0);
         return atomic_load(&te.failures);
     }
-    for (i = 0; i < 80; i++) { /* enough to grow the buckets */
+    /* enough to fill the inline slots and grow the buckets */
+    for (i = 0; i < 100; i++) {
         int len = snprintf(key, sizeof(key), "k%d", i);
 
         rc = idem_keylock_lock(t, key, (size_t)len);
@@ -501,7 +550,7 @@ static long failing_run(long n)
         assert_int_equal(idem_keylock_cancel(t, &waiter), IDEM_OK);
         assert_int_equal(idem_keylock_release(t, &req), IDEM_OK);
     }
-    for (i = 0; i < 80; i++) {
+    for (i = 0; i < 100; i++) {
         int len = snprintf(key, sizeof(key), "k%d", i);
 
         rc = idem_keylock_unlock(t, key, (size_t)len);
@@ -540,7 +589,8 @@ int main(void)
         cmocka_unit_test(test_max_waiters),
         cmocka_unit_test(test_callback_reenters_table),
         cmocka_unit_test(test_table_shrinks_back),
-        cmocka_unit_test(test_spare_entry_spares_allocations),
+        cmocka_unit_test(test_uncontended_allocates_nothing),
+        cmocka_unit_test(test_keys_sharing_slots),
         cmocka_unit_test(test_free_nonempty_table),
         cmocka_unit_test(test_allocation_failure_sweep),
     };

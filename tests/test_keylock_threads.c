@@ -219,6 +219,51 @@ static void test_timedlock_granted_before_deadline(void **state)
     run_blocking_handoff(600000); /* a deadline that never comes */
 }
 
+/* A thread granted the key by a hand-off holds it: the key's slot is not
+ * left free for anyone else's lock while it sleeps and wakes. */
+struct holder {
+    struct idem_keylock *t;
+    atomic_int got, let_go;
+    int rc_lock, rc_unlock;
+};
+
+static void *holder_main(void *arg)
+{
+    struct holder *h = arg;
+
+    h->rc_lock = idem_keylock_lock(h->t, K("k"));
+    atomic_store(&h->got, 1);
+    while (!atomic_load(&h->let_go))
+        sched_yield();
+    h->rc_unlock = idem_keylock_unlock(h->t, K("k"));
+    return NULL;
+}
+
+static void test_handoff_keeps_key_held(void **state)
+{
+    struct holder h = { 0 };
+    pthread_t th;
+
+    (void)state;
+    h.t = new_table(1);
+    assert_int_equal(idem_keylock_lock(h.t, K("k")), IDEM_OK);
+    assert_int_equal(pthread_create(&th, NULL, holder_main, &h), 0);
+    await_waiters(h.t, 1);
+    assert_int_equal(idem_keylock_unlock(h.t, K("k")), IDEM_OK);
+    while (!atomic_load(&h.got))
+        sched_yield();
+    assert_int_equal(idem_keylock_trylock(h.t, K("k")), IDEM_EBUSY);
+    assert_int_equal(idem_keylock_count(h.t), 1);
+    atomic_store(&h.let_go, 1);
+    pthread_join(th, NULL);
+    assert_int_equal(h.rc_lock, IDEM_OK);
+    assert_int_equal(h.rc_unlock, IDEM_OK);
+    assert_int_equal(idem_keylock_trylock(h.t, K("k")), IDEM_OK);
+    assert_int_equal(idem_keylock_unlock(h.t, K("k")), IDEM_OK);
+    assert_int_equal(idem_keylock_count(h.t), 0);
+    idem_keylock_free(h.t);
+}
+
 /* -- Callbacks run on the releasing thread --------------------------- */
 
 struct cross {
@@ -332,6 +377,7 @@ int main(void)
         cmocka_unit_test(test_exclusion_async),
         cmocka_unit_test(test_blocking_handoff),
         cmocka_unit_test(test_timedlock_granted_before_deadline),
+        cmocka_unit_test(test_handoff_keeps_key_held),
         cmocka_unit_test(test_callback_on_releasing_thread),
         cmocka_unit_test(test_timedlock_contention),
     };

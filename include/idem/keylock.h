@@ -48,19 +48,19 @@ struct idem_keylock_opts {
 };
 
 struct idem_keylock_stats {
-    uint64_t entries;  /* live entries: keys held or waited for */
-    uint64_t waiters;  /* requests and threads waiting now */
-    uint64_t created;  /* entries ever created */
-    uint64_t freed;    /* entries ever freed; created - freed == entries */
-    uint64_t acquired; /* locks granted, at once or after waiting */
-    uint64_t handoffs; /* grants that went to a waiter on release */
-    uint64_t busy;     /* IDEM_EBUSY answers */
-    uint64_t timeouts; /* timed locks that gave up */
-    uint64_t cancels;  /* waiting requests cancelled */
-    uint64_t
-        table_bytes; /* memory the table holds: stripes, buckets, entries */
-    uint64_t spare_bytes; /* freed entries kept for reuse: at most one per
-                             stripe, for keys of at most 256 bytes */
+    uint64_t entries;     /* live entries: keys held or waited for */
+    uint64_t waiters;     /* requests and threads waiting now */
+    uint64_t created;     /* entries ever created */
+    uint64_t freed;       /* entries ever freed; created - freed == entries */
+    uint64_t acquired;    /* locks granted, at once or after waiting */
+    uint64_t handoffs;    /* grants that went to a waiter on release */
+    uint64_t busy;        /* IDEM_EBUSY answers */
+    uint64_t timeouts;    /* timed locks that gave up */
+    uint64_t cancels;     /* waiting requests cancelled */
+    uint64_t table_bytes; /* memory the table holds: stripes with their
+                             inline slots, buckets, allocated entries */
+    uint64_t spare_bytes; /* freed allocated entries kept for reuse: at
+                             most one per stripe, keys of at most 256 bytes */
 };
 
 /* Create a table. opts NULL: all defaults. On success *table_out is set.
@@ -97,7 +97,8 @@ IDEM_API int idem_keylock_timedlock(struct idem_keylock *t, const void *key,
 
 /* Unlock key, handing it to the first waiter if there is one, else
  * deleting its entry. IDEM_OK; IDEM_EPERM if this thread does not hold
- * it (the table is left as it was); IDEM_EINVAL. */
+ * it (the table is left as it was); IDEM_EINVAL. A key among the last
+ * four this thread locked is found without hashing it again. */
 IDEM_API int idem_keylock_unlock(struct idem_keylock *t, const void *key,
                                  size_t klen);
 
@@ -120,7 +121,8 @@ IDEM_API int idem_keylock_acquire(struct idem_keylock *t,
 
 /* Release the lock req holds; req becomes idle and the key passes to its
  * first waiter or its entry is deleted. IDEM_OK; IDEM_EPERM if req does
- * not hold a lock (nothing changes). Thread-safe. */
+ * not hold a lock (nothing changes). Thread-safe; for a request that
+ * waited, call it once its callback has run. */
 IDEM_API int idem_keylock_release(struct idem_keylock *t,
                                   struct idem_lock_req *req);
 
