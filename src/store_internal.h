@@ -79,7 +79,5 @@ struct idem_store {
     const struct idem__store_ops *ops;
 };
 
-/* Whether s is a Redis store (attach and detach apply to no other). */
-bool idem__store_is_redis(const struct idem_store *s);
 
 #endif

@@ -1,6 +1,8 @@
 #!/bin/sh
-# Install libidem into a temporary prefix, then build and run a program
-# against it through pkg-config, linked shared and static.
+# Install libidem and libidem-redis into a temporary prefix, then build and
+# run a program against each through pkg-config, linked shared and static;
+# check that libidem links no event loop and no hiredis, and that each
+# library exports only idem_ symbols.
 # Usage: install_test.sh BUILD_DIR CC
 set -eu
 build=$1
@@ -46,3 +48,52 @@ if nm -D --defined-only "$(pkg-config --variable=libdir libidem)/libidem.so" |
     echo "install_test: libidem.so exports symbols outside idem_" >&2
     exit 1
 fi
+libdir=$(pkg-config --variable=libdir libidem)
+# libidem itself: no event loop, no hiredis (issue 12: layers)
+if ldd "$libdir/libidem.so" | grep -E 'libhiredis|libevent'; then
+    echo "install_test: libidem.so links an event loop or hiredis" >&2
+    exit 1
+fi
+case " $(pkg-config --cflags libidem) " in
+*hiredis*) echo "install_test: libidem's cflags name hiredis" >&2; exit 1 ;;
+esac
+ldd "$libdir/libidem-redis.so" | grep -q libhiredis ||
+    { echo "install_test: libidem-redis.so does not link hiredis" >&2; exit 1; }
+if nm -D --defined-only "$libdir/libidem-redis.so" |
+    awk '$2 == "T" && $3 !~ /^idem_/' | grep .; then
+    echo "install_test: libidem-redis.so exports symbols outside idem_" >&2
+    exit 1
+fi
+cat >"$dir/redis_app.c" <<'C'
+#include <idem/redis_libevent.h>
+#include <stdio.h>
+
+int main(void)
+{
+    struct idem_store_redis_opts o = { .url = "redis://127.0.0.1:1" };
+    struct idem_store *s = NULL;
+    struct event_base *base = event_base_new();
+    struct idem_redis_loop loop;
+    int ok;
+
+    idem_redis_libevent(base, &loop);
+    ok = idem_store_redis_new(&o, &s) == IDEM_OK &&
+         idem_store_redis_attach(s, &loop) == IDEM_OK;
+    idem_store_redis_detach(s);
+    idem_store_free(s);
+    event_base_free(base);
+    printf("libidem-redis: %s\n", ok ? "ok" : "failed");
+    return ok ? 0 : 1;
+}
+C
+# shellcheck disable=SC2046
+"$cc" -std=c11 -Wall -Werror "$dir/redis_app.c" -o "$dir/redis_shared" \
+    $(pkg-config --cflags --libs libidem-redis libevent_core)
+LD_LIBRARY_PATH=$libdir "$dir/redis_shared"
+# shellcheck disable=SC2046
+"$cc" -std=c11 -Wall -Werror "$dir/redis_app.c" -o "$dir/redis_static" \
+    $(pkg-config --cflags libidem-redis) "$libdir/libidem-redis.a" \
+    "$libdir/libidem.a" \
+    $(pkg-config --libs-only-l --static libidem-redis libevent_core |
+      sed 's/-lidem-redis//; s/-lidem //')
+"$dir/redis_static"

@@ -9,12 +9,14 @@
 #include <cmocka.h>
 
 #include "engine_helpers.h"
+#include "idem/redis_libevent.h"
 #include "redis_server.h"
 
 #define LOOP_LIMIT_MS 5000
 
 static struct test_redis server;
 static struct event_base *base;
+static struct idem_redis_loop loop; /* base's, for attach */
 
 /* -- Running asynchronous calls to their answer ----------------------- */
 
@@ -174,17 +176,17 @@ static struct idem_store *redis_store(const char *prefix, int64_t timeout_ms)
 
     snprintf(url, sizeof(url), "redis://127.0.0.1:%u", server.port);
     assert_int_equal(idem_store_redis_new(&o, &s), IDEM_OK);
-    assert_int_equal(idem_store_redis_attach(s, base), IDEM_OK);
+    assert_int_equal(idem_store_redis_attach(s, &loop), IDEM_OK);
     return s;
 }
 
 static void wait_connected(struct idem_store *s)
 {
-    struct idem_store_stats st;
+    struct idem_store_redis_stats st;
     uint64_t end = mono_ms() + LOOP_LIMIT_MS;
 
     for (;;) {
-        idem_store_stats(s, &st);
+        idem_store_redis_stats(s, &st);
         if (st.connections == 1)
             return;
         assert_true(mono_ms() < end);
@@ -212,6 +214,8 @@ static int setup_group(void **state)
     if (test_redis_start(&server) != 0)
         return -1;
     base = event_base_new();
+    if (base)
+        idem_redis_libevent(base, &loop);
     return base ? 0 : -1;
 }
 
@@ -234,12 +238,12 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct idem_engine_stats es;
-    struct idem_store_stats ss;
+    struct idem_store_redis_stats ss;
 
     (void)state;
     if (fx.store) {
         idem_store_redis_detach(fx.store);
-        idem_store_stats(fx.store, &ss);
+        idem_store_redis_stats(fx.store, &ss);
         idem_engine_stats(fx.e, &es);
         assert_int_equal(ss.pending, 0);
         assert_int_equal(es.in_flight, 0);
@@ -304,9 +308,9 @@ static void test_attach_rules(void **state)
     struct idem_store *mem = NULL, *s = redis_store(NULL, 500);
 
     (void)state;
-    assert_int_equal(idem_store_redis_attach(s, base), IDEM_EINVAL);
+    assert_int_equal(idem_store_redis_attach(s, &loop), IDEM_EINVAL);
     assert_int_equal(idem_store_memory_new(NULL, &mem), IDEM_OK);
-    assert_int_equal(idem_store_redis_attach(mem, base), IDEM_EINVAL);
+    assert_int_equal(idem_store_redis_attach(mem, &loop), IDEM_EINVAL);
     idem_store_redis_detach(mem); /* harmless */
     idem_store_redis_detach(s);
     idem_store_redis_detach(s); /* twice: harmless */
@@ -474,7 +478,7 @@ static void test_unix_socket(void **state)
     snprintf(url, sizeof(url), "unix://%s?db=3", path);
     assert_int_equal(test_redis_start_on(&local), 0);
     assert_int_equal(idem_store_redis_new(&o, &fx.store), IDEM_OK);
-    assert_int_equal(idem_store_redis_attach(fx.store, base), IDEM_OK);
+    assert_int_equal(idem_store_redis_attach(fx.store, &loop), IDEM_OK);
     eo.store = fx.store;
     assert_int_equal(idem_engine_new(&eo, &fx.e), IDEM_OK);
     wait_connected(fx.store);
@@ -507,10 +511,10 @@ static void test_password(void **state)
     assert_int_equal(test_redis_cmd(&server, "CONFIG SET requirepass s3cret"),
                      0);
     assert_int_equal(idem_store_redis_new(&o, &fx.store), IDEM_OK);
-    assert_int_equal(idem_store_redis_attach(fx.store, base), IDEM_OK);
+    assert_int_equal(idem_store_redis_attach(fx.store, &loop), IDEM_OK);
     o.url = bad;
     assert_int_equal(idem_store_redis_new(&o, &wrong), IDEM_OK);
-    assert_int_equal(idem_store_redis_attach(wrong, base), IDEM_OK);
+    assert_int_equal(idem_store_redis_attach(wrong, &loop), IDEM_OK);
     eo.store = fx.store;
     assert_int_equal(idem_engine_new(&eo, &fx.e), IDEM_OK);
     eo.store = wrong;
@@ -729,7 +733,7 @@ static void test_noscript_falls_back_to_eval(void **state)
 static void test_redis_stopped_and_back(void **state)
 {
     struct idem_engine *e = engine_on_redis((struct idem_engine_opts){ 0 });
-    struct idem_store_stats st;
+    struct idem_store_redis_stats st;
     struct idem_decision d;
     struct idem_call *call;
     struct treq t;
@@ -743,7 +747,7 @@ static void test_redis_stopped_and_back(void **state)
     assert_int_equal(decide_free(e, &t), IDEM_OUTCOME_UNAVAILABLE);
     assert_int_equal(test_redis_start_on(&server), 0);
     proceeds_again(e, &t);
-    idem_store_stats(fx.store, &st);
+    idem_store_redis_stats(fx.store, &st);
     assert_int_equal(st.connections, 1);
     assert_true(st.connects >= 2);
     assert_true(st.errors >= 2);
@@ -755,7 +759,7 @@ static void test_redis_stopped_and_back(void **state)
 static void test_redis_paused_times_out(void **state)
 {
     struct idem_engine *e = engine_on_redis((struct idem_engine_opts){ 0 });
-    struct idem_store_stats st;
+    struct idem_store_redis_stats st;
     struct treq t;
     uint64_t t0;
 
@@ -768,7 +772,7 @@ static void test_redis_paused_times_out(void **state)
     kill(server.pid, SIGCONT);
     treq_init(&t, "POST", "/o", "k2", NULL, "{}");
     proceeds_again(e, &t);
-    idem_store_stats(fx.store, &st);
+    idem_store_redis_stats(fx.store, &st);
     assert_true(st.timeouts >= 1);
 }
 
@@ -778,7 +782,7 @@ static void test_redis_paused_times_out(void **state)
 static void test_readonly_replica_reconnects(void **state)
 {
     struct idem_engine *e = engine_on_redis((struct idem_engine_opts){ 0 });
-    struct idem_store_stats st;
+    struct idem_store_redis_stats st;
     struct treq t;
 
     (void)state;
@@ -787,7 +791,7 @@ static void test_readonly_replica_reconnects(void **state)
     assert_int_equal(decide_free(e, &t), IDEM_OUTCOME_UNAVAILABLE);
     assert_int_equal(test_redis_cmd(&server, "REPLICAOF NO ONE"), 0);
     proceeds_again(e, &t);
-    idem_store_stats(fx.store, &st);
+    idem_store_redis_stats(fx.store, &st);
     assert_true(st.connects >= 2);
 }
 
@@ -807,7 +811,7 @@ static void test_detach_drains(void **state)
                      IDEM_EINPROGRESS);
     idem_call_free(call);
     idem_store_redis_detach(fx.store);
-    assert_int_equal(idem_store_redis_attach(fx.store, base), IDEM_OK);
+    assert_int_equal(idem_store_redis_attach(fx.store, &loop), IDEM_OK);
     wait_connected(fx.store);
     assert_int_equal(decide(e, &t, &call, &d), IDEM_OUTCOME_REPLAY);
     assert_memory_equal(d.replay.body, "kept", 4);
@@ -921,7 +925,7 @@ static long failing_life(long n)
     test_env_fail_in(&te, n);
     if (idem_store_redis_new(&ro, &s) != IDEM_OK)
         goto out;
-    if (idem_store_redis_attach(s, base) == IDEM_OK)
+    if (idem_store_redis_attach(s, &loop) == IDEM_OK)
         loop_for(20); /* connected, most likely */
     eo.store = s;
     if (idem_engine_new(&eo, &e) != IDEM_OK)

@@ -1,7 +1,7 @@
 /* Stores keep idempotency records for the engine. A store is an ops table
- * behind an opaque handle; this header declares the memory store and the
- * Redis store. The records are opaque bytes to the caller (src/record.h
- * encodes them). */
+ * behind an opaque handle; this header declares the memory store (the
+ * Redis store is libidem-redis: idem/redis.h). The records are opaque
+ * bytes to the caller (src/record.h encodes them). */
 #ifndef IDEM_STORE_H
 #define IDEM_STORE_H
 
@@ -13,7 +13,6 @@
 #include "status.h"
 
 struct idem_store;
-struct event_base;
 
 struct idem_store_memory_opts {
     /* Bytes of records held at most; past it the least valuable completed
@@ -56,20 +55,7 @@ struct idem_store_stats {
     uint64_t youngest_evicted_ms;
     uint64_t expired;      /* records whose lifetime or lease ended */
     uint64_t lock_entries; /* per-key lock entries now: 0 when idle */
-    /* Redis only (0 for memory): */
-    uint64_t connections; /* connections up now */
-    uint64_t connects;    /* connections made, first ones included */
-    uint64_t commands;    /* commands sent */
-    uint64_t errors;      /* commands failed: error reply, lost link, timeout */
-    uint64_t timeouts;    /* commands or connects past their deadline */
-    uint64_t pending;     /* commands awaiting their answer now */
-    uint64_t policy;      /* maxmemory-policy: IDEM_REDIS_POLICY_* */
 };
-
-/* What Redis answered for maxmemory-policy, asked on every connection. */
-#define IDEM_REDIS_POLICY_UNKNOWN 0    /* not asked yet, or CONFIG refused */
-#define IDEM_REDIS_POLICY_NOEVICTION 1 /* records are never evicted */
-#define IDEM_REDIS_POLICY_EVICTS 2     /* Redis may evict records */
 
 struct idem_snapshot_stats {
     uint64_t loaded;  /* records taken in */
@@ -115,51 +101,5 @@ IDEM_API int idem_store_memory_save(struct idem_store *s, const char *path,
  * "outcome unknown" ones, never one in flight. */
 IDEM_API int idem_store_memory_load(struct idem_store *s, const char *path,
                                     struct idem_snapshot_stats *stats_out);
-
-/* -- Redis ----------------------------------------------------------- */
-
-struct idem_store_redis_opts {
-    /* "redis://[[user]:password@]host[:port][/db]" (port 6379, db 0) or
-     * "unix:///path/to/socket[?db=N]". Required. */
-    const char *url;
-    /* Keys are "<prefix>:{<scope>:<key>}". NULL: "idem". */
-    const char *prefix;
-    int64_t connect_timeout_ms; /* 0: 1000 */
-    int64_t command_timeout_ms; /* 0: 1000 */
-    /* Connection news for an operator's log, called on the attached
-     * thread: trouble (lost, refused, timed out) or not (up). NULL:
-     * silent. */
-    void (*log)(void *ud, bool trouble, const char *msg);
-    void *log_ud;
-    const struct idem_env *env; /* copied. NULL: idem_env_default() */
-};
-
-/* A Redis (or Valkey) store: records live in Redis under a lease or their
- * lifetime, and every operation is one Lua script (atomic, one round trip,
- * fenced by the owner's token). It is asynchronous: each thread that makes
- * engine calls attaches its libevent loop first and gets a connection of
- * its own; answers come on that loop. IDEM_OK; IDEM_EINVAL (a bad url or
- * option); IDEM_ENOMEM. It connects on attach, not here. */
-IDEM_API int idem_store_redis_new(const struct idem_store_redis_opts *opts,
-                                  struct idem_store **store_out);
-
-/* Give the calling thread a connection on base, made now and remade (with
- * capped backoff) whenever it is lost. Until it is up, calls answer
- * UNAVAILABLE. IDEM_OK, IDEM_EINVAL (not a Redis store, or attached
- * already), IDEM_ENOMEM. */
-IDEM_API int idem_store_redis_attach(struct idem_store *s,
-                                     struct event_base *base);
-
-/* Fill env's timer hooks (after, cancel) with timers on the event loop
- * the calling thread attached a Redis store to: what an engine over the
- * Redis store needs for wait mode (--conflict wait), where a waiting call
- * polls the store. Thread-safe: each thread's timers run on its own
- * loop. */
-IDEM_API void idem_store_redis_timers(struct idem_env *env);
-
-/* Close the calling thread's connection: run its loop until the commands
- * in flight are answered or their deadline passes (the rest fail with
- * IDEM_EIO), then free it. Call it before the loop and the store go. */
-IDEM_API void idem_store_redis_detach(struct idem_store *s);
 
 #endif

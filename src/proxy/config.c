@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "idem/idem.h"
+#include "idem/redis.h"
 
 #define MAX_WORKERS 256
 #define DEFAULT_WAIT_MS 10000

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "idem/idem.h"
+#include "idem/redis.h"
 #include "log.h"
 #include "proxy.h"
 

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "idem/redis.h"
 #include "idem/store.h"
 
 struct metrics metrics;
@@ -80,6 +81,7 @@ static void add(struct text *t, const char *fmt, ...)
 struct snap {
     struct idem_engine_stats e;
     struct idem_store_stats s;
+    struct idem_store_redis_stats r; /* zeros for the memory store */
     uint64_t results[METRICS_RESULTS];
     uint64_t connections_open;
     uint64_t connections_accepted;
@@ -205,11 +207,11 @@ static const struct sample samples[] = {
     { &f_rss, "", SNAP(rss_bytes) },
     { &f_bypass, "", SNAP(store_bypass) },
     { &f_renewals, "", SNAP(e.renewed) },
-    { &f_redis_up, "", SNAP(s.connections) },
-    { &f_redis_connects, "", SNAP(s.connects) },
-    { &f_redis_commands, "", SNAP(s.commands) },
-    { &f_redis_errors, "", SNAP(s.errors) },
-    { &f_redis_timeouts, "", SNAP(s.timeouts) },
+    { &f_redis_up, "", SNAP(r.connections) },
+    { &f_redis_connects, "", SNAP(r.connects) },
+    { &f_redis_commands, "", SNAP(r.commands) },
+    { &f_redis_errors, "", SNAP(r.errors) },
+    { &f_redis_timeouts, "", SNAP(r.timeouts) },
 };
 
 #define NSAMPLES (sizeof(samples) / sizeof(samples[0]))
@@ -252,6 +254,7 @@ static void take_snap(struct idem_engine *e, struct snap *s)
     idem_engine_stats(e, &s->e);
     if (store)
         idem_store_stats(store, &s->s);
+    idem_store_redis_stats(store, &s->r);
     for (i = 0; i < METRICS_RESULTS; i++)
         s->results[i] = load(&metrics.results[i]);
     open =
@@ -361,8 +364,8 @@ static void render_redis_policy(struct text *t, const struct snap *s)
 
     family(t, &f);
     add(t, "%s %d\n", f.name,
-        s->s.policy == IDEM_REDIS_POLICY_EVICTS       ? 1
-        : s->s.policy == IDEM_REDIS_POLICY_NOEVICTION ? 0
+        s->r.policy == IDEM_REDIS_POLICY_EVICTS       ? 1
+        : s->r.policy == IDEM_REDIS_POLICY_NOEVICTION ? 0
                                                       : -1);
 }
 

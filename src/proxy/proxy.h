@@ -19,6 +19,7 @@
 #include "config.h"
 #include "http.h"
 #include "idem/engine.h"
+#include "idem/redis_libevent.h"
 #include "idem/store.h"
 
 struct worker;

@@ -169,8 +169,10 @@ int worker_init(struct worker *w, unsigned id, int fd, const struct config *cfg,
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
+    struct idem_redis_loop loop;
 
-    if (w->redis && idem_store_redis_attach(w->redis, w->base) != IDEM_OK)
+    idem_redis_libevent(w->base, &loop);
+    if (w->redis && idem_store_redis_attach(w->redis, &loop) != IDEM_OK)
         log_msg(LOG_ERROR, "worker %u: cannot attach to Redis", w->id);
     event_base_dispatch(w->base);
     if (w->redis)

@@ -1,5 +1,6 @@
-/* hiredis async connections on libevent loops. hiredis's own adapter
- * (hiredis/adapters/libevent.h) aborts when it cannot allocate, and
+/* hiredis async connections on the caller's loop (struct idem_redis_loop).
+ * hiredis's own adapters (hiredis/adapters/libevent.h) abort when they
+ * cannot allocate, and
  * hiredis 0.14's write (redisBufferWrite), once it has written all, puts
  * a new empty buffer in place of the old one without checking that it
  * was allocated, then dereferences it. So the output is written here,
@@ -13,34 +14,43 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "idem/store.h"
+#include "event.h"
 #include "internal.h"
-#include "redis_event.h"
 
 struct revents {
     redisAsyncContext *ac;
-    struct event *rd, *wr; /* one-shot, as in hiredis's adapter */
+    void *rd, *wr; /* one-shot watches, as in hiredis's adapters */
+    const struct idem_redis_loop *loop;
     const struct idem_env *env;
 };
 
+static void arm(struct revents *e, void *ev)
+{
+    e->loop->add(e->loop->loop, ev, 0);
+}
+
 static void add_read(void *p)
 {
-    event_add(((struct revents *)p)->rd, NULL);
+    arm(p, ((struct revents *)p)->rd);
 }
 
 static void del_read(void *p)
 {
-    event_del(((struct revents *)p)->rd);
+    struct revents *e = p;
+
+    e->loop->del(e->loop->loop, e->rd);
 }
 
 static void add_write(void *p)
 {
-    event_add(((struct revents *)p)->wr, NULL);
+    arm(p, ((struct revents *)p)->wr);
 }
 
 static void del_write(void *p)
 {
-    event_del(((struct revents *)p)->wr);
+    struct revents *e = p;
+
+    e->loop->del(e->loop->loop, e->wr);
 }
 
 static void cleanup(void *p)
@@ -48,9 +58,9 @@ static void cleanup(void *p)
     struct revents *e = p;
 
     if (e->rd)
-        event_free(e->rd);
+        e->loop->free(e->loop->loop, e->rd);
     if (e->wr)
-        event_free(e->wr);
+        e->loop->free(e->loop->loop, e->wr);
     idem__free(e->env, e);
 }
 
@@ -83,24 +93,20 @@ static bool connect_ok(int fd)
     return getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0;
 }
 
-static void on_readable(evutil_socket_t fd, short what, void *arg)
+static void on_readable(void *arg)
 {
-    (void)fd;
-    (void)what;
     redisAsyncHandleRead(((struct revents *)arg)->ac);
 }
 
 /* While connecting, hiredis takes the connection up (or reports it
  * failed) and would then write: it is shown an empty buffer. */
-static void on_writable(evutil_socket_t fd, short what, void *arg)
+static void on_writable(void *arg)
 {
     struct revents *e = arg;
     redisContext *c = &e->ac->c;
     size_t len = sdslen(c->obuf);
     ssize_t left;
 
-    (void)fd;
-    (void)what;
     if (!(c->flags & REDIS_CONNECTED)) {
         if (!connect_ok(c->fd)) {
             redisAsyncHandleWrite(e->ac); /* may free e */
@@ -116,11 +122,12 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (left > 0)
-        event_add(e->wr, NULL);
-    event_add(e->rd, NULL);
+        arm(e, e->wr);
+    arm(e, e->rd);
 }
 
-int idem__redis_event_attach(redisAsyncContext *ac, struct event_base *base,
+int idem__redis_event_attach(redisAsyncContext *ac,
+                             const struct idem_redis_loop *loop,
                              const struct idem_env *env)
 {
     struct revents *e;
@@ -128,9 +135,9 @@ int idem__redis_event_attach(redisAsyncContext *ac, struct event_base *base,
 
     if (ac->ev.data || !(e = idem__alloc(env, sizeof(*e))))
         return REDIS_ERR;
-    *e = (struct revents){ .ac = ac, .env = env };
-    e->rd = event_new(base, fd, EV_READ, on_readable, e);
-    e->wr = event_new(base, fd, EV_WRITE, on_writable, e);
+    *e = (struct revents){ .ac = ac, .loop = loop, .env = env };
+    e->rd = loop->watch_new(loop->loop, fd, false, on_readable, e);
+    e->wr = loop->watch_new(loop->loop, fd, true, on_writable, e);
     if (!e->rd || !e->wr) {
         cleanup(e);
         return REDIS_ERR;
@@ -141,8 +148,8 @@ int idem__redis_event_attach(redisAsyncContext *ac, struct event_base *base,
     ac->ev.delWrite = del_write;
     ac->ev.cleanup = cleanup;
     ac->ev.data = e;
-    event_add(e->rd, NULL);
-    event_add(e->wr, NULL);
+    arm(e, e->rd);
+    arm(e, e->wr);
     return REDIS_OK;
 }
 
@@ -205,28 +212,27 @@ int idem__redis_send_command(redisAsyncContext *ac, redisCallbackFn *fn,
 /* -- Timers for an engine's env ------------------------------------------ */
 
 /* The loop the calling thread attached a Redis store to (the last one). */
-static _Thread_local struct event_base *timer_base;
+static _Thread_local const struct idem_redis_loop *timer_loop;
 
 struct rtimer {
-    struct event *ev;
+    void *ev;
+    const struct idem_redis_loop *loop;
     void (*fn)(void *arg);
     void *arg;
 };
 
-void idem__redis_timers_use(struct event_base *base)
+void idem__redis_timers_use(const struct idem_redis_loop *loop)
 {
-    timer_base = base;
+    timer_loop = loop;
 }
 
-static void on_rtimer(evutil_socket_t fd, short what, void *p)
+static void on_rtimer(void *p)
 {
     struct rtimer *t = p;
     void (*fn)(void *arg) = t->fn;
     void *arg = t->arg;
 
-    (void)fd;
-    (void)what;
-    event_free(t->ev);
+    t->loop->free(t->loop->loop, t->ev);
     free(t);
     fn(arg);
 }
@@ -234,18 +240,17 @@ static void on_rtimer(evutil_socket_t fd, short what, void *p)
 static void *rtimer_after(void *ud, int64_t ms, void (*fn)(void *arg),
                           void *arg)
 {
-    struct timeval tv = { (time_t)(ms / 1000),
-                          (suseconds_t)(ms % 1000) * 1000 };
+    const struct idem_redis_loop *loop = timer_loop;
     struct rtimer *t;
 
     (void)ud;
-    if (!timer_base || !(t = malloc(sizeof(*t))))
+    if (!loop || !(t = malloc(sizeof(*t))))
         return NULL;
-    *t = (struct rtimer){ .fn = fn, .arg = arg };
-    if (!(t->ev = evtimer_new(timer_base, on_rtimer, t)) ||
-        evtimer_add(t->ev, &tv) != 0) {
+    *t = (struct rtimer){ .loop = loop, .fn = fn, .arg = arg };
+    if (!(t->ev = loop->timer_new(loop->loop, on_rtimer, t)) ||
+        loop->add(loop->loop, t->ev, ms) != 0) {
         if (t->ev)
-            event_free(t->ev);
+            loop->free(loop->loop, t->ev);
         free(t);
         return NULL;
     }
@@ -257,7 +262,7 @@ static void rtimer_cancel(void *ud, void *timer)
     struct rtimer *t = timer;
 
     (void)ud;
-    event_free(t->ev);
+    t->loop->free(t->loop->loop, t->ev);
     free(t);
 }
 

@@ -24,8 +24,9 @@
 #include "fingerprint.h"
 #include "internal.h"
 #include "record.h"
-#include "redis_event.h"
-#include "redis_url.h"
+#include "event.h"
+#include "idem/redis.h"
+#include "url.h"
 #include "store_internal.h"
 
 #define DEFAULT_TIMEOUT_MS 1000
@@ -80,6 +81,9 @@ static const char *const scripts[NSCRIPTS] = {
 
 /* -- Types ------------------------------------------------------------ */
 
+/* Whether s is a Redis store (attach and detach apply to no other). */
+static bool idem__store_is_redis(const struct idem_store *s);
+
 struct redis_store {
     struct idem_store base;
     struct idem_env env;
@@ -101,10 +105,10 @@ struct rop;
 /* One thread's connection. */
 struct rconn {
     struct redis_store *rs;
-    struct event_base *base;
-    redisAsyncContext *ac; /* NULL while down */
+    struct idem_redis_loop loop; /* the caller's, copied at attach */
+    redisAsyncContext *ac;       /* NULL while down */
     enum conn_state state;
-    struct event *timer;
+    void *timer; /* a loop timer */
     int64_t backoff_ms;
     int setup_left;  /* setup replies to come; all well: backoff resets */
     bool quiet;      /* a failed connect was logged: not again until up */
@@ -470,10 +474,7 @@ static size_t rs_max_record(struct idem_store *s)
 
 static void set_timer(struct rconn *c, int64_t ms)
 {
-    struct timeval tv = { (time_t)(ms / 1000),
-                          (suseconds_t)(ms % 1000) * 1000 };
-
-    evtimer_add(c->timer, &tv);
+    c->loop.add(c->loop.loop, c->timer, ms);
 }
 
 /* Point the timer at what the state waits for. */
@@ -484,7 +485,7 @@ static void arm(struct rconn *c)
     if (c->state != C_UP)
         return; /* connect deadline or backoff: armed when entered */
     if (!c->head) {
-        evtimer_del(c->timer);
+        c->loop.del(c->loop.loop, c->timer);
         return;
     }
     now = now_ms(c->rs);
@@ -534,12 +535,10 @@ static void drop(struct rconn *c)
         fail_orphans(c);
 }
 
-static void on_timer(evutil_socket_t fd, short what, void *arg)
+static void on_timer(void *arg)
 {
     struct rconn *c = arg;
 
-    (void)fd;
-    (void)what;
     if (c->state == C_DOWN) {
         fail_orphans(c); /* of a connect that failed */
         conn_start(c);
@@ -683,7 +682,7 @@ static void conn_start(struct rconn *c)
         return;
     }
     ac->data = c;
-    if (idem__redis_event_attach(ac, c->base, &rs->env) != REDIS_OK) {
+    if (idem__redis_event_attach(ac, &c->loop, &rs->env) != REDIS_OK) {
         redisAsyncFree(ac);
         backoff(c);
         return;
@@ -699,25 +698,32 @@ static void conn_start(struct rconn *c)
     }
 }
 
-int idem_store_redis_attach(struct idem_store *s, struct event_base *base)
+static bool loop_ok(const struct idem_redis_loop *l)
+{
+    return l && l->watch_new && l->timer_new && l->add && l->del && l->free &&
+           l->run_once;
+}
+
+int idem_store_redis_attach(struct idem_store *s,
+                            const struct idem_redis_loop *loop)
 {
     struct redis_store *rs = (struct redis_store *)s;
     struct rconn *c;
 
-    if (!idem__store_is_redis(s) || !base || thread_conn(rs))
+    if (!idem__store_is_redis(s) || !loop_ok(loop) || thread_conn(rs))
         return IDEM_EINVAL;
     if (!(c = idem__alloc(&rs->env, sizeof(*c))))
         return IDEM_ENOMEM;
     *c = (struct rconn){ .rs = rs,
-                         .base = base,
+                         .loop = *loop,
                          .backoff_ms = BACKOFF_FIRST_MS };
-    if (!(c->timer = evtimer_new(base, on_timer, c))) {
+    if (!(c->timer = c->loop.timer_new(c->loop.loop, on_timer, c))) {
         idem__free(&rs->env, c);
         return IDEM_ENOMEM;
     }
     c->next = thread_conns;
     thread_conns = c;
-    idem__redis_timers_use(base);
+    idem__redis_timers_use(&c->loop);
     conn_start(c);
     return IDEM_OK;
 }
@@ -732,13 +738,13 @@ void idem_store_redis_detach(struct idem_store *s)
         return;
     /* let the commands in flight finish; the timer bounds the wait */
     while (c->head && c->ac && c->state != C_DOWN)
-        event_base_loop(c->base, EVLOOP_ONCE);
+        c->loop.run_once(c->loop.loop);
     drop(c);
-    event_free(c->timer);
+    c->loop.free(c->loop.loop, c->timer);
     for (pp = &thread_conns; *pp != c; pp = &(*pp)->next)
         ;
     *pp = c->next;
-    idem__redis_timers_use(thread_conns ? thread_conns->base : NULL);
+    idem__redis_timers_use(thread_conns ? &thread_conns->loop : NULL);
     idem__free(&rs->env, c);
 }
 
@@ -751,9 +757,21 @@ static void rs_tick(struct idem_store *s)
 
 static void rs_stats(struct idem_store *s, struct idem_store_stats *out)
 {
+    (void)s; /* records live in Redis: nothing of them is counted here */
+    *out = (struct idem_store_stats){ .youngest_evicted_ms = UINT64_MAX };
+}
+
+int idem_store_redis_stats(struct idem_store *s,
+                           struct idem_store_redis_stats *out)
+{
     struct redis_store *rs = (struct redis_store *)s;
 
-    *out = (struct idem_store_stats){
+    if (!out)
+        return IDEM_EINVAL;
+    *out = (struct idem_store_redis_stats){ 0 };
+    if (!idem__store_is_redis(s))
+        return IDEM_EINVAL;
+    *out = (struct idem_store_redis_stats){
         .connections = atomic_load(&rs->connections),
         .connects = atomic_load(&rs->connects),
         .commands = atomic_load(&rs->commands),
@@ -762,6 +780,7 @@ static void rs_stats(struct idem_store *s, struct idem_store_stats *out)
         .pending = atomic_load(&rs->pending),
         .policy = atomic_load(&rs->policy),
     };
+    return IDEM_OK;
 }
 
 static void rs_free(struct idem_store *s)
@@ -784,12 +803,27 @@ static const struct idem__store_ops redis_ops = {
     .async = true,
 };
 
-bool idem__store_is_redis(const struct idem_store *s)
+static bool idem__store_is_redis(const struct idem_store *s)
 {
     return s && s->ops == &redis_ops;
 }
 
 /* -- Options ---------------------------------------------------------- */
+
+/* The store's env: the caller's, its missing hooks the default's. (This
+ * library sees only libidem's public symbols.) */
+static void resolve_env(const struct idem_env *src, struct idem_env *dst)
+{
+    const struct idem_env *def = idem_env_default();
+
+    *dst = src ? *src : *def;
+    if (!dst->now_ms)
+        dst->now_ms = def->now_ms;
+    if (!dst->wall_ms)
+        dst->wall_ms = def->wall_ms;
+    if (!dst->alloc)
+        dst->alloc = def->alloc;
+}
 
 static char *copy_string(const struct idem_env *env, const char *s)
 {
@@ -846,7 +880,7 @@ int idem_store_redis_new(const struct idem_store_redis_opts *opts,
     prefix = opts->prefix ? opts->prefix : "idem";
     if (!prefix_ok(prefix))
         return IDEM_EINVAL;
-    idem__env_resolve(opts->env, &env);
+    resolve_env(opts->env, &env);
     if (!(rs = idem__alloc(&env, sizeof(*rs))))
         return IDEM_ENOMEM;
     *rs = (struct redis_store){

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "internal.h"
-#include "redis_url.h"
+#include "url.h"
 
 #define DEFAULT_PORT 6379
 
