@@ -23,6 +23,7 @@
 
 #include "fingerprint.h"
 #include "internal.h"
+#include "list.h"
 #include "record.h"
 #include "event.h"
 #include "idem/redis.h"
@@ -110,17 +111,17 @@ struct rconn {
     enum conn_state state;
     void *timer; /* a loop timer */
     int64_t backoff_ms;
-    int setup_left;  /* setup replies to come; all well: backoff resets */
-    bool quiet;      /* a failed connect was logged: not again until up */
-    bool told_moved; /* a Cluster redirection was logged */
-    struct rop *head, *tail; /* commands sent, oldest first */
-    struct rconn *next;      /* this thread's other connections */
+    int setup_left;        /* setup replies to come; all well: backoff resets */
+    bool quiet;            /* a failed connect was logged: not again until up */
+    bool told_moved;       /* a Cluster redirection was logged */
+    struct idem__list ops; /* commands sent, oldest first (struct rop) */
+    struct idem__list link; /* on thread_conns */
 };
 
 /* A command in flight. */
 struct rop {
     struct rconn *c;
-    struct rop *next;
+    struct idem__list link; /* on c->ops */
     enum script script;
     uint64_t deadline_ms;
     idem__store_done done;
@@ -130,7 +131,16 @@ struct rop {
     bool retried; /* sent again as EVAL */
 };
 
-static _Thread_local struct rconn *thread_conns;
+/* This thread's connections (struct rconn), one per attached store. */
+static _Thread_local struct idem__list thread_conns = { NULL, NULL };
+
+/* thread_conns, set up on the thread's first use. */
+static struct idem__list *conns(void)
+{
+    if (!thread_conns.next)
+        idem__list_init(&thread_conns);
+    return &thread_conns;
+}
 
 static void conn_start(struct rconn *c);
 static void arm(struct rconn *c);
@@ -153,12 +163,24 @@ static void say(struct redis_store *rs, bool trouble, const char *fmt, ...)
 
 static struct rconn *thread_conn(struct redis_store *rs)
 {
+    struct idem__list *n, *tmp;
     struct rconn *c;
 
-    for (c = thread_conns; c; c = c->next)
+    idem__list_foreach_safe(n, tmp, conns())
+    {
+        c = idem__list_entry(n, struct rconn, link);
         if (c->rs == rs)
             return c;
+    }
     return NULL;
+}
+
+/* The oldest command in flight on c, or NULL. */
+static struct rop *oldest(const struct rconn *c)
+{
+    struct idem__list *n = idem__list_first(&c->ops);
+
+    return n ? idem__list_entry(n, struct rop, link) : NULL;
 }
 
 static uint64_t now_ms(const struct redis_store *rs)
@@ -170,29 +192,15 @@ static uint64_t now_ms(const struct redis_store *rs)
 
 static void queue_push(struct rconn *c, struct rop *op)
 {
-    op->next = NULL;
-    if (c->tail)
-        c->tail->next = op;
-    else
-        c->head = op;
-    c->tail = op;
+    idem__list_push_back(&c->ops, &op->link);
 }
 
-/* Take op off c's queue: the head, since replies come in order. */
+/* Take op off c's queue (the oldest, since replies come in order);
+ * harmless if it is not on it. */
 static void queue_remove(struct rconn *c, struct rop *op)
 {
-    struct rop **pp = &c->head, *prev = NULL;
-
-    while (*pp && *pp != op) {
-        prev = *pp;
-        pp = &(*pp)->next;
-    }
-    if (!*pp)
-        return;
-    *pp = op->next;
-    if (c->tail == op)
-        c->tail = prev;
-    op->next = NULL;
+    (void)c;
+    idem__list_remove(&op->link);
 }
 
 static void op_free(struct rop *op)
@@ -404,6 +412,7 @@ static int run(struct idem_store *s, enum script script, const void *skey,
     if (!(op = idem__alloc(&rs->env, sizeof(*op))))
         return IDEM_ENOMEM;
     *op = (struct rop){ .c = c, .script = script, .done = done, .ud = ud };
+    idem__list_init(&op->link);
     atomic_fetch_add(&rs->pending, 1);
     op->cmdlen = redisFormatCommandArgv(&op->cmd, 4 + nargs, argv, argl);
     if (op->cmdlen < 0 ||
@@ -418,7 +427,7 @@ static int run(struct idem_store *s, enum script script, const void *skey,
     atomic_fetch_add(&rs->commands, 1);
     op->deadline_ms = now_ms(rs) + (uint64_t)rs->command_timeout_ms;
     queue_push(c, op);
-    if (c->head == op)
+    if (oldest(c) == op)
         arm(c);
     return IDEM_EINPROGRESS;
 }
@@ -484,13 +493,13 @@ static void arm(struct rconn *c)
 
     if (c->state != C_UP)
         return; /* connect deadline or backoff: armed when entered */
-    if (!c->head) {
+    if (!oldest(c)) {
         c->loop.del(c->loop.loop, c->timer);
         return;
     }
     now = now_ms(c->rs);
-    set_timer(c, c->head->deadline_ms > now
-                     ? (int64_t)(c->head->deadline_ms - now)
+    set_timer(c, oldest(c)->deadline_ms > now
+                     ? (int64_t)(oldest(c)->deadline_ms - now)
                      : 0);
 }
 
@@ -509,7 +518,7 @@ static void fail_orphans(struct rconn *c)
 {
     struct rop *op;
 
-    while ((op = c->head)) {
+    while ((op = oldest(c))) {
         queue_remove(c, op);
         atomic_fetch_add(&c->rs->errors, 1);
         op->done(op->ud, IDEM_EIO, NULL);
@@ -544,7 +553,8 @@ static void on_timer(void *arg)
         conn_start(c);
         return;
     }
-    if (c->state == C_UP && c->head && c->head->deadline_ms > now_ms(c->rs)) {
+    if (c->state == C_UP && oldest(c) &&
+        oldest(c)->deadline_ms > now_ms(c->rs)) {
         arm(c); /* woke early */
         return;
     }
@@ -721,8 +731,8 @@ int idem_store_redis_attach(struct idem_store *s,
         idem__free(&rs->env, c);
         return IDEM_ENOMEM;
     }
-    c->next = thread_conns;
-    thread_conns = c;
+    idem__list_init(&c->ops);
+    idem__list_push_front(conns(), &c->link);
     idem__redis_timers_use(&c->loop);
     conn_start(c);
     return IDEM_OK;
@@ -732,19 +742,20 @@ void idem_store_redis_detach(struct idem_store *s)
 {
     struct redis_store *rs = (struct redis_store *)s;
     struct rconn *c = idem__store_is_redis(s) ? thread_conn(rs) : NULL;
-    struct rconn **pp;
 
     if (!c)
         return;
     /* let the commands in flight finish; the timer bounds the wait */
-    while (c->head && c->ac && c->state != C_DOWN)
+    while (oldest(c) && c->ac && c->state != C_DOWN)
         c->loop.run_once(c->loop.loop);
     drop(c);
     c->loop.free(c->loop.loop, c->timer);
-    for (pp = &thread_conns; *pp != c; pp = &(*pp)->next)
-        ;
-    *pp = c->next;
-    idem__redis_timers_use(thread_conns ? &thread_conns->loop : NULL);
+    idem__list_remove(&c->link);
+    idem__redis_timers_use(
+        idem__list_empty(conns())
+            ? NULL
+            : &idem__list_entry(idem__list_first(conns()), struct rconn, link)
+                   ->loop);
     idem__free(&rs->env, c);
 }
 
