@@ -1,13 +1,18 @@
 /* cache benchmark: 1M entries of 16-byte keys and 64-byte values (TTL 1 h)
- * set, read, missed and removed, one thread and two; resident bytes per
- * entry beyond key and value; the gcache reproduction's resident growth;
- * and what is left after sustained unique keys with TTL 1 s expire.
- * Prints "name value unit" lines; best of REPS runs per speed. */
+ * set, read, missed and removed, one thread and two; the same gets on a
+ * plain open-addressing table over the same keys (the baseline, STYLE
+ * §22); resident bytes per entry beyond key and value; the gcache
+ * reproduction's resident growth; and what is left after sustained unique
+ * keys with TTL 1 s expire. Prints "name value unit" lines; best of REPS
+ * runs per speed. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #include "bench.h"
 #include "idem/cache.h"
@@ -130,6 +135,94 @@ static double run_gets_2threads(struct idem_cache *c)
     return ops_per_s(2 * ENTRIES, t0);
 }
 
+/* -- Baseline: a plain open-addressing table, same keys ------------- */
+
+/* A record as the cache keeps one: key and value in one allocation. */
+struct rec {
+    struct key16 k;
+    unsigned char value[64];
+};
+
+/* Linear probing, load 1/2, the full hash stored beside the pointer: no
+ * locks, no references, no expiry, no eviction. */
+struct plain {
+    uint64_t mask;
+    struct plain_slot {
+        uint64_t hash;
+        struct rec *rec;
+    } * slots;
+};
+
+static uint64_t key_hash(const struct key16 *k)
+{
+    return XXH3_64bits_withSeed(k, sizeof(*k), 12345);
+}
+
+static void plain_fill(struct plain *t)
+{
+    struct key16 k = { 0, 1 };
+    long i;
+
+    t->mask = ((uint64_t)2 << 20) - 1; /* 2M slots for 1M keys */
+    t->slots = calloc(t->mask + 1, sizeof(*t->slots));
+    if (!t->slots)
+        die("out of memory");
+    for (i = 0; i < ENTRIES; i++) {
+        struct rec *r = malloc(sizeof(*r));
+        uint64_t h, j;
+
+        if (!r)
+            die("out of memory");
+        k.n = (uint64_t)i;
+        r->k = k;
+        memset(r->value, 0, sizeof(r->value));
+        h = key_hash(&k);
+        for (j = h & t->mask; t->slots[j].rec; j = (j + 1) & t->mask)
+            ;
+        t->slots[j] = (struct plain_slot){ h, r };
+    }
+}
+
+static const unsigned char *plain_get(const struct plain *t,
+                                      const struct key16 *k)
+{
+    uint64_t h = key_hash(k), j;
+
+    for (j = h & t->mask; t->slots[j].rec; j = (j + 1) & t->mask)
+        if (t->slots[j].hash == h &&
+            memcmp(&t->slots[j].rec->k, k, sizeof(*k)) == 0)
+            return t->slots[j].rec->value;
+    return NULL;
+}
+
+/* The hit loop of run_gets on the plain table. */
+static double run_plain_gets(const struct plain *t)
+{
+    struct key16 k = { 0, 1 };
+    uint64_t t0 = bench_now_ns();
+    long i, found = 0;
+
+    for (i = 0; i < ENTRIES; i++) {
+        const unsigned char *v;
+
+        k.n = (uint64_t)((i * STRIDE) % ENTRIES);
+        v = plain_get(t, &k);
+        found += v && v[0] == 0;
+    }
+    if (found != ENTRIES)
+        die("unexpected plain table results");
+    return ops_per_s(ENTRIES, t0);
+}
+
+static void plain_free(struct plain *t)
+{
+    uint64_t j;
+
+    for (j = 0; j <= t->mask; j++)
+        free(t->slots[j].rec);
+    free(t->slots);
+}
+
 /* -- gcache's reproduction: set(unique key, 1 MiB, 30 min), remove ---- */
 
 static void set_remove_1mib(struct idem_cache *c, const void *mib, long from,
@@ -206,6 +299,8 @@ static double sustained_left(void)
 int main(void)
 {
     double set = 0, hit = 0, miss = 0, rm = 0, hit2 = 0, overhead = 0;
+    double plain = 0;
+    struct plain pt;
     size_t rss0;
     int r;
 
@@ -222,12 +317,18 @@ int main(void)
         hit2 = best(hit2, run_gets_2threads(c));
         rm = best(rm, run_removes(c));
         idem_cache_free(c);
+        plain_fill(&pt);
+        plain = best(plain, run_plain_gets(&pt));
+        plain_free(&pt);
     }
     bench_print("cache.set", set, "ops/s");
     bench_print("cache.get_hit", hit, "ops/s");
     bench_print("cache.get_miss", miss, "ops/s");
     bench_print("cache.remove", rm, "ops/s");
     bench_print("cache.get_hit_2threads", hit2, "ops/s");
+    bench_print("cache.get_hit_2threads_ratio", hit2 / hit, "x");
+    bench_print("cache.baseline_get_hit", plain, "ops/s");
+    bench_print("cache.get_vs_baseline", plain / hit, "x");
     bench_print("cache.overhead", overhead, "bytes/entry");
     bench_print("cache.seed_repro_rss_growth", seed_repro_mib(), "MiB");
     bench_print("cache.sustained_entries_after_expiry", sustained_left(),

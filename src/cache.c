@@ -15,14 +15,16 @@
 #define WRITE_BUDGET 64u    /* wheel work per write */
 #define SETTLE_BUDGET 4096u /* per lock hold in tick, size, bytes */
 
-/* One keyed call: the key's hash and shard, the time, and the entries to
- * put once the lock is dropped. */
+/* One keyed call: the key's hash and shard, its view of the clock, where
+ * the key was found, and what the limbo gave up, to free once the lock is
+ * dropped. */
 struct op {
     struct idem_cache *c;
     struct idem__cache_shard *s;
     uint64_t h;
-    uint64_t now;
-    struct idem__cache_entry *grave;
+    struct idem__cache_now t;
+    struct idem__table_pos pos;
+    struct idem__cache_ready ready;
 };
 
 static bool bytes_ok(const void *p, size_t n)
@@ -36,38 +38,44 @@ static void op_begin(struct op *op, struct idem_cache *c, const void *key,
     op->c = c;
     op->h = idem__hash(key, klen, c->seed);
     op->s = &c->shards[idem__stripe_of(op->h, c->shift)];
-    op->now = c->env.now_ms(c->env.ud);
-    op->grave = NULL;
+    idem__cache_ready_init(&op->ready);
     pthread_mutex_lock(&op->s->mu);
+    idem__cache_now_init(&op->t, &c->env);
 }
 
-/* op_begin for a write: also reclaim expired entries, boundedly. True if
- * none is left. */
+/* op_begin for a write: also move a table resize on and reclaim expired
+ * entries, boundedly. True if none is left. */
 static bool write_begin(struct op *op, struct idem_cache *c, const void *key,
                         size_t klen)
 {
     op_begin(op, c, key, klen);
-    return idem__cache_reclaim_locked(c, op->s, op->now, WRITE_BUDGET,
-                                      &op->grave);
+    idem__cache_table_work_locked(c, op->s);
+    return idem__cache_reclaim_locked(c, op->s, op->t.lo, WRITE_BUDGET);
 }
 
 static void op_end(struct op *op)
 {
+    idem__cache_collect_locked(op->c, op->s, &op->ready, false);
     pthread_mutex_unlock(&op->s->mu);
-    idem__cache_bury(op->c, op->grave);
+    idem__cache_bury(op->c, &op->ready);
 }
 
 static struct idem__cache_entry *op_find(struct op *op, const void *key,
                                          size_t klen)
 {
-    return idem__cache_find_locked(op->c, op->s, op->h, key, klen, op->now,
-                                   &op->grave);
+    return idem__cache_find_locked(op->c, op->s, op->h, key, klen, &op->t,
+                                   &op->pos);
 }
 
-static uint64_t expiry(uint64_t now, int64_t ttl_ms)
+/* The expiry of an entry stored now with ttl_ms: the precise clock is read
+ * only here, for entries with a TTL. */
+static uint64_t expiry(struct idem__cache_now *t, int64_t ttl_ms)
 {
+    uint64_t now;
+
     if (ttl_ms == 0)
         return 0;
+    now = idem__cache_now_exact(t);
     if (now > UINT64_MAX - (uint64_t)ttl_ms)
         return UINT64_MAX;
     return now + (uint64_t)ttl_ms;
@@ -93,30 +101,46 @@ static void configure_bounds(struct idem_cache *c,
     c->shard_max_bytes = max_bytes / n;
 }
 
+static int shard_init(struct idem_cache *c, struct idem__cache_shard *s,
+                      uint64_t now)
+{
+    struct idem__table_ops ops;
+    struct idem__cache_limbo *l = &s->limbo;
+
+    idem__cache_table_ops(c, s, &ops);
+    if (idem__table_init(&s->table, &c->env, &ops) != IDEM_OK)
+        return IDEM_ENOMEM;
+    idem__list_init(&s->queue);
+    idem__list_init(&l->fresh);
+    idem__list_init(&l->aging);
+    idem__list_init(&l->fresh_arrays);
+    idem__list_init(&l->aging_arrays);
+    idem__ttl_init(&s->wheel, now);
+    pthread_mutex_init(&s->mu, NULL);
+    return IDEM_OK;
+}
+
+/* One allocation: the epoch, then the shards, cache-line aligned. */
 static int shards_init(struct idem_cache *c, uint64_t now)
 {
-    size_t bytes = (size_t)c->nshards * sizeof(struct idem__cache_shard);
+    size_t head = sizeof(struct idem__epoch);
+    size_t bytes = head + (size_t)c->nshards * sizeof(struct idem__cache_shard);
     unsigned i, n = c->nshards;
+    uintptr_t base;
 
     c->nshards = 0; /* counts the shards that exist, for a failed init */
     c->shards_mem = idem__alloc(&c->env, bytes + IDEM_CACHELINE - 1);
     if (!c->shards_mem)
         return IDEM_ENOMEM;
-    c->shards = (struct idem__cache_shard *)(((uintptr_t)c->shards_mem +
-                                              IDEM_CACHELINE - 1) &
-                                             ~(uintptr_t)(IDEM_CACHELINE - 1));
-    memset(c->shards, 0, bytes);
+    base = ((uintptr_t)c->shards_mem + IDEM_CACHELINE - 1) &
+           ~(uintptr_t)(IDEM_CACHELINE - 1);
+    memset((void *)base, 0, bytes);
+    c->epoch = (struct idem__epoch *)base;
+    atomic_init(&c->epoch->now, 2);
+    c->shards = (struct idem__cache_shard *)(base + head);
     for (i = 0; i < n; i++) {
-        struct idem__cache_shard *s = &c->shards[i];
-
-        s->buckets =
-            idem__alloc(&c->env, IDEM__CACHE_MIN_BUCKETS * sizeof(*s->buckets));
-        if (!s->buckets)
+        if (shard_init(c, &c->shards[i], now) != IDEM_OK)
             return IDEM_ENOMEM;
-        memset(s->buckets, 0, IDEM__CACHE_MIN_BUCKETS * sizeof(*s->buckets));
-        s->mask = IDEM__CACHE_MIN_BUCKETS - 1;
-        idem__ttl_init(&s->wheel, now);
-        pthread_mutex_init(&s->mu, NULL);
         c->nshards++;
     }
     return IDEM_OK;
@@ -165,26 +189,38 @@ int idem_cache_new(const struct idem_cache_opts *opts,
     return IDEM_OK;
 }
 
+/* Put every entry of s, linked or in limbo, and free its arrays. */
+static void shard_free(struct idem_cache *c, struct idem__cache_shard *s)
+{
+    struct idem__cache_ready r;
+    struct idem__list *q, *tmp;
+
+    idem__cache_ready_init(&r);
+    idem__list_foreach_safe(q, tmp, &s->queue)
+    {
+        idem__list_entry(q, struct idem__cache_entry, u.q)->linked = 0;
+        idem__list_remove(q);
+        idem__list_push_back(&r.entries, q);
+    }
+    idem__list_splice_back(&r.entries, &s->limbo.fresh);
+    idem__list_splice_back(&r.entries, &s->limbo.aging);
+    idem__list_splice_back(&r.arrays, &s->limbo.fresh_arrays);
+    idem__list_splice_back(&r.arrays, &s->limbo.aging_arrays);
+    idem__cache_bury(c, &r);
+    idem__table_deinit(&s->table);
+    pthread_mutex_destroy(&s->mu);
+}
+
 void idem_cache_free(struct idem_cache *c)
 {
     struct idem__cache_home *home;
-    struct idem__cache_entry *e, *next;
     struct idem_env env;
     unsigned i;
 
     if (!c)
         return;
-    for (i = 0; c->shards && i < c->nshards; i++) {
-        struct idem__cache_shard *s = &c->shards[i];
-
-        for (e = s->oldest; e; e = next) {
-            next = e->newer;
-            e->linked = 0;
-            idem__cache_entry_put(c, e);
-        }
-        idem__free(&c->env, s->buckets);
-        pthread_mutex_destroy(&s->mu);
-    }
+    for (i = 0; c->shards && i < c->nshards; i++)
+        shard_free(c, &c->shards[i]);
     idem_keylock_free(c->flights);
     idem__free(&c->env, c->shards_mem);
     home = c->home;
@@ -196,14 +232,29 @@ void idem_cache_free(struct idem_cache *c)
 
 /* -- Writes ---------------------------------------------------------- */
 
-static int store_check(const struct idem__cache_entry *old, unsigned flags)
+/* What a conditional store asks of the key's live entry: check(value)
+ * must hold (replace_if), and existing_out takes a handle to it when it
+ * blocks an IDEM_CACHE_NX store (get_or_insert). */
+struct cond {
+    bool (*check)(const void *cur, size_t curlen, void *ud);
+    void *ud;
+    struct idem_cache_value **existing_out;
+};
+
+static int store_check(const struct idem__cache_entry *old, unsigned flags,
+                       const struct cond *cond)
 {
     if ((flags & IDEM_CACHE_NX) && old)
         return IDEM_EEXIST;
     if ((flags & IDEM__CACHE_UPDATE) && !old)
         return IDEM_ENOTFOUND;
+    if (cond && cond->check &&
+        (!old || !cond->check(old->data + old->klen, old->vlen, cond->ud)))
+        return IDEM_ESTALE;
     if ((flags & IDEM_CACHE_PIN) && old && old->pins == UINT16_MAX)
         return IDEM_EBUSY;
+    if ((flags & IDEM_CACHE_UNPIN) && (!old || !old->pins))
+        return IDEM_EPERM;
     return IDEM_OK;
 }
 
@@ -212,50 +263,69 @@ static void replace_locked(struct op *op, struct idem__cache_entry *old,
                            struct idem__cache_entry *e, int64_t ttl_ms,
                            unsigned flags)
 {
-    uint64_t expires = expiry(op->now, ttl_ms);
+    uint64_t expires = (flags & IDEM__CACHE_UPDATE) ? idem__cache_expires(old)
+                                                    : expiry(&op->t, ttl_ms);
+    int pins = old ? old->pins : 0;
 
-    if (flags & IDEM__CACHE_UPDATE)
-        expires = old->ttl.expires;
-    e->pins = (uint16_t)((old ? old->pins : 0) + !!(flags & IDEM_CACHE_PIN));
-    if (old)
-        idem__cache_unlink_locked(op->c, op->s, old, &op->grave);
-    idem__cache_link_locked(op->c, op->s, e, op->h, expires);
+    pins += !!(flags & IDEM_CACHE_PIN) - !!(flags & IDEM_CACHE_UNPIN);
+    e->pins = (uint16_t)pins;
+    idem__cache_link_locked(op->c, op->s, e, op->h, expires, old, op->pos);
     op->s->sets++;
+}
+
+/* Under the lock: check, make room, link. IDEM_EEXIST with cond's
+ * existing_out takes a handle to the entry found. */
+static int store_locked(struct op *op, struct idem__cache_entry *e,
+                        int64_t ttl_ms, unsigned flags, const struct cond *cond,
+                        bool caught_up)
+{
+    struct idem__cache_entry *old = op_find(op, e->data, e->klen);
+    int rc = store_check(old, flags, cond);
+
+    if (rc == IDEM_EEXIST && cond && cond->existing_out) {
+        atomic_fetch_add_explicit(&old->refs, 1, memory_order_relaxed);
+        *cond->existing_out = (struct idem_cache_value *)(void *)old;
+    }
+    if (rc == IDEM_OK)
+        rc = idem__cache_make_room_locked(
+            op->c, op->s, &op->t, old, idem__cache_entry_bytes(e), caught_up);
+    if (rc == IDEM_OK && !old)
+        rc = idem__table_reserve(&op->s->table);
+    if (rc == IDEM_OK)
+        replace_locked(op, old, e, ttl_ms, flags);
+    return rc;
+}
+
+static int store_cond(struct idem_cache *c, struct idem__cache_entry *e,
+                      int64_t ttl_ms, unsigned flags, const struct cond *cond,
+                      struct idem_cache_value **ref_out)
+{
+    struct op op;
+    bool caught_up = write_begin(&op, c, e->data, e->klen);
+    int rc;
+
+    if (ref_out) /* before it is published */
+        atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+    rc = store_locked(&op, e, ttl_ms, flags, cond, caught_up);
+    op_end(&op);
+    if (rc != IDEM_OK) /* never published: nobody else has seen it */
+        idem__free(&c->env, e);
+    else if (ref_out)
+        *ref_out = (struct idem_cache_value *)(void *)e;
+    return rc;
 }
 
 int idem__cache_store(struct idem_cache *c, struct idem__cache_entry *e,
                       int64_t ttl_ms, unsigned flags,
                       struct idem_cache_value **ref_out)
 {
-    struct idem__cache_entry *old;
-    struct op op;
-    bool caught_up = write_begin(&op, c, e->data, e->klen);
-    int rc;
-
-    old = op_find(&op, e->data, e->klen);
-    rc = store_check(old, flags);
-    if (rc == IDEM_OK)
-        rc = idem__cache_make_room_locked(c, op.s, op.now, old,
-                                          idem__cache_entry_bytes(e), caught_up,
-                                          &op.grave);
-    if (rc == IDEM_OK) {
-        if (ref_out)
-            atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
-        replace_locked(&op, old, e, ttl_ms, flags);
-    } else {
-        e->u.next = op.grave; /* never linked: the put frees it */
-        op.grave = e;
-    }
-    op_end(&op);
-    if (rc == IDEM_OK && ref_out)
-        *ref_out = (struct idem_cache_value *)(void *)e;
-    return rc;
+    return store_cond(c, e, ttl_ms, flags, NULL, ref_out);
 }
 
 /* Copy key and value into a new entry and store it. */
 static int store_copy(struct idem_cache *c, const void *key, size_t klen,
                       const void *value, size_t vlen, int64_t ttl_ms,
-                      unsigned flags)
+                      unsigned flags, const struct cond *cond)
 {
     struct idem__cache_entry *e;
 
@@ -264,7 +334,7 @@ static int store_copy(struct idem_cache *c, const void *key, size_t klen,
     e = idem__cache_entry_new(c, key, klen, value, vlen);
     if (!e)
         return IDEM_ENOMEM;
-    return idem__cache_store(c, e, ttl_ms, flags, NULL);
+    return store_cond(c, e, ttl_ms, flags, cond, NULL);
 }
 
 int idem_cache_set_ex(struct idem_cache *c, const void *key, size_t klen,
@@ -274,7 +344,7 @@ int idem_cache_set_ex(struct idem_cache *c, const void *key, size_t klen,
     if (!c || !bytes_ok(key, klen) || !bytes_ok(value, vlen) || ttl_ms < 0 ||
         (flags & ~(IDEM_CACHE_NX | IDEM_CACHE_PIN)))
         return IDEM_EINVAL;
-    return store_copy(c, key, klen, value, vlen, ttl_ms, flags);
+    return store_copy(c, key, klen, value, vlen, ttl_ms, flags, NULL);
 }
 
 int idem_cache_set(struct idem_cache *c, const void *key, size_t klen,
@@ -289,12 +359,61 @@ int idem_cache_set_nx(struct idem_cache *c, const void *key, size_t klen,
     return idem_cache_set_ex(c, key, klen, value, vlen, ttl_ms, IDEM_CACHE_NX);
 }
 
+int idem_cache_get_or_insert(struct idem_cache *c, const void *key, size_t klen,
+                             const void *value, size_t vlen, int64_t ttl_ms,
+                             unsigned flags,
+                             struct idem_cache_value **existing_out)
+{
+    struct cond cond = { .existing_out = existing_out };
+
+    if (!c || !bytes_ok(key, klen) || !bytes_ok(value, vlen) || ttl_ms < 0 ||
+        !existing_out || (flags & ~IDEM_CACHE_PIN))
+        return IDEM_EINVAL;
+    return store_copy(c, key, klen, value, vlen, ttl_ms, flags | IDEM_CACHE_NX,
+                      &cond);
+}
+
+/* replace_if with value NULL: remove under the same conditions. */
+static int remove_if(struct idem_cache *c, const void *key, size_t klen,
+                     const struct cond *cond, unsigned flags)
+{
+    struct idem__cache_entry *e;
+    struct op op;
+    int rc;
+
+    write_begin(&op, c, key, klen);
+    e = op_find(&op, key, klen);
+    rc = store_check(e, flags, cond);
+    if (rc == IDEM_OK) {
+        idem__cache_unlink_locked(c, op.s, e, op.pos);
+        op.s->removes++;
+    }
+    op_end(&op);
+    return rc;
+}
+
+int idem_cache_replace_if(struct idem_cache *c, const void *key, size_t klen,
+                          bool (*check)(const void *cur, size_t curlen,
+                                        void *ud),
+                          void *ud, const void *value, size_t vlen,
+                          int64_t ttl_ms, unsigned flags)
+{
+    struct cond cond = { .check = check, .ud = ud };
+
+    if (!c || !check || !bytes_ok(key, klen) || (!value && vlen) ||
+        vlen > UINT32_MAX || ttl_ms < 0 || (flags & ~IDEM_CACHE_UNPIN))
+        return IDEM_EINVAL;
+    if (!value)
+        return remove_if(c, key, klen, &cond, flags);
+    return store_copy(c, key, klen, value, vlen, ttl_ms, flags, &cond);
+}
+
 int idem_cache_update(struct idem_cache *c, const void *key, size_t klen,
                       const void *value, size_t vlen)
 {
     if (!c || !bytes_ok(key, klen) || !bytes_ok(value, vlen))
         return IDEM_EINVAL;
-    return store_copy(c, key, klen, value, vlen, 0, IDEM__CACHE_UPDATE);
+    return store_copy(c, key, klen, value, vlen, 0, IDEM__CACHE_UPDATE, NULL);
 }
 
 int idem_cache_update_ttl(struct idem_cache *c, const void *key, size_t klen,
@@ -310,9 +429,9 @@ int idem_cache_update_ttl(struct idem_cache *c, const void *key, size_t klen,
     e = op_find(&op, key, klen);
     if (e) {
         idem__ttl_remove(&op.s->wheel, &e->ttl);
-        e->ttl.expires = 0;
+        atomic_store_explicit(&e->ttl.expires, 0, memory_order_relaxed);
         if (ttl_ms)
-            idem__ttl_insert(&op.s->wheel, &e->ttl, expiry(op.now, ttl_ms));
+            idem__ttl_insert(&op.s->wheel, &e->ttl, expiry(&op.t, ttl_ms));
         rc = IDEM_OK;
     }
     op_end(&op);
@@ -330,7 +449,7 @@ int idem_cache_remove(struct idem_cache *c, const void *key, size_t klen)
     write_begin(&op, c, key, klen);
     e = op_find(&op, key, klen);
     if (e) {
-        idem__cache_unlink_locked(c, op.s, e, &op.grave);
+        idem__cache_unlink_locked(c, op.s, e, op.pos);
         op.s->removes++;
         rc = IDEM_OK;
     }
@@ -340,17 +459,18 @@ int idem_cache_remove(struct idem_cache *c, const void *key, size_t klen)
 
 void idem_cache_clear(struct idem_cache *c)
 {
-    struct idem__cache_entry *grave;
+    struct idem__cache_ready r;
     unsigned i;
 
     for (i = 0; c && i < c->nshards; i++) {
         struct idem__cache_shard *s = &c->shards[i];
 
-        grave = NULL;
+        idem__cache_ready_init(&r);
         pthread_mutex_lock(&s->mu);
-        s->removes += idem__cache_clear_locked(c, s, &grave);
+        s->removes += idem__cache_clear_locked(c, s);
+        idem__cache_collect_locked(c, s, &r, true);
         pthread_mutex_unlock(&s->mu);
-        idem__cache_bury(c, grave);
+        idem__cache_bury(c, &r);
     }
 }
 
@@ -390,18 +510,18 @@ int idem_cache_unpin(struct idem_cache *c, const void *key, size_t klen)
 
 /* -- Reads ----------------------------------------------------------- */
 
-int idem__cache_get(struct idem_cache *c, const void *key, size_t klen,
-                    bool counted, struct idem_cache_value **value_out)
+/* get under the shard lock: after the lock-free probe met an expired
+ * entry, which this reclaims. */
+static int get_locked(struct idem_cache *c, const void *key, size_t klen,
+                      bool counted, struct idem_cache_value **value_out)
 {
     struct idem__cache_entry *e;
     struct op op;
 
-    if (!c || !bytes_ok(key, klen) || !value_out)
-        return IDEM_EINVAL;
     op_begin(&op, c, key, klen);
     e = op_find(&op, key, klen);
     if (e) {
-        e->visited = 1;
+        atomic_store_explicit(&e->visited, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
     }
     if (counted && e)
@@ -409,6 +529,55 @@ int idem__cache_get(struct idem_cache *c, const void *key, size_t klen,
     else if (counted)
         op.s->misses++;
     op_end(&op);
+    if (!e)
+        return IDEM_ENOTFOUND;
+    *value_out = (struct idem_cache_value *)(void *)e;
+    return IDEM_OK;
+}
+
+/* Count one hit or miss in the epoch slot this thread holds. */
+static void count_read(atomic_uint_fast64_t *n)
+{
+    atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+/* The lock-free probe: inside an epoch section no entry the table held
+ * at any moment of it is freed, and the table's reference keeps refs
+ * above 0, so a plain increment takes a handle. The clock is read only
+ * for an entry with a TTL, and precisely only near its expiry. */
+int idem__cache_get(struct idem_cache *c, const void *key, size_t klen,
+                    bool counted, struct idem_cache_value **value_out)
+{
+    struct idem__cache_entry *e;
+    struct idem__cache_now t;
+    struct idem__epoch_slot *sl;
+    uint64_t h, expires;
+    unsigned slot;
+
+    if (!c || !bytes_ok(key, klen) || !value_out)
+        return IDEM_EINVAL;
+    h = idem__hash(key, klen, c->seed);
+    slot = idem__epoch_enter(c->epoch);
+    sl = &c->epoch->slot[slot];
+    e = idem__cache_lookup(&c->shards[idem__stripe_of(h, c->shift)], h, key,
+                           klen);
+    expires = e ? idem__cache_expires(e) : 0;
+    if (expires) {
+        idem__cache_now_init(&t, &c->env);
+        if (idem__cache_past(&t, expires)) {
+            idem__epoch_exit(c->epoch, slot);
+            return get_locked(c, key, klen, counted, value_out);
+        }
+    }
+    if (e) {
+        atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+        if (!atomic_load_explicit(&e->visited, memory_order_relaxed))
+            atomic_store_explicit(&e->visited, 1, memory_order_relaxed);
+    }
+    if (counted)
+        count_read(e ? &sl->hits : &sl->misses);
+    idem__epoch_exit(c->epoch, slot);
     if (!e)
         return IDEM_ENOTFOUND;
     *value_out = (struct idem_cache_value *)(void *)e;
@@ -445,8 +614,8 @@ int idem_cache_ttl_left(struct idem_cache *c, const void *key, size_t klen,
         return IDEM_EINVAL;
     op_begin(&op, c, key, klen);
     e = op_find(&op, key, klen);
-    if (e && e->ttl.expires)
-        left = e->ttl.expires - op.now;
+    if (e && idem__cache_expires(e))
+        left = idem__cache_expires(e) - idem__cache_now_exact(&op.t);
     op_end(&op);
     if (!e)
         return IDEM_ENOTFOUND;
@@ -461,21 +630,25 @@ int idem_cache_ttl_left(struct idem_cache *c, const void *key, size_t klen,
 static size_t shard_settle(struct idem_cache *c, struct idem__cache_shard *s,
                            uint64_t now, size_t *count, size_t *bytes)
 {
-    struct idem__cache_entry *grave;
+    struct idem__cache_ready r;
+    uint64_t expired;
     size_t reclaimed = 0;
     bool done;
 
     do {
-        grave = NULL;
+        idem__cache_ready_init(&r);
         pthread_mutex_lock(&s->mu);
-        done = idem__cache_reclaim_locked(c, s, now, SETTLE_BUDGET, &grave);
+        expired = s->expired;
+        done = idem__cache_reclaim_locked(c, s, now, SETTLE_BUDGET);
+        reclaimed += (size_t)(s->expired - expired);
+        idem__cache_table_work_locked(c, s);
+        idem__cache_collect_locked(c, s, &r, true);
         if (done) {
-            idem__cache_maybe_shrink_locked(c, s);
             *count += s->count;
-            *bytes += s->bytes;
+            *bytes += idem__cache_shard_bytes(s);
         }
         pthread_mutex_unlock(&s->mu);
-        reclaimed += idem__cache_bury(c, grave);
+        idem__cache_bury(c, &r);
     } while (!done);
     return reclaimed;
 }
@@ -523,7 +696,7 @@ static void add_shard_stats(struct idem__cache_shard *s,
 {
     pthread_mutex_lock(&s->mu);
     st->entries += s->count;
-    st->bytes += s->bytes;
+    st->bytes += idem__cache_shard_bytes(s);
     st->pinned += s->pinned;
     st->hits += s->hits;
     st->misses += s->misses;
@@ -541,11 +714,13 @@ static uint64_t fixed_bytes(struct idem_cache *c)
 {
     struct idem_keylock_stats ks;
     size_t shard = sizeof(struct idem__cache_shard) +
-                   IDEM__CACHE_MIN_BUCKETS * sizeof(void *);
+                   sizeof(struct idem__table_array) +
+                   IDEM__CACHE_MIN_BUCKETS * sizeof(uint64_t);
 
     idem_keylock_stats(c->flights, &ks);
     return sizeof(*c) + sizeof(*c->home) + ks.table_bytes + ks.spare_bytes +
-           IDEM_CACHELINE - 1 + (uint64_t)c->nshards * shard;
+           IDEM_CACHELINE - 1 + sizeof(struct idem__epoch) +
+           (uint64_t)c->nshards * shard;
 }
 
 void idem_cache_stats(struct idem_cache *c, struct idem_cache_stats *stats_out)
@@ -557,6 +732,10 @@ void idem_cache_stats(struct idem_cache *c, struct idem_cache_stats *stats_out)
         return;
     for (i = 0; c && i < c->nshards; i++)
         add_shard_stats(&c->shards[i], &st);
+    for (i = 0; c && i < IDEM__EPOCH_SLOTS; i++) {
+        st.hits += atomic_load(&c->epoch->slot[i].hits);
+        st.misses += atomic_load(&c->epoch->slot[i].misses);
+    }
     if (c) {
         st.computes = atomic_load(&c->computes);
         st.shards = c->nshards;

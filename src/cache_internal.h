@@ -13,9 +13,12 @@
 #include "idem/cache.h"
 #include "idem/keylock.h"
 #include "internal.h"
+#include "list.h"
+#include "table.h"
 #include "ttl.h"
 
-#define IDEM__CACHE_MIN_BUCKETS 16u
+#define IDEM__CACHE_MIN_BUCKETS IDEM__TABLE_MIN
+#define IDEM__EPOCH_SLOTS 64u
 
 /* What removed entries still held by readers need to free themselves once
  * the cache is gone: its allocator. Its references are the cache's and
@@ -26,26 +29,26 @@ struct idem__cache_home {
 };
 
 /* One entry, in one allocation with its key and value. A value handle is
- * a pointer to it: references are the table's (while linked) plus one per
- * handle, and the last one frees it. Everything but refs is guarded by the
- * shard lock while linked and never changes after. */
+ * a pointer to it: references are the table's (while linked, and until no
+ * lock-free reader can still find it) plus one per handle; the last one
+ * frees it. A lock-free get reads ttl.expires, refs, visited, klen and the
+ * key: the 24 bytes before the key and the key itself. Everything else is
+ * guarded by the shard lock; klen, vlen and the bytes never change once
+ * the entry is published. */
 struct idem__cache_entry {
-    struct idem__cache_entry *newer; /* eviction queue (SIEVE) */
-    struct idem__cache_entry *older;
+    union {
+        struct idem__list q;           /* SIEVE queue; once unlinked,
+                                        * the shard's limbo list */
+        struct idem__cache_home *home; /* once the table let go while
+                                        * handles remain */
+    } u;
     struct idem__ttl_node ttl; /* expires 0: never */
     atomic_uint refs;
+    uint32_t klen;
     uint32_t vlen;
     uint16_t pins;
-    uint8_t visited; /* read since the hand passed */
-    uint8_t linked;  /* in the table */
-    /* What a lookup reads, next to the key, to share its cache line. */
-    uint32_t klen;
-    union {
-        struct idem__cache_entry *next; /* bucket chain; once unlinked,
-                                         * the list of entries to put */
-        struct idem__cache_home *home;  /* once the table let go while
-                                         * handles remain */
-    } u;
+    atomic_uchar visited; /* read since the hand passed */
+    uint8_t linked;       /* in the table */
     unsigned char data[]; /* key, then value */
 };
 
@@ -53,19 +56,52 @@ _Static_assert(offsetof(struct idem__cache_entry, data) ==
                    IDEM_CACHE_ENTRY_OVERHEAD,
                "IDEM_CACHE_ENTRY_OVERHEAD is the entry header");
 
-/* A shard: a chained hash table that grows past load 1 and shrinks below
- * 1/4, a SIEVE queue (newest ... oldest) with its hand, an expiry wheel,
- * and counters; all under mu. bytes = entries charged + buckets beyond
- * IDEM__CACHE_MIN_BUCKETS. */
+/* Epoch-based reclamation for the lock-free get (cache_epoch.c). A reader
+ * holds a slot while it probes: state is (epoch << 1) | 1, 0 when free.
+ * Its hits and misses are counted in the slot (written only by the
+ * holder), so reads share no written line. */
+struct idem__epoch_slot {
+    _Alignas(IDEM_CACHELINE) atomic_uint_fast64_t state;
+    atomic_uint_fast64_t hits, misses;
+};
+
+struct idem__epoch {
+    _Alignas(IDEM_CACHELINE) atomic_uint_fast64_t now;
+    atomic_uint used; /* slots ever taken: the scan's end */
+    struct idem__epoch_slot slot[IDEM__EPOCH_SLOTS];
+};
+
+/* Enter a read-side section: returns the slot taken. Never blocks. */
+unsigned idem__epoch_enter(struct idem__epoch *ep);
+void idem__epoch_exit(struct idem__epoch *ep, unsigned slot);
+/* Move the epoch on if every reader inside has seen it; the new epoch. */
+uint64_t idem__epoch_advance(struct idem__epoch *ep);
+
+/* What unlinked entries and retired table arrays wait in until no reader
+ * can hold them: `fresh` since the last look, `aging` since epoch `at`.
+ * Aging ones are safe once the epoch is at + 2. */
+struct idem__cache_limbo {
+    struct idem__list fresh, aging;
+    struct idem__list fresh_arrays, aging_arrays;
+    size_t fresh_n, fresh_bytes;
+    uint64_t at;
+};
+
+/* A shard: a table (src/table.c), a SIEVE queue (front newest) with its
+ * hand, an expiry wheel, the limbo, and counters; all under mu, except
+ * that gets probe the table with no lock. bytes = entries charged, plus
+ * table slots beyond IDEM__CACHE_MIN_BUCKETS (see shard_bytes). */
 struct idem__cache_shard {
     _Alignas(IDEM_CACHELINE) pthread_mutex_t mu;
-    struct idem__cache_entry **buckets;
-    size_t mask; /* buckets - 1 */
+    uint64_t seed; /* the cache's, for the table's rehash */
+    struct idem__table table;
+    struct idem__list queue;
+    struct idem__cache_entry *hand; /* NULL: the oldest */
     size_t count;
-    size_t bytes;
+    size_t entry_bytes;
     size_t pinned; /* entries with pins */
-    struct idem__cache_entry *newest, *oldest, *hand;
     uint64_t hits, misses, sets, removes, expired, evicted;
+    struct idem__cache_limbo limbo;
     struct idem__ttl_wheel wheel;
 };
 
@@ -81,18 +117,20 @@ struct idem_cache {
     void *evict_ud;
     struct idem_keylock *flights; /* get_or_compute's single flight */
     atomic_uint_fast64_t computes;
-    void *shards_mem; /* as allocated; shards is it, cache-line aligned */
+    void *shards_mem; /* as allocated: epoch, then shards, aligned */
+    struct idem__epoch *epoch;
     struct idem__cache_shard *shards;
 };
 
 /* What each index holds, counted by walking it (tests; O(entries)). */
 struct idem__cache_counts {
-    size_t table;   /* entries in bucket chains */
+    size_t table;   /* entries in the tables */
     size_t queue;   /* entries in eviction queues */
     size_t wheel;   /* nodes in expiry wheels */
     size_t pinned;  /* entries with pins */
     size_t bytes;   /* bytes charged */
-    size_t buckets; /* bucket slots, all shards */
+    size_t buckets; /* table slots, all shards */
+    size_t limbo;   /* unlinked entries waiting for readers to move on */
 };
 
 void idem__cache_index_counts(struct idem_cache *c,
@@ -103,10 +141,17 @@ static inline size_t idem__cache_entry_bytes(const struct idem__cache_entry *e)
     return IDEM_CACHE_ENTRY_OVERHEAD + (size_t)e->klen + e->vlen;
 }
 
-static inline bool idem__cache_expired(const struct idem__cache_entry *e,
-                                       uint64_t now)
+static inline uint64_t idem__cache_expires(const struct idem__cache_entry *e)
 {
-    return e->ttl.expires != 0 && now >= e->ttl.expires;
+    return atomic_load_explicit(&e->ttl.expires, memory_order_relaxed);
+}
+
+/* Bytes a shard charges: its entries and its table beyond the minimum. */
+static inline size_t idem__cache_shard_bytes(const struct idem__cache_shard *s)
+{
+    return s->entry_bytes +
+           (idem__table_slots(&s->table) - IDEM__CACHE_MIN_BUCKETS) *
+               sizeof(uint64_t);
 }
 
 /* Whether an entry of these lengths fits a shard's share of max_bytes. */
@@ -115,6 +160,36 @@ static inline bool idem__cache_entry_fits(const struct idem_cache *c,
 {
     return klen <= UINT32_MAX && vlen <= UINT32_MAX &&
            IDEM_CACHE_ENTRY_OVERHEAD + klen + vlen <= c->shard_max_bytes;
+}
+
+/* -- Time. One call's view of the env's clock: lo <= now_ms() <= hi at
+ * the moment it was taken, from the coarse clock when the env's clock is
+ * the default one (env.c), otherwise lo = hi = now_ms(). The precise
+ * time is read only when a bound cannot decide, and then once. ------- */
+
+struct idem__cache_now {
+    const struct idem_env *env;
+    uint64_t lo, hi;
+    uint64_t now; /* read precisely; 0: not yet */
+};
+
+bool idem__env_now_bounds(const struct idem_env *env, uint64_t *lo_out,
+                          uint64_t *hi_out);
+
+void idem__cache_now_init(struct idem__cache_now *t,
+                          const struct idem_env *env);
+
+/* The precise time. */
+uint64_t idem__cache_now_exact(struct idem__cache_now *t);
+
+/* Whether a time of expiry (0: never) is past: exact. */
+static inline bool idem__cache_past(struct idem__cache_now *t, uint64_t expires)
+{
+    if (expires == 0 || expires > t->hi)
+        return false;
+    if (expires <= t->lo)
+        return true;
+    return expires <= idem__cache_now_exact(t);
 }
 
 /* A home holding a copy of env, with the caller's reference; NULL: no
@@ -130,57 +205,83 @@ struct idem__cache_entry *idem__cache_entry_new(struct idem_cache *c,
                                                 const void *key, size_t klen,
                                                 const void *value, size_t vlen);
 
-/* Drop the table's reference to an unlinked entry (no lock needed). */
+/* Drop the table's reference to an entry no reader can find any more. */
 void idem__cache_entry_put(struct idem_cache *c, struct idem__cache_entry *e);
 
-/* Put every entry of a list built by the _locked calls below; returns how
- * many. Call with no lock held. */
-size_t idem__cache_bury(struct idem_cache *c, struct idem__cache_entry *grave);
+/* What a limbo gave up: safe to free once the shard lock is dropped. */
+struct idem__cache_ready {
+    struct idem__list entries, arrays;
+};
 
-/* -- Shard operations: the caller holds s->mu. Unlinked entries go on
- * *grave, to be put by idem__cache_bury() once the lock is dropped. --- */
+void idem__cache_ready_init(struct idem__cache_ready *r);
+
+/* Put every entry and free every array of r; returns the entries. Call
+ * with no lock held. */
+size_t idem__cache_bury(struct idem_cache *c, struct idem__cache_ready *r);
+
+/* -- Shard operations: the caller holds s->mu. Unlinked entries go to
+ * the shard's limbo; idem__cache_collect_locked() hands over what is safe
+ * to free, for idem__cache_bury() once the lock is dropped. ---------- */
+
+/* Table ops for a shard (hash of an entry, retire into the limbo). */
+void idem__cache_table_ops(struct idem_cache *c, struct idem__cache_shard *s,
+                           struct idem__table_ops *ops_out);
+
+/* key's entry as the table holds it, live or not, with no lock: the
+ * caller is inside an epoch section (idem__epoch_enter). */
+struct idem__cache_entry *idem__cache_lookup(struct idem__cache_shard *s,
+                                             uint64_t h, const void *key,
+                                             size_t klen);
 
 /* key's entry if it is live; an expired one is reclaimed (counted). */
 struct idem__cache_entry *
 idem__cache_find_locked(struct idem_cache *c, struct idem__cache_shard *s,
-                        uint64_t h, const void *key, size_t klen, uint64_t now,
-                        struct idem__cache_entry **grave);
+                        uint64_t h, const void *key, size_t klen,
+                        struct idem__cache_now *t,
+                        struct idem__table_pos *pos_out);
 
-/* Link e (hash h) into the table, the queue and, if expires, the wheel. */
+/* Link e (hash h) into the table, the queue and, if expires, the wheel.
+ * old (at pos) is replaced in place; NULL: a new key (after
+ * idem__table_reserve). */
 void idem__cache_link_locked(struct idem_cache *c, struct idem__cache_shard *s,
                              struct idem__cache_entry *e, uint64_t h,
-                             uint64_t expires);
+                             uint64_t expires, struct idem__cache_entry *old,
+                             struct idem__table_pos pos);
 
-/* Take e out of every index and put it on *grave. Counts nothing. */
+/* Take e (at pos) out of every index into the limbo. Counts nothing. */
 void idem__cache_unlink_locked(struct idem_cache *c,
                                struct idem__cache_shard *s,
                                struct idem__cache_entry *e,
-                               struct idem__cache_entry **grave);
+                               struct idem__table_pos pos);
 
 /* Reclaim expired entries with at most budget units of wheel work. True
  * when none is left. */
 bool idem__cache_reclaim_locked(struct idem_cache *c,
                                 struct idem__cache_shard *s, uint64_t now,
-                                size_t budget,
-                                struct idem__cache_entry **grave);
+                                size_t budget);
 
 /* Evict until an entry of new_bytes fits the shard's shares, replacing
  * keep (NULL: a new key), which is never evicted. caught_up: no expired
  * entry is left to reclaim first. IDEM_OK or IDEM_EBUSY (all pinned). */
 int idem__cache_make_room_locked(struct idem_cache *c,
-                                 struct idem__cache_shard *s, uint64_t now,
+                                 struct idem__cache_shard *s,
+                                 struct idem__cache_now *t,
                                  const struct idem__cache_entry *keep,
-                                 size_t new_bytes, bool caught_up,
-                                 struct idem__cache_entry **grave);
+                                 size_t new_bytes, bool caught_up);
 
 /* Unlink every entry at once, pinned ones too; returns how many. */
 size_t idem__cache_clear_locked(struct idem_cache *c,
-                                struct idem__cache_shard *s,
-                                struct idem__cache_entry **grave);
+                                struct idem__cache_shard *s);
 
-/* Shrink the bucket array if the load fell below 1/4. */
-void idem__cache_maybe_shrink_locked(struct idem_cache *c,
-                                     struct idem__cache_shard *s);
+/* Move a table resize on, or start one if it is due and fits. */
+void idem__cache_table_work_locked(struct idem_cache *c,
+                                   struct idem__cache_shard *s);
+
+/* Move what the limbo holds on, and hand over to r what is safe to free.
+ * force: age even a small batch (tick, size). */
+void idem__cache_collect_locked(struct idem_cache *c,
+                                struct idem__cache_shard *s,
+                                struct idem__cache_ready *r, bool force);
 
 /* Internal store behind set, update and get_or_compute. */
 #define IDEM__CACHE_UPDATE 0x100u /* the key must be live; keep its expiry */

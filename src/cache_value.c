@@ -44,7 +44,10 @@ struct idem__cache_entry *idem__cache_entry_new(struct idem_cache *c,
     if (!e)
         return NULL;
     memset(e, 0, IDEM_CACHE_ENTRY_OVERHEAD);
+    idem__list_init(&e->u.q);
+    atomic_init(&e->ttl.expires, 0);
     atomic_init(&e->refs, 1);
+    atomic_init(&e->visited, 0);
     e->klen = (uint32_t)klen;
     e->vlen = (uint32_t)vlen;
     if (klen)
@@ -54,9 +57,10 @@ struct idem__cache_entry *idem__cache_entry_new(struct idem_cache *c,
     return e;
 }
 
-/* With only the table's reference left nobody else can take one (the
- * entry is unlinked), so it goes at once; otherwise the last handle frees
- * it, through the home it is given before the table lets go. */
+/* With only the table's reference left nobody else can take one (no
+ * reader can find the entry any more), so it goes at once; otherwise the
+ * last handle frees it, through the home it is given before the table
+ * lets go. */
 void idem__cache_entry_put(struct idem_cache *c, struct idem__cache_entry *e)
 {
     assert(!e->linked);
@@ -72,16 +76,31 @@ void idem__cache_entry_put(struct idem_cache *c, struct idem__cache_entry *e)
     }
 }
 
-size_t idem__cache_bury(struct idem_cache *c, struct idem__cache_entry *grave)
+void idem__cache_ready_init(struct idem__cache_ready *r)
 {
-    struct idem__cache_entry *next;
-    size_t n = 0;
+    idem__list_init(&r->entries);
+    idem__list_init(&r->arrays);
+}
 
-    for (; grave; grave = next, n++) {
-        next = grave->u.next;
-        idem__cache_entry_put(c, grave);
+size_t idem__cache_bury(struct idem_cache *c, struct idem__cache_ready *r)
+{
+    struct idem__list *n, *tmp;
+    size_t count = 0;
+
+    idem__list_foreach_safe(n, tmp, &r->entries)
+    {
+        idem__list_remove(n);
+        idem__cache_entry_put(
+            c, idem__list_entry(n, struct idem__cache_entry, u.q));
+        count++;
     }
-    return n;
+    idem__list_foreach_safe(n, tmp, &r->arrays)
+    {
+        idem__list_remove(n);
+        idem__table_array_free(
+            &c->env, idem__list_entry(n, struct idem__table_array, retired));
+    }
+    return count;
 }
 
 /* -- Value handles --------------------------------------------------- */
@@ -121,10 +140,11 @@ void idem_cache_value_release(struct idem_cache_value *v)
 
 /* References to s's live entries, oldest first, in a new array. */
 static int snapshot_shard(struct idem_cache *c, struct idem__cache_shard *s,
-                          uint64_t now, struct idem__cache_entry ***arr_out,
-                          size_t *n_out)
+                          struct idem__cache_now *t,
+                          struct idem__cache_entry ***arr_out, size_t *n_out)
 {
     struct idem__cache_entry **arr = NULL, *e;
+    struct idem__list *q;
     size_t n = 0;
 
     pthread_mutex_lock(&s->mu);
@@ -135,8 +155,9 @@ static int snapshot_shard(struct idem_cache *c, struct idem__cache_shard *s,
             return IDEM_ENOMEM;
         }
     }
-    for (e = s->oldest; e; e = e->newer) {
-        if (idem__cache_expired(e, now))
+    for (q = s->queue.prev; q != &s->queue; q = q->prev) {
+        e = idem__list_entry(q, struct idem__cache_entry, u.q);
+        if (idem__cache_past(t, idem__cache_expires(e)))
             continue;
         atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
         arr[n++] = e;
@@ -150,16 +171,16 @@ static int snapshot_shard(struct idem_cache *c, struct idem__cache_shard *s,
 int idem_cache_foreach(struct idem_cache *c, idem_cache_foreach_fn fn, void *ud)
 {
     struct idem__cache_entry **arr = NULL;
-    uint64_t now;
+    struct idem__cache_now t;
     size_t n = 0, i;
     unsigned sh;
     int rc = IDEM_OK;
 
     if (!c || !fn)
         return IDEM_EINVAL;
-    now = c->env.now_ms(c->env.ud);
+    idem__cache_now_init(&t, &c->env);
     for (sh = 0; rc == IDEM_OK && sh < c->nshards; sh++) {
-        rc = snapshot_shard(c, &c->shards[sh], now, &arr, &n);
+        rc = snapshot_shard(c, &c->shards[sh], &t, &arr, &n);
         for (i = 0; rc == IDEM_OK && i < n; i++)
             rc = fn(arr[i]->data, arr[i]->klen,
                     (struct idem_cache_value *)(void *)arr[i], ud);

@@ -1,4 +1,6 @@
-/* The default environment: CLOCK_MONOTONIC and the libc allocator. */
+/* The default environment: CLOCK_MONOTONIC and the libc allocator; and,
+ * for the cache, cheap bounds on that clock from CLOCK_MONOTONIC_COARSE. */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/random.h>
 #include <time.h>
@@ -17,6 +19,45 @@ static uint64_t monotonic_ms(void *ud)
 {
     (void)ud;
     return clock_ms(CLOCK_MONOTONIC);
+}
+
+/* Nanoseconds CLOCK_MONOTONIC may run ahead of CLOCK_MONOTONIC_COARSE:
+ * the coarse clock's resolution (one tick). Read once. */
+static uint64_t coarse_lag_ns(void)
+{
+    static atomic_uint_fast64_t lag;
+    uint64_t v = atomic_load_explicit(&lag, memory_order_relaxed);
+    struct timespec res;
+
+    if (v)
+        return v;
+    v = 10000000u; /* 10 ms if the resolution cannot be read */
+    if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0)
+        v = (uint64_t)res.tv_sec * 1000000000u + (uint64_t)res.tv_nsec;
+    atomic_store_explicit(&lag, v, memory_order_relaxed);
+    return v;
+}
+
+/* Declared in cache_internal.h: when env's clock is the default one,
+ * *lo_out <= now_ms() <= *hi_out for a now_ms() read at any moment of
+ * this call, from the coarse clock (no serializing counter read). The
+ * coarse clock is CLOCK_MONOTONIC as of the last tick, so it is at most
+ * a tick behind; the bound allows two. False for any other clock. */
+bool idem__env_now_bounds(const struct idem_env *env, uint64_t *lo_out,
+                          uint64_t *hi_out);
+bool idem__env_now_bounds(const struct idem_env *env, uint64_t *lo_out,
+                          uint64_t *hi_out)
+{
+    struct timespec ts;
+    uint64_t ns;
+
+    if (env->now_ms != monotonic_ms)
+        return false;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    *lo_out = ns / 1000000u;
+    *hi_out = (ns + 2 * coarse_lag_ns()) / 1000000u + 1;
+    return true;
 }
 
 static uint64_t realtime_ms(void *ud)

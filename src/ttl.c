@@ -42,9 +42,14 @@ static void unlink_node(struct idem__ttl_node *n)
 
 /* Put n in its slot for the wheel's time; a time already past counts as
  * now, which is the due slot of level 0. Returns the level chosen. */
+static uint64_t time_of(const struct idem__ttl_node *n)
+{
+    return atomic_load_explicit(&n->expires, memory_order_relaxed);
+}
+
 static unsigned place(struct idem__ttl_wheel *w, struct idem__ttl_node *n)
 {
-    uint64_t t = n->expires > w->now ? n->expires : w->now;
+    uint64_t t = time_of(n) > w->now ? time_of(n) : w->now;
     unsigned l = level_for(w->now, t), s = digit(t, l);
     struct idem__ttl_node **head = &w->slot[l][s];
 
@@ -66,7 +71,7 @@ void idem__ttl_insert(struct idem__ttl_wheel *w, struct idem__ttl_node *n,
                       uint64_t expires)
 {
     assert(!n->pprev);
-    n->expires = expires;
+    atomic_store_explicit(&n->expires, expires, memory_order_relaxed);
     place(w, n);
     w->count++;
 }
@@ -97,7 +102,7 @@ static bool drain_due(struct idem__ttl_wheel *w, size_t *budget,
                 return false;
             (*budget)--;
             unlink_node(n);
-            if (n->expires <= w->now) {
+            if (time_of(n) <= w->now) {
                 n->next = *due;
                 *due = n;
                 w->count--;

@@ -5,6 +5,7 @@
 #ifndef IDEM_TTL_H
 #define IDEM_TTL_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -15,11 +16,13 @@
 #define IDEM__TTL_LEVELS 11u
 
 /* Lives inside the timed object. pprev is NULL while the node is in no
- * wheel; expires is the node's time, kept exact (the wheel rounds nothing). */
+ * wheel; expires is the node's time, kept exact (the wheel rounds nothing).
+ * expires is atomic so that an owner's lock-free readers may load it
+ * (relaxed) while the owner's writer moves it. */
 struct idem__ttl_node {
     struct idem__ttl_node *next;
     struct idem__ttl_node **pprev;
-    uint64_t expires;
+    _Atomic uint64_t expires;
 };
 
 /* Level l slot s holds nodes whose time agrees with `now` above bit

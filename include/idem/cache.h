@@ -60,8 +60,9 @@ struct idem_cache_stats {
 };
 
 /* set_ex flags. */
-#define IDEM_CACHE_NX 1u  /* store only if the key has no live entry */
-#define IDEM_CACHE_PIN 2u /* pin the entry in the same step */
+#define IDEM_CACHE_NX 1u    /* store only if the key has no live entry */
+#define IDEM_CACHE_PIN 2u   /* pin the entry in the same step */
+#define IDEM_CACHE_UNPIN 4u /* replace_if: take one pin off, same step */
 
 /* Create a cache. opts NULL: all defaults. On success *cache_out is set.
  * IDEM_OK, IDEM_EINVAL (opts out of range), IDEM_ENOMEM. */
@@ -98,6 +99,31 @@ IDEM_API int idem_cache_set_nx(struct idem_cache *c, const void *key,
 IDEM_API int idem_cache_set_ex(struct idem_cache *c, const void *key,
                                size_t klen, const void *value, size_t vlen,
                                int64_t ttl_ms, unsigned flags);
+
+/* If key has a live entry: IDEM_EEXIST, and a handle to its value in
+ * *existing_out (the caller releases it). Otherwise store a copy of value
+ * as set_ex would (flags: IDEM_CACHE_PIN) and answer IDEM_OK. One step
+ * under the shard's lock. Failures as set_ex; existing_out is written
+ * only with IDEM_EEXIST. */
+IDEM_API int idem_cache_get_or_insert(struct idem_cache *c, const void *key,
+                                      size_t klen, const void *value,
+                                      size_t vlen, int64_t ttl_ms,
+                                      unsigned flags,
+                                      struct idem_cache_value **existing_out);
+
+/* If key has a live entry and check(its value, ud) is true, replace the
+ * value with a copy of value (pins carry over) and its expiry with ttl_ms
+ * (0: none), or, value NULL, remove the entry; IDEM_CACHE_UNPIN in flags
+ * also takes one pin off, in the same step. All under the shard's lock:
+ * check runs there and must not call the cache. IDEM_OK; IDEM_ESTALE when
+ * the key has no live entry or check is false; IDEM_EPERM (UNPIN on an
+ * entry without pins); as set: IDEM_E2BIG, IDEM_EBUSY, IDEM_ENOMEM,
+ * IDEM_EINVAL. On any failure nothing changed. */
+IDEM_API int
+idem_cache_replace_if(struct idem_cache *c, const void *key, size_t klen,
+                      bool (*check)(const void *cur, size_t curlen, void *ud),
+                      void *ud, const void *value, size_t vlen, int64_t ttl_ms,
+                      unsigned flags);
 
 /* Replace the value of a live entry, keeping its expiry time and pins.
  * IDEM_OK; IDEM_ENOTFOUND; otherwise as set. */
@@ -156,13 +182,13 @@ IDEM_API int idem_cache_ttl_left(struct idem_cache *c, const void *key,
 IDEM_API size_t idem_cache_size(struct idem_cache *c);
 
 /* Bytes charged to the bounds, after reclaiming expired entries: for each
- * entry, IDEM_CACHE_ENTRY_OVERHEAD + key + value; plus each shard's bucket
- * array beyond its minimum (16 pointers). An empty cache answers 0; what
- * it holds anyway is stats.fixed_bytes. 0 for NULL. */
+ * entry, IDEM_CACHE_ENTRY_OVERHEAD + key + value; plus each shard's table
+ * slots beyond its minimum (16 slots of 8 bytes). An empty cache answers 0;
+ * what it holds anyway is stats.fixed_bytes. 0 for NULL. */
 IDEM_API size_t idem_cache_bytes(struct idem_cache *c);
 
 /* The bytes charged per entry beyond its key and value. */
-#define IDEM_CACHE_ENTRY_OVERHEAD 64u
+#define IDEM_CACHE_ENTRY_OVERHEAD 56u
 
 /* Called once per live entry, with the key (a view valid during the call)
  * and a borrowed value handle (idem_cache_value_ref() keeps it). Return 0

@@ -1,0 +1,318 @@
+/* table: linear probing over tagged pointers, tombstones, and a resize
+ * spread over writes: a resize allocates the next array, points the old
+ * one's `next` at it, and each write moves a few slots (insert into the
+ * next array first, then a tombstone in the old slot), so a reader that
+ * probes the old array, then the next, finds every item present all
+ * along. docs/internals/table.md. */
+#include <string.h>
+
+#include "idem/status.h"
+#include "internal.h"
+#include "table.h"
+
+#define STEP_SLOTS 16u /* slots moved per write while resizing */
+
+static struct idem__table_array *array_new(const struct idem_env *env,
+                                           size_t slots)
+{
+    struct idem__table_array *a =
+        idem__alloc(env, sizeof(*a) + slots * sizeof(a->slots[0]));
+    size_t i;
+
+    if (!a)
+        return NULL;
+    idem__list_init(&a->retired);
+    a->mask = slots - 1;
+    a->used = 0;
+    atomic_init(&a->next, NULL);
+    for (i = 0; i < slots; i++)
+        atomic_init(&a->slots[i], IDEM__TABLE_EMPTY);
+    return a;
+}
+
+void idem__table_array_free(const struct idem_env *env,
+                            struct idem__table_array *a)
+{
+    idem__free(env, a);
+}
+
+static struct idem__table_array *head_of(const struct idem__table *t)
+{
+    return atomic_load_explicit(&t->head, memory_order_relaxed);
+}
+
+static void retire(struct idem__table *t, struct idem__table_array *a)
+{
+    if (t->ops.retire)
+        t->ops.retire(a, t->ops.ud);
+    else
+        idem__table_array_free(&t->env, a);
+}
+
+int idem__table_init(struct idem__table *t, const struct idem_env *env,
+                     const struct idem__table_ops *ops)
+{
+    struct idem__table_array *a = array_new(env, IDEM__TABLE_MIN);
+
+    if (!a)
+        return IDEM_ENOMEM;
+    atomic_init(&t->head, a);
+    t->to = NULL;
+    t->moved = 0;
+    t->count = 0;
+    t->env = *env;
+    t->ops = *ops;
+    return IDEM_OK;
+}
+
+void idem__table_deinit(struct idem__table *t)
+{
+    struct idem__table_array *a = head_of(t);
+
+    if (!a)
+        return;
+    if (t->to)
+        idem__table_array_free(&t->env, t->to);
+    idem__table_array_free(&t->env, a);
+    atomic_store_explicit(&t->head, NULL, memory_order_relaxed);
+}
+
+/* Probe a for key; on a match set *pos_out. */
+static void *probe(struct idem__table_array *a, uint64_t hash,
+                   bool (*eq)(const void *item, const void *key),
+                   const void *key, struct idem__table_pos *pos_out)
+{
+    uint64_t tag = idem__table_tag(hash), s;
+    size_t i;
+
+    for (i = hash & a->mask;; i = (i + 1) & a->mask) {
+        s = atomic_load_explicit(&a->slots[i], memory_order_relaxed);
+        if (s == IDEM__TABLE_EMPTY)
+            return NULL;
+        if (idem__table_slot_is(s, tag) && eq(idem__table_item(s), key)) {
+            *pos_out = (struct idem__table_pos){ a, i };
+            return idem__table_item(s);
+        }
+    }
+}
+
+void *idem__table_find_pos(const struct idem__table *t, uint64_t hash,
+                           bool (*eq)(const void *item, const void *key),
+                           const void *key, struct idem__table_pos *pos_out)
+{
+    void *item = probe(head_of(t), hash, eq, key, pos_out);
+
+    if (!item && t->to)
+        item = probe(t->to, hash, eq, key, pos_out);
+    return item;
+}
+
+/* Put item in a's first free slot on its probe path (a has room). */
+static void place(struct idem__table_array *a, uint64_t hash, void *item)
+{
+    uint64_t v = (uint64_t)(uintptr_t)item | idem__table_tag(hash)
+                                                 << IDEM__TABLE_PTR_BITS;
+    uint64_t s;
+    size_t i;
+
+    assert(((uintptr_t)item >> IDEM__TABLE_PTR_BITS) == 0);
+    assert(((uintptr_t)item & 3u) == 0);
+    for (i = hash & a->mask;; i = (i + 1) & a->mask) {
+        s = atomic_load_explicit(&a->slots[i], memory_order_relaxed);
+        if (s <= IDEM__TABLE_TOMB)
+            break;
+    }
+    a->used += s == IDEM__TABLE_EMPTY;
+    atomic_store_explicit(&a->slots[i], v, memory_order_release);
+}
+
+/* The array inserts go to: the next one while resizing. */
+static struct idem__table_array *insert_array(const struct idem__table *t)
+{
+    return t->to ? t->to : head_of(t);
+}
+
+void idem__table_insert(struct idem__table *t, uint64_t hash, void *item)
+{
+    place(insert_array(t), hash, item);
+    t->count++;
+}
+
+void idem__table_replace(struct idem__table *t, struct idem__table_pos pos,
+                         void *item)
+{
+    uint64_t s =
+        atomic_load_explicit(&pos.a->slots[pos.i], memory_order_relaxed);
+
+    (void)t;
+    atomic_store_explicit(&pos.a->slots[pos.i],
+                          (s & ~(((uint64_t)1 << 48) - 1)) |
+                              (uint64_t)(uintptr_t)item,
+                          memory_order_release);
+}
+
+void idem__table_remove(struct idem__table *t, struct idem__table_pos pos)
+{
+    atomic_store_explicit(&pos.a->slots[pos.i], IDEM__TABLE_TOMB,
+                          memory_order_release);
+    t->count--;
+}
+
+/* -- Resizing -------------------------------------------------------- */
+
+/* The size the table should move to, or 0 to stay: past 3/4 full (with
+ * tombstones) double, or rebuild at the same size if tombstones are most
+ * of it; under 1/4 full halve. Each target keeps the next array under 3/4
+ * full when the move ends, counting one insert per write while STEP_SLOTS
+ * move (n/16 writes). */
+static size_t target_size(const struct idem__table *t)
+{
+    const struct idem__table_array *a = head_of(t);
+    size_t n = a->mask + 1;
+
+    if (a->used * 4 > n * 3)
+        return t->count * 2 > n ? 2 * n : n;
+    if (n > IDEM__TABLE_MIN && t->count * 4 < n)
+        return n / 2;
+    return 0;
+}
+
+size_t idem__table_due(const struct idem__table *t)
+{
+    return t->to ? 0 : target_size(t);
+}
+
+static bool start_resize(struct idem__table *t, size_t n)
+{
+    struct idem__table_array *to = array_new(&t->env, n);
+
+    if (!to)
+        return false;
+    t->to = to;
+    t->moved = 0;
+    atomic_store_explicit(&head_of(t)->next, to, memory_order_release);
+    return true;
+}
+
+/* Move head's slot i to the next array. */
+static void move_slot(struct idem__table *t, struct idem__table_array *a,
+                      size_t i)
+{
+    uint64_t s = atomic_load_explicit(&a->slots[i], memory_order_relaxed);
+    void *item;
+
+    if (s <= IDEM__TABLE_TOMB)
+        return;
+    item = idem__table_item(s);
+    place(t->to, t->ops.hash(item, t->ops.ud), item);
+    atomic_store_explicit(&a->slots[i], IDEM__TABLE_TOMB, memory_order_release);
+}
+
+static void finish_resize(struct idem__table *t)
+{
+    struct idem__table_array *old = head_of(t);
+
+    atomic_store_explicit(&t->head, t->to, memory_order_release);
+    t->to = NULL;
+    retire(t, old);
+}
+
+bool idem__table_step(struct idem__table *t, size_t budget)
+{
+    struct idem__table_array *a = head_of(t);
+    size_t n;
+
+    if (!t->to) {
+        n = target_size(t);
+        if (!n || !start_resize(t, n))
+            return false;
+    }
+    while (budget-- > 0 && t->moved <= a->mask)
+        move_slot(t, a, t->moved++);
+    if (t->moved > a->mask)
+        finish_resize(t);
+    return t->to != NULL;
+}
+
+int idem__table_reserve(struct idem__table *t)
+{
+    struct idem__table_array *a = head_of(t);
+
+    if (t->to && t->to->used * 4 >= (t->to->mask + 1) * 3)
+        idem__table_step(t, SIZE_MAX); /* never expected: finish it */
+    if (!t->to && (a->used + 1) * 4 > (a->mask + 1) * 3)
+        idem__table_step(t, STEP_SLOTS);
+    a = insert_array(t);
+    return a->used + 1 < a->mask + 1 ? IDEM_OK : IDEM_ENOMEM;
+}
+
+size_t idem__table_insert_cost(const struct idem__table *t)
+{
+    const struct idem__table_array *a = head_of(t);
+    size_t n = a->mask + 1;
+
+    if (t->to || (a->used + 1) * 4 <= n * 3)
+        return 0;
+    return (t->count + 1) * 2 > n ? 2 * n : n;
+}
+
+size_t idem__table_slots(const struct idem__table *t)
+{
+    return head_of(t)->mask + 1 + (t->to ? t->to->mask + 1 : 0);
+}
+
+/* Empty every slot of a, for clear when no smaller array can be had. */
+static void wipe(struct idem__table_array *a)
+{
+    size_t i;
+
+    for (i = 0; i <= a->mask; i++)
+        atomic_store_explicit(&a->slots[i], IDEM__TABLE_EMPTY,
+                              memory_order_release);
+    a->used = 0;
+}
+
+void idem__table_clear(struct idem__table *t)
+{
+    struct idem__table_array *a = head_of(t), *fresh = NULL;
+
+    if (t->to || a->mask + 1 > IDEM__TABLE_MIN)
+        fresh = array_new(&t->env, IDEM__TABLE_MIN);
+    t->count = 0;
+    if (!fresh) {
+        wipe(a);
+        if (t->to)
+            wipe(t->to);
+        return;
+    }
+    if (t->to)
+        retire(t, t->to);
+    t->to = NULL;
+    atomic_store_explicit(&t->head, fresh, memory_order_release);
+    retire(t, a);
+}
+
+static int foreach_array(struct idem__table_array *a,
+                         int (*fn)(void *item, void *ud), void *ud)
+{
+    uint64_t s;
+    size_t i;
+    int rc;
+
+    for (i = 0; i <= a->mask; i++) {
+        s = atomic_load_explicit(&a->slots[i], memory_order_relaxed);
+        if (s > IDEM__TABLE_TOMB && (rc = fn(idem__table_item(s), ud)) != 0)
+            return rc;
+    }
+    return 0;
+}
+
+int idem__table_foreach(const struct idem__table *t,
+                        int (*fn)(void *item, void *ud), void *ud)
+{
+    int rc = foreach_array(head_of(t), fn, ud);
+
+    if (rc == 0 && t->to)
+        rc = foreach_array(t->to, fn, ud);
+    return rc;
+}
