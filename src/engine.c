@@ -261,9 +261,10 @@ static bool method_covered(const struct idem_engine *e,
 {
     size_t i;
 
+    /* strncmp stops at the method's end: no strlen per call */
     for (i = 0; i < e->nmethods; i++)
-        if (strlen(e->methods[i]) == r->method_len &&
-            memcmp(e->methods[i], r->method, r->method_len) == 0)
+        if (strncmp(e->methods[i], r->method, r->method_len) == 0 &&
+            e->methods[i][r->method_len] == '\0')
             return true;
     return false;
 }
@@ -384,8 +385,8 @@ static void set_replay(struct idem_call *call, struct idem__blob *blob,
     struct idem__header_iter it;
     size_t n = 0;
 
-    call->replay_hdrs = NULL;
-    if (v->rec.nheaders &&
+    call->replay_hdrs = call->inline_hdrs;
+    if (v->rec.nheaders > IDEM__INLINE_HEADERS &&
         !(call->replay_hdrs = idem__alloc(
               &call->e->env, v->rec.nheaders * sizeof(struct idem_header)))) {
         idem__blob_release(blob);
@@ -527,7 +528,9 @@ int idem_call_decide(struct idem_call *call, idem_decide_cb cb, void *ud,
     new_token(call);
     call->cb = cb;
     call->cb_ud = ud;
-    call->deadline_ms = e->env.now_ms(e->env.ud) + (uint64_t)e->wait_ms;
+    /* a bound only a wait needs: no clock read otherwise */
+    if (e->conflict == IDEM_CONFLICT_WAIT)
+        call->deadline_ms = e->env.now_ms(e->env.ud) + (uint64_t)e->wait_ms;
     if (e->wait_ops->decide(call) == IDEM_EINPROGRESS)
         return IDEM_EINPROGRESS;
     idem__engine_count(e, call->d.outcome);
@@ -571,7 +574,8 @@ void idem_call_free(struct idem_call *call)
         idem_call_unknown(call, NULL, NULL); /* it may have run */
     idem__fp_cancel(&call->fp);
     idem__blob_release(&call->blob);
-    idem__free(&call->e->env, call->replay_hdrs);
+    if (call->replay_hdrs != call->inline_hdrs)
+        idem__free(&call->e->env, call->replay_hdrs);
     idem__free(&call->e->env, call);
 }
 

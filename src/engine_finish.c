@@ -56,10 +56,15 @@ static bool keep_header(const struct idem_response *resp,
                                                      .headers = &probe }) != 0;
 }
 
-/* Encode resp as a completed record into a fresh buffer (*buf_out); its
- * body left out if omit or longer than max_stored_body. */
+#define KEPT_INLINE 32     /* headers sorted on the stack */
+#define RECORD_INLINE 1024 /* records encoded on the stack */
+
+/* Encode resp as a completed record into *buf_out: stack (RECORD_INLINE
+ * bytes) when it fits, else a fresh buffer; its body left out if omit or
+ * longer than max_stored_body. */
 static int encode_done(struct idem_call *call, const struct idem_response *resp,
-                       bool omit, uint8_t **buf_out, size_t *len_out)
+                       bool omit, uint8_t *stack, uint8_t **buf_out,
+                       size_t *len_out)
 {
     struct idem_engine *e = call->e;
     uint64_t wall = e->env.wall_ms(e->env.ud);
@@ -67,12 +72,12 @@ static int encode_done(struct idem_call *call, const struct idem_response *resp,
                               .status = resp->status,
                               .created_ms = wall,
                               .expires_ms = wall + (uint64_t)e->lifetime_ms };
-    struct idem_header *kept;
+    struct idem_header inline_kept[KEPT_INLINE], *kept = inline_kept;
     size_t i, n = 0, size;
     int rc = IDEM_ENOMEM;
 
-    kept = idem__alloc(&e->env, (resp->nheaders + 1) * sizeof(*kept));
-    if (!kept)
+    if (resp->nheaders > KEPT_INLINE &&
+        !(kept = idem__alloc(&e->env, resp->nheaders * sizeof(*kept))))
         return IDEM_ENOMEM;
     for (i = 0; i < resp->nheaders; i++)
         if (keep_header(resp, &resp->headers[i]))
@@ -85,11 +90,13 @@ static int encode_done(struct idem_call *call, const struct idem_response *resp,
     else
         r.body = resp->body, r.body_len = resp->body_len;
     size = idem__record_size(&r);
+    *buf_out = size <= RECORD_INLINE ? stack : idem__alloc(&e->env, size);
     if (size == 0)
         rc = IDEM_EINVAL;
-    else if ((*buf_out = idem__alloc(&e->env, size)))
+    else if (*buf_out)
         rc = idem__record_encode(&r, *buf_out, size, len_out);
-    idem__free(&e->env, kept);
+    if (kept != inline_kept)
+        idem__free(&e->env, kept);
     return rc;
 }
 
@@ -246,25 +253,30 @@ static int store_done(struct idem_call *call, const struct idem_response *resp,
 {
     struct idem_engine *e = call->e;
     size_t room = idem_store_max_record(e->store), len = 0;
+    uint8_t stack[RECORD_INLINE], *buf;
     bool omit = false, retry;
-    uint8_t *buf;
     int rc;
 
     do {
         buf = NULL;
-        rc = encode_done(call, resp, omit, &buf, &len);
+        rc = encode_done(call, resp, omit, stack, &buf, &len);
         if (rc == IDEM_OK && !omit && resp->body_len &&
             len + call->klen > room) {
-            idem__free(&e->env, buf);
+            if (buf != stack)
+                idem__free(&e->env, buf);
             omit = retry = true;
             continue;
         }
-        if (rc != IDEM_OK)
+        if (rc != IDEM_OK) {
+            if (buf != stack)
+                idem__free(&e->env, buf);
             return settled(e, IDEM__OP_COMPLETE, rc, call->skey, call->klen);
+        }
         retry = !omit && resp->body_len;
         rc = store_op(call, IDEM__OP_COMPLETE, buf, len, e->lifetime_ms, cb, ud,
                       retry);
-        idem__free(&e->env, buf);
+        if (buf != stack)
+            idem__free(&e->env, buf);
         retry = retry && no_room(rc);
         omit = omit || retry;
     } while (retry);

@@ -17,6 +17,7 @@
 
 #define IDEM__MAX_SCOPE_HEADERS 16
 #define IDEM__MAX_FP_HEADERS 16
+#define IDEM__INLINE_HEADERS 8 /* replayed headers kept in the call */
 
 enum call_state {
     CALL_NEW = 0,
@@ -77,6 +78,8 @@ struct idem_call {
     struct idem_decision d;
     struct idem__blob blob;          /* REPLAY: the record's bytes */
     struct idem_header *replay_hdrs; /* REPLAY: views into blob */
+    /* replay_hdrs when they are few, sparing an allocation per replay */
+    struct idem_header inline_hdrs[IDEM__INLINE_HEADERS];
     /* wait mode; wlink (on e->waiting while listed) is guarded by
      * e->wait_mu */
     idem_decide_cb cb;

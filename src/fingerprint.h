@@ -1,11 +1,18 @@
-/* Request digests (SHA-256 through OpenSSL's EVP): the fingerprint that
- * tells a retry from a different request under the same key, and the scope
- * that keeps one client's keys apart from another's. */
+/* Request digests (SHA-256, OpenSSL's): the fingerprint that tells a retry
+ * from a different request under the same key, and the scope that keeps
+ * one client's keys apart from another's. */
 #ifndef IDEM_FINGERPRINT_H
 #define IDEM_FINGERPRINT_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+/* The SHA-256 context type of OpenSSL's low-level API: a plain struct, so
+ * a digest allocates nothing (fingerprint.c says why it is used). */
+#ifndef OPENSSL_SUPPRESS_DEPRECATED
+#define OPENSSL_SUPPRESS_DEPRECATED
+#endif
+#include <openssl/sha.h>
 
 #include "idem/engine.h"
 
@@ -26,9 +33,10 @@ struct idem__fp_input {
 };
 
 /* An incremental fingerprint: begin, update with the body as it arrives,
- * final. Owned by one request; final or cancel frees it. */
+ * final. Owned by one request; final or cancel ends it. No allocation. */
 struct idem__fp {
-    void *ctx; /* EVP_MD_CTX */
+    void *ctx; /* &sha while a digest is under way, else NULL */
+    SHA256_CTX sha;
 };
 
 /* Load SHA-256 from OpenSSL now, not on the first request: OpenSSL's

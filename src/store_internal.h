@@ -79,5 +79,4 @@ struct idem_store {
     const struct idem__store_ops *ops;
 };
 
-
 #endif

@@ -1,11 +1,10 @@
-/* The memory store: records live in an idem_cache (in-flight ones pinned,
- * so eviction takes only completed records), and a keylock makes each
- * read-check-write on one key atomic. Lease and lifetime are cache TTLs,
- * so an abandoned lease frees its key at its exact end. */
+/* The memory store: records live in an idem_cache, in-flight ones pinned
+ * so that eviction takes only completed records. Each operation is one
+ * or two cache steps, each atomic under the key's shard lock
+ * (get-or-insert, replace-if): no per-key lock. */
 #include <string.h>
 
 #include "idem/cache.h"
-#include "idem/keylock.h"
 #include "internal.h"
 #include "record.h"
 #include "store_internal.h"
@@ -19,90 +18,92 @@ static void value_release(void *ctx)
     idem_cache_value_release(ctx);
 }
 
-/* Key's record, decoded, with its handle in *v (caller releases).
- * IDEM_OK, IDEM_ENOTFOUND, IDEM_EINVAL (undecodable). */
-static int get_record(struct idem__memory_store *ms, const void *key,
-                      size_t klen, struct idem_cache_value **v,
-                      struct idem__record_view *view)
-{
-    int rc = idem_cache_get(ms->cache, key, klen, v);
-
-    if (rc != IDEM_OK)
-        return rc;
-    rc = idem__record_decode(idem_cache_value_data(*v),
-                             idem_cache_value_len(*v), view);
-    if (rc != IDEM_OK) {
-        idem_cache_value_release(*v);
-        *v = NULL;
-    }
-    return rc;
-}
-
-/* Whether v holds an in-flight record whose lease ended by wall_ms. */
-static bool lapsed(struct idem_cache_value *v, uint64_t wall_ms)
+/* Whether rec (rlen bytes) is an in-flight record whose lease ended by
+ * wall_ms. */
+static bool lapsed(const void *rec, size_t rlen, uint64_t wall_ms)
 {
     struct idem__record_view view;
 
-    return idem__record_decode(idem_cache_value_data(v),
-                               idem_cache_value_len(v), &view) == IDEM_OK &&
+    if (rlen <= IDEM__RECORD_STATE_OFF ||
+        ((const uint8_t *)rec)[IDEM__RECORD_STATE_OFF] != IDEM__REC_INFLIGHT)
+        return false; /* done or unknown: no lease; spare the decode */
+    return idem__record_decode(rec, rlen, &view) == IDEM_OK &&
            view.rec.state == IDEM__REC_INFLIGHT &&
            view.rec.expires_ms <= wall_ms;
 }
 
-/* Under key's lock: the in-flight record in *v, whose owner's lease ran
- * out, becomes an "outcome unknown" record for ttl_ms, evictable; *v is
- * then that record. IDEM_OK or a cache failure (*v released). */
-static int hold_unknown_locked(struct idem__memory_store *ms, const void *key,
-                               size_t klen, struct idem_cache_value **v,
-                               int64_t ttl_ms)
-{
-    uint8_t buf[256];
-    size_t len = idem_cache_value_len(*v);
-    int rc = IDEM_EINVAL;
+/* replace_if checks, run under the shard's lock. */
+struct same_bytes {
+    const void *data;
+    size_t len;
+};
 
-    if (ALWAYS(len <= sizeof(buf))) {
-        memcpy(buf, idem_cache_value_data(*v), len);
-        buf[IDEM__RECORD_STATE_OFF] = IDEM__REC_UNKNOWN;
-        rc = idem_cache_set(ms->cache, key, klen, buf, len, ttl_ms);
+static bool is_same(const void *cur, size_t len, void *ud)
+{
+    const struct same_bytes *b = ud;
+
+    return len == b->len && memcmp(cur, b->data, len) == 0;
+}
+
+static bool is_owned(const void *cur, size_t len, void *ud)
+{
+    const uint8_t *token = idem__record_token(cur, len);
+
+    return token &&
+           ((const uint8_t *)cur)[IDEM__RECORD_STATE_OFF] ==
+               IDEM__REC_INFLIGHT &&
+           memcmp(token, ud, IDEM__TOKEN_LEN) == 0;
+}
+
+/* The in-flight record cur (its lease ran out on its owner) becomes an
+ * "outcome unknown" record, evictable, unless the key changed meanwhile.
+ * IDEM_OK (it is the key's record now), IDEM_ESTALE, or a cache failure. */
+static int hold_unknown(struct idem__memory_store *ms, const void *key,
+                        size_t klen, struct idem_cache_value *cur,
+                        int64_t ttl_ms)
+{
+    struct same_bytes was = { idem_cache_value_data(cur),
+                              idem_cache_value_len(cur) };
+    uint8_t buf[256];
+
+    if (!ALWAYS(was.len <= sizeof(buf)))
+        return IDEM_EINVAL;
+    memcpy(buf, was.data, was.len);
+    buf[IDEM__RECORD_STATE_OFF] = IDEM__REC_UNKNOWN;
+    return idem_cache_replace_if(ms->cache, key, klen, is_same, &was, buf,
+                                 was.len, ttl_ms, IDEM_CACHE_UNPIN);
+}
+
+/* A record found under the key, as begin answers it: the lapsed lease
+ * judged first. IDEM_EEXIST with *existing_out; IDEM_OK (taken over);
+ * IDEM_ESTALE (the key changed meanwhile: look again); a cache failure. */
+static int found(struct idem__memory_store *ms, const void *key, size_t klen,
+                 const void *rec, size_t rlen, const struct idem__begin_args *a,
+                 struct idem_cache_value *v, struct idem__blob *existing_out)
+{
+    struct same_bytes was = { idem_cache_value_data(v),
+                              idem_cache_value_len(v) };
+    int rc;
+
+    if (!lapsed(was.data, was.len, a->wall_ms)) {
+        *existing_out =
+            (struct idem__blob){ was.data, was.len, value_release, v };
+        return IDEM_EEXIST;
     }
-    idem_cache_value_release(*v);
-    *v = NULL;
-    if (rc == IDEM_OK) {
-        idem_cache_unpin(ms->cache, key, klen);
-        rc = idem_cache_get(ms->cache, key, klen, v);
-    }
+    if (a->hold)
+        rc = hold_unknown(ms, key, klen, v, a->unknown_ttl_ms);
+    else /* take the key over; its pin carries over */
+        rc = idem_cache_replace_if(ms->cache, key, klen, is_same, &was, rec,
+                                   rlen, a->ttl_ms, 0);
+    idem_cache_value_release(v);
+    if (rc == IDEM_OK && a->hold)
+        return IDEM_ESTALE; /* look again: the unknown record is found */
     return rc;
 }
 
-/* Under key's lock: begin, as the ops table says. */
-static int begin_locked(struct idem__memory_store *ms, const void *key,
-                        size_t klen, const void *rec, size_t rlen,
-                        const struct idem__begin_args *a,
-                        struct idem__blob *existing_out)
-{
-    struct idem_cache_value *v;
-    int rc = idem_cache_get(ms->cache, key, klen, &v);
-
-    if (rc == IDEM_OK && lapsed(v, a->wall_ms)) {
-        if (a->hold)
-            rc = hold_unknown_locked(ms, key, klen, &v, a->unknown_ttl_ms);
-        else { /* take the key over; its pin carries over */
-            idem_cache_value_release(v);
-            return idem_cache_set(ms->cache, key, klen, rec, rlen, a->ttl_ms);
-        }
-    }
-    if (rc == IDEM_OK) {
-        *existing_out =
-            (struct idem__blob){ idem_cache_value_data(v),
-                                 idem_cache_value_len(v), value_release, v };
-        return IDEM_EEXIST;
-    }
-    if (rc == IDEM_ENOTFOUND)
-        rc = idem_cache_set_ex(ms->cache, key, klen, rec, rlen, a->ttl_ms,
-                               IDEM_CACHE_PIN);
-    return rc == IDEM_EBUSY ? IDEM_ENOSPC : rc; /* nothing may go for it */
-}
-
+/* begin in two steps at most, each atomic under the cache's shard lock:
+ * get-or-insert the pinned in-flight record; a lapsed lease found is
+ * replaced if it is still the key's record. No keylock. */
 static int ms_begin(struct idem_store *s, const void *key, size_t klen,
                     const void *rec, size_t rlen,
                     const struct idem__begin_args *args,
@@ -110,55 +111,36 @@ static int ms_begin(struct idem_store *s, const void *key, size_t klen,
                     void *ud)
 {
     struct idem__memory_store *ms = (struct idem__memory_store *)s;
-    int rc = idem_keylock_lock(ms->locks, key, klen);
+    struct idem_cache_value *v;
+    int rc, tries = 0;
 
     (void)done;
     (void)ud;
-    if (rc != IDEM_OK)
-        return rc;
-    rc = begin_locked(ms, key, klen, rec, rlen, args, existing_out);
-    idem_keylock_unlock(ms->locks, key, klen);
-    return rc;
+    do {
+        rc = idem_cache_get_or_insert(ms->cache, key, klen, rec, rlen,
+                                      args->ttl_ms, IDEM_CACHE_PIN, &v);
+        if (rc == IDEM_EEXIST)
+            rc = found(ms, key, klen, rec, rlen, args, v, existing_out);
+    } while (rc == IDEM_ESTALE && ++tries < 8);
+    if (rc == IDEM_ESTALE)
+        rc = IDEM_EBUSY; /* the key keeps changing under us: say busy */
+    return rc == IDEM_EBUSY ? IDEM_ENOSPC : rc; /* nothing may go for it */
 }
 
-/* Whether key holds an in-flight record owned by token. */
-static bool owned_locked(struct idem__memory_store *ms, const void *key,
-                         size_t klen, const uint8_t *token)
-{
-    struct idem__record_view view;
-    struct idem_cache_value *v;
-    bool owned;
-
-    if (get_record(ms, key, klen, &v, &view) != IDEM_OK)
-        return false;
-    owned = view.rec.state == IDEM__REC_INFLIGHT &&
-            memcmp(view.rec.token, token, IDEM__TOKEN_LEN) == 0;
-    idem_cache_value_release(v);
-    return owned;
-}
-
-/* Under key's lock: if its record is in flight under token, replace it
- * with rec for ttl_ms (rec NULL: remove it). A record that leaves flight
- * becomes evictable. IDEM_OK, IDEM_ESTALE, a cache failure. */
+/* If key's record is in flight under token, replace it with rec for
+ * ttl_ms (rec NULL: remove it), atomically under the shard's lock; a
+ * record that leaves flight loses its pin. IDEM_OK, IDEM_ESTALE, a cache
+ * failure. */
 static int settle(struct idem_store *s, const void *key, size_t klen,
                   const uint8_t *token, const uint8_t *rec, size_t rlen,
                   int64_t ttl_ms)
 {
     struct idem__memory_store *ms = (struct idem__memory_store *)s;
-    int rc = idem_keylock_lock(ms->locks, key, klen);
+    bool leaves = !rec || rec[IDEM__RECORD_STATE_OFF] != IDEM__REC_INFLIGHT;
 
-    if (rc != IDEM_OK)
-        return rc;
-    if (!owned_locked(ms, key, klen, token))
-        rc = IDEM_ESTALE;
-    else if (!rec)
-        rc = idem_cache_remove(ms->cache, key, klen);
-    else if ((rc = idem_cache_set(ms->cache, key, klen, rec, rlen, ttl_ms)) ==
-                 IDEM_OK &&
-             rec[IDEM__RECORD_STATE_OFF] != IDEM__REC_INFLIGHT)
-        idem_cache_unpin(ms->cache, key, klen);
-    idem_keylock_unlock(ms->locks, key, klen);
-    return rc;
+    return idem_cache_replace_if(ms->cache, key, klen, is_owned, (void *)token,
+                                 rec, rlen, ttl_ms,
+                                 leaves && rec ? IDEM_CACHE_UNPIN : 0);
 }
 
 static int ms_complete(struct idem_store *s, const void *key, size_t klen,
@@ -182,10 +164,16 @@ static int ms_abort(struct idem_store *s, const void *key, size_t klen,
 
 static size_t ms_max_record(struct idem_store *s)
 {
-    struct idem__memory_store *ms = (struct idem__memory_store *)s;
+    return ((struct idem__memory_store *)s)->max_record;
+}
+
+/* The largest record one shard's share of the cache holds (fixed once
+ * the cache exists). */
+static size_t room_of(struct idem_cache *c)
+{
     struct idem_cache_stats cs;
 
-    idem_cache_stats(ms->cache, &cs);
+    idem_cache_stats(c, &cs);
     return cs.shard_max_bytes > IDEM_CACHE_ENTRY_OVERHEAD
                ? (size_t)cs.shard_max_bytes - IDEM_CACHE_ENTRY_OVERHEAD
                : 0;
@@ -244,7 +232,6 @@ static void ms_stats(struct idem_store *s, struct idem_store_stats *out)
         .evicted_age_ms_sum = atomic_load(&ms->evicted_age_sum),
         .youngest_evicted_ms = atomic_load(&ms->youngest_evicted),
         .expired = cs.expired,
-        .lock_entries = idem_keylock_count(ms->locks),
     };
     for (int i = 0; i < IDEM_EVICT_AGE_BUCKETS; i++)
         out->evicted_by_age[i] = atomic_load(&ms->evicted_by_age[i]);
@@ -255,7 +242,6 @@ static void ms_free(struct idem_store *s)
     struct idem__memory_store *ms = (struct idem__memory_store *)s;
 
     idem_cache_free(ms->cache);
-    idem_keylock_free(ms->locks);
     idem__free(&ms->env, ms);
 }
 
@@ -288,7 +274,6 @@ int idem_store_memory_new(const struct idem_store_memory_opts *opts,
     struct idem_store_memory_opts o =
         opts ? *opts : (struct idem_store_memory_opts){ 0 };
     struct idem_cache_opts co = { 0 };
-    struct idem_keylock_opts ko = { 0 };
     struct idem__memory_store *ms;
     struct idem_env env;
     int rc;
@@ -305,12 +290,12 @@ int idem_store_memory_new(const struct idem_store_memory_opts *opts,
     atomic_init(&ms->youngest_evicted, UINT64_MAX);
     co.max_bytes = o.max_memory ? o.max_memory : DEFAULT_MAX_MEMORY;
     co.shards = shards_for(&o, co.max_bytes);
-    co.env = ko.env = &ms->env;
+    co.env = &ms->env;
     co.evict = may_evict;
     co.evict_ud = ms;
     rc = idem_cache_new(&co, &ms->cache);
     if (rc == IDEM_OK)
-        rc = idem_keylock_new(&ko, &ms->locks);
+        ms->max_record = room_of(ms->cache);
     if (rc != IDEM_OK) {
         ms_free(&ms->base);
         return rc;

@@ -136,7 +136,7 @@ static void test_streaming_equals_one_shot(void **state)
     struct idem__fp_input in = base();
     const char body[] = "a body that arrives one byte at a time";
     uint8_t one[IDEM_FP_LEN], streamed[IDEM_FP_LEN];
-    struct idem__fp fp = { NULL };
+    struct idem__fp fp = { .ctx = NULL };
     size_t i;
 
     (void)state;
@@ -157,7 +157,7 @@ static void test_streaming_equals_one_shot(void **state)
 static void test_bad_arguments(void **state)
 {
     struct idem__fp_input in = base();
-    struct idem__fp fp = { NULL };
+    struct idem__fp fp = { .ctx = NULL };
     uint8_t d[IDEM_FP_LEN];
 
     (void)state;
@@ -201,6 +201,41 @@ static void test_scopes(void **state)
     assert_memory_not_equal(a, r, IDEM__SCOPE_LEN);
 }
 
+/* The thread's last scope is remembered: a hit must be what a fresh digest
+ * gives, and only for exactly the same inputs. */
+static void test_scope_memo_is_exact(void **state)
+{
+    static char big[700];
+    static const struct idem_header empty[] = { { S("Authorization"), "", 0 } };
+    static const struct idem_header absent[] = { { S("Authorization"), NULL,
+                                                   0 } };
+    struct idem_header alice = { S("Authorization"), S("Bearer alice") },
+                       long_value = { S("Authorization"), big, sizeof(big) };
+    uint8_t first[IDEM__SCOPE_LEN], again[IDEM__SCOPE_LEN],
+        other[IDEM__SCOPE_LEN];
+
+    (void)state;
+    memset(big, 'v', sizeof(big));
+    assert_int_equal(idem__scope_digest(NULL, 0, &alice, 1, first), IDEM_OK);
+    assert_int_equal(idem__scope_digest(NULL, 0, empty, 1, other), IDEM_OK);
+    assert_int_equal(idem__scope_digest(NULL, 0, absent, 1, again), IDEM_OK);
+    assert_memory_not_equal(other, again, IDEM__SCOPE_LEN); /* "" vs none */
+    assert_int_equal(idem__scope_digest(NULL, 0, &alice, 1, again), IDEM_OK);
+    assert_memory_equal(first, again, IDEM__SCOPE_LEN);
+    assert_int_equal(idem__scope_digest(S("/a"), &alice, 1, again), IDEM_OK);
+    assert_memory_not_equal(first, again, IDEM__SCOPE_LEN);
+    /* too long to remember: computed each time, the same each time */
+    assert_int_equal(idem__scope_digest(NULL, 0, &long_value, 1, first),
+                     IDEM_OK);
+    assert_int_equal(idem__scope_digest(NULL, 0, &long_value, 1, again),
+                     IDEM_OK);
+    assert_memory_equal(first, again, IDEM__SCOPE_LEN);
+    big[699] = 'w';
+    assert_int_equal(idem__scope_digest(NULL, 0, &long_value, 1, again),
+                     IDEM_OK);
+    assert_memory_not_equal(first, again, IDEM__SCOPE_LEN);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -211,6 +246,7 @@ int main(void)
         cmocka_unit_test(test_streaming_equals_one_shot),
         cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_scopes),
+        cmocka_unit_test(test_scope_memo_is_exact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,8 @@
 /* The memory store under the engine: eviction takes completed records
  * only, and snapshots survive a restart but never a damaged file. */
+#include <pthread.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -301,6 +303,60 @@ static void test_no_min_retention_evicts_young(void **state)
     finish(e, s);
 }
 
+/* -- Atomicity without a per-key lock ------------------------------------ */
+
+#define RACE_THREADS 4
+#define RACE_KEYS 2000
+
+struct race {
+    struct idem_engine *e;
+    atomic_int proceeded[RACE_KEYS];
+};
+
+/* Every thread runs every key: exactly one of them may proceed on each. */
+static void *race_run(void *arg)
+{
+    struct race *r = arg;
+    struct idem_decision d;
+    struct idem_call *call;
+    struct treq t;
+    char key[16];
+    int i;
+
+    for (i = 0; i < RACE_KEYS; i++) {
+        snprintf(key, sizeof(key), "r-%d", i);
+        treq_init(&t, "POST", "/o", key, NULL, "{}");
+        if (run_call(r->e, &t, &call, &d) == IDEM_OUTCOME_PROCEED) {
+            atomic_fetch_add(&r->proceeded[i], 1);
+            complete_with(call, 201, "ok", NULL);
+        } else {
+            idem_call_free(call);
+        }
+    }
+    return NULL;
+}
+
+static void test_one_proceeds_under_races(void **state)
+{
+    static struct race r;
+    pthread_t th[RACE_THREADS];
+    struct idem_store *s;
+    int i;
+
+    (void)state;
+    test_env_init(&te, 1000);
+    r.e = engine_over(0, &s);
+    for (i = 0; i < RACE_KEYS; i++)
+        atomic_init(&r.proceeded[i], 0);
+    for (i = 0; i < RACE_THREADS; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, race_run, &r), 0);
+    for (i = 0; i < RACE_THREADS; i++)
+        pthread_join(th[i], NULL);
+    for (i = 0; i < RACE_KEYS; i++)
+        assert_int_equal(atomic_load(&r.proceeded[i]), 1);
+    finish(r.e, s);
+}
+
 static void test_snapshot_round_trip(void **state)
 {
     struct idem_snapshot_stats ss;
@@ -452,6 +508,7 @@ int main(void)
         cmocka_unit_test(test_no_room_keeps_status_and_headers),
         cmocka_unit_test(test_failed_completion_holds_the_key),
         cmocka_unit_test(test_min_retention_refuses_when_full),
+        cmocka_unit_test(test_one_proceeds_under_races),
         cmocka_unit_test(test_no_min_retention_evicts_young),
         cmocka_unit_test_setup_teardown(
             test_snapshot_that_does_not_fit_loads_nothing, make_path,

@@ -53,8 +53,10 @@ struct idem_store_stats {
     /* the age in ms of the youngest record evicted so far; UINT64_MAX:
      * none */
     uint64_t youngest_evicted_ms;
-    uint64_t expired;      /* records whose lifetime or lease ended */
-    uint64_t lock_entries; /* per-key lock entries now: 0 when idle */
+    uint64_t expired; /* records whose lifetime or lease ended */
+    /* per-key lock entries now: always 0 (the memory store takes none;
+     * each operation is atomic under its cache shard's lock) */
+    uint64_t lock_entries;
 };
 
 struct idem_snapshot_stats {
@@ -66,8 +68,9 @@ struct idem_snapshot_stats {
     uint64_t refused;
 };
 
-/* An in-memory store: records in a TTL cache, per-key atomicity from a
- * keylock. IDEM_OK, IDEM_EINVAL, IDEM_ENOMEM. */
+/* An in-memory store: records in a TTL cache; each operation is one or
+ * two cache steps (get-or-insert, replace-if), each atomic under the key's
+ * shard lock. IDEM_OK, IDEM_EINVAL, IDEM_ENOMEM. */
 IDEM_API int idem_store_memory_new(const struct idem_store_memory_opts *opts,
                                    struct idem_store **store_out);
 
