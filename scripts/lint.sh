@@ -27,6 +27,16 @@ for f in $sources; do
     fi
 done
 
+# idemproxy is a user of libidem like any other: from the library it
+# includes only the public idem/*.h headers (STYLE 21).
+if grep -nE '^#include "' src/proxy/*.c src/proxy/*.h |
+    grep -vE '"(idem/[a-z_]+\.h|[a-z_]+\.h)"' ||
+    grep -nE '^#include "([a-z_]+)\.h"' src/proxy/*.c src/proxy/*.h |
+    grep -vE '"(config|log|metrics|proxy|http|target)\.h"'; then
+    echo "lint: src/proxy includes a library header that is not idem/*.h" >&2
+    status=1
+fi
+
 for h in include/idem/*.h; do
     if ! printf '#include "%s"\n' "${h#include/}" |
         cc -std=c11 -Wall -Wextra -Werror -Iinclude -fsyntax-only -x c -; then

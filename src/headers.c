@@ -46,3 +46,15 @@ bool idem_header_is_hop_by_hop(const char *name, size_t len)
             return true;
     return false;
 }
+
+bool idem_header_name_is(const char *name, size_t len, const char *want)
+{
+    return want && idem__name_is(name, len, want);
+}
+
+bool idem_header_list_has(const char *value, size_t len, const char *token,
+                          size_t tlen)
+{
+    return (value || !len) && (token || !tlen) &&
+           idem__list_has(value, len, token, tlen);
+}

@@ -307,6 +307,17 @@ IDEM_API int idem_call_renew(struct idem_call *call, idem_finish_cb cb,
  * Trailer, Transfer-Encoding, Upgrade. Case-insensitive. */
 IDEM_API bool idem_header_is_hop_by_hop(const char *name, size_t len);
 
+/* Whether the header name (len bytes) is want, ignoring ASCII case, as
+ * HTTP field names compare (RFC 9110 5.1). want is NUL-terminated. */
+IDEM_API bool idem_header_name_is(const char *name, size_t len,
+                                  const char *want);
+
+/* Whether a comma-separated field value (len bytes) lists token (tlen
+ * bytes), ignoring ASCII case; elements are trimmed of spaces and tabs
+ * (e.g. "Connection: keep-alive, Upgrade" lists "upgrade"). */
+IDEM_API bool idem_header_list_has(const char *value, size_t len,
+                                   const char *token, size_t tlen);
+
 /* The name of an outcome ("proceed", "replay", ...), for logs and metrics. */
 IDEM_API const char *idem_outcome_name(enum idem_outcome o);
 

@@ -327,7 +327,7 @@ static int on_headers_complete(llhttp_t *p)
         p->content_length > cfg->max_body)
         return defer_refusal(c, 413, "the request body is too large", "error");
     c->state = CS_BODY;
-    if (expect && idem__list_has(expect, len, "100-continue", 12) &&
+    if (expect && idem_header_list_has(expect, len, "100-continue", 12) &&
         p->http_minor >= 1)
         evbuffer_add_printf(conn_out(c), "HTTP/1.1 100 Continue\r\n\r\n");
     return c->streaming ? HPE_PAUSED : 0; /* conn_parse forwards the head */

@@ -332,7 +332,7 @@ const char *http_head_get(const struct http_head *h, const char *name,
     for (i = 0; i < h->nfields; i++) {
         const struct http_field *f = &h->fields[i];
 
-        if (idem__name_is(h->bytes + f->name_off, f->name_len, name)) {
+        if (idem_header_name_is(h->bytes + f->name_off, f->name_len, name)) {
             *len_out = f->value_len;
             return h->bytes + f->value_off;
         }
@@ -345,8 +345,8 @@ unsigned http_head_count(const struct http_head *h, const char *name)
     unsigned i, n = 0;
 
     for (i = 0; i < h->nfields; i++)
-        n += idem__name_is(h->bytes + h->fields[i].name_off,
-                           h->fields[i].name_len, name);
+        n += idem_header_name_is(h->bytes + h->fields[i].name_off,
+                                 h->fields[i].name_len, name);
     return n;
 }
 
@@ -358,7 +358,7 @@ bool http_hop_by_hop(const struct http_head *h, const struct http_field *f)
     if (idem_header_is_hop_by_hop(name, f->name_len))
         return true;
     conn = http_head_get(h, "Connection", &conn_len);
-    return conn && idem__list_has(conn, conn_len, name, f->name_len);
+    return conn && idem_header_list_has(conn, conn_len, name, f->name_len);
 }
 
 int http_add_field(struct evbuffer *out, const struct http_head *h,

@@ -10,7 +10,6 @@
 #include <stddef.h>
 
 #include "idem/engine.h"
-#include "internal.h" /* idem__name_is, idem__list_has */
 
 /* A header as offsets into its head's bytes. */
 struct http_field {

@@ -13,8 +13,8 @@ static bool relay_header(const struct http_head *h, const struct http_field *f)
     const char *name = h->bytes + f->name_off;
 
     return !http_hop_by_hop(h, f) &&
-           !idem__name_is(name, f->name_len, "Content-Length") &&
-           !idem__name_is(name, f->name_len, "Idempotency-Policy");
+           !idem_header_name_is(name, f->name_len, "Content-Length") &&
+           !idem_header_name_is(name, f->name_len, "Idempotency-Policy");
 }
 
 /* The status line and the fields of u's head that go to the client, with

@@ -159,8 +159,9 @@ static bool retry(struct upstream *u)
 
     if (!u->reused || u->got_bytes || c->retried ||
         c->decision.outcome == IDEM_OUTCOME_PROCEED ||
-        !(idem__name_is(m, n, "GET") || idem__name_is(m, n, "HEAD") ||
-          idem__name_is(m, n, "OPTIONS")))
+        !(idem_header_name_is(m, n, "GET") ||
+          idem_header_name_is(m, n, "HEAD") ||
+          idem_header_name_is(m, n, "OPTIONS")))
         return false;
     c->retried = true;
     u->conn = NULL;
@@ -247,10 +248,10 @@ static bool forward_header(const struct http_head *h,
     size_t i;
 
     if (h->authority_len &&
-        idem__name_is(h->bytes + f->name_off, f->name_len, "Host"))
+        idem_header_name_is(h->bytes + f->name_off, f->name_len, "Host"))
         return false;
     for (i = 0; i < sizeof(own) / sizeof(own[0]); i++)
-        if (idem__name_is(h->bytes + f->name_off, f->name_len, own[i]))
+        if (idem_header_name_is(h->bytes + f->name_off, f->name_len, own[i]))
             return false;
     return !http_hop_by_hop(h, f);
 }
@@ -336,8 +337,8 @@ int upstream_forward(struct conn *c)
     u->parser.data = u;
     http_head_reset(&u->head);
     u->got_bytes = u->done = u->keep_alive = false;
-    u->head_only = idem__name_is(c->rd.head.bytes + c->rd.head.method_off,
-                                 c->rd.head.method_len, "HEAD");
+    u->head_only = idem_header_name_is(c->rd.head.bytes + c->rd.head.method_off,
+                                       c->rd.head.method_len, "HEAD");
     if (write_request(c, bufferevent_get_output(u->bev)) != 0 ||
         evtimer_add(c->timer, &tv) != 0) {
         u->conn = NULL; /* part of a request is queued: drop u */
