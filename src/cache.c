@@ -136,7 +136,7 @@ static int shards_init(struct idem_cache *c, uint64_t now)
            ~(uintptr_t)(IDEM_CACHELINE - 1);
     memset((void *)base, 0, bytes);
     c->epoch = (struct idem__epoch *)base;
-    atomic_init(&c->epoch->now, 2);
+    idem__epoch_init(c->epoch);
     c->shards = (struct idem__cache_shard *)(base + head);
     for (i = 0; i < n; i++) {
         if (shard_init(c, &c->shards[i], now) != IDEM_OK)
@@ -222,6 +222,8 @@ void idem_cache_free(struct idem_cache *c)
     for (i = 0; c->shards && i < c->nshards; i++)
         shard_free(c, &c->shards[i]);
     idem_keylock_free(c->flights);
+    if (c->epoch)
+        idem__epoch_deinit(c->epoch);
     idem__free(&c->env, c->shards_mem);
     home = c->home;
     env = c->env;
@@ -559,6 +561,8 @@ int idem__cache_get(struct idem_cache *c, const void *key, size_t klen,
         return IDEM_EINVAL;
     h = idem__hash(key, klen, c->seed);
     slot = idem__epoch_enter(c->epoch);
+    if (slot == IDEM__EPOCH_SLOTS)
+        return get_locked(c, key, klen, counted, value_out);
     sl = &c->epoch->slot[slot];
     e = idem__cache_lookup(&c->shards[idem__stripe_of(h, c->shift)], h, key,
                            klen);

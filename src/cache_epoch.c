@@ -1,61 +1,113 @@
 /* cache epochs: what lets a get probe a shard's table with no lock.
- * A reader takes a slot stamped with the epoch it saw; a writer that
+ * A reader stamps its thread's slot with the epoch it saw; a writer that
  * unlinks an entry keeps it in its shard's limbo until the epoch has
  * moved on twice, which needs every reader inside to have seen the
  * epoch in between: none of them can still hold the entry. Also the
  * cache's view of the clock. docs/internals/cache.md. */
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include "cache_internal.h"
 
-/* Where this thread looks for a free slot first: spread by thread. */
-static IDEM_TLS_FAST _Thread_local unsigned slot_hint;
-static atomic_uint next_hint;
+IDEM_TLS_FAST _Thread_local struct idem__epoch_memo idem__epoch_memo;
+static atomic_uint_fast64_t next_uid;
 
-static unsigned first_slot(void)
+/* Live epochs, so that an exiting thread can give back its slots. */
+static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct idem__list registry = { &registry, &registry };
+static pthread_key_t exit_key;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+atomic_bool idem__epoch_asym;
+
+/* This thread's token: the address of its memo, unique among live
+ * threads. */
+static uintptr_t token(void)
 {
-    if (!slot_hint)
-        slot_hint =
-            atomic_fetch_add_explicit(&next_hint, 1, memory_order_relaxed) + 1;
-    return (slot_hint - 1) % IDEM__EPOCH_SLOTS;
+    return (uintptr_t)&idem__epoch_memo;
 }
 
-/* Record that slots up to i are in use, for the writers' scan. */
-static void note_used(struct idem__epoch *ep, unsigned i)
+static int membarrier(int cmd)
 {
-    unsigned used = atomic_load_explicit(&ep->used, memory_order_relaxed);
+    return (int)syscall(__NR_membarrier, cmd, 0, 0);
+}
 
+/* At thread exit: free every slot the thread owns in a live cache. */
+static void release_slots(void *tok)
+{
+    struct idem__list *n;
+    unsigned i;
+
+    pthread_mutex_lock(&registry_mu);
+    for (n = registry.next; n != &registry; n = n->next) {
+        struct idem__epoch *ep = IDEM_CONTAINER_OF(n, struct idem__epoch, live);
+
+        for (i = 0; i < IDEM__EPOCH_SLOTS; i++)
+            if (atomic_load(&ep->slot[i].owner) == (uintptr_t)tok)
+                atomic_store(&ep->slot[i].owner, 0);
+    }
+    pthread_mutex_unlock(&registry_mu);
+}
+
+static void setup(void)
+{
+    pthread_key_create(&exit_key, release_slots);
+    if (membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0)
+        atomic_store(&idem__epoch_asym, true);
+}
+
+void idem__epoch_init(struct idem__epoch *ep)
+{
+    pthread_once(&once, setup);
+    atomic_init(&ep->now, 2);
+    ep->uid = atomic_fetch_add(&next_uid, 1) + 1;
+    pthread_mutex_lock(&registry_mu);
+    idem__list_push_back(&registry, &ep->live);
+    pthread_mutex_unlock(&registry_mu);
+}
+
+void idem__epoch_deinit(struct idem__epoch *ep)
+{
+    pthread_mutex_lock(&registry_mu);
+    idem__list_remove(&ep->live);
+    pthread_mutex_unlock(&registry_mu);
+}
+
+/* `used` covers the slot before it is ever stamped, so a scan never
+ * stops short of one. */
+unsigned idem__epoch_claim(struct idem__epoch *ep)
+{
+    unsigned i, used;
+    uintptr_t free_, me = token();
+
+    for (i = 0; i < IDEM__EPOCH_SLOTS; i++)
+        if (atomic_load(&ep->slot[i].owner) == me)
+            goto out;
+    for (i = 0; i < IDEM__EPOCH_SLOTS; i++) {
+        free_ = 0;
+        if (atomic_compare_exchange_strong(&ep->slot[i].owner, &free_, me))
+            break;
+    }
+    if (i == IDEM__EPOCH_SLOTS)
+        return i;
+    pthread_setspecific(exit_key, (void *)me);
+    used = atomic_load(&ep->used);
     while (used <= i && !atomic_compare_exchange_weak(&ep->used, &used, i + 1))
         ;
-}
-
-/* The slot's stamp is published with a sequentially consistent CAS, so a
- * writer's later scan sees it, or this reader's probe sees the writer's
- * unlink: never neither. `used` covers the slot before the stamp is
- * published, so a scan never stops short of a stamped slot. */
-unsigned idem__epoch_enter(struct idem__epoch *ep)
-{
-    unsigned i = first_slot();
-    uint_fast64_t idle, stamp;
-
-    for (;; i = (i + 1) % IDEM__EPOCH_SLOTS) {
-        if (i >= atomic_load_explicit(&ep->used, memory_order_relaxed))
-            note_used(ep, i);
-        idle = 0;
-        stamp = atomic_load_explicit(&ep->now, memory_order_relaxed) << 1 | 1;
-        if (atomic_compare_exchange_strong(&ep->slot[i].state, &idle, stamp))
-            return i;
-    }
-}
-
-void idem__epoch_exit(struct idem__epoch *ep, unsigned slot)
-{
-    atomic_store_explicit(&ep->slot[slot].state, 0, memory_order_release);
+out:
+    idem__epoch_memo = (struct idem__epoch_memo){ ep->uid, i };
+    return i;
 }
 
 uint64_t idem__epoch_advance(struct idem__epoch *ep)
 {
     uint_fast64_t e = atomic_load(&ep->now), s;
-    unsigned i, used = atomic_load(&ep->used);
+    unsigned i, used;
 
+    /* Registered, it cannot fail (membarrier(2)). */
+    if (atomic_load_explicit(&idem__epoch_asym, memory_order_relaxed))
+        membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
+    used = atomic_load(&ep->used);
     for (i = 0; i < used; i++) {
         s = atomic_load(&ep->slot[i].state);
         if ((s & 1) && (s >> 1) != e)
@@ -65,7 +117,6 @@ uint64_t idem__epoch_advance(struct idem__epoch *ep)
         return e + 1;
     return e; /* another writer moved it: e now holds the new epoch */
 }
-
 /* -- Time ------------------------------------------------------------ */
 
 void idem__cache_now_init(struct idem__cache_now *t, const struct idem_env *env)

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "idem/cache.h"
 #include "idem/keylock.h"
@@ -56,24 +57,75 @@ _Static_assert(offsetof(struct idem__cache_entry, data) ==
                    IDEM_CACHE_ENTRY_OVERHEAD,
                "IDEM_CACHE_ENTRY_OVERHEAD is the entry header");
 
-/* Epoch-based reclamation for the lock-free get (cache_epoch.c). A reader
- * holds a slot while it probes: state is (epoch << 1) | 1, 0 when free.
- * Its hits and misses are counted in the slot (written only by the
- * holder), so reads share no written line. */
+/* Epoch-based reclamation for the lock-free get (cache_epoch.c). A slot
+ * belongs to one thread (owner, from its first get until it exits); its
+ * state is (epoch << 1) | 1 while the thread is inside a section, 0
+ * otherwise. Its hits and misses are counted in the slot (written only by
+ * the owner), so reads share no written line. */
 struct idem__epoch_slot {
     _Alignas(IDEM_CACHELINE) atomic_uint_fast64_t state;
     atomic_uint_fast64_t hits, misses;
+    atomic_uintptr_t owner; /* the owning thread's token, 0: free */
 };
 
 struct idem__epoch {
     _Alignas(IDEM_CACHELINE) atomic_uint_fast64_t now;
-    atomic_uint used; /* slots ever taken: the scan's end */
+    atomic_uint used;       /* slots ever owned: the scan's end */
+    uint64_t uid;           /* unique per cache, for threads' memos */
+    struct idem__list live; /* in the registry of live epochs */
     struct idem__epoch_slot slot[IDEM__EPOCH_SLOTS];
 };
 
-/* Enter a read-side section: returns the slot taken. Never blocks. */
-unsigned idem__epoch_enter(struct idem__epoch *ep);
-void idem__epoch_exit(struct idem__epoch *ep, unsigned slot);
+/* Register a zeroed epoch (threads give their slots back at exit), and
+ * unregister it before it is freed. */
+void idem__epoch_init(struct idem__epoch *ep);
+void idem__epoch_deinit(struct idem__epoch *ep);
+
+/* This thread's slot in the cache it read last (uid 0: none). */
+struct idem__epoch_memo {
+    uint64_t uid;
+    unsigned slot;
+};
+
+extern IDEM_TLS_FAST _Thread_local struct idem__epoch_memo idem__epoch_memo;
+/* Whether writers issue membarrier() in idem__epoch_advance, so that a
+ * reader's stamp is a plain store; set once, before any cache exists. */
+extern atomic_bool idem__epoch_asym;
+
+/* The slot this thread owns in ep, claiming a free one (and remembering
+ * it in the memo); IDEM__EPOCH_SLOTS when every slot belongs to another
+ * thread. */
+unsigned idem__epoch_claim(struct idem__epoch *ep);
+
+/* Enter a read-side section: returns this thread's slot, without a
+ * locked instruction once the thread owns one; IDEM__EPOCH_SLOTS when
+ * every slot belongs to another thread (the caller reads under the shard
+ * lock instead). Never blocks. With the asymmetric fence, either the
+ * writer's scan (after its membarrier) sees the stamp, or this reader's
+ * probe, after the compiler barrier, sees the writer's unlink: never
+ * neither. Otherwise a sequentially consistent store does the same. */
+static inline unsigned idem__epoch_enter(struct idem__epoch *ep)
+{
+    unsigned i = idem__epoch_memo.uid == ep->uid ? idem__epoch_memo.slot
+                                                 : idem__epoch_claim(ep);
+    uint_fast64_t stamp;
+
+    if (i == IDEM__EPOCH_SLOTS)
+        return i;
+    stamp = atomic_load_explicit(&ep->now, memory_order_relaxed) << 1 | 1;
+    if (atomic_load_explicit(&idem__epoch_asym, memory_order_relaxed)) {
+        atomic_store_explicit(&ep->slot[i].state, stamp, memory_order_release);
+        atomic_signal_fence(memory_order_seq_cst);
+    } else {
+        atomic_store(&ep->slot[i].state, stamp);
+    }
+    return i;
+}
+
+static inline void idem__epoch_exit(struct idem__epoch *ep, unsigned slot)
+{
+    atomic_store_explicit(&ep->slot[slot].state, 0, memory_order_release);
+}
 /* Move the epoch on if every reader inside has seen it; the new epoch. */
 uint64_t idem__epoch_advance(struct idem__epoch *ep);
 
@@ -131,6 +183,7 @@ struct idem__cache_counts {
     size_t bytes;   /* bytes charged */
     size_t buckets; /* table slots, all shards */
     size_t limbo;   /* unlinked entries waiting for readers to move on */
+    size_t readers; /* epoch slots owned by a thread */
 };
 
 void idem__cache_index_counts(struct idem_cache *c,
@@ -227,11 +280,37 @@ size_t idem__cache_bury(struct idem_cache *c, struct idem__cache_ready *r);
 void idem__cache_table_ops(struct idem_cache *c, struct idem__cache_shard *s,
                            struct idem__table_ops *ops_out);
 
+/* A key to look up, for the table's eq. */
+struct idem__cache_key {
+    const void *key;
+    size_t klen;
+};
+
+/* Whether entry item holds key. Inline, and the common 16-byte key is
+ * compared without a call: the lock-free get's path stays short enough
+ * that one get's cache misses overlap the next one's. */
+static inline bool idem__cache_entry_eq(const void *item, const void *key)
+{
+    const struct idem__cache_entry *e = item;
+    const struct idem__cache_key *k = key;
+
+    if (e->klen != k->klen)
+        return false;
+    if (k->klen == 16)
+        return memcmp(e->data, k->key, 16) == 0;
+    return k->klen == 0 || memcmp(e->data, k->key, k->klen) == 0;
+}
+
 /* key's entry as the table holds it, live or not, with no lock: the
  * caller is inside an epoch section (idem__epoch_enter). */
-struct idem__cache_entry *idem__cache_lookup(struct idem__cache_shard *s,
-                                             uint64_t h, const void *key,
-                                             size_t klen);
+static inline struct idem__cache_entry *
+idem__cache_lookup(struct idem__cache_shard *s, uint64_t h, const void *key,
+                   size_t klen)
+{
+    struct idem__cache_key k = { key, klen };
+
+    return idem__table_find(&s->table, h, idem__cache_entry_eq, &k);
+}
 
 /* key's entry if it is live; an expired one is reclaimed (counted). */
 struct idem__cache_entry *

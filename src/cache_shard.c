@@ -8,10 +8,10 @@
 #include "cache_internal.h"
 #include "hash.h"
 
-#define ROOM_BUDGET 64u /* wheel work per round before evicting live ones */
-#define EVICT_ASKS 64u  /* refusals of the evict hook before giving up */
-#define TABLE_STEP 16u  /* slots of a resize moved per write */
-#define LIMBO_BATCH 32u /* unlinked entries aged together */
+#define ROOM_BUDGET 64u  /* wheel work per round before evicting live ones */
+#define EVICT_ASKS 64u   /* refusals of the evict hook before giving up */
+#define TABLE_STEP 16u   /* slots of a resize moved per write */
+#define LIMBO_BATCH 128u /* unlinked entries aged together */
 #define LIMBO_BYTES (256u << 10)
 
 static struct idem__cache_entry *entry_of_node(struct idem__list *n)
@@ -47,29 +47,6 @@ void idem__cache_table_ops(struct idem_cache *c, struct idem__cache_shard *s,
                                          .ud = s };
 }
 
-struct key_ref {
-    const void *key;
-    size_t klen;
-};
-
-static bool entry_eq(const void *item, const void *key)
-{
-    const struct idem__cache_entry *e = item;
-    const struct key_ref *k = key;
-
-    return e->klen == k->klen &&
-           (k->klen == 0 || memcmp(e->data, k->key, k->klen) == 0);
-}
-
-struct idem__cache_entry *idem__cache_lookup(struct idem__cache_shard *s,
-                                             uint64_t h, const void *key,
-                                             size_t klen)
-{
-    struct key_ref k = { key, klen };
-
-    return idem__table_find(&s->table, h, entry_eq, &k);
-}
-
 void idem__cache_table_work_locked(struct idem_cache *c,
                                    struct idem__cache_shard *s)
 {
@@ -88,9 +65,9 @@ idem__cache_find_locked(struct idem_cache *c, struct idem__cache_shard *s,
                         struct idem__cache_now *t,
                         struct idem__table_pos *pos_out)
 {
-    struct key_ref k = { key, klen };
+    struct idem__cache_key k = { key, klen };
     struct idem__cache_entry *e =
-        idem__table_find_pos(&s->table, h, entry_eq, &k, pos_out);
+        idem__table_find_pos(&s->table, h, idem__cache_entry_eq, &k, pos_out);
 
     if (e && idem__cache_past(t, idem__cache_expires(e))) {
         s->expired++;
@@ -170,10 +147,10 @@ static void unlink_entry_locked(struct idem_cache *c,
                                 struct idem__cache_shard *s,
                                 struct idem__cache_entry *e)
 {
-    struct key_ref k = { e->data, e->klen };
+    struct idem__cache_key k = { e->data, e->klen };
     struct idem__table_pos pos;
-    void *found =
-        idem__table_find_pos(&s->table, entry_hash(e, s), entry_eq, &k, &pos);
+    void *found = idem__table_find_pos(&s->table, entry_hash(e, s),
+                                       idem__cache_entry_eq, &k, &pos);
 
     assert(found == e);
     (void)found;
@@ -318,7 +295,10 @@ size_t idem__cache_clear_locked(struct idem_cache *c,
 
 /* -- Limbo ----------------------------------------------------------- */
 
-/* One round: age the fresh batch, or give up the aging one. */
+/* One round: give up the aging batch once the epoch is two past its
+ * stamp, then age the fresh one. Unforced, it waits for a full fresh
+ * batch, so the epoch (and with it, a membarrier) moves a few times per
+ * batch rather than per write. Retired arrays, being large, go at once. */
 static void collect_once(struct idem_cache *c, struct idem__cache_shard *s,
                          struct idem__cache_ready *r, bool force)
 {
@@ -327,16 +307,21 @@ static void collect_once(struct idem_cache *c, struct idem__cache_shard *s,
         !idem__list_empty(&l->aging) || !idem__list_empty(&l->aging_arrays);
     uint64_t now;
 
+    if (!force && l->fresh_n < LIMBO_BATCH && l->fresh_bytes < LIMBO_BYTES &&
+        idem__list_empty(&l->fresh_arrays) &&
+        idem__list_empty(&l->aging_arrays))
+        return;
     if (!aging && !l->fresh_n)
         return;
     now = idem__epoch_advance(c->epoch);
+    if (aging && !force && now < l->at + 2)
+        now = idem__epoch_advance(c->epoch);
     if (aging && now >= l->at + 2) {
         idem__list_splice_back(&r->entries, &l->aging);
         idem__list_splice_back(&r->arrays, &l->aging_arrays);
         aging = false;
     }
-    if (aging || !l->fresh_n ||
-        (!force && l->fresh_n < LIMBO_BATCH && l->fresh_bytes < LIMBO_BYTES))
+    if (aging || !l->fresh_n)
         return;
     idem__list_splice_back(&l->aging, &l->fresh);
     idem__list_splice_back(&l->aging_arrays, &l->fresh_arrays);
@@ -396,5 +381,7 @@ void idem__cache_index_counts(struct idem_cache *c,
         count_shard_locked(&c->shards[i], &n);
         pthread_mutex_unlock(&c->shards[i].mu);
     }
+    for (i = 0; i < IDEM__EPOCH_SLOTS; i++)
+        n.readers += atomic_load(&c->epoch->slot[i].owner) != 0;
     *counts_out = n;
 }

@@ -1,8 +1,9 @@
 /* cache across threads, fake clock: get_or_compute runs fn once per key,
  * values stay intact while writers replace, remove and expire them under
  * readers, re-sets racing expiry lose no key, bounds hold, and foreach
- * runs beside writers. Asserts by counters, never by timing. Run under
- * TSan by `make tsan`. */
+ * runs beside writers; more reading threads than epoch slots read under
+ * the lock and give their slots back at exit. Asserts by counters, never by
+ * timing. Run under TSan by `make tsan`. */
 #include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
@@ -478,6 +479,55 @@ static void test_foreach_beside_writer(void **state)
     assert_int_equal(atomic_load(&te.live), 0);
 }
 
+/* -- More reading threads than epoch slots --------------------------- */
+
+#define MANY_READERS ((int)IDEM__EPOCH_SLOTS + 6)
+
+struct many {
+    struct idem_cache *c;
+    pthread_barrier_t all_read;
+    atomic_int hits;
+};
+
+/* One get, then hold the thread (and its slot) until every reader has
+ * read: the last few find every slot owned and read under the lock. */
+static void *many_main(void *arg)
+{
+    struct many *m = arg;
+    struct idem_cache_value *v = NULL;
+    int k = 7;
+
+    if (idem_cache_get(m->c, &k, sizeof(k), &v) == IDEM_OK &&
+        idem_cache_value_len(v) == 8)
+        atomic_fetch_add(&m->hits, 1);
+    idem_cache_value_release(v);
+    pthread_barrier_wait(&m->all_read);
+    return NULL;
+}
+
+static void test_more_readers_than_slots(void **state)
+{
+    static pthread_t th[MANY_READERS];
+    struct many m = { 0 };
+    unsigned char val[8] = { 0 };
+    int i, k = 7;
+
+    (void)state;
+    m.c = new_cache((struct idem_cache_opts){ 0 });
+    assert_int_equal(idem_cache_set(m.c, &k, sizeof(k), val, 8, 0), IDEM_OK);
+    pthread_barrier_init(&m.all_read, NULL, MANY_READERS);
+    for (i = 0; i < MANY_READERS; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, many_main, &m), 0);
+    for (i = 0; i < MANY_READERS; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&m.all_read);
+    assert_int_equal(atomic_load(&m.hits), MANY_READERS);
+    assert_int_equal(stats_of(m.c).hits, MANY_READERS);
+    assert_int_equal(counts_of(m.c).readers, 0); /* slots given back */
+    idem_cache_free(m.c);
+    assert_int_equal(atomic_load(&te.live), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -486,6 +536,7 @@ int main(void)
         cmocka_unit_test(test_reset_racing_expiry_loses_nothing),
         cmocka_unit_test(test_bytes_bound_under_two_writers),
         cmocka_unit_test(test_foreach_beside_writer),
+        cmocka_unit_test(test_more_readers_than_slots),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
