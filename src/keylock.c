@@ -1,8 +1,9 @@
 /* keylock: per-key lock entries that free themselves. Each stripe has a few
  * inline slots that an uncontended lock claims and its unlock frees with one
- * atomic each, and a chained table of allocated entries under the stripe
- * mutex for keys whose slot is taken, too long, or contended. An entry
- * exists only while held. docs/internals/keylock.md. */
+ * atomic each, and libidem's one hash table (src/table.h) of allocated
+ * entries under the stripe mutex for keys whose slot is taken, too long,
+ * or contended. An entry exists only while held.
+ * docs/internals/keylock.md. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -13,20 +14,23 @@
 #include "idem/keylock.h"
 #include "internal.h"
 #include "keylock_slot.h"
+#include "table.h"
 
 #define DEFAULT_STRIPES 64u
 #define MAX_STRIPES 65536u
-#define MIN_BUCKETS 16u
 /* A freed allocated entry for a key this long or shorter may be kept. */
 #define SPARE_MAX_KEY 256u
+/* Slots a resize of a stripe's table moves per write (src/table.h: each
+ * write must move some for the next array to stay under 3/4 full). */
+#define TABLE_STEP 16u
 /* Locks a thread remembers, to unlock them without hashing the key. */
 #define HELD_MEMO 4u
 
 enum req_state { REQ_IDLE = 0, REQ_WAITING, REQ_HOLDING };
 
-/* An entry allocated for a key its slot could not take. */
+/* An entry allocated for a key its slot could not take; an item of its
+ * stripe's table. */
 struct heap_entry {
-    struct heap_entry *next; /* bucket chain */
     struct entry e;
 };
 
@@ -37,10 +41,9 @@ _Static_assert(sizeof(struct heap_entry) ==
 struct stripe {
     struct slot slots[SLOTS];
     _Alignas(IDEM_CACHELINE) pthread_mutex_t mu;
-    struct heap_entry **buckets;
-    size_t mask;              /* buckets - 1 */
+    struct idem__table table; /* allocated entries (struct heap_entry) */
     size_t count;             /* allocated entries */
-    size_t bytes;             /* bucket array + allocated entries */
+    size_t bytes;             /* allocated entries */
     struct heap_entry *spare; /* one freed entry kept to spare a malloc */
     uint32_t homed[SLOTS];    /* allocated entries whose home is slot i */
     uint64_t waiters, created, handoffs, busy, timeouts, cancels;
@@ -163,44 +166,46 @@ static void leave(const struct place *p)
     pthread_mutex_unlock(&p->s->mu);
 }
 
+/* The table's view of an allocated entry: its hash, and key equality. */
+static uint64_t heap_hash(const void *item, void *ud)
+{
+    (void)ud;
+    return ((const struct heap_entry *)item)->e.hash;
+}
+
+static const struct idem__table_ops heap_ops = { .hash = heap_hash };
+
+struct probe {
+    uint64_t h;
+    const void *key;
+    size_t klen;
+};
+
+static bool heap_eq(const void *item, const void *key)
+{
+    const struct probe *pr = key;
+
+    return key_is(&((const struct heap_entry *)item)->e, pr->h, pr->key,
+                  pr->klen);
+}
+
+static bool heap_is(const void *item, const void *key)
+{
+    return item == key;
+}
+
 static struct entry *lookup_locked(const struct place *p, uint64_t h,
                                    const void *key, size_t klen)
 {
+    struct probe pr = { h, key, klen };
     struct heap_entry *he;
 
     if (slot_used(p->sl) && key_is(&p->sl->e, h, key, klen))
         return &p->sl->e;
     if (*p->homed == 0)
         return NULL;
-    he = p->s->buckets[h & p->s->mask];
-    while (he && !key_is(&he->e, h, key, klen))
-        he = he->next;
+    he = idem__table_find(&p->s->table, h, heap_eq, &pr);
     return he ? &he->e : NULL;
-}
-
-/* Rebuild s's bucket array with n buckets. On allocation failure the old
- * array stays: chains get longer, nothing breaks. */
-static void rehash_locked(struct idem_keylock *t, struct stripe *s, size_t n)
-{
-    struct heap_entry **nb = idem__alloc(&t->env, n * sizeof(*nb));
-    size_t i;
-
-    if (!nb)
-        return;
-    memset(nb, 0, n * sizeof(*nb));
-    for (i = 0; i <= s->mask; i++) {
-        struct heap_entry *he = s->buckets[i], *next;
-
-        for (; he; he = next) {
-            next = he->next;
-            he->next = nb[he->e.hash & (n - 1)];
-            nb[he->e.hash & (n - 1)] = he;
-        }
-    }
-    idem__free(&t->env, s->buckets);
-    s->bytes += (n - (s->mask + 1)) * sizeof(*nb);
-    s->buckets = nb;
-    s->mask = n - 1;
 }
 
 static struct entry *heap_insert_locked(struct idem_keylock *t,
@@ -210,20 +215,20 @@ static struct entry *heap_insert_locked(struct idem_keylock *t,
     struct stripe *s = p->s;
     struct heap_entry *he = s->spare;
 
+    if (idem__table_reserve(&s->table) != IDEM_OK)
+        return NULL;
     if (he && entry_size(he->e.klen) == entry_size(klen))
         s->spare = NULL;
     else if (!(he = idem__alloc(&t->env, entry_size(klen))))
         return NULL;
     he->e = (struct entry){ .hash = h, .klen = (uint32_t)klen };
     bytes_copy(he + 1, key, klen);
-    he->next = s->buckets[h & s->mask];
-    s->buckets[h & s->mask] = he;
+    idem__table_insert(&s->table, h, he);
+    idem__table_step(&s->table, TABLE_STEP); /* a resize moves on */
     s->count++;
     s->created++;
     s->bytes += entry_size(klen);
     (*p->homed)++;
-    if (s->count > s->mask + 1)
-        rehash_locked(t, s, 2 * (s->mask + 1));
     return &he->e;
 }
 
@@ -246,11 +251,10 @@ static void heap_delete_locked(struct idem_keylock *t, const struct place *p,
                                struct heap_entry *he)
 {
     struct stripe *s = p->s;
-    struct heap_entry **pp = &s->buckets[he->e.hash & s->mask];
+    struct idem__table_pos pos;
 
-    while (*pp != he)
-        pp = &(*pp)->next;
-    *pp = he->next;
+    if (ALWAYS(idem__table_find_pos(&s->table, he->e.hash, heap_is, he, &pos)))
+        idem__table_remove(&s->table, pos);
     s->count--;
     s->bytes -= entry_size(he->e.klen);
     (*p->homed)--;
@@ -258,8 +262,13 @@ static void heap_delete_locked(struct idem_keylock *t, const struct place *p,
         s->spare = he;
     else
         idem__free(&t->env, he);
-    if (s->mask + 1 > MIN_BUCKETS && s->count < (s->mask + 1) / 4)
-        rehash_locked(t, s, (s->mask + 1) / 2);
+    /* shrink as entries go; the last one's going finishes it, so an idle
+     * stripe is back to its smallest array */
+    if (s->count == 0)
+        while (idem__table_step(&s->table, SIZE_MAX))
+            ;
+    else
+        idem__table_step(&s->table, TABLE_STEP);
 }
 
 static void entry_delete_locked(struct idem_keylock *t, const struct place *p,
@@ -401,14 +410,10 @@ static int stripes_init(struct idem_keylock *t)
     for (i = 0; i < t->nstripes; i++) {
         struct stripe *s = &t->stripes[i];
 
-        s->buckets = idem__alloc(&t->env, MIN_BUCKETS * sizeof(*s->buckets));
-        if (!s->buckets) {
+        if (idem__table_init(&s->table, &t->env, &heap_ops) != IDEM_OK) {
             t->nstripes = i; /* free only what exists */
             return IDEM_ENOMEM;
         }
-        memset(s->buckets, 0, MIN_BUCKETS * sizeof(*s->buckets));
-        s->mask = MIN_BUCKETS - 1;
-        s->bytes = MIN_BUCKETS * sizeof(*s->buckets);
         for (j = 0; j < SLOTS; j++)
             atomic_init(&s->slots[j].word, SLOT_FREE);
         pthread_mutex_init(&s->mu, NULL);
@@ -444,25 +449,23 @@ int idem_keylock_new(const struct idem_keylock_opts *opts,
     return IDEM_OK;
 }
 
+static int free_item(void *item, void *ud)
+{
+    idem__free(ud, item);
+    return 0;
+}
+
 void idem_keylock_free(struct idem_keylock *t)
 {
     unsigned i;
-    size_t b;
 
     if (!t)
         return;
     for (i = 0; t->stripes && i < t->nstripes; i++) {
         struct stripe *s = &t->stripes[i];
 
-        for (b = 0; b <= s->mask; b++) {
-            struct heap_entry *he = s->buckets[b], *next;
-
-            for (; he; he = next) {
-                next = he->next;
-                idem__free(&t->env, he);
-            }
-        }
-        idem__free(&t->env, s->buckets);
+        idem__table_foreach(&s->table, free_item, &t->env);
+        idem__table_deinit(&s->table);
         idem__free(&t->env, s->spare);
         pthread_mutex_destroy(&s->mu);
     }
@@ -739,7 +742,8 @@ static void stripe_stats_locked(struct stripe *s, struct idem_keylock_stats *st)
     st->busy += s->busy;
     st->timeouts += s->timeouts;
     st->cancels += s->cancels;
-    st->table_bytes += s->bytes;
+    st->table_bytes +=
+        s->bytes + idem__table_slots(&s->table) * sizeof(uint64_t);
     st->spare_bytes += s->spare ? entry_size(s->spare->e.klen) : 0;
 }
 

@@ -127,7 +127,10 @@ void *idem__table_find_pos(const struct idem__table *t, uint64_t hash,
 int idem__table_reserve(struct idem__table *t);
 
 /* Add item (aligned to 4, below 2^48) under hash, after a successful
- * reserve; the caller knows no item with its key is present. */
+ * reserve; the caller knows no item with its key is present. While a
+ * resize is under way the owner must move it on with every write
+ * (idem__table_step, some STEP slots), or the next array fills before the
+ * move ends. */
 void idem__table_insert(struct idem__table *t, uint64_t hash, void *item);
 
 /* Put item (same key and hash) in place of the one at pos. */
