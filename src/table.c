@@ -194,18 +194,48 @@ static bool start_resize(struct idem__table *t, size_t n)
     return true;
 }
 
-/* Move head's slot i to the next array. */
-static void move_slot(struct idem__table *t, struct idem__table_array *a,
-                      size_t i)
+/* Load up to STEP_SLOTS items of head's slots [from, from + n) into items
+ * (their slots into where), prefetching each item's first 128 bytes, where
+ * an owner's hash reads. Returns how many. */
+static size_t gather(struct idem__table_array *a, size_t from, size_t n,
+                     void **items, size_t *where)
 {
-    uint64_t s = atomic_load_explicit(&a->slots[i], memory_order_relaxed);
-    void *item;
+    uint64_t s;
+    size_t i, k = 0;
 
-    if (s <= IDEM__TABLE_TOMB)
-        return;
-    item = idem__table_item(s);
-    place(t->to, t->ops.hash(item, t->ops.ud), item);
-    atomic_store_explicit(&a->slots[i], IDEM__TABLE_TOMB, memory_order_release);
+    for (i = from; i < from + n; i++) {
+        s = atomic_load_explicit(&a->slots[i], memory_order_relaxed);
+        if (s <= IDEM__TABLE_TOMB)
+            continue;
+        items[k] = idem__table_item(s);
+        __builtin_prefetch(items[k]);
+        __builtin_prefetch((const char *)items[k] + 64);
+        where[k++] = i;
+    }
+    return k;
+}
+
+/* Move head's slots [from, from + n), n <= STEP_SLOTS, to the next array:
+ * in three passes (load and prefetch the items, hash them and prefetch
+ * their new slots, place them), so that a batch's cache misses overlap.
+ * Each item is placed in the next array before its old slot becomes a
+ * tombstone, as lock-free readers need. */
+static void move_batch(struct idem__table *t, struct idem__table_array *a,
+                       size_t from, size_t n)
+{
+    void *items[STEP_SLOTS];
+    size_t where[STEP_SLOTS], i, k = gather(a, from, n, items, where);
+    uint64_t hashes[STEP_SLOTS];
+
+    for (i = 0; i < k; i++) {
+        hashes[i] = t->ops.hash(items[i], t->ops.ud);
+        __builtin_prefetch(&t->to->slots[hashes[i] & t->to->mask], 1);
+    }
+    for (i = 0; i < k; i++) {
+        place(t->to, hashes[i], items[i]);
+        atomic_store_explicit(&a->slots[where[i]], IDEM__TABLE_TOMB,
+                              memory_order_release);
+    }
 }
 
 static void finish_resize(struct idem__table *t)
@@ -227,8 +257,13 @@ bool idem__table_step(struct idem__table *t, size_t budget)
         if (!n || !start_resize(t, n))
             return false;
     }
-    while (budget-- > 0 && t->moved <= a->mask)
-        move_slot(t, a, t->moved++);
+    while (budget > 0 && t->moved <= a->mask) {
+        n = budget < STEP_SLOTS ? budget : STEP_SLOTS;
+        n = n < a->mask + 1 - t->moved ? n : a->mask + 1 - t->moved;
+        move_batch(t, a, t->moved, n);
+        t->moved += n;
+        budget -= n;
+    }
     if (t->moved > a->mask)
         finish_resize(t);
     return t->to != NULL;
