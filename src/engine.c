@@ -223,15 +223,18 @@ void idem__engine_count(struct idem_engine *e, enum idem_outcome o)
 
 /* -- Requests --------------------------------------------------------- */
 
-/* The first header named name, or NULL; *count (if set) counts them. */
+/* The first header named name (nlen bytes), or NULL; *count (if set)
+ * counts them. */
 static const struct idem_header *find_header(const struct idem_request *r,
-                                             const char *name, size_t *count)
+                                             const char *name, size_t nlen,
+                                             size_t *count)
 {
     const struct idem_header *first = NULL;
     size_t i;
 
     for (i = 0; i < r->nheaders; i++) {
-        if (!idem__name_is(r->headers[i].name, r->headers[i].name_len, name))
+        if (r->headers[i].name_len != nlen || !r->headers[i].name ||
+            strncasecmp(r->headers[i].name, name, nlen) != 0)
             continue;
         if (!first)
             first = &r->headers[i];
@@ -249,10 +252,11 @@ static void collect(const struct idem_request *r, char *const *names, size_t n,
     size_t i;
 
     for (i = 0; i < n; i++) {
-        h = find_header(r, names[i], NULL);
-        out[i] =
-            (struct idem_header){ names[i], strlen(names[i]),
-                                  h ? h->value : NULL, h ? h->value_len : 0 };
+        size_t len = strlen(names[i]);
+
+        h = find_header(r, names[i], len, NULL);
+        out[i] = (struct idem_header){ names[i], len, h ? h->value : NULL,
+                                       h ? h->value_len : 0 };
     }
 }
 
@@ -301,7 +305,9 @@ static const char *read_key(struct idem_call *call,
     size_t count = 0, i, klen;
 
     for (i = 0; i < e->nkey_headers; i++)
-        if ((x = find_header(r, e->key_headers[i], &count)) && !h)
+        if ((x = find_header(r, e->key_headers[i], strlen(e->key_headers[i]),
+                             &count)) &&
+            !h)
             h = x;
     *absent = count == 0;
     if (count == 0)
@@ -341,7 +347,7 @@ int idem_call_start(struct idem_call *call, const struct idem_request *req,
     rc = idem__scope_digest(req->route, req->route_len, scope,
                             e->nscope_headers, call->skey);
     collect(req, e->fp_headers, e->nfp_headers, fph);
-    ct = find_header(req, "Content-Type", NULL);
+    ct = find_header(req, "Content-Type", sizeof("Content-Type") - 1, NULL);
     in = (struct idem__fp_input){ req->method,
                                   req->method_len,
                                   req->target,

@@ -15,7 +15,8 @@ struct idem_env {
     /* Milliseconds on a monotonic clock. NULL: CLOCK_MONOTONIC. */
     uint64_t (*now_ms)(void *ud);
     /* Milliseconds since the Unix epoch, for what outlives the process
-     * (snapshots, records shared through Redis). NULL: CLOCK_REALTIME. */
+     * (snapshots, records shared through Redis, leases). NULL:
+     * CLOCK_REALTIME_COARSE (to the kernel's tick, a few ms at most). */
     uint64_t (*wall_ms)(void *ud);
     /* realloc(3) semantics: (NULL, n) allocates, (p, 0) frees and returns
      * NULL, otherwise resizes; returns NULL on failure. NULL: libc. */
