@@ -5,6 +5,7 @@
 #define IDEM_TEST_CACHE_HELPERS_H
 
 #include <stdio.h>
+#include <string.h>
 
 #include "cache_internal.h"
 #include "helpers.h"
@@ -63,6 +64,18 @@ static inline struct idem__cache_counts counts_of(struct idem_cache *c)
 
     idem__cache_index_counts(c, &n);
     return n;
+}
+
+/* Key's value in c is value (a string). */
+static inline void assert_cache_value(struct idem_cache *c, const char *key,
+                                      const char *value)
+{
+    struct idem_cache_value *v = NULL;
+
+    assert_int_equal(idem_cache_get(c, key, strlen(key), &v), IDEM_OK);
+    assert_int_equal(idem_cache_value_len(v), strlen(value));
+    assert_memory_equal(idem_cache_value_data(v), value, strlen(value));
+    idem_cache_value_release(v);
 }
 
 #endif

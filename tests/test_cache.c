@@ -47,17 +47,6 @@ static void assert_empty(struct idem_cache *c)
 }
 
 /* get must find key with exactly this value. */
-static void assert_value(struct idem_cache *c, const char *key,
-                         const char *value)
-{
-    struct idem_cache_value *v = NULL;
-
-    assert_int_equal(idem_cache_get(c, key, strlen(key), &v), IDEM_OK);
-    assert_int_equal(idem_cache_value_len(v), strlen(value));
-    assert_memory_equal(idem_cache_value_data(v), value, strlen(value));
-    idem_cache_value_release(v);
-}
-
 static void assert_absent(struct idem_cache *c, const char *key)
 {
     struct idem_cache_value *v = NULL;
@@ -200,10 +189,10 @@ static void test_set_get_replace(void **state)
 
     (void)state;
     assert_int_equal(set_str(c, "a", "first", 0), IDEM_OK);
-    assert_value(c, "a", "first");
+    assert_cache_value(c, "a", "first");
     assert_int_equal(idem_cache_get(c, K("a"), &old), IDEM_OK);
     assert_int_equal(set_str(c, "a", "second value", 0), IDEM_OK);
-    assert_value(c, "a", "second value");
+    assert_cache_value(c, "a", "second value");
     /* the old handle still shows the old bytes */
     assert_int_equal(idem_cache_value_len(old), 5);
     assert_memory_equal(idem_cache_value_data(old), "first", 5);
@@ -289,10 +278,10 @@ static void test_set_nx(void **state)
     (void)state;
     assert_int_equal(idem_cache_set_nx(c, K("k"), K("1"), 1000), IDEM_OK);
     assert_int_equal(idem_cache_set_nx(c, K("k"), K("2"), 1000), IDEM_EEXIST);
-    assert_value(c, "k", "1");
+    assert_cache_value(c, "k", "1");
     test_clock_advance(&te, 1000); /* expired counts as absent */
     assert_int_equal(idem_cache_set_nx(c, K("k"), K("3"), 0), IDEM_OK);
-    assert_value(c, "k", "3");
+    assert_cache_value(c, "k", "3");
     assert_int_equal(stats_of(c).expired, 1);
     assert_indexes(c, 1, 0);
     free_cache(c);
@@ -308,7 +297,7 @@ static void test_update_keeps_ttl(void **state)
     assert_int_equal(set_str(c, "k", "old", 1000), IDEM_OK);
     test_clock_advance(&te, 400);
     assert_int_equal(idem_cache_update(c, K("k"), K("newer")), IDEM_OK);
-    assert_value(c, "k", "newer");
+    assert_cache_value(c, "k", "newer");
     assert_int_equal(idem_cache_ttl_left(c, K("k"), &left), IDEM_OK);
     assert_int_equal(left, 600);
     assert_indexes(c, 1, 1);
@@ -385,7 +374,7 @@ static void test_update_ttl(void **state)
     assert_indexes(c, 1, 0); /* no expiry: out of the wheel at once */
     test_clock_advance(&te, DAY_MS);
     assert_int_equal(idem_cache_tick(c), 0);
-    assert_value(c, "k", "v");
+    assert_cache_value(c, "k", "v");
     assert_int_equal(idem_cache_update_ttl(c, K("k"), 1), IDEM_OK);
     assert_indexes(c, 1, 1);
     test_clock_advance(&te, 1);
@@ -440,16 +429,16 @@ static void test_max_entries_sieve(void **state)
     assert_int_equal(set_str(c, "b", "2", 0), IDEM_OK);
     assert_int_equal(set_str(c, "c", "3", 0), IDEM_OK);
     assert_int_equal(set_str(c, "d", "4", 0), IDEM_OK);
-    assert_value(c, "a", "1"); /* visited: a and b get a second chance */
-    assert_value(c, "b", "2");
+    assert_cache_value(c, "a", "1"); /* visited: a and b get a second chance */
+    assert_cache_value(c, "b", "2");
     assert_int_equal(set_str(c, "e", "5", 0), IDEM_OK);
     assert_absent(c, "c");
     assert_int_equal(set_str(c, "f", "6", 0), IDEM_OK);
     assert_absent(c, "d");
-    assert_value(c, "a", "1");
-    assert_value(c, "b", "2");
-    assert_value(c, "e", "5");
-    assert_value(c, "f", "6");
+    assert_cache_value(c, "a", "1");
+    assert_cache_value(c, "b", "2");
+    assert_cache_value(c, "e", "5");
+    assert_cache_value(c, "f", "6");
     assert_int_equal(stats_of(c).evicted, 2);
     assert_indexes(c, 4, 0);
     /* replacing a key in a full cache evicts nothing */
@@ -501,7 +490,7 @@ static void test_pins(void **state)
     assert_int_equal(idem_cache_unpin(c, K("b")), IDEM_EPERM);
     assert_int_equal(set_str(c, "c", "3", 0), IDEM_OK); /* evicts b */
     assert_absent(c, "b");
-    assert_value(c, "a", "1");
+    assert_cache_value(c, "a", "1");
     assert_int_equal(stats_of(c).evicted, 1);
     for (i = 1; i < UINT16_MAX; i++)
         assert_int_equal(idem_cache_pin(c, K("a")), IDEM_OK);

@@ -15,17 +15,6 @@
 
 #define K(s) (s), (sizeof(s) - 1)
 
-static void assert_value_is(struct idem_cache *c, const char *key,
-                            const char *value)
-{
-    struct idem_cache_value *v = NULL;
-
-    assert_int_equal(idem_cache_get(c, key, strlen(key), &v), IDEM_OK);
-    assert_int_equal(idem_cache_value_len(v), strlen(value));
-    assert_memory_equal(idem_cache_value_data(v), value, strlen(value));
-    idem_cache_value_release(v);
-}
-
 static void free_cache(struct idem_cache *c)
 {
     idem_cache_free(c);
@@ -54,21 +43,21 @@ static void test_get_or_insert(void **state)
         IDEM_EEXIST);
     assert_memory_equal(idem_cache_value_data(v), "first", 5);
     idem_cache_value_release(v);
-    assert_value_is(c, "k", "first");
+    assert_cache_value(c, "k", "first");
     assert_int_equal(idem_cache_ttl_left(c, K("k"), &left), IDEM_OK);
     assert_int_equal(left, 1000);
     assert_int_equal(stats_of(c).pinned, 1); /* the failed one added none */
     /* pinned: two more keys cannot evict it */
     assert_int_equal(idem_cache_set(c, K("a"), K("1"), 0), IDEM_OK);
     assert_int_equal(idem_cache_set(c, K("b"), K("2"), 0), IDEM_OK);
-    assert_value_is(c, "k", "first");
+    assert_cache_value(c, "k", "first");
     /* an expired entry counts as absent */
     test_clock_advance(&te, 1000);
     v = NULL;
     assert_int_equal(idem_cache_get_or_insert(c, K("k"), K("third"), 0, 0, &v),
                      IDEM_OK);
     assert_null(v);
-    assert_value_is(c, "k", "third");
+    assert_cache_value(c, "k", "third");
     free_cache(c);
 }
 
@@ -107,7 +96,7 @@ static void test_replace_if(void **state)
     assert_int_equal(idem_cache_replace_if(c, K("k"), starts_with, "owner-2",
                                            K("owner-2:done"), 0, 0),
                      IDEM_ESTALE);
-    assert_value_is(c, "k", "owner-1:pending");
+    assert_cache_value(c, "k", "owner-1:pending");
     /* too big: nothing changed */
     assert_int_equal(idem_cache_replace_if(c, K("k"), starts_with, "owner-1",
                                            big, sizeof(big), 0,
@@ -119,7 +108,7 @@ static void test_replace_if(void **state)
                                            K("owner-1:done"), 500,
                                            IDEM_CACHE_UNPIN),
                      IDEM_OK);
-    assert_value_is(c, "k", "owner-1:done");
+    assert_cache_value(c, "k", "owner-1:done");
     assert_int_equal(stats_of(c).pinned, 0);
     assert_int_equal(idem_cache_ttl_left(c, K("k"), &left), IDEM_OK);
     assert_int_equal(left, 500);
@@ -127,7 +116,7 @@ static void test_replace_if(void **state)
     assert_int_equal(idem_cache_replace_if(c, K("k"), starts_with, "owner-1",
                                            K("x"), 0, IDEM_CACHE_UNPIN),
                      IDEM_EPERM);
-    assert_value_is(c, "k", "owner-1:done");
+    assert_cache_value(c, "k", "owner-1:done");
     /* value NULL removes */
     assert_int_equal(
         idem_cache_replace_if(c, K("k"), starts_with, "owner-1", NULL, 0, 0, 0),
