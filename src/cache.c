@@ -170,7 +170,7 @@ int idem_cache_new(const struct idem_cache_opts *opts,
 
     if (!cache_out || o.shards > MAX_SHARDS)
         return IDEM_EINVAL;
-    idem__env_resolve(o.env, &env);
+    idem_env_resolve(o.env, &env);
     c = idem__alloc(&env, sizeof(*c));
     if (!c)
         return IDEM_ENOMEM;

@@ -136,7 +136,7 @@ int idem_engine_new(const struct idem_engine_opts *opts,
         return IDEM_EINVAL;
     if (idem__fp_init() != IDEM_OK)
         return IDEM_ENOMEM;
-    idem__env_resolve(o.env, &env);
+    idem_env_resolve(o.env, &env);
     if (!env.after != !env.cancel) /* timers come in pairs */
         return IDEM_EINVAL;
     e = idem__alloc(&env, sizeof(*e));

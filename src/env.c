@@ -105,7 +105,7 @@ uint64_t idem_env_wall_ms(const struct idem_env *env)
     return env->wall_ms(env->ud);
 }
 
-void idem__env_resolve(const struct idem_env *src, struct idem_env *dst)
+void idem_env_resolve(const struct idem_env *src, struct idem_env *dst)
 {
     *dst = src ? *src : default_env;
     if (!dst->now_ms)

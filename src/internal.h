@@ -47,9 +47,6 @@ static inline void idem__free(const struct idem_env *env, void *p)
         env->alloc(env->ud, p, 0);
 }
 
-/* Copy *src into *dst, filling unset hooks with the defaults. */
-void idem__env_resolve(const struct idem_env *src, struct idem_env *dst);
-
 /* Whether name (len bytes) is want, ignoring ASCII case: header names.
  * headers.c. */
 bool idem__name_is(const char *name, size_t len, const char *want);

@@ -431,7 +431,7 @@ int idem_keylock_new(const struct idem_keylock_opts *opts,
 
     if (!table_out || o.stripes > MAX_STRIPES)
         return IDEM_EINVAL;
-    idem__env_resolve(o.env, &env);
+    idem_env_resolve(o.env, &env);
     t = idem__alloc(&env, sizeof(*t));
     if (!t)
         return IDEM_ENOMEM;

@@ -280,7 +280,7 @@ int idem_store_memory_new(const struct idem_store_memory_opts *opts,
 
     if (!store_out || o.min_retention_ms < 0)
         return IDEM_EINVAL;
-    idem__env_resolve(o.env, &env);
+    idem_env_resolve(o.env, &env);
     ms = idem__alloc(&env, sizeof(*ms));
     if (!ms)
         return IDEM_ENOMEM;

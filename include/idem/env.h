@@ -36,6 +36,13 @@ struct idem_env {
 /* The default environment: CLOCK_MONOTONIC and libc malloc. Thread-safe. */
 IDEM_API const struct idem_env *idem_env_default(void);
 
+/* Copy *src (NULL: the default) into *dst, filling unset clock and
+ * allocator hooks with the default's, as every libidem object does with
+ * the env it is given (a store of one's own, e.g. libidem-redis, can do
+ * the same). The timer hooks stay as given. Thread-safe. */
+IDEM_API void idem_env_resolve(const struct idem_env *src,
+                               struct idem_env *dst);
+
 /* The environment's clock, in milliseconds. env NULL: the default. */
 IDEM_API uint64_t idem_env_now_ms(const struct idem_env *env);
 

@@ -83,7 +83,7 @@ static const char *const scripts[NSCRIPTS] = {
 /* -- Types ------------------------------------------------------------ */
 
 /* Whether s is a Redis store (attach and detach apply to no other). */
-static bool idem__store_is_redis(const struct idem_store *s);
+static bool is_redis(const struct idem_store *s);
 
 struct redis_store {
     struct idem_store base;
@@ -720,7 +720,7 @@ int idem_store_redis_attach(struct idem_store *s,
     struct redis_store *rs = (struct redis_store *)s;
     struct rconn *c;
 
-    if (!idem__store_is_redis(s) || !loop_ok(loop) || thread_conn(rs))
+    if (!is_redis(s) || !loop_ok(loop) || thread_conn(rs))
         return IDEM_EINVAL;
     if (!(c = idem__alloc(&rs->env, sizeof(*c))))
         return IDEM_ENOMEM;
@@ -741,7 +741,7 @@ int idem_store_redis_attach(struct idem_store *s,
 void idem_store_redis_detach(struct idem_store *s)
 {
     struct redis_store *rs = (struct redis_store *)s;
-    struct rconn *c = idem__store_is_redis(s) ? thread_conn(rs) : NULL;
+    struct rconn *c = is_redis(s) ? thread_conn(rs) : NULL;
 
     if (!c)
         return;
@@ -780,7 +780,7 @@ int idem_store_redis_stats(struct idem_store *s,
     if (!out)
         return IDEM_EINVAL;
     *out = (struct idem_store_redis_stats){ 0 };
-    if (!idem__store_is_redis(s))
+    if (!is_redis(s))
         return IDEM_EINVAL;
     *out = (struct idem_store_redis_stats){
         .connections = atomic_load(&rs->connections),
@@ -814,27 +814,12 @@ static const struct idem__store_ops redis_ops = {
     .async = true,
 };
 
-static bool idem__store_is_redis(const struct idem_store *s)
+static bool is_redis(const struct idem_store *s)
 {
     return s && s->ops == &redis_ops;
 }
 
 /* -- Options ---------------------------------------------------------- */
-
-/* The store's env: the caller's, its missing hooks the default's. (This
- * library sees only libidem's public symbols.) */
-static void resolve_env(const struct idem_env *src, struct idem_env *dst)
-{
-    const struct idem_env *def = idem_env_default();
-
-    *dst = src ? *src : *def;
-    if (!dst->now_ms)
-        dst->now_ms = def->now_ms;
-    if (!dst->wall_ms)
-        dst->wall_ms = def->wall_ms;
-    if (!dst->alloc)
-        dst->alloc = def->alloc;
-}
 
 static char *copy_string(const struct idem_env *env, const char *s)
 {
@@ -891,7 +876,7 @@ int idem_store_redis_new(const struct idem_store_redis_opts *opts,
     prefix = opts->prefix ? opts->prefix : "idem";
     if (!prefix_ok(prefix))
         return IDEM_EINVAL;
-    resolve_env(opts->env, &env);
+    idem_env_resolve(opts->env, &env);
     if (!(rs = idem__alloc(&env, sizeof(*rs))))
         return IDEM_ENOMEM;
     *rs = (struct redis_store){
