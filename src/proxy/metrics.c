@@ -300,25 +300,42 @@ static void render_samples(struct text *t, const struct snap *s)
     }
 }
 
-/* Cumulative buckets; _count is their total, so it always equals the
- * +Inf bucket even while workers observe concurrently. */
+/* A histogram from n per-bucket counts (the last one +Inf) with upper
+ * bounds le, and the sum of what was observed in microseconds. Buckets
+ * are cumulative; _count is their total, so it always equals the +Inf
+ * bucket even while workers observe concurrently. */
+static void histogram(struct text *t, const struct family *f,
+                      const char *const *le, const uint64_t *counts, size_t n,
+                      uint64_t sum_us)
+{
+    uint64_t total = 0;
+    size_t i;
+
+    family(t, f);
+    for (i = 0; i < n; i++) {
+        total += counts[i];
+        add(t, "%s_bucket{le=\"%s\"} %" PRIu64 "\n", f->name, le[i], total);
+    }
+    add(t, "%s_sum %" PRIu64 ".%06" PRIu64 "\n", f->name, sum_us / 1000000,
+        sum_us % 1000000);
+    add(t, "%s_count %" PRIu64 "\n", f->name, total);
+}
+
 static void render_latency(struct text *t)
 {
     static const struct family f = { "idem_upstream_latency_seconds",
                                      "histogram",
                                      "Upstream round trips, seconds" };
-    uint64_t total = 0, sum_us = load(&metrics.latency_sum_us);
+    const char *le[METRICS_LATENCY_BUCKETS + 1];
+    uint64_t counts[METRICS_LATENCY_BUCKETS + 1];
     size_t i;
 
-    family(t, &f);
     for (i = 0; i <= METRICS_LATENCY_BUCKETS; i++) {
-        total += load(&metrics.latency_bucket[i]);
-        add(t, "%s_bucket{le=\"%s\"} %" PRIu64 "\n", f.name,
-            i < METRICS_LATENCY_BUCKETS ? buckets[i].le : "+Inf", total);
+        le[i] = i < METRICS_LATENCY_BUCKETS ? buckets[i].le : "+Inf";
+        counts[i] = load(&metrics.latency_bucket[i]);
     }
-    add(t, "%s_sum %" PRIu64 ".%06" PRIu64 "\n", f.name, sum_us / 1000000,
-        sum_us % 1000000);
-    add(t, "%s_count %" PRIu64 "\n", f.name, total);
+    histogram(t, &f, le, counts, METRICS_LATENCY_BUCKETS + 1,
+              load(&metrics.latency_sum_us));
 }
 
 /* The memory store's evictions by the age of what they took, and the
@@ -334,17 +351,12 @@ static void render_eviction_ages(struct text *t, const struct snap *s)
         "Age of the youngest record evicted since start"
     };
     static const char *const le[] = { "60", "600", "3600", "86400", "+Inf" };
-    uint64_t total = 0;
-    size_t i;
 
-    family(t, &f);
-    for (i = 0; i < IDEM_EVICT_AGE_BUCKETS; i++) {
-        total += s->s.evicted_by_age[i];
-        add(t, "%s_bucket{le=\"%s\"} %" PRIu64 "\n", f.name, le[i], total);
-    }
-    add(t, "%s_sum %" PRIu64 ".%03" PRIu64 "\n", f.name,
-        s->s.evicted_age_ms_sum / 1000, s->s.evicted_age_ms_sum % 1000);
-    add(t, "%s_count %" PRIu64 "\n", f.name, total);
+    _Static_assert(sizeof(le) / sizeof(le[0]) == IDEM_EVICT_AGE_BUCKETS,
+                   "one bound per bucket of idem/store.h");
+
+    histogram(t, &f, le, s->s.evicted_by_age, IDEM_EVICT_AGE_BUCKETS,
+              s->s.evicted_age_ms_sum * 1000);
     if (s->s.youngest_evicted_ms == UINT64_MAX)
         return;
     family(t, &young);
