@@ -7,7 +7,6 @@
 #include "cache_internal.h"
 #include "hash.h"
 
-#define DEFAULT_SHARDS 16u
 #define MAX_SHARDS 1024u
 #define DEFAULT_MAX_BYTES ((size_t)64 << 20)
 #define MIN_SHARE_ENTRIES 64u
@@ -89,7 +88,8 @@ static void configure_bounds(struct idem_cache *c,
                              const struct idem_cache_opts *o)
 {
     size_t max_bytes = o->max_bytes ? o->max_bytes : DEFAULT_MAX_BYTES;
-    unsigned n = idem__pow2_ceil(o->shards ? o->shards : DEFAULT_SHARDS);
+    unsigned n =
+        idem__pow2_ceil(o->shards ? o->shards : IDEM_CACHE_DEFAULT_SHARDS);
 
     while (n > 1 &&
            ((o->max_entries && o->max_entries / n < MIN_SHARE_ENTRIES) ||

@@ -11,7 +11,6 @@
 #include "store_memory.h"
 
 #define DEFAULT_MAX_MEMORY (64u << 20)
-#define DEFAULT_SHARDS 16u /* the cache's own default */
 
 static void value_release(void *ctx)
 {
@@ -260,7 +259,7 @@ static const struct idem__store_ops memory_ops = {
 static unsigned shards_for(const struct idem_store_memory_opts *o,
                            size_t max_bytes)
 {
-    unsigned n = o->shards ? o->shards : DEFAULT_SHARDS;
+    unsigned n = o->shards ? o->shards : IDEM_CACHE_DEFAULT_SHARDS;
     size_t need = o->max_record + IDEM_CACHE_ENTRY_OVERHEAD;
 
     while (o->max_record && n > 1 && max_bytes / n / 2 < need)

@@ -18,6 +18,9 @@ struct idem_cache_value;
 /* Where a get_or_compute function writes the value it computes. */
 struct idem_cache_buf;
 
+/* Shards when idem_cache_opts.shards is 0. */
+#define IDEM_CACHE_DEFAULT_SHARDS 16u
+
 struct idem_cache_opts {
     /* Shards, each with its own lock, table, expiry wheel and eviction
      * queue. Rounded up to a power of two, at most 1024. 0: 16. Fewer are
