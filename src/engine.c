@@ -436,11 +436,6 @@ static bool judge_existing(struct idem_call *call, struct idem__blob *blob)
     return call->d.outcome == IDEM_OUTCOME_CONFLICT;
 }
 
-uint64_t idem__engine_lease_end(const struct idem_engine *e)
-{
-    return e->env.wall_ms(e->env.ud) + (uint64_t)e->lease_ms;
-}
-
 int64_t idem__engine_inflight_ttl(const struct idem_engine *e)
 {
     /* held: the record outlives its lease, so a lapsed one is found and
@@ -448,13 +443,14 @@ int64_t idem__engine_inflight_ttl(const struct idem_engine *e)
     return e->hold_unknown ? e->lease_ms + e->lifetime_ms : e->lease_ms;
 }
 
-int idem__engine_encode_inflight(const struct idem_call *call, uint8_t *buf,
-                                 size_t cap, size_t *len_out)
+int idem__engine_encode_inflight(const struct idem_call *call, uint64_t wall_ms,
+                                 uint8_t *buf, size_t cap, size_t *len_out)
 {
-    const struct idem_engine *e = call->e;
-    struct idem__record r = { .state = IDEM__REC_INFLIGHT,
-                              .created_ms = call->created_ms,
-                              .expires_ms = idem__engine_lease_end(e) };
+    struct idem__record r = {
+        .state = IDEM__REC_INFLIGHT,
+        .created_ms = call->created_ms,
+        .expires_ms = wall_ms + (uint64_t)call->e->lease_ms,
+    };
 
     memcpy(r.fingerprint, call->fingerprint, IDEM_FP_LEN);
     memcpy(r.token, call->token, IDEM__TOKEN_LEN);
@@ -475,7 +471,7 @@ int idem__engine_store_begin(struct idem_call *call, struct idem__blob *blob,
 
     *blob = (struct idem__blob){ NULL, 0, NULL, NULL };
     call->created_ms = a.wall_ms;
-    rc = idem__engine_encode_inflight(call, buf, sizeof(buf), &len);
+    rc = idem__engine_encode_inflight(call, a.wall_ms, buf, sizeof(buf), &len);
     if (!ALWAYS(rc == IDEM_OK))
         return rc;
     return e->store->ops->begin(e->store, call->skey, call->klen, buf, len, &a,

@@ -360,12 +360,14 @@ int idem_call_unknown(struct idem_call *call, idem_finish_cb cb, void *ud)
 int idem_call_renew(struct idem_call *call, idem_finish_cb cb, void *ud)
 {
     uint8_t buf[IDEM__INFLIGHT_MAX];
+    const struct idem_env *env;
     size_t len = 0;
 
     if (!call || call->state != CALL_PROCEEDING)
         return IDEM_EINVAL;
-    if (!ALWAYS(idem__engine_encode_inflight(call, buf, sizeof(buf), &len) ==
-                IDEM_OK))
+    env = &call->e->env;
+    if (!ALWAYS(idem__engine_encode_inflight(call, env->wall_ms(env->ud), buf,
+                                             sizeof(buf), &len) == IDEM_OK))
         return IDEM_EINVAL;
     return answer(store_op(call, IDEM__OP_RENEW, buf, len,
                            idem__engine_inflight_ttl(call->e), cb, ud, false),

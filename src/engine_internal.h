@@ -98,15 +98,13 @@ struct idem_call {
 /* An encoded in-flight record's most bytes. */
 #define IDEM__INFLIGHT_MAX 128
 
-/* The wall-clock end of a lease taken or renewed now. */
-uint64_t idem__engine_lease_end(const struct idem_engine *e);
-
 /* How long an in-flight record lives in the store. */
 int64_t idem__engine_inflight_ttl(const struct idem_engine *e);
 
-/* Encode call's in-flight record, its lease ending lease_ms from now. */
-int idem__engine_encode_inflight(const struct idem_call *call, uint8_t *buf,
-                                 size_t cap, size_t *len_out);
+/* Encode call's in-flight record, its lease ending lease_ms after wall_ms
+ * (now, read once by the caller). */
+int idem__engine_encode_inflight(const struct idem_call *call, uint64_t wall_ms,
+                                 uint8_t *buf, size_t cap, size_t *len_out);
 
 /* Encode call's in-flight record and ask the store to begin: the store's
  * answer (IDEM_EINPROGRESS: done(ud, ...) comes later). */
