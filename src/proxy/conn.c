@@ -589,7 +589,7 @@ static void on_read(struct bufferevent *bev, void *arg)
     }
 }
 
-/* A client answered 504 while its request still runs (conn_wait_late) is
+/* A client answered 504 while its request still runs (wait_late) is
  * let go once the answer is out; the connection lives on for the late
  * response. */
 static void drop_client(struct conn *c)
