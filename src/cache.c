@@ -11,8 +11,9 @@
 #define DEFAULT_MAX_BYTES ((size_t)64 << 20)
 #define MIN_SHARE_ENTRIES 64u
 #define MIN_SHARE_BYTES ((size_t)1 << 20)
-#define WRITE_BUDGET 64u    /* wheel work per write */
-#define SETTLE_BUDGET 4096u /* per lock hold in tick, size, bytes */
+#define WRITE_BUDGET 64u    /* slots swept per write, if any may be due */
+#define TABLE_STEP 16u      /* slots of a resize moved per write */
+#define SETTLE_BUDGET 4096u /* slots per lock hold in tick, size, bytes */
 
 /* One keyed call: the key's hash and shard, its view of the clock, where
  * the key was found, and what the limbo gave up, to free once the lock is
@@ -48,7 +49,7 @@ static bool write_begin(struct op *op, struct idem_cache *c, const void *key,
                         size_t klen)
 {
     op_begin(op, c, key, klen);
-    idem__cache_table_work_locked(c, op->s);
+    idem__cache_table_work_locked(c, op->s, TABLE_STEP);
     return idem__cache_reclaim_locked(c, op->s, op->t.lo, WRITE_BUDGET);
 }
 
@@ -101,8 +102,7 @@ static void configure_bounds(struct idem_cache *c,
     c->shard_max_bytes = max_bytes / n;
 }
 
-static int shard_init(struct idem_cache *c, struct idem__cache_shard *s,
-                      uint64_t now)
+static int shard_init(struct idem_cache *c, struct idem__cache_shard *s)
 {
     struct idem__table_ops ops;
     struct idem__cache_limbo *l = &s->limbo;
@@ -110,18 +110,17 @@ static int shard_init(struct idem_cache *c, struct idem__cache_shard *s,
     idem__cache_table_ops(c, s, &ops);
     if (idem__table_init(&s->table, &c->env, &ops) != IDEM_OK)
         return IDEM_ENOMEM;
-    idem__list_init(&s->queue);
-    idem__list_init(&l->fresh);
-    idem__list_init(&l->aging);
     idem__list_init(&l->fresh_arrays);
     idem__list_init(&l->aging_arrays);
-    idem__ttl_init(&s->wheel, now);
+    s->sweep = (struct idem__cache_sweep){ .next_due = UINT64_MAX,
+                                           .lap_min = UINT64_MAX,
+                                           .lap_clean = true };
     pthread_mutex_init(&s->mu, NULL);
     return IDEM_OK;
 }
 
 /* One allocation: the epoch, then the shards, cache-line aligned. */
-static int shards_init(struct idem_cache *c, uint64_t now)
+static int shards_init(struct idem_cache *c)
 {
     size_t head = sizeof(struct idem__epoch);
     size_t bytes = head + (size_t)c->nshards * sizeof(struct idem__cache_shard);
@@ -139,7 +138,7 @@ static int shards_init(struct idem_cache *c, uint64_t now)
     idem__epoch_init(c->epoch);
     c->shards = (struct idem__cache_shard *)(base + head);
     for (i = 0; i < n; i++) {
-        if (shard_init(c, &c->shards[i], now) != IDEM_OK)
+        if (shard_init(c, &c->shards[i]) != IDEM_OK)
             return IDEM_ENOMEM;
         c->nshards++;
     }
@@ -154,7 +153,7 @@ static int cache_init(struct idem_cache *c)
     c->home = idem__cache_home_new(&c->env);
     if (!c->home)
         return IDEM_ENOMEM;
-    rc = shards_init(c, c->env.now_ms(c->env.ud));
+    rc = shards_init(c);
     if (rc != IDEM_OK)
         return rc;
     return idem_keylock_new(&ko, &c->flights);
@@ -179,6 +178,7 @@ int idem_cache_new(const struct idem_cache_opts *opts,
                               .evict = o.evict,
                               .evict_ud = o.evict_ud };
     atomic_init(&c->computes, 0);
+    c->coarse_slack_ns = idem__cache_coarse_slack(&env);
     configure_bounds(c, &o);
     rc = cache_init(c);
     if (rc != IDEM_OK) {
@@ -193,17 +193,11 @@ int idem_cache_new(const struct idem_cache_opts *opts,
 static void shard_free(struct idem_cache *c, struct idem__cache_shard *s)
 {
     struct idem__cache_ready r;
-    struct idem__list *q, *tmp;
 
     idem__cache_ready_init(&r);
-    idem__list_foreach_safe(q, tmp, &s->queue)
-    {
-        idem__list_entry(q, struct idem__cache_entry, u.q)->linked = 0;
-        idem__list_remove(q);
-        idem__list_push_back(&r.entries, q);
-    }
-    idem__list_splice_back(&r.entries, &s->limbo.fresh);
-    idem__list_splice_back(&r.entries, &s->limbo.aging);
+    idem__cache_clear_locked(c, s); /* the table's entries into the limbo */
+    idem__cache_chain_splice(&r.entries, &s->limbo.fresh);
+    idem__cache_chain_splice(&r.entries, &s->limbo.aging);
     idem__list_splice_back(&r.arrays, &s->limbo.fresh_arrays);
     idem__list_splice_back(&r.arrays, &s->limbo.aging_arrays);
     idem__cache_bury(c, &r);
@@ -430,10 +424,7 @@ int idem_cache_update_ttl(struct idem_cache *c, const void *key, size_t klen,
     write_begin(&op, c, key, klen);
     e = op_find(&op, key, klen);
     if (e) {
-        idem__ttl_remove(&op.s->wheel, &e->ttl);
-        atomic_store_explicit(&e->ttl.expires, 0, memory_order_relaxed);
-        if (ttl_ms)
-            idem__ttl_insert(&op.s->wheel, &e->ttl, expiry(&op.t, ttl_ms));
+        idem__cache_set_expiry_locked(op.s, e, expiry(&op.t, ttl_ms));
         rc = IDEM_OK;
     }
     op_end(&op);
@@ -547,7 +538,10 @@ static void count_read(atomic_uint_fast64_t *n)
 /* The lock-free probe: inside an epoch section no entry the table held
  * at any moment of it is freed, and the table's reference keeps refs
  * above 0, so a plain increment takes a handle. The clock is read only
- * for an entry with a TTL, and precisely only near its expiry. */
+ * for an entry with a TTL, and precisely only near its expiry. An entry
+ * marked gone was unlinked after the probe found it, and its `expires`
+ * is a link now, not a time: the locked path answers instead (acquire:
+ * it then sees the table without the entry). */
 int idem__cache_get(struct idem_cache *c, const void *key, size_t klen,
                     bool counted, struct idem_cache_value **value_out)
 {
@@ -566,8 +560,12 @@ int idem__cache_get(struct idem_cache *c, const void *key, size_t klen,
     sl = &c->epoch->slot[slot];
     e = idem__cache_lookup(&c->shards[idem__stripe_of(h, c->shift)], h, key,
                            klen);
-    expires = e ? idem__cache_expires(e) : 0;
-    if (expires) {
+    expires = e ? atomic_load_explicit(&e->expires, memory_order_acquire) : 0;
+    if (expires & IDEM__CACHE_GONE) {
+        idem__epoch_exit(c->epoch, slot);
+        return get_locked(c, key, klen, counted, value_out);
+    }
+    if (expires && !idem__cache_surely_live(c, expires)) {
         idem__cache_now_init(&t, &c->env);
         if (idem__cache_past(&t, expires)) {
             idem__epoch_exit(c->epoch, slot);
@@ -629,8 +627,10 @@ int idem_cache_ttl_left(struct idem_cache *c, const void *key, size_t klen,
 
 /* -- Whole-cache reclaim and totals ---------------------------------- */
 
-/* Reclaim every expired entry of s, a batch per lock hold, then add its
- * count and bytes to the totals. Returns the entries reclaimed. */
+/* Reclaim every expired entry of s, a batch of slots per lock hold, until
+ * a lap of the sweep during which nothing moved shows none is left (a
+ * resize under way is moved on as fast), then add its count and bytes to
+ * the totals. Returns the entries reclaimed. */
 static size_t shard_settle(struct idem_cache *c, struct idem__cache_shard *s,
                            uint64_t now, size_t *count, size_t *bytes)
 {
@@ -645,7 +645,7 @@ static size_t shard_settle(struct idem_cache *c, struct idem__cache_shard *s,
         expired = s->expired;
         done = idem__cache_reclaim_locked(c, s, now, SETTLE_BUDGET);
         reclaimed += (size_t)(s->expired - expired);
-        idem__cache_table_work_locked(c, s);
+        idem__cache_table_work_locked(c, s, SETTLE_BUDGET);
         idem__cache_collect_locked(c, s, &r, true);
         if (done) {
             *count += s->count;
@@ -712,8 +712,8 @@ static void add_shard_stats(struct idem__cache_shard *s,
 }
 
 /* What the empty cache holds: itself, its home, the single-flight table
- * (with its spare entries), and each shard with its wheel and minimum
- * bucket array. */
+ * (with its spare entries), and each shard with its minimum bucket
+ * array. */
 static uint64_t fixed_bytes(struct idem_cache *c)
 {
     struct idem_keylock_stats ks;

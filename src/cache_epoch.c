@@ -129,6 +129,18 @@ void idem__cache_now_init(struct idem__cache_now *t, const struct idem_env *env)
     t->lo = t->hi = t->now;
 }
 
+uint64_t idem__cache_coarse_slack(const struct idem_env *env)
+{
+    struct timespec res;
+    uint64_t lo, hi;
+
+    if (!idem__env_now_bounds(env, &lo, &hi))
+        return 0;
+    if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) != 0)
+        return 2 * 10000000u; /* as env.c: 10 ms a tick */
+    return 2 * ((uint64_t)res.tv_sec * 1000000000u + (uint64_t)res.tv_nsec);
+}
+
 uint64_t idem__cache_now_exact(struct idem__cache_now *t)
 {
     if (t->lo == t->hi)

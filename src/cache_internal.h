@@ -10,13 +10,13 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #include "idem/cache.h"
 #include "idem/keylock.h"
 #include "internal.h"
 #include "list.h"
 #include "table.h"
-#include "ttl.h"
 
 #define IDEM__CACHE_MIN_BUCKETS IDEM__TABLE_MIN
 #define IDEM__EPOCH_SLOTS 64u
@@ -29,21 +29,21 @@ struct idem__cache_home {
     atomic_size_t refs;
 };
 
-/* One entry, in one allocation with its key and value. A value handle is
- * a pointer to it: references are the table's (while linked, and until no
- * lock-free reader can still find it) plus one per handle; the last one
- * frees it. A lock-free get reads ttl.expires, refs, visited, klen and the
- * key: the 24 bytes before the key and the key itself. Everything else is
+/* `expires` of an entry no longer in the table: the low bits are then a
+ * pointer, the next entry in a limbo chain and later the home. No time of
+ * expiry has this bit (2^63 ms is 292 million years). */
+#define IDEM__CACHE_GONE ((uint64_t)1 << 63)
+
+/* One entry, in one allocation with its key and value: a 24-byte header.
+ * A value handle is a pointer to it: references are the table's (while
+ * linked, and until no lock-free reader can still find it) plus one per
+ * handle; the last one frees it. The table is its only index. A lock-free
+ * get reads expires, refs, visited, klen and the key. Everything else is
  * guarded by the shard lock; klen, vlen and the bytes never change once
  * the entry is published. */
 struct idem__cache_entry {
-    union {
-        struct idem__list q;           /* SIEVE queue; once unlinked,
-                                        * the shard's limbo list */
-        struct idem__cache_home *home; /* once the table let go while
-                                        * handles remain */
-    } u;
-    struct idem__ttl_node ttl; /* expires 0: never */
+    _Atomic uint64_t expires; /* 0: never; with IDEM__CACHE_GONE, unlinked:
+                               * a limbo link, then the home */
     atomic_uint refs;
     uint32_t klen;
     uint32_t vlen;
@@ -53,9 +53,13 @@ struct idem__cache_entry {
     unsigned char data[]; /* key, then value */
 };
 
-_Static_assert(offsetof(struct idem__cache_entry, data) ==
-                   IDEM_CACHE_ENTRY_OVERHEAD,
-               "IDEM_CACHE_ENTRY_OVERHEAD is the entry header");
+/* The header, allocated with each entry (the charge adds the
+ * allocator's block header). */
+#define IDEM__CACHE_HEADER offsetof(struct idem__cache_entry, data)
+
+_Static_assert(IDEM__CACHE_HEADER == 24, "the entry header is 24 bytes");
+_Static_assert(IDEM_CACHE_ENTRY_OVERHEAD == IDEM__CACHE_HEADER + 8,
+               "IDEM_CACHE_ENTRY_OVERHEAD is the header and a malloc block's");
 
 /* Epoch-based reclamation for the lock-free get (cache_epoch.c). A slot
  * belongs to one thread (owner, from its first get until it exits); its
@@ -129,32 +133,49 @@ static inline void idem__epoch_exit(struct idem__epoch *ep, unsigned slot)
 /* Move the epoch on if every reader inside has seen it; the new epoch. */
 uint64_t idem__epoch_advance(struct idem__epoch *ep);
 
+/* Unlinked entries in order, linked through their `expires` (an entry has
+ * no other room for a link, and once unlinked no reader needs the time). */
+struct idem__cache_chain {
+    struct idem__cache_entry *head, *tail;
+};
+
 /* What unlinked entries and retired table arrays wait in until no reader
  * can hold them: `fresh` since the last look, `aging` since epoch `at`.
  * Aging ones are safe once the epoch is at + 2. */
 struct idem__cache_limbo {
-    struct idem__list fresh, aging;
+    struct idem__cache_chain fresh, aging;
     struct idem__list fresh_arrays, aging_arrays;
     size_t fresh_n, fresh_bytes;
     uint64_t at;
 };
 
-/* A shard: a table (src/table.c), a SIEVE queue (front newest) with its
- * hand, an expiry wheel, the limbo, and counters; all under mu, except
- * that gets probe the table with no lock. bytes = entries charged, plus
- * table slots beyond IDEM__CACHE_MIN_BUCKETS (see shard_bytes). */
+/* The expiry sweep's state: a cursor over the table's slots (positions as
+ * idem__table_at), and a lower bound on the earliest expiry in the shard
+ * (UINT64_MAX: no entry has a TTL), made exact again by each lap. */
+struct idem__cache_sweep {
+    size_t at;         /* the next position to look at */
+    uint64_t next_due; /* no entry expires before it */
+    uint64_t lap_min;  /* earliest expiry seen or linked this lap */
+    uint64_t lap_gen;  /* the table's gen when the lap began */
+    bool lap_clean;    /* no resize was under way when it began */
+};
+
+/* A shard: a table (src/table.c), the only index of its entries, with the
+ * eviction hand and the expiry sweep both walking its slots, the limbo,
+ * and counters; all under mu, except that gets probe the table with no
+ * lock. bytes = entries charged, plus table slots beyond
+ * IDEM__CACHE_MIN_BUCKETS (see shard_bytes). */
 struct idem__cache_shard {
     _Alignas(IDEM_CACHELINE) pthread_mutex_t mu;
     uint64_t seed; /* the cache's, for the table's rehash */
     struct idem__table table;
-    struct idem__list queue;
-    struct idem__cache_entry *hand; /* NULL: the oldest */
+    size_t hand; /* CLOCK: the next position eviction looks at */
+    struct idem__cache_sweep sweep;
     size_t count;
     size_t entry_bytes;
     size_t pinned; /* entries with pins */
     uint64_t hits, misses, sets, removes, expired, evicted;
     struct idem__cache_limbo limbo;
-    struct idem__ttl_wheel wheel;
 };
 
 struct idem_cache {
@@ -165,6 +186,9 @@ struct idem_cache {
     unsigned nshards;
     size_t shard_max_entries; /* SIZE_MAX: no bound */
     size_t shard_max_bytes;
+    uint64_t coarse_slack_ns; /* 0, or how far CLOCK_MONOTONIC may be past
+                               * CLOCK_MONOTONIC_COARSE (2 ticks): the
+                               * env's clock is the default one */
     bool (*evict)(const void *value, size_t vlen, void *ud); /* or NULL */
     void *evict_ud;
     struct idem_keylock *flights; /* get_or_compute's single flight */
@@ -177,8 +201,7 @@ struct idem_cache {
 /* What each index holds, counted by walking it (tests; O(entries)). */
 struct idem__cache_counts {
     size_t table;   /* entries in the tables */
-    size_t queue;   /* entries in eviction queues */
-    size_t wheel;   /* nodes in expiry wheels */
+    size_t timed;   /* of those, entries with a TTL */
     size_t pinned;  /* entries with pins */
     size_t bytes;   /* bytes charged */
     size_t buckets; /* table slots, all shards */
@@ -194,9 +217,51 @@ static inline size_t idem__cache_entry_bytes(const struct idem__cache_entry *e)
     return IDEM_CACHE_ENTRY_OVERHEAD + (size_t)e->klen + e->vlen;
 }
 
+/* The expiry of a linked entry (under the shard lock). */
 static inline uint64_t idem__cache_expires(const struct idem__cache_entry *e)
 {
-    return atomic_load_explicit(&e->ttl.expires, memory_order_relaxed);
+    return atomic_load_explicit(&e->expires, memory_order_relaxed);
+}
+
+/* The next entry of a chain after e. */
+static inline struct idem__cache_entry *
+idem__cache_chain_next(const struct idem__cache_entry *e)
+{
+    uint64_t x = atomic_load_explicit(&e->expires, memory_order_relaxed);
+
+    return (struct idem__cache_entry *)(uintptr_t)(x & ~IDEM__CACHE_GONE);
+}
+
+/* Append the unlinked e to ch. Release: a reader that sees the mark sees
+ * the table without e (cache.c, idem__cache_get). */
+static inline void idem__cache_chain_push(struct idem__cache_chain *ch,
+                                          struct idem__cache_entry *e)
+{
+    atomic_store_explicit(&e->expires, IDEM__CACHE_GONE, memory_order_release);
+    if (ch->tail)
+        atomic_store_explicit(&ch->tail->expires,
+                              IDEM__CACHE_GONE | (uint64_t)(uintptr_t)e,
+                              memory_order_release);
+    else
+        ch->head = e;
+    ch->tail = e;
+}
+
+/* Move every entry of from to the end of to. */
+static inline void idem__cache_chain_splice(struct idem__cache_chain *to,
+                                            struct idem__cache_chain *from)
+{
+    if (!from->head)
+        return;
+    if (to->tail)
+        atomic_store_explicit(&to->tail->expires,
+                              IDEM__CACHE_GONE |
+                                  (uint64_t)(uintptr_t)from->head,
+                              memory_order_relaxed);
+    else
+        to->head = from->head;
+    to->tail = from->tail;
+    from->head = from->tail = NULL;
 }
 
 /* Bytes a shard charges: its entries and its table beyond the minimum. */
@@ -235,6 +300,25 @@ void idem__cache_now_init(struct idem__cache_now *t,
 /* The precise time. */
 uint64_t idem__cache_now_exact(struct idem__cache_now *t);
 
+/* c->coarse_slack_ns for env. */
+uint64_t idem__cache_coarse_slack(const struct idem_env *env);
+
+/* Whether an entry expiring at expires (not 0) is surely live, from the
+ * coarse clock alone: the lock-free get's one clock read, inline. False
+ * when it cannot tell (then idem__cache_past decides). */
+static inline bool idem__cache_surely_live(const struct idem_cache *c,
+                                           uint64_t expires)
+{
+    struct timespec ts;
+    uint64_t ns;
+
+    if (!c->coarse_slack_ns)
+        return false;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    return expires > (ns + c->coarse_slack_ns) / 1000000u + 1;
+}
+
 /* Whether a time of expiry (0: never) is past: exact. */
 static inline bool idem__cache_past(struct idem__cache_now *t, uint64_t expires)
 {
@@ -263,7 +347,8 @@ void idem__cache_entry_put(struct idem_cache *c, struct idem__cache_entry *e);
 
 /* What a limbo gave up: safe to free once the shard lock is dropped. */
 struct idem__cache_ready {
-    struct idem__list entries, arrays;
+    struct idem__cache_chain entries;
+    struct idem__list arrays;
 };
 
 void idem__cache_ready_init(struct idem__cache_ready *r);
@@ -319,22 +404,26 @@ idem__cache_find_locked(struct idem_cache *c, struct idem__cache_shard *s,
                         struct idem__cache_now *t,
                         struct idem__table_pos *pos_out);
 
-/* Link e (hash h) into the table, the queue and, if expires, the wheel.
- * old (at pos) is replaced in place; NULL: a new key (after
- * idem__table_reserve). */
+/* Link e (hash h) into the table, expiring at expires (0: never). old (at
+ * pos) is replaced in place; NULL: a new key (after idem__table_reserve). */
 void idem__cache_link_locked(struct idem_cache *c, struct idem__cache_shard *s,
                              struct idem__cache_entry *e, uint64_t h,
                              uint64_t expires, struct idem__cache_entry *old,
                              struct idem__table_pos pos);
 
-/* Take e (at pos) out of every index into the limbo. Counts nothing. */
+/* Take e (at pos) out of the table into the limbo. Counts nothing. */
 void idem__cache_unlink_locked(struct idem_cache *c,
                                struct idem__cache_shard *s,
                                struct idem__cache_entry *e,
                                struct idem__table_pos pos);
 
-/* Reclaim expired entries with at most budget units of wheel work. True
- * when none is left. */
+/* Give e (linked) the expiry expires (0: never). */
+void idem__cache_set_expiry_locked(struct idem__cache_shard *s,
+                                   struct idem__cache_entry *e,
+                                   uint64_t expires);
+
+/* Sweep on for at most budget slots, reclaiming entries expired at now,
+ * if any may be. True when none is left (a lap has shown it). */
 bool idem__cache_reclaim_locked(struct idem_cache *c,
                                 struct idem__cache_shard *s, uint64_t now,
                                 size_t budget);
@@ -352,9 +441,10 @@ int idem__cache_make_room_locked(struct idem_cache *c,
 size_t idem__cache_clear_locked(struct idem_cache *c,
                                 struct idem__cache_shard *s);
 
-/* Move a table resize on, or start one if it is due and fits. */
+/* Move a table resize on by budget slots, or start one if it is due and
+ * fits. */
 void idem__cache_table_work_locked(struct idem_cache *c,
-                                   struct idem__cache_shard *s);
+                                   struct idem__cache_shard *s, size_t budget);
 
 /* Move what the limbo holds on, and hand over to r what is safe to free.
  * force: age even a small batch (tick, size). */

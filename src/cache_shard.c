@@ -1,23 +1,18 @@
-/* cache shards: the table (src/table.c), the SIEVE eviction queue, the
- * glue to the expiry wheel, and the limbo where unlinked entries wait for
- * lock-free readers to move on. Every function runs under the shard lock;
- * what the limbo gives up is freed after it is dropped.
- * docs/internals/cache.md. */
+/* cache shards: the table (src/table.c), the one index of a shard's
+ * entries; CLOCK eviction and the expiry sweep, both walking its slots;
+ * and the limbo where unlinked entries wait for lock-free readers to move
+ * on. Every function runs under the shard lock; what the limbo gives up is
+ * freed after it is dropped. docs/internals/cache.md. */
 #include <string.h>
 
 #include "cache_internal.h"
 #include "hash.h"
 
-#define ROOM_BUDGET 64u  /* wheel work per round before evicting live ones */
+#define ROOM_SLOTS 256u  /* swept before a live entry is evicted */
 #define EVICT_ASKS 64u   /* refusals of the evict hook before giving up */
-#define TABLE_STEP 16u   /* slots of a resize moved per write */
+#define SWEEP_BATCH 16u  /* slots whose entries are prefetched together */
 #define LIMBO_BATCH 128u /* unlinked entries aged together */
 #define LIMBO_BYTES (256u << 10)
-
-static struct idem__cache_entry *entry_of_node(struct idem__list *n)
-{
-    return idem__list_entry(n, struct idem__cache_entry, u.q);
-}
 
 /* -- Table glue ------------------------------------------------------ */
 
@@ -35,7 +30,7 @@ static void retire_array(struct idem__table_array *a, void *ud)
 
     idem__list_push_back(&l->fresh_arrays, &a->retired);
     l->fresh_n++;
-    l->fresh_bytes += (a->mask + 1) * sizeof(uint64_t);
+    l->fresh_bytes += a->n * sizeof(uint64_t);
 }
 
 void idem__cache_table_ops(struct idem_cache *c, struct idem__cache_shard *s,
@@ -48,7 +43,7 @@ void idem__cache_table_ops(struct idem_cache *c, struct idem__cache_shard *s,
 }
 
 void idem__cache_table_work_locked(struct idem_cache *c,
-                                   struct idem__cache_shard *s)
+                                   struct idem__cache_shard *s, size_t budget)
 {
     size_t due = idem__table_due(&s->table);
 
@@ -56,7 +51,7 @@ void idem__cache_table_work_locked(struct idem_cache *c,
     if (due && idem__cache_shard_bytes(s) + due * sizeof(uint64_t) >
                    c->shard_max_bytes)
         return;
-    idem__table_step(&s->table, TABLE_STEP);
+    idem__table_step(&s->table, budget);
 }
 
 struct idem__cache_entry *
@@ -79,15 +74,39 @@ idem__cache_find_locked(struct idem_cache *c, struct idem__cache_shard *s,
 
 /* -- Linking and unlinking ------------------------------------------- */
 
-static void queue_unlink(struct idem__cache_shard *s,
+/* Start the sweep's lap over (the table changed under it, or it ended). */
+static void lap_begin(struct idem__cache_shard *s)
+{
+    s->sweep.at = 0;
+    s->sweep.lap_min = UINT64_MAX;
+    s->sweep.lap_gen = s->table.gen;
+    s->sweep.lap_clean = s->table.to == NULL;
+}
+
+void idem__cache_set_expiry_locked(struct idem__cache_shard *s,
+                                   struct idem__cache_entry *e,
+                                   uint64_t expires)
+{
+    atomic_store_explicit(&e->expires, expires, memory_order_relaxed);
+    if (!expires)
+        return;
+    if (expires < s->sweep.next_due)
+        s->sweep.next_due = expires;
+    if (expires < s->sweep.lap_min)
+        s->sweep.lap_min = expires;
+}
+
+/* Count e out of the shard and into the limbo. */
+static void retire_entry(struct idem__cache_shard *s,
                          struct idem__cache_entry *e)
 {
-    if (s->hand == e) { /* the hand moves on towards newer entries */
-        struct idem__list *newer = e->u.q.prev;
-
-        s->hand = newer == &s->queue ? NULL : entry_of_node(newer);
-    }
-    idem__list_remove(&e->u.q);
+    s->count--;
+    s->entry_bytes -= idem__cache_entry_bytes(e);
+    s->pinned -= e->pins != 0;
+    e->linked = 0;
+    idem__cache_chain_push(&s->limbo.fresh, e);
+    s->limbo.fresh_n++;
+    s->limbo.fresh_bytes += idem__cache_entry_bytes(e);
 }
 
 void idem__cache_link_locked(struct idem_cache *c, struct idem__cache_shard *s,
@@ -95,30 +114,27 @@ void idem__cache_link_locked(struct idem_cache *c, struct idem__cache_shard *s,
                              uint64_t expires, struct idem__cache_entry *old,
                              struct idem__table_pos pos)
 {
-    idem__list_push_front(&s->queue, &e->u.q);
     atomic_store_explicit(&e->visited, 0, memory_order_relaxed);
     e->linked = 1;
-    atomic_store_explicit(&e->ttl.expires, 0, memory_order_relaxed);
-    if (expires)
-        idem__ttl_insert(&s->wheel, &e->ttl, expires);
+    idem__cache_set_expiry_locked(s, e, expires);
     s->count++;
     s->entry_bytes += idem__cache_entry_bytes(e);
     s->pinned += e->pins != 0;
     if (old) { /* same slot: a reader sees the old entry or the new one */
         idem__table_replace(&s->table, pos, e);
-        old->linked = 0;
-        queue_unlink(s, old);
-        idem__ttl_remove(&s->wheel, &old->ttl);
-        s->count--;
-        s->entry_bytes -= idem__cache_entry_bytes(old);
-        s->pinned -= old->pins != 0;
-        idem__list_push_back(&s->limbo.fresh, &old->u.q);
-        s->limbo.fresh_n++;
-        s->limbo.fresh_bytes += idem__cache_entry_bytes(old);
+        retire_entry(s, old);
     } else {
         idem__table_insert(&s->table, h, e);
     }
     (void)c;
+}
+
+/* Empty shard: the table is back at its smallest array; nothing expires. */
+static void reset_walks(struct idem__cache_shard *s)
+{
+    s->hand = 0;
+    s->sweep.next_due = UINT64_MAX;
+    lap_begin(s);
 }
 
 void idem__cache_unlink_locked(struct idem_cache *c,
@@ -128,103 +144,114 @@ void idem__cache_unlink_locked(struct idem_cache *c,
 {
     assert(e->linked);
     idem__table_remove(&s->table, pos);
-    queue_unlink(s, e);
-    idem__ttl_remove(&s->wheel, &e->ttl);
-    s->count--;
-    s->entry_bytes -= idem__cache_entry_bytes(e);
-    s->pinned -= e->pins != 0;
-    e->linked = 0;
-    idem__list_push_back(&s->limbo.fresh, &e->u.q);
-    s->limbo.fresh_n++;
-    s->limbo.fresh_bytes += idem__cache_entry_bytes(e);
-    if (s->count == 0) /* back to the smallest array at once */
+    retire_entry(s, e);
+    if (s->count == 0) { /* back to the smallest array at once */
         idem__table_clear(&s->table);
+        reset_walks(s);
+    }
     (void)c;
 }
 
-/* Unlink e, found by its node in the wheel or the queue. */
-static void unlink_entry_locked(struct idem_cache *c,
-                                struct idem__cache_shard *s,
-                                struct idem__cache_entry *e)
-{
-    struct idem__cache_key k = { e->data, e->klen };
-    struct idem__table_pos pos;
-    void *found = idem__table_find_pos(&s->table, entry_hash(e, s),
-                                       idem__cache_entry_eq, &k, &pos);
+/* -- Expiry: the sweep ----------------------------------------------- */
 
-    assert(found == e);
-    (void)found;
-    idem__cache_unlink_locked(c, s, e, pos);
+/* The lap is over: if no item moved during it, it saw every entry, and
+ * its earliest expiry is exact. */
+static void lap_end(struct idem__cache_shard *s)
+{
+    if (s->sweep.lap_clean && s->sweep.lap_gen == s->table.gen)
+        s->sweep.next_due = s->sweep.lap_min;
+    lap_begin(s);
+}
+
+/* Look at up to n slots from the cursor: load their entries, prefetching
+ * each, then reclaim those expired at now, so that the cache misses of a
+ * batch overlap. */
+static void sweep_batch(struct idem_cache *c, struct idem__cache_shard *s,
+                        uint64_t now, size_t n)
+{
+    struct idem__cache_entry *items[SWEEP_BATCH];
+    struct idem__table_pos where[SWEEP_BATCH];
+    size_t span = idem__table_span(&s->table), i, k = 0;
+    uint64_t x;
+
+    for (; n > 0 && s->sweep.at < span; n--, s->sweep.at++) {
+        items[k] = idem__table_at(&s->table, s->sweep.at, &where[k]);
+        if (items[k])
+            __builtin_prefetch(items[k++]);
+    }
+    for (i = 0; i < k; i++) {
+        x = idem__cache_expires(items[i]);
+        if (x && x <= now) {
+            s->expired++;
+            idem__cache_unlink_locked(c, s, items[i], where[i]);
+        } else if (x && x < s->sweep.lap_min) {
+            s->sweep.lap_min = x;
+        }
+    }
+    if (s->sweep.at >= idem__table_span(&s->table))
+        lap_end(s);
 }
 
 bool idem__cache_reclaim_locked(struct idem_cache *c,
                                 struct idem__cache_shard *s, uint64_t now,
                                 size_t budget)
 {
-    struct idem__ttl_node *due = NULL, *n;
-    bool done = idem__ttl_advance(&s->wheel, now, &budget, &due);
+    size_t n;
 
-    while ((n = due) != NULL) {
-        due = n->next;
-        n->next = NULL;
-        s->expired++;
-        unlink_entry_locked(
-            c, s, IDEM_CONTAINER_OF(n, struct idem__cache_entry, ttl));
+    while (budget > 0 && s->sweep.next_due <= now) {
+        n = budget < SWEEP_BATCH ? budget : SWEEP_BATCH;
+        sweep_batch(c, s, now, n);
+        budget -= n;
     }
-    return done;
+    return s->sweep.next_due > now;
 }
 
-/* -- Eviction -------------------------------------------------------- */
+/* -- Eviction: CLOCK over the table's slots -------------------------- */
 
 /* Whether the cache's evict hook lets e go (live entries only). */
 static bool may_evict(const struct idem_cache *c,
-                      const struct idem__cache_entry *e,
-                      struct idem__cache_now *t)
+                      const struct idem__cache_entry *e)
 {
-    return !c->evict || idem__cache_past(t, idem__cache_expires(e)) ||
-           c->evict(e->data + e->klen, e->vlen, c->evict_ud);
+    return !c->evict || c->evict(e->data + e->klen, e->vlen, c->evict_ud);
 }
 
-/* The entry after e towards newer ones, wrapping to the oldest. */
-static struct idem__cache_entry *newer_of(struct idem__cache_shard *s,
-                                          struct idem__cache_entry *e)
-{
-    struct idem__list *n = e->u.q.prev;
-
-    return entry_of_node(n == &s->queue ? s->queue.prev : n);
-}
-
-/* SIEVE: from the hand towards newer entries (wrapping to the oldest),
- * clear the visited bit of each evictable entry until one without it turns
- * up that the evict hook lets go; the hand stays just past it. Without a
- * hook, two rounds at most, since the first clears every bit it passes;
- * with one, at most EVICT_ASKS refusals. NULL when nothing is evictable. */
+/* From the hand, over the table's slots (wrapping): an expired entry is
+ * taken at once; a visited one loses its bit and stays; the first other
+ * one the evict hook lets go is the victim, and the hand stays just past
+ * it. Never a pinned entry or keep. Two laps at most without a hook (the
+ * first clears every bit it passes); with one, at most EVICT_ASKS
+ * refusals. NULL when nothing is evictable. */
 static struct idem__cache_entry *
 victim_locked(const struct idem_cache *c, struct idem__cache_shard *s,
-              const struct idem__cache_entry *keep, struct idem__cache_now *t)
+              const struct idem__cache_entry *keep, struct idem__cache_now *t,
+              struct idem__table_pos *pos_out)
 {
     size_t protected = s->pinned + (keep && !keep->pins);
-    size_t asks = 0, steps = 0, bound = 2 * s->count + 1;
-    struct idem__cache_entry *e =
-        s->hand ? s->hand : entry_of_node(s->queue.prev);
+    size_t span = idem__table_span(&s->table), steps = 0, asks = 0;
+    struct idem__cache_entry *e;
 
     if (s->count <= protected)
         return NULL;
-    for (;; e = newer_of(s, e)) {
-        if (++steps > bound && asks)
+    for (;; s->hand++) {
+        if (s->hand >= span)
+            s->hand = 0;
+        if (++steps > 2 * span + 1)
             return NULL; /* every candidate was kept */
-        if (e->pins || e == keep)
+        e = idem__table_at(&s->table, s->hand, pos_out);
+        if (!e || e->pins || e == keep)
             continue;
+        if (idem__cache_past(t, idem__cache_expires(e)))
+            break;
         if (atomic_load_explicit(&e->visited, memory_order_relaxed)) {
             atomic_store_explicit(&e->visited, 0, memory_order_relaxed);
             continue;
         }
-        if (may_evict(c, e, t))
+        if (may_evict(c, e))
             break;
         if (++asks >= EVICT_ASKS)
             return NULL;
     }
-    s->hand = e->u.q.prev == &s->queue ? NULL : entry_of_node(e->u.q.prev);
+    s->hand++;
     return e;
 }
 
@@ -244,6 +271,9 @@ static bool fits_locked(const struct idem_cache *c,
     return count <= c->shard_max_entries && bytes <= c->shard_max_bytes;
 }
 
+/* Expired entries go before live ones: first the sweep, for up to
+ * ROOM_SLOTS slots (a whole small shard), then the hand, which takes an
+ * expired entry it meets before any live one. */
 int idem__cache_make_room_locked(struct idem_cache *c,
                                  struct idem__cache_shard *s,
                                  struct idem__cache_now *t,
@@ -251,41 +281,49 @@ int idem__cache_make_room_locked(struct idem_cache *c,
                                  size_t new_bytes, bool caught_up)
 {
     struct idem__cache_entry *v;
+    struct idem__table_pos pos;
+    size_t swept = 0;
 
     while (!fits_locked(c, s, keep, new_bytes)) {
-        if (!caught_up) { /* expired entries go before live ones */
-            caught_up = idem__cache_reclaim_locked(c, s, t->lo, ROOM_BUDGET);
+        if (!caught_up && swept < ROOM_SLOTS) {
+            caught_up = idem__cache_reclaim_locked(c, s, t->lo, SWEEP_BATCH);
+            swept += SWEEP_BATCH;
             continue;
         }
-        v = victim_locked(c, s, keep, t);
+        v = victim_locked(c, s, keep, t, &pos);
         if (!v)
             return IDEM_EBUSY;
         if (idem__cache_past(t, idem__cache_expires(v)))
             s->expired++;
         else
             s->evicted++;
-        unlink_entry_locked(c, s, v);
+        idem__cache_unlink_locked(c, s, v, pos);
     }
     return IDEM_OK;
+}
+
+static int retire_item(void *item, void *ud)
+{
+    struct idem__cache_shard *s = ud;
+    struct idem__cache_entry *e = item;
+
+    e->linked = 0;
+    idem__cache_chain_push(&s->limbo.fresh, e);
+    s->limbo.fresh_n++;
+    s->limbo.fresh_bytes += idem__cache_entry_bytes(e);
+    return 0;
 }
 
 size_t idem__cache_clear_locked(struct idem_cache *c,
                                 struct idem__cache_shard *s)
 {
-    struct idem__cache_entry *e;
     size_t n = s->count;
 
-    while (!idem__list_empty(&s->queue)) {
-        e = entry_of_node(s->queue.next);
-        idem__list_remove(&e->u.q);
-        idem__ttl_remove(&s->wheel, &e->ttl);
-        e->linked = 0;
-        idem__list_push_back(&s->limbo.fresh, &e->u.q);
-        s->limbo.fresh_n++;
-        s->limbo.fresh_bytes += idem__cache_entry_bytes(e);
-    }
+    /* a reader meeting a marked entry still in the table reads under
+     * the lock, and so waits for the clear to end */
+    idem__table_foreach(&s->table, retire_item, s);
     idem__table_clear(&s->table);
-    s->hand = NULL;
+    reset_walks(s);
     s->count = 0;
     s->pinned = 0;
     s->entry_bytes = 0;
@@ -303,8 +341,7 @@ static void collect_once(struct idem_cache *c, struct idem__cache_shard *s,
                          struct idem__cache_ready *r, bool force)
 {
     struct idem__cache_limbo *l = &s->limbo;
-    bool aging =
-        !idem__list_empty(&l->aging) || !idem__list_empty(&l->aging_arrays);
+    bool aging = l->aging.head || !idem__list_empty(&l->aging_arrays);
     uint64_t now;
 
     if (!force && l->fresh_n < LIMBO_BATCH && l->fresh_bytes < LIMBO_BYTES &&
@@ -317,13 +354,13 @@ static void collect_once(struct idem_cache *c, struct idem__cache_shard *s,
     if (aging && !force && now < l->at + 2)
         now = idem__epoch_advance(c->epoch);
     if (aging && now >= l->at + 2) {
-        idem__list_splice_back(&r->entries, &l->aging);
+        idem__cache_chain_splice(&r->entries, &l->aging);
         idem__list_splice_back(&r->arrays, &l->aging_arrays);
         aging = false;
     }
     if (aging || !l->fresh_n)
         return;
-    idem__list_splice_back(&l->aging, &l->fresh);
+    idem__cache_chain_splice(&l->aging, &l->fresh);
     idem__list_splice_back(&l->aging_arrays, &l->fresh_arrays);
     l->fresh_n = l->fresh_bytes = 0;
     l->at = atomic_load(&c->epoch->now); /* after every unlink of the batch */
@@ -346,26 +383,30 @@ void idem__cache_collect_locked(struct idem_cache *c,
 
 static int count_item(void *item, void *ud)
 {
-    (void)item;
-    (*(size_t *)ud)++;
+    const struct idem__cache_entry *e = item;
+    struct idem__cache_counts *n = ud;
+
+    n->table++;
+    n->timed += idem__cache_expires(e) != 0;
+    n->pinned += e->pins != 0;
     return 0;
+}
+
+static size_t chain_len(const struct idem__cache_chain *ch)
+{
+    const struct idem__cache_entry *e;
+    size_t n = 0;
+
+    for (e = ch->head; e; e = idem__cache_chain_next(e))
+        n++;
+    return n;
 }
 
 static void count_shard_locked(struct idem__cache_shard *s,
                                struct idem__cache_counts *n)
 {
-    struct idem__list *q;
-
-    idem__table_foreach(&s->table, count_item, &n->table);
-    for (q = s->queue.next; q != &s->queue; q = q->next) {
-        n->queue++;
-        n->pinned += entry_of_node(q)->pins != 0;
-    }
-    for (q = s->limbo.fresh.next; q != &s->limbo.fresh; q = q->next)
-        n->limbo++;
-    for (q = s->limbo.aging.next; q != &s->limbo.aging; q = q->next)
-        n->limbo++;
-    n->wheel += idem__ttl_walk_count(&s->wheel);
+    idem__table_foreach(&s->table, count_item, n);
+    n->limbo += chain_len(&s->limbo.fresh) + chain_len(&s->limbo.aging);
     n->bytes += idem__cache_shard_bytes(s);
     n->buckets += idem__table_slots(&s->table);
 }

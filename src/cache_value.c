@@ -40,12 +40,11 @@ struct idem__cache_entry *idem__cache_entry_new(struct idem_cache *c,
 {
     struct idem__cache_entry *e;
 
-    e = idem__alloc(&c->env, IDEM_CACHE_ENTRY_OVERHEAD + klen + vlen);
+    e = idem__alloc(&c->env, IDEM__CACHE_HEADER + klen + vlen);
     if (!e)
         return NULL;
-    memset(e, 0, IDEM_CACHE_ENTRY_OVERHEAD);
-    idem__list_init(&e->u.q);
-    atomic_init(&e->ttl.expires, 0);
+    memset(e, 0, IDEM__CACHE_HEADER);
+    atomic_init(&e->expires, 0);
     atomic_init(&e->refs, 1);
     atomic_init(&e->visited, 0);
     e->klen = (uint32_t)klen;
@@ -59,8 +58,8 @@ struct idem__cache_entry *idem__cache_entry_new(struct idem_cache *c,
 
 /* With only the table's reference left nobody else can take one (no
  * reader can find the entry any more), so it goes at once; otherwise the
- * last handle frees it, through the home it is given before the table
- * lets go. */
+ * last handle frees it, through the home it is given (in `expires`, which
+ * nobody reads any more) before the table lets go. */
 void idem__cache_entry_put(struct idem_cache *c, struct idem__cache_entry *e)
 {
     assert(!e->linked);
@@ -69,7 +68,9 @@ void idem__cache_entry_put(struct idem_cache *c, struct idem__cache_entry *e)
         return;
     }
     atomic_fetch_add_explicit(&c->home->refs, 1, memory_order_relaxed);
-    e->u.home = c->home;
+    atomic_store_explicit(&e->expires,
+                          IDEM__CACHE_GONE | (uint64_t)(uintptr_t)c->home,
+                          memory_order_relaxed);
     if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1) {
         idem__free(&c->env, e);
         idem__cache_home_put(c->home);
@@ -78,22 +79,21 @@ void idem__cache_entry_put(struct idem_cache *c, struct idem__cache_entry *e)
 
 void idem__cache_ready_init(struct idem__cache_ready *r)
 {
-    idem__list_init(&r->entries);
+    r->entries.head = r->entries.tail = NULL;
     idem__list_init(&r->arrays);
 }
 
 size_t idem__cache_bury(struct idem_cache *c, struct idem__cache_ready *r)
 {
+    struct idem__cache_entry *e = r->entries.head, *next;
     struct idem__list *n, *tmp;
     size_t count = 0;
 
-    idem__list_foreach_safe(n, tmp, &r->entries)
-    {
-        idem__list_remove(n);
-        idem__cache_entry_put(
-            c, idem__list_entry(n, struct idem__cache_entry, u.q));
-        count++;
+    for (; e; e = next, count++) {
+        next = e == r->entries.tail ? NULL : idem__cache_chain_next(e);
+        idem__cache_entry_put(c, e);
     }
+    r->entries.head = r->entries.tail = NULL;
     idem__list_foreach_safe(n, tmp, &r->arrays)
     {
         idem__list_remove(n);
@@ -127,25 +127,44 @@ void idem_cache_value_release(struct idem_cache_value *v)
 {
     struct idem__cache_entry *e = entry_of(v);
     struct idem__cache_home *home;
+    uint64_t x;
 
     if (!v || atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) != 1)
         return;
     /* the table let go first, or the count could not reach 0 here */
-    home = e->u.home;
+    x = atomic_load_explicit(&e->expires, memory_order_relaxed);
+    home = (struct idem__cache_home *)(uintptr_t)(x & ~IDEM__CACHE_GONE);
     idem__free(&home->env, e);
     idem__cache_home_put(home);
 }
 
 /* -- foreach --------------------------------------------------------- */
 
-/* References to s's live entries, oldest first, in a new array. */
+struct snapshot {
+    struct idem__cache_now *t;
+    struct idem__cache_entry **arr;
+    size_t n;
+};
+
+static int snapshot_item(void *item, void *ud)
+{
+    struct idem__cache_entry *e = item;
+    struct snapshot *sn = ud;
+
+    if (!idem__cache_past(sn->t, idem__cache_expires(e))) {
+        atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+        sn->arr[sn->n++] = e;
+    }
+    return 0;
+}
+
+/* References to s's live entries, in table order, in a new array. */
 static int snapshot_shard(struct idem_cache *c, struct idem__cache_shard *s,
                           struct idem__cache_now *t,
                           struct idem__cache_entry ***arr_out, size_t *n_out)
 {
-    struct idem__cache_entry **arr = NULL, *e;
-    struct idem__list *q;
-    size_t n = 0;
+    struct snapshot sn = { t, NULL, 0 };
+    struct idem__cache_entry **arr = NULL;
 
     pthread_mutex_lock(&s->mu);
     if (s->count) {
@@ -155,16 +174,11 @@ static int snapshot_shard(struct idem_cache *c, struct idem__cache_shard *s,
             return IDEM_ENOMEM;
         }
     }
-    for (q = s->queue.prev; q != &s->queue; q = q->prev) {
-        e = idem__list_entry(q, struct idem__cache_entry, u.q);
-        if (idem__cache_past(t, idem__cache_expires(e)))
-            continue;
-        atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
-        arr[n++] = e;
-    }
+    sn.arr = arr;
+    idem__table_foreach(&s->table, snapshot_item, &sn);
     pthread_mutex_unlock(&s->mu);
     *arr_out = arr;
-    *n_out = n;
+    *n_out = sn.n;
     return IDEM_OK;
 }
 
@@ -207,8 +221,7 @@ struct idem_cache_buf {
 static int buf_resize(struct idem_cache_buf *b, size_t cap)
 {
     const struct idem_env *env = &b->c->env;
-    void *p =
-        env->alloc(env->ud, b->e, IDEM_CACHE_ENTRY_OVERHEAD + b->e->klen + cap);
+    void *p = env->alloc(env->ud, b->e, IDEM__CACHE_HEADER + b->e->klen + cap);
 
     if (!p)
         return IDEM_ENOMEM;

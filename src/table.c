@@ -22,7 +22,7 @@ static struct idem__table_array *array_new(const struct idem_env *env,
     if (!a)
         return NULL;
     idem__list_init(&a->retired);
-    a->mask = slots - 1;
+    a->n = slots;
     a->used = 0;
     atomic_init(&a->next, NULL);
     for (i = 0; i < slots; i++)
@@ -60,6 +60,7 @@ int idem__table_init(struct idem__table *t, const struct idem_env *env,
     t->to = NULL;
     t->moved = 0;
     t->count = 0;
+    t->gen = 0;
     t->env = *env;
     t->ops = *ops;
     return IDEM_OK;
@@ -85,7 +86,7 @@ static void *probe(struct idem__table_array *a, uint64_t hash,
     uint64_t tag = idem__table_tag(hash), s;
     size_t i;
 
-    for (i = hash & a->mask;; i = (i + 1) & a->mask) {
+    for (i = idem__table_index(hash, a->n);; i = i + 1 < a->n ? i + 1 : 0) {
         s = atomic_load_explicit(&a->slots[i], memory_order_relaxed);
         if (s == IDEM__TABLE_EMPTY)
             return NULL;
@@ -117,7 +118,7 @@ static void place(struct idem__table_array *a, uint64_t hash, void *item)
 
     assert(((uintptr_t)item >> IDEM__TABLE_PTR_BITS) == 0);
     assert(((uintptr_t)item & 3u) == 0);
-    for (i = hash & a->mask;; i = (i + 1) & a->mask) {
+    for (i = idem__table_index(hash, a->n);; i = i + 1 < a->n ? i + 1 : 0) {
         s = atomic_load_explicit(&a->slots[i], memory_order_relaxed);
         if (s <= IDEM__TABLE_TOMB)
             break;
@@ -160,20 +161,32 @@ void idem__table_remove(struct idem__table *t, struct idem__table_pos pos)
 
 /* -- Resizing -------------------------------------------------------- */
 
+/* The sizes: IDEM__TABLE_MIN, then 3 * 2^k from 24, each twice the one
+ * before (but the first step, 16 to 24). */
+static size_t size_up(size_t n)
+{
+    return n == IDEM__TABLE_MIN ? 24 : 2 * n;
+}
+
+static size_t size_down(size_t n)
+{
+    return n == 24 ? IDEM__TABLE_MIN : n / 2;
+}
+
 /* The size the table should move to, or 0 to stay: past 3/4 full (with
- * tombstones) double, or rebuild at the same size if tombstones are most
- * of it; under 1/4 full halve. Each target keeps the next array under 3/4
- * full when the move ends, counting one insert per write while STEP_SLOTS
- * move (n/16 writes). */
+ * tombstones) the next size up, or a rebuild at the same size if
+ * tombstones are most of it; under 1/4 full the next size down. Each
+ * target keeps the next array under 3/4 full when the move ends, counting
+ * one insert per write while STEP_SLOTS move (n/16 writes). */
 static size_t target_size(const struct idem__table *t)
 {
     const struct idem__table_array *a = head_of(t);
-    size_t n = a->mask + 1;
+    size_t n = a->n;
 
     if (a->used * 4 > n * 3)
-        return t->count * 2 > n ? 2 * n : n;
+        return t->count * 2 > n ? size_up(n) : n;
     if (n > IDEM__TABLE_MIN && t->count * 4 < n)
-        return n / 2;
+        return size_down(n);
     return 0;
 }
 
@@ -190,6 +203,7 @@ static bool start_resize(struct idem__table *t, size_t n)
         return false;
     t->to = to;
     t->moved = 0;
+    t->gen++;
     atomic_store_explicit(&head_of(t)->next, to, memory_order_release);
     return true;
 }
@@ -229,7 +243,8 @@ static void move_batch(struct idem__table *t, struct idem__table_array *a,
 
     for (i = 0; i < k; i++) {
         hashes[i] = t->ops.hash(items[i], t->ops.ud);
-        __builtin_prefetch(&t->to->slots[hashes[i] & t->to->mask], 1);
+        __builtin_prefetch(
+            &t->to->slots[idem__table_index(hashes[i], t->to->n)], 1);
     }
     for (i = 0; i < k; i++) {
         place(t->to, hashes[i], items[i]);
@@ -244,6 +259,7 @@ static void finish_resize(struct idem__table *t)
 
     atomic_store_explicit(&t->head, t->to, memory_order_release);
     t->to = NULL;
+    t->gen++;
     retire(t, old);
 }
 
@@ -257,14 +273,14 @@ bool idem__table_step(struct idem__table *t, size_t budget)
         if (!n || !start_resize(t, n))
             return false;
     }
-    while (budget > 0 && t->moved <= a->mask) {
+    while (budget > 0 && t->moved < a->n) {
         n = budget < STEP_SLOTS ? budget : STEP_SLOTS;
-        n = n < a->mask + 1 - t->moved ? n : a->mask + 1 - t->moved;
+        n = n < a->n - t->moved ? n : a->n - t->moved;
         move_batch(t, a, t->moved, n);
         t->moved += n;
         budget -= n;
     }
-    if (t->moved > a->mask)
+    if (t->moved == a->n)
         finish_resize(t);
     return t->to != NULL;
 }
@@ -273,27 +289,27 @@ int idem__table_reserve(struct idem__table *t)
 {
     struct idem__table_array *a = head_of(t);
 
-    if (t->to && t->to->used * 4 >= (t->to->mask + 1) * 3)
+    if (t->to && t->to->used * 4 >= t->to->n * 3)
         idem__table_step(t, SIZE_MAX); /* never expected: finish it */
-    if (!t->to && (a->used + 1) * 4 > (a->mask + 1) * 3)
+    if (!t->to && (a->used + 1) * 4 > a->n * 3)
         idem__table_step(t, STEP_SLOTS);
     a = insert_array(t);
-    return a->used + 1 < a->mask + 1 ? IDEM_OK : IDEM_ENOMEM;
+    return a->used + 1 < a->n ? IDEM_OK : IDEM_ENOMEM;
 }
 
 size_t idem__table_insert_cost(const struct idem__table *t)
 {
     const struct idem__table_array *a = head_of(t);
-    size_t n = a->mask + 1;
+    size_t n = a->n;
 
     if (t->to || (a->used + 1) * 4 <= n * 3)
         return 0;
-    return (t->count + 1) * 2 > n ? 2 * n : n;
+    return (t->count + 1) * 2 > n ? size_up(n) : n;
 }
 
 size_t idem__table_slots(const struct idem__table *t)
 {
-    return head_of(t)->mask + 1 + (t->to ? t->to->mask + 1 : 0);
+    return head_of(t)->n + (t->to ? t->to->n : 0);
 }
 
 /* Empty every slot of a, for clear when no smaller array can be had. */
@@ -301,7 +317,7 @@ static void wipe(struct idem__table_array *a)
 {
     size_t i;
 
-    for (i = 0; i <= a->mask; i++)
+    for (i = 0; i < a->n; i++)
         atomic_store_explicit(&a->slots[i], IDEM__TABLE_EMPTY,
                               memory_order_release);
     a->used = 0;
@@ -311,9 +327,10 @@ void idem__table_clear(struct idem__table *t)
 {
     struct idem__table_array *a = head_of(t), *fresh = NULL;
 
-    if (t->to || a->mask + 1 > IDEM__TABLE_MIN)
+    if (t->to || a->n > IDEM__TABLE_MIN)
         fresh = array_new(&t->env, IDEM__TABLE_MIN);
     t->count = 0;
+    t->gen++;
     if (!fresh) {
         wipe(a);
         if (t->to)
@@ -334,7 +351,7 @@ static int foreach_array(struct idem__table_array *a,
     size_t i;
     int rc;
 
-    for (i = 0; i <= a->mask; i++) {
+    for (i = 0; i < a->n; i++) {
         s = atomic_load_explicit(&a->slots[i], memory_order_relaxed);
         if (s > IDEM__TABLE_TOMB && (rc = fn(idem__table_item(s), ud)) != 0)
             return rc;

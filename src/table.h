@@ -1,7 +1,9 @@
 /* table: the one hash table of libidem (STYLE §19). Open addressing with
  * linear probing over 8-byte slots; a slot holds a pointer to the owner's
  * item with 16 bits of the item's hash (its tag) in the pointer's unused
- * top bits, so a probe reads the item only when the tag matches. Removal
+ * top bits, so a probe reads the item only when the tag matches. Arrays
+ * hold 16 or 3 * 2^k slots (k >= 3), so a table runs between 3/8 and 3/4
+ * full; the slot index is the hash's low 32 bits scaled to the size. Removal
  * leaves a tombstone, so an item never moves inside an array, and resizing
  * is incremental: each write moves a few slots into the next array.
  * Writers are serialized by the owner (a lock); readers may probe with no
@@ -18,7 +20,7 @@
 #include "idem/env.h"
 #include "list.h"
 
-#define IDEM__TABLE_MIN 16u /* slots of the smallest array */
+#define IDEM__TABLE_MIN 16u /* the smallest array; then 24, 48, 96, ... */
 #define IDEM__TABLE_EMPTY 0u
 #define IDEM__TABLE_TOMB 1u     /* removed, or moved to the next array */
 #define IDEM__TABLE_PTR_BITS 48 /* items live below 2^48 */
@@ -27,7 +29,7 @@
  * items are moving to; readers look there after this one. */
 struct idem__table_array {
     struct idem__list retired; /* the owner's, once the array is retired */
-    size_t mask;               /* slots - 1 */
+    size_t n;                  /* slots */
     size_t used;               /* items + tombstones, for writers */
     _Atomic(struct idem__table_array *) next;
     _Atomic uint64_t slots[];
@@ -50,6 +52,8 @@ struct idem__table {
     struct idem__table_array *to; /* NULL unless resizing */
     size_t moved;                 /* slots of head already moved */
     size_t count;                 /* items */
+    uint64_t gen; /* + 1 whenever items may move: a resize starts or
+                   * ends, or a clear (see idem__table_at) */
     struct idem_env env;
     struct idem__table_ops ops;
 };
@@ -64,6 +68,12 @@ struct idem__table_pos {
 static inline uint64_t idem__table_tag(uint64_t hash)
 {
     return (hash >> 32) & 0xffffu;
+}
+
+/* The first slot of hash's probe in an array of n slots. */
+static inline size_t idem__table_index(uint64_t hash, size_t n)
+{
+    return (size_t)(((hash & 0xffffffffu) * (uint64_t)n) >> 32);
 }
 
 static inline void *idem__table_item(uint64_t slot)
@@ -92,7 +102,7 @@ idem__table_find(const struct idem__table *t, uint64_t hash,
     size_t i;
 
     for (; a; a = atomic_load_explicit(&a->next, memory_order_acquire)) {
-        for (i = hash & a->mask;; i = (i + 1) & a->mask) {
+        for (i = idem__table_index(hash, a->n);; i = i + 1 < a->n ? i + 1 : 0) {
             s = atomic_load_explicit(&a->slots[i], memory_order_acquire);
             if (s == IDEM__TABLE_EMPTY)
                 break;
@@ -157,6 +167,38 @@ size_t idem__table_insert_cost(const struct idem__table *t);
 
 /* Slots held now, all arrays. */
 size_t idem__table_slots(const struct idem__table *t);
+
+/* -- Walking the slots (a cursor for the owner's sweeps): positions
+ * 0 .. span - 1 are head's slots, then, while resizing, the next
+ * array's. Every item is at exactly one position; while gen stays the
+ * same, none moves. -------------------------------------------------- */
+
+static inline size_t idem__table_span(const struct idem__table *t)
+{
+    const struct idem__table_array *a =
+        atomic_load_explicit(&t->head, memory_order_relaxed);
+
+    return a->n + (t->to ? t->to->n : 0);
+}
+
+/* The item at position p < span, and where it is; NULL if none. */
+static inline void *idem__table_at(const struct idem__table *t, size_t p,
+                                   struct idem__table_pos *pos_out)
+{
+    struct idem__table_array *a =
+        atomic_load_explicit(&t->head, memory_order_relaxed);
+    uint64_t s;
+
+    if (p >= a->n) {
+        p -= a->n;
+        a = t->to;
+    }
+    s = atomic_load_explicit(&a->slots[p], memory_order_relaxed);
+    if (s <= IDEM__TABLE_TOMB)
+        return NULL;
+    *pos_out = (struct idem__table_pos){ a, p };
+    return idem__table_item(s);
+}
 
 /* Call fn for each item (under the owner's lock); stops at fn's first
  * nonzero answer and returns it. fn must not change the table. */

@@ -22,10 +22,11 @@ struct idem_cache_buf;
 #define IDEM_CACHE_DEFAULT_SHARDS 16u
 
 struct idem_cache_opts {
-    /* Shards, each with its own lock, table, expiry wheel and eviction
-     * queue. Rounded up to a power of two, at most 1024. 0: 16. Fewer are
-     * used when the bounds are small: each shard gets an even share of
-     * them (at least 64 entries and 1 MiB, unless the bound is smaller). */
+    /* Shards, each with its own lock and table (which the expiry sweep
+     * and the eviction hand walk). Rounded up to a power of two, at most
+     * 1024. 0: 16. Fewer are used when the bounds are small: each shard
+     * gets an even share of them (at least 64 entries and 1 MiB, unless
+     * the bound is smaller). */
     unsigned shards;
     /* Most entries held at once. 0: no bound but max_bytes. */
     size_t max_entries;
@@ -190,8 +191,9 @@ IDEM_API size_t idem_cache_size(struct idem_cache *c);
  * what it holds anyway is stats.fixed_bytes. 0 for NULL. */
 IDEM_API size_t idem_cache_bytes(struct idem_cache *c);
 
-/* The bytes charged per entry beyond its key and value. */
-#define IDEM_CACHE_ENTRY_OVERHEAD 56u
+/* The bytes charged per entry beyond its key and value: its 24-byte
+ * header and the 8 bytes of the allocator's own block header (glibc's). */
+#define IDEM_CACHE_ENTRY_OVERHEAD 32u
 
 /* Called once per live entry, with the key (a view valid during the call)
  * and a borrowed value handle (idem_cache_value_ref() keeps it). Return 0

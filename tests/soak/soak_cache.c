@@ -35,8 +35,7 @@ static void assert_all_empty(struct idem_cache *c)
 
     idem__cache_index_counts(c, &k);
     assert_int_equal(k.table, 0);
-    assert_int_equal(k.queue, 0);
-    assert_int_equal(k.wheel, 0);
+    assert_int_equal(k.timed, 0);
     assert_int_equal(k.bytes, 0);
     assert_int_equal(idem_cache_size(c), 0);
     assert_int_equal(idem_cache_bytes(c), 0);
