@@ -11,7 +11,7 @@ CTEST      = ctest --output-on-failure -j $(JOBS)
 MAKEFLAGS += --no-print-directory
 
 .PHONY: all build deps run test asan tsan valgrind bench soak fuzz install \
-        lint clean help
+        lint clean help cluster
 
 all: build
 
@@ -22,6 +22,8 @@ help:
 	@echo "make test       install deps, lint, build, run every test, then"
 	@echo "                again under ASan+UBSan"
 	@echo "make asan|tsan  sanitizer build and tests (tsan: threaded tests)"
+	@echo "make cluster    Redis Cluster and Sentinel failovers under load"
+	@echo "                (ctest -L cluster; part of make test too)"
 	@echo "make valgrind   the tests under valgrind memcheck, zero leaks"
 	@echo "make bench      build and run the benchmarks (figures only)"
 	@echo "make soak       long leak proofs ($(SOAK_KEYS) keys), and memory"
@@ -50,6 +52,9 @@ run: deps build
 test: deps lint build
 	cd build && $(CTEST) -LE soak
 	$(MAKE) --no-print-directory asan
+
+cluster: build
+	cd build && $(CTEST) -L cluster
 
 asan: build-asan
 	cd build-asan && $(CTEST) -LE soak

@@ -228,3 +228,64 @@ echo "proxy.idem_redis.replay.rps $2"
 awk -v a="$redis_first" -v b="$mem_first" -v c="$2" -v d="$mem_replay" \
     'BEGIN { printf "proxy.idem_redis.first_ratio %.2f\n", (b > 0 ? a / b : 0)
              printf "proxy.idem_redis.replay_ratio %.2f\n", (d > 0 ? c / d : 0) }'
+
+# ---------------------------------------------------------------------------
+# Redis Cluster: the same first and replay runs on a Cluster of our own
+# (3 primaries, no replicas, redis-cli --cluster create), keys spread over
+# its slots by their hash tags; against the memory store's figures above.
+if ! command -v redis-cli >/dev/null 2>&1; then
+    echo "bench_proxy: redis-cli missing: Cluster runs skipped" >&2
+    exit 0
+fi
+kill "$idem_pid"
+wait "$idem_pid" 2>/dev/null || true
+# Set p to a free port not in $used (free_port seeds by the second: six
+# ports in a row need a finer seed).
+used=""
+pick_port() {
+    while :; do
+        p=$(awk -v s="$(date +%N)" \
+            'BEGIN { srand(s); print 20000 + int(rand() * 30000) }')
+        case " $used " in *" $p "*) continue ;; esac
+        [ -z "$(ss -Hltn "sport = :$p")" ] && break
+    done
+    used="$used $p"
+}
+cluster_nodes=""
+for i in 1 2 3; do
+    pick_port
+    cport=$p
+    pick_port
+    mkdir -p "$tmp/cluster$i"
+    redis-server --port "$cport" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$tmp/cluster$i" --cluster-enabled yes \
+        --cluster-config-file nodes.conf --cluster-port "$p" \
+        --loglevel warning >"$tmp/cluster$i.log" 2>&1 &
+    pids="$pids $!"
+    wait_port "$cport"
+    cluster_nodes="$cluster_nodes 127.0.0.1:$cport"
+done
+# shellcheck disable=SC2086
+if ! redis-cli --cluster create $cluster_nodes --cluster-replicas 0 \
+    --cluster-yes >"$tmp/cluster-create.log" 2>&1; then
+    echo "bench_proxy: redis-cli --cluster create failed: Cluster runs skipped" >&2
+    exit 0
+fi
+i=0
+until redis-cli -p "$cport" cluster info | grep -q 'cluster_state:ok'; do
+    i=$((i + 1))
+    [ $i -gt 200 ] && echo "bench_proxy: the Cluster is not ok" >&2 && exit 1
+    sleep 0.05
+done
+seeds=$(echo $cluster_nodes | tr ' ' ',')
+start_idem --store "redis-cluster://$seeds"
+set -- $(run_wrk "$idem" unique cluster_first)
+check_idem cluster_first
+echo "proxy.idem_cluster.first.rps $2"
+cluster_first=$2
+set -- $(run_wrk "$idem" 16 cluster_replay)
+check_idem cluster_replay
+echo "proxy.idem_cluster.replay.rps $2"
+awk -v a="$cluster_first" -v b="$mem_first" -v c="$2" -v d="$mem_replay" \
+    'BEGIN { printf "proxy.idem_cluster.first_ratio %.2f\n", (b > 0 ? a / b : 0)
+             printf "proxy.idem_cluster.replay_ratio %.2f\n", (d > 0 ? c / d : 0) }'

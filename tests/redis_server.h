@@ -11,6 +11,7 @@
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,7 +30,16 @@ struct test_redis {
     pid_t pid; /* 0 when stopped */
     uint16_t port;
     const char *unix_path; /* set: listen there only (port 0) */
+    /* Optional, for clusters and Sentinels: the working directory (NULL:
+     * /tmp), a config file given first (NULL: none), run as a Sentinel
+     * (conf required), and more arguments (NULL-terminated, or NULL). */
+    const char *dir;
+    const char *conf;
+    bool sentinel;
+    const char *const *extra;
 };
+
+#define TEST_REDIS_ARGS 48
 
 static inline void test_redis_sleep_ms(long ms)
 {
@@ -70,30 +80,53 @@ static inline int test_redis_ping(const struct test_redis *r)
     return ok;
 }
 
+/* The arguments for r listening on port, into argv[0..TEST_REDIS_ARGS). */
+static inline void test_redis_argv(const struct test_redis *r, const char *port,
+                                   const char **argv)
+{
+    const char *const common[] = { "--port",     port,
+                                   "--bind",     "127.0.0.1",
+                                   "--dir",      r->dir ? r->dir : "/tmp",
+                                   "--loglevel", "warning" };
+    const char *const data[] = { "--save", "", "--appendonly", "no" };
+    size_t n = 0, i;
+
+    argv[n++] = "redis-server";
+    if (r->conf)
+        argv[n++] = r->conf;
+    if (r->sentinel)
+        argv[n++] = "--sentinel";
+    for (i = 0; i < sizeof(common) / sizeof(common[0]); i++)
+        argv[n++] = common[i];
+    for (i = 0; !r->sentinel && i < sizeof(data) / sizeof(data[0]); i++)
+        argv[n++] = data[i];
+    if (r->unix_path) {
+        argv[n++] = "--unixsocket";
+        argv[n++] = r->unix_path;
+    }
+    for (i = 0; r->extra && r->extra[i] && n + 1 < TEST_REDIS_ARGS; i++)
+        argv[n++] = r->extra[i];
+    argv[n] = NULL;
+}
+
 /* Start redis-server on r->port (0: a free one), or on r->unix_path
  * alone. 0, or -1 if it did not answer within 5 s. */
 static inline int test_redis_start_on(struct test_redis *r)
 {
     char port[8];
-    const char *argv[] = { "redis-server", "--port", port,   "--bind",
-                           "127.0.0.1",    "--save", "",     "--appendonly",
-                           "no",           "--dir",  "/tmp", "--loglevel",
-                           "warning",      NULL,     NULL,   NULL };
+    const char *argv[TEST_REDIS_ARGS];
     int i, status, null;
 
     if (!r->port && !r->unix_path)
         r->port = test_free_port();
     snprintf(port, sizeof(port), "%u", r->unix_path ? 0 : r->port);
+    test_redis_argv(r, port, argv);
     r->pid = fork();
     if (r->pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL); /* it dies with the test */
         null = open("/dev/null", O_RDWR);
         dup2(null, STDIN_FILENO);
         dup2(null, STDOUT_FILENO);
-        if (r->unix_path) {
-            argv[13] = "--unixsocket";
-            argv[14] = r->unix_path;
-        }
         execv(TEST_REDIS_BIN, (char *const *)argv);
         _exit(127);
     }
@@ -109,6 +142,18 @@ static inline int test_redis_start_on(struct test_redis *r)
         test_redis_sleep_ms(10);
     }
     return -1;
+}
+
+/* SIGKILL and reap: a crash, as a failover test wants it. */
+static inline void test_redis_kill(struct test_redis *r)
+{
+    int status;
+
+    if (r->pid <= 0)
+        return;
+    kill(r->pid, SIGKILL);
+    waitpid(r->pid, &status, 0);
+    r->pid = 0;
 }
 
 /* SIGTERM (SIGKILL after 5 s) and reap. */

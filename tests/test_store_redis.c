@@ -382,6 +382,42 @@ static void test_key_layout(void **state)
     redisFree(c);
 }
 
+/* replicas = 1 on a server with none: WAIT counts 0, so a begin is a
+ * store failure (UNAVAILABLE, never PROCEED), its marker is deleted
+ * again, and the WAIT timeout is counted. */
+static void test_wait_without_replicas_is_unavailable(void **state)
+{
+    struct idem_store_redis_opts so = { .command_timeout_ms = 300,
+                                        .replicas = 1 };
+    struct idem_engine_opts o = { 0 };
+    struct idem_store_redis_stats st;
+    redisContext *c;
+    redisReply *r;
+    char url[64];
+    struct treq t;
+
+    (void)state;
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%u", server.port);
+    so.url = url;
+    assert_int_equal(idem_store_redis_new(&so, &fx.store), IDEM_OK);
+    assert_int_equal(idem_store_redis_attach(fx.store, &loop), IDEM_OK);
+    o.store = fx.store;
+    assert_int_equal(idem_engine_new(&o, &fx.e), IDEM_OK);
+    wait_connected(fx.store);
+    treq_init(&t, "POST", "/o", "k", NULL, "{}");
+    assert_int_equal(decide_free(fx.e, &t), IDEM_OUTCOME_UNAVAILABLE);
+    loop_for(100); /* the undo */
+    assert_non_null(c = test_redis_client(&server));
+    r = redisCommand(c, "DBSIZE");
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    assert_int_equal(r->integer, 0);
+    freeReplyObject(r);
+    redisFree(c);
+    idem_store_redis_stats(fx.store, &st);
+    assert_true(st.wait_timeouts >= 1);
+    assert_int_equal(st.redirects, 0);
+}
+
 static void test_abort_and_policy_release(void **state)
 {
     struct idem_engine *e = engine_on_redis((struct idem_engine_opts){ 0 });
@@ -974,6 +1010,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_proceed_store_replay, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_key_layout, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_wait_without_replicas_is_unavailable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lapsed_lease_is_unknown, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_abort_and_policy_release, setup,

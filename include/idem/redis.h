@@ -1,7 +1,8 @@
 /* libidem-redis: the Redis (or Valkey) store, a library of its own so that
- * libidem links no event loop and no hiredis. Records live in Redis under
- * a lease or their lifetime; every operation is one Lua script (atomic,
- * one round trip, fenced by the owner's token). The store is asynchronous
+ * libidem links no event loop and no hiredis. Records live in Redis (one
+ * server, a Cluster, or the primary Sentinels name) under a lease or their
+ * lifetime; every operation is one Lua script on one key (atomic, one
+ * round trip, fenced by the owner's token). The store is asynchronous
  * and, like hiredis, brings no event loop: each thread that makes engine
  * calls attaches its own loop through struct idem_redis_loop (libevent's:
  * idem/redis_libevent.h) and gets a connection of its own; answers come on
@@ -10,6 +11,7 @@
 #define IDEM_REDIS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "env.h"
@@ -37,8 +39,14 @@ struct idem_redis_loop {
 };
 
 struct idem_store_redis_opts {
-    /* "redis://[[user]:password@]host[:port][/db]" (port 6379, db 0) or
-     * "unix:///path/to/socket[?db=N]". Required. */
+    /* Required. One server: "redis://[[user]:password@]host[:port][/db]"
+     * (port 6379, db 0) or "unix:///path/to/socket[?db=N]". A Cluster:
+     * "redis-cluster://[[user]:password@]host:port[,host:port...]", seed
+     * nodes (the map comes from CLUSTER SLOTS; MOVED and ASK are
+     * followed). Sentinels: "redis-sentinel://[[user]:password@]host:port
+     * [,host:port...]/MASTER" (port 26379): the primary of MASTER, asked
+     * of the Sentinels and followed across failovers; the password is
+     * the primary's (the Sentinels take none). */
     const char *url;
     /* Keys are "<prefix>:{<scope>:<key>}". NULL: "idem". */
     const char *prefix;
@@ -50,6 +58,13 @@ struct idem_store_redis_opts {
     void (*log)(void *ud, bool trouble, const char *msg);
     void *log_ud;
     const struct idem_env *env; /* copied. NULL: idem_env_default() */
+    /* 0..16. N > 0: a begin, complete or renewal that wrote is answered
+     * only once N replicas acknowledge it (WAIT N, within the command
+     * timeout); fewer in time is IDEM_EIO, and a begin's record is then
+     * deleted again. So a failover to such a replica keeps what was
+     * answered. 0: answered once the primary has it (replication is
+     * asynchronous: a failover may lose the last writes). */
+    int replicas;
 };
 
 /* What Redis answered for maxmemory-policy, asked on every connection. */
@@ -65,6 +80,18 @@ struct idem_store_redis_stats {
     uint64_t timeouts;    /* commands or connects past their deadline */
     uint64_t pending;     /* commands awaiting their answer now */
     uint64_t policy;      /* maxmemory-policy: IDEM_REDIS_POLICY_* */
+    uint64_t redirects;   /* Cluster MOVED and ASK answers followed */
+    /* Primaries replaced, as each thread saw them: a Sentinel naming a
+     * new primary, or a Cluster map where a primary serves no more. */
+    uint64_t failovers;
+    uint64_t wait_timeouts; /* WAITs with fewer replicas than asked */
+    uint64_t refreshes;     /* Cluster maps (CLUSTER SLOTS) taken */
+};
+
+/* One node's connections, for idem_store_redis_nodes(). */
+struct idem_store_redis_node {
+    char addr[72];        /* "host:port" ("unix:0" for a Unix socket) */
+    uint64_t connections; /* connections up to it now, all threads */
 };
 
 /* A Redis store. IDEM_OK; IDEM_EINVAL (a bad url or option); IDEM_ENOMEM.
@@ -95,5 +122,13 @@ IDEM_API void idem_store_redis_detach(struct idem_store *s);
  * store: *stats_out zeroed). Thread-safe. */
 IDEM_API int idem_store_redis_stats(struct idem_store *s,
                                     struct idem_store_redis_stats *stats_out);
+
+/* The nodes the store has connected to (up to 64 are counted), their
+ * connections up now, into out[0..cap); how many there are into *n_out
+ * (may exceed cap: then only cap are written). IDEM_OK, or IDEM_EINVAL
+ * (not a Redis store, out NULL with cap > 0, n_out NULL). Thread-safe. */
+IDEM_API int idem_store_redis_nodes(struct idem_store *s,
+                                    struct idem_store_redis_node *out,
+                                    size_t cap, size_t *n_out);
 
 #endif

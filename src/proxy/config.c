@@ -458,6 +458,10 @@ static int parse_store(struct parse *p, const struct option *o, const char *v)
         return keep_string(p, o, v);
     rc = idem_store_redis_new(&ro, &s);
     idem_store_free(s);
+    if (rc == IDEM_EINVAL && strncmp(v, "redis-", 6) == 0)
+        return bad(p, o, v,
+                   "is not redis-cluster://HOST:PORT[,HOST:PORT...] or "
+                   "redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTER");
     if (rc == IDEM_EINVAL)
         return bad(p, o, v,
                    "is not memory, redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] "
@@ -668,12 +672,16 @@ static const struct option options[] = {
       .max = MAX_WORKERS, .arg = "N", .def = "auto",
       .help = "worker threads, 1..256, or auto" },
     { .name = "store", .kind = &k_store, .off = AT(store), .arg = "STORE",
-      .def = "memory", .help = "memory, redis://HOST:PORT[/DB], unix:///PATH" },
+      .def = "memory", .help = "memory, redis://, redis-cluster://, redis-sentinel://, "
+              "unix://" },
     { .name = "redis-prefix", .kind = &k_redis_prefix, .off = AT(redis_prefix),
       .arg = "PREFIX", .def = "idem", .help = "Redis keys: PREFIX:{scope:key}" },
     { .name = "redis-timeout", .kind = &k_duration, .off = AT(redis_timeout_ms),
       .min = 1, .arg = "DURATION", .def = "1s",
       .help = "to connect to Redis, and per command" },
+    { .name = "redis-replicas", .kind = &k_uint, .off = AT(redis_replicas),
+      .max = 16, .arg = "N", .def = "0",
+      .help = "replicas each write waits for (WAIT), 0..16" },
     { .name = "store-failure", .kind = &k_enum, .off = AT(store_failure),
       .names = failures, .arg = "MODE", .def = "closed",
       .help = "store down: closed (503) or open (pass)" },

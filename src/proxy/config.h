@@ -43,6 +43,7 @@ struct config {
     char *store;              /* --store, "memory" or a Redis URL */
     char *redis_prefix;       /* --redis-prefix, default "idem" */
     int64_t redis_timeout_ms; /* --redis-timeout, default 1s */
+    unsigned redis_replicas;  /* --redis-replicas, default 0 (no WAIT) */
     enum store_failure store_failure; /* --store-failure closed|open */
     int64_t lifetime_ms;              /* --lifetime, default 24h */
     int64_t lease_ms;                 /* --lease, default 60s */

@@ -114,6 +114,7 @@ static int make_store(struct app *app)
         .prefix = c->redis_prefix,
         .connect_timeout_ms = c->redis_timeout_ms,
         .command_timeout_ms = c->redis_timeout_ms,
+        .replicas = (int)c->redis_replicas,
         .log = log_store,
     };
 

@@ -173,6 +173,23 @@ static const struct family f_redis_timeouts = {
     "Redis commands or connects past --redis-timeout"
 };
 
+static const struct family f_redis_redirects = {
+    "idem_redis_redirects_total", "counter",
+    "Redis Cluster MOVED and ASK answers followed"
+};
+static const struct family f_redis_failovers = {
+    "idem_redis_failovers_total", "counter",
+    "Redis primaries replaced (Sentinel or Cluster), as each worker saw them"
+};
+static const struct family f_redis_wait_timeouts = {
+    "idem_redis_wait_timeouts_total", "counter",
+    "WAITs answered by fewer replicas than --redis-replicas"
+};
+static const struct family f_redis_refreshes = {
+    "idem_redis_slot_map_refreshes_total", "counter",
+    "Redis Cluster slot maps taken (CLUSTER SLOTS)"
+};
+
 static const struct family f_body_omitted = {
     "idem_stored_body_omitted_total", "counter",
     "Responses stored as status and headers only: body over "
@@ -212,6 +229,10 @@ static const struct sample samples[] = {
     { &f_redis_commands, "", SNAP(r.commands) },
     { &f_redis_errors, "", SNAP(r.errors) },
     { &f_redis_timeouts, "", SNAP(r.timeouts) },
+    { &f_redis_redirects, "", SNAP(r.redirects) },
+    { &f_redis_failovers, "", SNAP(r.failovers) },
+    { &f_redis_wait_timeouts, "", SNAP(r.wait_timeouts) },
+    { &f_redis_refreshes, "", SNAP(r.refreshes) },
 };
 
 #define NSAMPLES (sizeof(samples) / sizeof(samples[0]))
@@ -381,6 +402,25 @@ static void render_redis_policy(struct text *t, const struct snap *s)
                                                       : -1);
 }
 
+/* The connections up to each Redis node (Cluster: one per node per
+ * worker), labelled by its address. */
+static void render_redis_nodes(struct text *t, struct idem_engine *e)
+{
+    static const struct family f = { "idem_redis_node_connections", "gauge",
+                                     "Redis connections up, per node" };
+    struct idem_store_redis_node nodes[64];
+    size_t n = 0, i;
+
+    if (idem_store_redis_nodes(idem_engine_store(e), nodes, 64, &n) !=
+            IDEM_OK ||
+        n == 0)
+        return;
+    family(t, &f);
+    for (i = 0; i < n && i < 64; i++)
+        add(t, "%s{node=\"%s\"} %" PRIu64 "\n", f.name, nodes[i].addr,
+            nodes[i].connections);
+}
+
 char *metrics_render(struct idem_engine *e, size_t *len_out)
 {
     struct text t = { .cap = 4096 };
@@ -395,6 +435,7 @@ char *metrics_render(struct idem_engine *e, size_t *len_out)
     render_latency(&t);
     render_eviction_ages(&t, &s);
     render_redis_policy(&t, &s);
+    render_redis_nodes(&t, e);
     if (t.failed) {
         free(t.p);
         return NULL;

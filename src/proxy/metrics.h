@@ -50,8 +50,10 @@ void metrics_observe_upstream(uint64_t us);
  * {result=...}, idem_wait_timeouts_total, idem_upstream_connects_total,
  * idem_store_bypass_total, idem_lease_renewals_total and, for the Redis
  * store, idem_redis_connections, idem_redis_connects_total,
- * idem_redis_commands_total, idem_redis_errors_total and
- * idem_redis_timeouts_total. */
+ * idem_redis_commands_total, idem_redis_errors_total,
+ * idem_redis_timeouts_total, idem_redis_redirects_total,
+ * idem_redis_failovers_total, idem_redis_wait_timeouts_total,
+ * idem_redis_slot_map_refreshes_total and idem_redis_node_connections. */
 char *metrics_render(struct idem_engine *e, size_t *len_out);
 
 #endif

@@ -1,17 +1,12 @@
-/* The Redis store. Each attached thread owns one hiredis async connection
- * on its libevent loop; commands on it pipeline. Every operation is one
- * Lua script, sent by EVALSHA (EVAL when Redis answers NOSCRIPT), so a
- * read-check-write on a key is atomic and one round trip; complete (and
- * renewal, which writes the record with its later lease) and abort check
- * the owner's token in place before they write (fencing).
- *
- * hiredis 0.14 has no timeouts of its own, so each connection has one
- * timer, whose meaning follows its state: the connect deadline while
- * connecting, the deadline of the oldest command while up (replies come
- * in order, so the oldest is the first due), the backoff while down. A
- * command past its deadline takes its connection down with it: every
- * command in flight fails (hiredis calls each callback with no reply),
- * and a new connection follows. */
+/* The Redis store: one server, a Cluster, or a primary named by Sentinels.
+ * Each attached thread has its own connections (conn.c), one per node it
+ * talks to, on its own loop; commands on a connection pipeline. Every
+ * operation is one Lua script on one key, sent by EVALSHA (EVAL when Redis
+ * answers NOSCRIPT), so a read-check-write on a key is atomic and one
+ * round trip; complete (and renewal, which writes the record with its
+ * later lease) and abort check the owner's token in place before they
+ * write (fencing). Where a command goes, and what its answer means, is
+ * route.c; with replicas set, a write is answered after a WAIT. */
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
@@ -21,19 +16,20 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "event.h"
 #include "fingerprint.h"
+#include "idem/redis.h"
 #include "internal.h"
 #include "list.h"
 #include "record.h"
-#include "event.h"
-#include "idem/redis.h"
-#include "url.h"
+#include "rstore.h"
+#include "slots.h"
 #include "store_internal.h"
+#include "url.h"
 
 #define DEFAULT_TIMEOUT_MS 1000
-#define BACKOFF_FIRST_MS 50
-#define BACKOFF_MAX_MS 2000
 #define PREFIX_MAX 256
+#define REPLICAS_MAX 16
 
 _Static_assert(IDEM__RECORD_VERSION_OFF == 2 && IDEM__RECORD_STATE_OFF == 3 &&
                    IDEM__RECORD_TOKEN_OFF == 37 && IDEM__TOKEN_LEN == 16 &&
@@ -56,10 +52,8 @@ _Static_assert(IDEM__RECORD_VERSION_OFF == 2 && IDEM__RECORD_STATE_OFF == 3 &&
     "or string.byte(v, 4) ~= 1 or string.sub(v, 38, 53) ~= ARGV[1] then "      \
     "return 0 end "
 
-enum script { SC_BEGIN, SC_COMPLETE, SC_ABORT, NSCRIPTS };
-
-static const char *const scripts[NSCRIPTS] = {
-    [SC_BEGIN] =
+static const char *const scripts[RS_NSCRIPTS] = {
+    [RS_BEGIN] =
         "local v = redis.call('GET', KEYS[1]) "
         "if v then "
         "if #v < 56 or string.sub(v, 1, 2) ~= 'IK' or string.byte(v, 3) ~= 1 "
@@ -75,82 +69,32 @@ static const char *const scripts[NSCRIPTS] = {
         "end "
         "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
         "return 1",
-    [SC_COMPLETE] = OWNED "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) "
+    [RS_COMPLETE] = OWNED "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) "
                           "return 1",
-    [SC_ABORT] = OWNED "redis.call('DEL', KEYS[1]) return 1",
+    [RS_ABORT] = OWNED "redis.call('DEL', KEYS[1]) return 1",
 };
 
 /* -- Types ------------------------------------------------------------ */
 
+typedef struct idem__rs_store redis_store;
+
 /* Whether s is a Redis store (attach and detach apply to no other). */
 static bool is_redis(const struct idem_store *s);
 
-struct redis_store {
-    struct idem_store base;
-    struct idem_env env;
-    struct idem__redis_addr addr;
-    char *prefix;
-    int64_t connect_timeout_ms, command_timeout_ms;
-    char sha[NSCRIPTS][41]; /* SHA-1 of each script, hex */
-    void (*log)(void *ud, bool trouble, const char *msg);
-    void *log_ud;
-    atomic_uint_fast64_t connections, connects, commands, errors, timeouts,
-        pending;
-    atomic_uint_fast64_t policy; /* IDEM_REDIS_POLICY_*, last seen */
-};
+/* This thread's sides of stores (struct idem__rs_thread). */
+static _Thread_local struct idem__list thread_list = { NULL, NULL };
 
-enum conn_state { C_DOWN, C_CONNECTING, C_UP };
-
-struct rop;
-
-/* One thread's connection. */
-struct rconn {
-    struct redis_store *rs;
-    struct idem_redis_loop loop; /* the caller's, copied at attach */
-    redisAsyncContext *ac;       /* NULL while down */
-    enum conn_state state;
-    void *timer; /* a loop timer */
-    int64_t backoff_ms;
-    int setup_left;        /* setup replies to come; all well: backoff resets */
-    bool quiet;            /* a failed connect was logged: not again until up */
-    bool told_moved;       /* a Cluster redirection was logged */
-    struct idem__list ops; /* commands sent, oldest first (struct rop) */
-    struct idem__list link; /* on thread_conns */
-};
-
-/* A command in flight. */
-struct rop {
-    struct rconn *c;
-    struct idem__list link; /* on c->ops */
-    enum script script;
-    uint64_t deadline_ms;
-    idem__store_done done;
-    void *ud;
-    char *cmd; /* the EVALSHA command as sent (hiredis-allocated) */
-    int cmdlen;
-    bool retried; /* sent again as EVAL */
-};
-
-/* This thread's connections (struct rconn), one per attached store. */
-static _Thread_local struct idem__list thread_conns = { NULL, NULL };
-
-/* thread_conns, set up on the thread's first use. */
-static struct idem__list *conns(void)
+/* thread_list, set up on the thread's first use. */
+static struct idem__list *threads(void)
 {
-    if (!thread_conns.next)
-        idem__list_init(&thread_conns);
-    return &thread_conns;
+    if (!thread_list.next)
+        idem__list_init(&thread_list);
+    return &thread_list;
 }
 
-static void conn_start(struct rconn *c);
-static void arm(struct rconn *c);
-
-static void say(struct redis_store *rs, bool trouble, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void say(struct redis_store *rs, bool trouble, const char *fmt, ...)
+void idem__rs_say(redis_store *rs, bool trouble, const char *fmt, ...)
 {
-    char msg[256];
+    char msg[320];
     va_list ap;
 
     if (!rs->log)
@@ -161,51 +105,28 @@ static void say(struct redis_store *rs, bool trouble, const char *fmt, ...)
     rs->log(rs->log_ud, trouble, msg);
 }
 
-static struct rconn *thread_conn(struct redis_store *rs)
+static struct idem__rs_thread *thread_of(redis_store *rs)
 {
     struct idem__list *n, *tmp;
-    struct rconn *c;
+    struct idem__rs_thread *t;
 
-    idem__list_foreach_safe(n, tmp, conns())
+    idem__list_foreach_safe(n, tmp, threads())
     {
-        c = idem__list_entry(n, struct rconn, link);
-        if (c->rs == rs)
-            return c;
+        t = idem__list_entry(n, struct idem__rs_thread, link);
+        if (t->rs == rs)
+            return t;
     }
     return NULL;
 }
 
-/* The oldest command in flight on c, or NULL. */
-static struct rop *oldest(const struct rconn *c)
-{
-    struct idem__list *n = idem__list_first(&c->ops);
-
-    return n ? idem__list_entry(n, struct rop, link) : NULL;
-}
-
-static uint64_t now_ms(const struct redis_store *rs)
+uint64_t idem__rs_now(const redis_store *rs)
 {
     return rs->env.now_ms(rs->env.ud);
 }
 
-/* -- The command queue ------------------------------------------------ */
-
-static void queue_push(struct rconn *c, struct rop *op)
+static void op_free(struct idem__rs_op *op)
 {
-    idem__list_push_back(&c->ops, &op->link);
-}
-
-/* Take op off c's queue (the oldest, since replies come in order);
- * harmless if it is not on it. */
-static void queue_remove(struct rconn *c, struct rop *op)
-{
-    (void)c;
-    idem__list_remove(&op->link);
-}
-
-static void op_free(struct rop *op)
-{
-    struct redis_store *rs = op->c->rs;
+    redis_store *rs = op->t->rs;
 
     if (op->cmd)
         redisFreeCommand(op->cmd);
@@ -213,11 +134,19 @@ static void op_free(struct rop *op)
     idem__free(&rs->env, op);
 }
 
+void idem__rs_finish(struct idem__rs_op *op, int rc, struct idem__blob *blob)
+{
+    if (rc == IDEM_EIO || rc == IDEM_ENOMEM)
+        atomic_fetch_add(&op->t->rs->errors, 1);
+    op->done(op->ud, rc, rc == IDEM_EEXIST ? blob : NULL);
+    op_free(op);
+}
+
 /* -- Answers ---------------------------------------------------------- */
 
 /* A copy of a record Redis sent, for the engine to keep. */
 struct rblob {
-    struct redis_store *rs;
+    redis_store *rs;
     char data[];
 };
 
@@ -228,19 +157,18 @@ static void blob_free(void *ctx)
     idem__free(&b->rs->env, b);
 }
 
-/* What reply means for op's script. */
-static int judge(struct rop *op, const redisReply *reply,
-                 struct idem__blob *blob)
+int idem__rs_judge(struct idem__rs_op *op, const redisReply *reply,
+                   struct idem__blob *blob)
 {
     if (!reply)
         return IDEM_EIO; /* the connection went down */
     if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1)
         return IDEM_OK;
     if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 0 &&
-        op->script != SC_BEGIN)
+        op->script != RS_BEGIN)
         return IDEM_ESTALE;
-    if (reply->type == REDIS_REPLY_STRING && op->script == SC_BEGIN) {
-        struct redis_store *rs = op->c->rs;
+    if (reply->type == REDIS_REPLY_STRING && op->script == RS_BEGIN) {
+        redis_store *rs = op->t->rs;
         struct rblob *b =
             idem__alloc(&rs->env, sizeof(*b) + (size_t)reply->len);
 
@@ -255,113 +183,11 @@ static int judge(struct rop *op, const redisReply *reply,
     return IDEM_EIO;
 }
 
-/* The length of the bulk string at p ("$N\r\n" N bytes "\r\n"), or 0. */
-static size_t bulk_len(const char *p, const char *end)
-{
-    char *nl;
-    long n;
-
-    if (p >= end || *p != '$')
-        return 0;
-    n = strtol(p + 1, &nl, 10);
-    if (n < 0 || nl + 2 > end || nl[0] != '\r' || nl[1] != '\n')
-        return 0;
-    if ((size_t)(end - (nl + 2)) < (size_t)n + 2)
-        return 0;
-    return (size_t)(nl + 2 - p) + (size_t)n + 2;
-}
-
-static void on_reply(redisAsyncContext *ac, void *r, void *privdata);
-
-/* Send op again as EVAL: its command with the script in the SHA's place.
- * 0, or -1 (then op fails). */
-static int resend_eval(struct rconn *c, struct rop *op)
-{
-    const char *cmd = op->cmd, *end = op->cmd + op->cmdlen;
-    const char *script = scripts[op->script];
-    const char *args = strstr(cmd, "\r\n");
-    size_t a, b, slen = strlen(script), n;
-    char *eval;
-    int rc;
-
-    if (!c->ac || !args)
-        return -1;
-    args += 2;
-    a = bulk_len(args, end);
-    b = a ? bulk_len(args + a, end) : 0;
-    if (!b)
-        return -1;
-    n = (size_t)(args - cmd) + 32 + slen + (size_t)(end - (args + a + b));
-    if (!(eval = idem__alloc(&c->rs->env, n)))
-        return -1;
-    rc = snprintf(eval, n, "%.*s$4\r\nEVAL\r\n$%zu\r\n%s\r\n",
-                  (int)(args - cmd), cmd, slen, script);
-    memcpy(eval + rc, args + a + b, (size_t)(end - (args + a + b)));
-    rc += (int)(end - (args + a + b));
-    op->retried = true;
-    rc = idem__redis_send_formatted(c->ac, on_reply, op, eval, (size_t)rc);
-    idem__free(&c->rs->env, eval);
-    if (rc != REDIS_OK)
-        return -1;
-    queue_push(c, op);
-    return 0;
-}
-
-static bool error_is(const redisReply *reply, const char *code)
-{
-    size_t n = strlen(code);
-
-    return reply && reply->type == REDIS_REPLY_ERROR && reply->str &&
-           strncmp(reply->str, code, n) == 0 &&
-           (reply->str[n] == ' ' || reply->str[n] == '\0');
-}
-
-/* Errors that say where we are connected is wrong. READONLY: a replica
- * (after a failover, the address may lead to the new primary now):
- * reconnect. MOVED or ASK: a Cluster node, which we do not follow. */
-static void mind_error(struct rconn *c, redisAsyncContext *ac,
-                       const redisReply *reply)
-{
-    if (error_is(reply, "READONLY")) {
-        say(c->rs, true,
-            "redis: the server is a read-only replica; "
-            "reconnecting");
-        redisAsyncDisconnect(ac);
-    } else if ((error_is(reply, "MOVED") || error_is(reply, "ASK")) &&
-               !c->told_moved) {
-        c->told_moved = true;
-        say(c->rs, true,
-            "redis: a Cluster redirection (%s): point --store "
-            "at a primary or a cluster-aware proxy",
-            reply->str);
-    }
-}
-
-static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
-{
-    struct rop *op = privdata;
-    struct rconn *c = op->c;
-    struct idem__blob blob = { NULL, 0, NULL, NULL };
-    redisReply *reply = r;
-    int rc;
-
-    queue_remove(c, op);
-    mind_error(c, ac, reply);
-    if (error_is(reply, "NOSCRIPT") && !op->retried && resend_eval(c, op) == 0)
-        return;
-    rc = judge(op, reply, &blob);
-    if (rc == IDEM_EIO || rc == IDEM_ENOMEM)
-        atomic_fetch_add(&c->rs->errors, 1);
-    arm(c);
-    op->done(op->ud, rc, rc == IDEM_EEXIST ? &blob : NULL);
-    op_free(op);
-}
-
 /* -- Sending ---------------------------------------------------------- */
 
 /* "<prefix>:{<hex scope>:<key>}" into buf (cap bytes). Its length, or 0. */
-static size_t redis_key(const struct redis_store *rs, const uint8_t *skey,
-                        size_t klen, char *buf, size_t cap)
+static size_t redis_key(const redis_store *rs, const uint8_t *skey, size_t klen,
+                        char *buf, size_t cap)
 {
     static const char hex[] = "0123456789abcdef";
     size_t plen = strlen(rs->prefix), n, i;
@@ -385,50 +211,98 @@ static size_t redis_key(const struct redis_store *rs, const uint8_t *skey,
     return n;
 }
 
-/* Run script on key with args: IDEM_EINPROGRESS (done comes later) or a
- * failure now (the thread has no connection up, out of memory). */
-static int run(struct idem_store *s, enum script script, const void *skey,
-               size_t klen, int nargs, const char **args, const size_t *lens,
-               idem__store_done done, void *ud)
+static void undone(void *ud, int rc, struct idem__blob *existing)
 {
-    struct redis_store *rs = (struct redis_store *)s;
-    struct rconn *c = thread_conn(rs);
-    char key[PREFIX_MAX + 2 + 2 * IDEM__SCOPE_LEN + 2 + IDEM_KEY_MAX_CAP];
+    (void)ud;
+    (void)rc;
+    (void)existing;
+}
+
+/* A command for script on key (klen bytes) with args, formatted, with its
+ * deadline: sent by the caller. NULL if out of memory. */
+static struct idem__rs_op *op_new(struct idem__rs_thread *t,
+                                  enum idem__rs_script script, const char *key,
+                                  size_t klen, int nargs, const char **args,
+                                  const size_t *lens)
+{
+    redis_store *rs = t->rs;
     const char *argv[10] = { "EVALSHA", rs->sha[script], "1", key };
-    size_t argl[10] = { 7, 40, 1, 0 };
-    struct rop *op;
+    size_t argl[10] = { 7, 40, 1, klen };
+    struct idem__rs_op *op;
     int i;
 
-    if (!c || !c->ac || c->state == C_DOWN || !done) {
-        atomic_fetch_add(&rs->errors, 1);
-        return IDEM_EIO;
-    }
-    if (!(argl[3] = redis_key(rs, skey, klen, key, sizeof(key))))
-        return IDEM_EINVAL;
     for (i = 0; i < nargs; i++) {
         argv[4 + i] = args[i];
         argl[4 + i] = lens[i];
     }
     if (!(op = idem__alloc(&rs->env, sizeof(*op))))
-        return IDEM_ENOMEM;
-    *op = (struct rop){ .c = c, .script = script, .done = done, .ud = ud };
+        return NULL;
+    *op = (struct idem__rs_op){ .t = t,
+                                .script = script,
+                                .slot = idem__redis_keyslot(key, klen) };
     idem__list_init(&op->link);
-    atomic_fetch_add(&rs->pending, 1);
+    idem__list_init(&op->group);
     op->cmdlen = redisFormatCommandArgv(&op->cmd, 4 + nargs, argv, argl);
-    if (op->cmdlen < 0 ||
-        idem__redis_send_formatted(c->ac, on_reply, op, op->cmd,
-                                   (size_t)op->cmdlen) != REDIS_OK) {
-        if (op->cmdlen < 0)
-            op->cmd = NULL;
+    if (op->cmdlen < 0) {
+        idem__free(&rs->env, op);
+        return NULL;
+    }
+    atomic_fetch_add(&rs->pending, 1);
+    op->deadline_ms = idem__rs_now(rs) + (uint64_t)rs->command_timeout_ms;
+    return op;
+}
+
+void idem__rs_undo(struct idem__rs_op *begin)
+{
+    const char *key, *args[1] = { (const char *)begin->token };
+    size_t klen = idem__rs_cmd_key(begin->cmd, begin->cmdlen, &key);
+    size_t lens[1] = { IDEM__TOKEN_LEN };
+    struct idem__rs_op *op =
+        klen ? op_new(begin->t, RS_ABORT, key, klen, 1, args, lens) : NULL;
+
+    if (!op)
+        return; /* the marker stays until its lease ends */
+    op->done = undone;
+    op->internal = true; /* parked while there is no connection */
+    op->deadline_ms += (uint64_t)begin->t->rs->command_timeout_ms * 2;
+    if (idem__rs_dispatch(op) != 0)
+        op_free(op);
+}
+
+/* Run script on key with args: IDEM_EINPROGRESS (done comes later) or a
+ * failure now (the thread has no connection up, out of memory). */
+static int run(struct idem_store *s, enum idem__rs_script script,
+               const void *skey, size_t klen, int nargs, const char **args,
+               const size_t *lens, const uint8_t *token, idem__store_done done,
+               void *ud)
+{
+    redis_store *rs = (redis_store *)s;
+    struct idem__rs_thread *t = thread_of(rs);
+    char key[PREFIX_MAX + 2 + 2 * IDEM__SCOPE_LEN + 2 + IDEM_KEY_MAX_CAP];
+    size_t kl;
+    struct idem__rs_op *op;
+
+    if (!t || !done ||
+        (rs->addr.mode == IDEM__REDIS_SINGLE &&
+         (!t->main->ac || t->main->state == RC_DOWN))) {
+        atomic_fetch_add(&rs->errors, 1);
+        return IDEM_EIO;
+    }
+    if (!(kl = redis_key(rs, skey, klen, key, sizeof(key))))
+        return IDEM_EINVAL;
+    if (!(op = op_new(t, script, key, kl, nargs, args, lens)))
+        return IDEM_ENOMEM;
+    op->done = done;
+    op->ud = ud;
+    op->needs_wait = rs->replicas > 0 && script != RS_ABORT;
+    if (token)
+        memcpy(op->token, token, IDEM__TOKEN_LEN);
+    if (idem__rs_dispatch(op) != 0) {
         op_free(op);
         atomic_fetch_add(&rs->errors, 1);
         return IDEM_EIO;
     }
     atomic_fetch_add(&rs->commands, 1);
-    op->deadline_ms = now_ms(rs) + (uint64_t)rs->command_timeout_ms;
-    queue_push(c, op);
-    if (oldest(c) == op)
-        arm(c);
     return IDEM_EINPROGRESS;
 }
 
@@ -443,12 +317,15 @@ static int rs_begin(struct idem_store *s, const void *key, size_t klen,
     size_t lens[5] = { rlen, 0, 0, 1, 0 };
 
     (void)existing_out;
+    if (rlen < IDEM__RECORD_TOKEN_OFF + IDEM__TOKEN_LEN)
+        return IDEM_EINVAL;
     lens[1] = (size_t)snprintf(ttl, sizeof(ttl), "%lld", (long long)a->ttl_ms);
     lens[2] = (size_t)snprintf(wall, sizeof(wall), "%llu",
                                (unsigned long long)a->wall_ms);
     lens[4] = (size_t)snprintf(uttl, sizeof(uttl), "%lld",
                                (long long)a->unknown_ttl_ms);
-    return run(s, SC_BEGIN, key, klen, 5, args, lens, done, ud);
+    return run(s, RS_BEGIN, key, klen, 5, args, lens,
+               (const uint8_t *)rec + IDEM__RECORD_TOKEN_OFF, done, ud);
 }
 
 static int rs_complete(struct idem_store *s, const void *key, size_t klen,
@@ -460,7 +337,7 @@ static int rs_complete(struct idem_store *s, const void *key, size_t klen,
     size_t lens[3] = { IDEM__TOKEN_LEN, rlen, 0 };
 
     lens[2] = (size_t)snprintf(ms, sizeof(ms), "%lld", (long long)ttl_ms);
-    return run(s, SC_COMPLETE, key, klen, 3, args, lens, done, ud);
+    return run(s, RS_COMPLETE, key, klen, 3, args, lens, NULL, done, ud);
 }
 
 static int rs_abort(struct idem_store *s, const void *key, size_t klen,
@@ -469,7 +346,7 @@ static int rs_abort(struct idem_store *s, const void *key, size_t klen,
     const char *args[1] = { (const char *)token };
     size_t lens[1] = { IDEM__TOKEN_LEN };
 
-    return run(s, SC_ABORT, key, klen, 1, args, lens, done, ud);
+    return run(s, RS_ABORT, key, klen, 1, args, lens, NULL, done, ud);
 }
 
 /* Redis keeps strings of up to 512 MiB (proto-max-bulk-len). */
@@ -479,234 +356,7 @@ static size_t rs_max_record(struct idem_store *s)
     return (size_t)512 << 20;
 }
 
-/* -- The connection --------------------------------------------------- */
-
-static void set_timer(struct rconn *c, int64_t ms)
-{
-    c->loop.add(c->loop.loop, c->timer, ms);
-}
-
-/* Point the timer at what the state waits for. */
-static void arm(struct rconn *c)
-{
-    uint64_t now;
-
-    if (c->state != C_UP)
-        return; /* connect deadline or backoff: armed when entered */
-    if (!oldest(c)) {
-        c->loop.del(c->loop.loop, c->timer);
-        return;
-    }
-    now = now_ms(c->rs);
-    set_timer(c, oldest(c)->deadline_ms > now
-                     ? (int64_t)(oldest(c)->deadline_ms - now)
-                     : 0);
-}
-
-static void backoff(struct rconn *c)
-{
-    c->state = C_DOWN;
-    set_timer(c, c->backoff_ms);
-    c->backoff_ms =
-        c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
-}
-
-/* Fail what is still queued on c once hiredis has called back every
- * command of c's last connection: what is left, hiredis never had (it
- * would wait for ever, and time out every new connection). */
-static void fail_orphans(struct rconn *c)
-{
-    struct rop *op;
-
-    while ((op = oldest(c))) {
-        queue_remove(c, op);
-        atomic_fetch_add(&c->rs->errors, 1);
-        op->done(op->ud, IDEM_EIO, NULL);
-        op_free(op);
-    }
-}
-
-/* Take the connection down now: hiredis fails every command in flight
- * (their callbacks run here, with no reply; inside a callback of hiredis,
- * once it returns), then frees it. */
-static void drop(struct rconn *c)
-{
-    redisAsyncContext *ac = c->ac;
-    bool later = ac && (ac->c.flags & REDIS_IN_CALLBACK);
-
-    if (c->state == C_UP)
-        atomic_fetch_sub(&c->rs->connections, 1);
-    c->ac = NULL;
-    c->state = C_DOWN; /* so the callbacks below send nothing on ac */
-    if (ac)
-        redisAsyncFree(ac);
-    if (!later)
-        fail_orphans(c);
-}
-
-static void on_timer(void *arg)
-{
-    struct rconn *c = arg;
-
-    if (c->state == C_DOWN) {
-        fail_orphans(c); /* of a connect that failed */
-        conn_start(c);
-        return;
-    }
-    if (c->state == C_UP && oldest(c) &&
-        oldest(c)->deadline_ms > now_ms(c->rs)) {
-        arm(c); /* woke early */
-        return;
-    }
-    atomic_fetch_add(&c->rs->timeouts, 1);
-    say(c->rs, true, "redis: %s timed out; reconnecting",
-        c->state == C_UP ? "a command" : "the connection");
-    drop(c);
-    backoff(c);
-}
-
-static void on_connect(const redisAsyncContext *ac, int status)
-{
-    struct rconn *c = ac->data;
-
-    if (status != REDIS_OK) { /* hiredis frees ac after this */
-        if (!c->quiet)
-            say(c->rs, true, "redis: cannot connect: %s", ac->errstr);
-        c->quiet = true;
-        c->ac = NULL;
-        backoff(c); /* the queued commands fail next, with no reply */
-        return;
-    }
-    c->state = C_UP;
-    atomic_fetch_add(&c->rs->connections, 1);
-    atomic_fetch_add(&c->rs->connects, 1);
-    c->quiet = false;
-    say(c->rs, false, "redis: connected");
-    arm(c);
-}
-
-static void on_disconnect(const redisAsyncContext *ac, int status)
-{
-    struct rconn *c = ac->data;
-
-    if (!c->ac) /* drop() or a failed connect: handled there */
-        return;
-    say(c->rs, true, "redis: connection lost%s%s; reconnecting",
-        status == REDIS_OK ? "" : ": ", status == REDIS_OK ? "" : ac->errstr);
-    if (c->state == C_UP)
-        atomic_fetch_sub(&c->rs->connections, 1);
-    c->ac = NULL;
-    backoff(c);
-    fail_orphans(c); /* hiredis has failed what it had */
-}
-
-/* A reply to AUTH, SELECT or SCRIPT LOAD. */
-static void on_setup(redisAsyncContext *ac, void *r, void *privdata)
-{
-    struct rconn *c = privdata;
-    redisReply *reply = r;
-
-    if (reply && reply->type == REDIS_REPLY_ERROR) {
-        say(c->rs, true, "redis: %s", reply->str);
-        c->setup_left = -1;
-        redisAsyncDisconnect(ac); /* and try again after a backoff */
-    } else if (reply && c->setup_left > 0 && --c->setup_left == 0) {
-        c->backoff_ms = BACKOFF_FIRST_MS; /* a working connection */
-    }
-}
-
-/* The answer to CONFIG GET maxmemory-policy: anything but noeviction lets
- * Redis evict records under memory pressure, and a retry of an evicted
- * key runs again. Said when it changes (each connection asks). */
-static void on_policy(redisAsyncContext *ac, void *r, void *privdata)
-{
-    struct rconn *c = privdata;
-    redisReply *reply = r, *v;
-    uint64_t seen, was;
-
-    (void)ac;
-    if (!reply)
-        return; /* the connection went down */
-    v = reply->type == REDIS_REPLY_ARRAY && reply->elements == 2
-            ? reply->element[1]
-            : NULL;
-    seen = !v || v->type != REDIS_REPLY_STRING ? IDEM_REDIS_POLICY_UNKNOWN
-           : strcmp(v->str, "noeviction") == 0 ? IDEM_REDIS_POLICY_NOEVICTION
-                                               : IDEM_REDIS_POLICY_EVICTS;
-    was = atomic_exchange(&c->rs->policy, seen);
-    if (seen == was)
-        return;
-    if (seen == IDEM_REDIS_POLICY_EVICTS)
-        say(c->rs, true,
-            "redis: maxmemory-policy is %s: under memory pressure Redis may "
-            "evict idempotency records, and a retry of an evicted key runs "
-            "again; set it to noeviction",
-            v->str);
-    else if (seen == IDEM_REDIS_POLICY_UNKNOWN)
-        say(c->rs, false,
-            "redis: cannot read maxmemory-policy (%s); it must be noeviction",
-            reply->type == REDIS_REPLY_ERROR ? reply->str : "no answer");
-}
-
-/* Log in, pick the database and load the scripts: sent first, answered
- * before any command of ours. Then ask for the eviction policy. */
-static int send_setup(struct rconn *c)
-{
-    struct redis_store *rs = c->rs;
-    int rc = REDIS_OK, i;
-
-    c->setup_left = NSCRIPTS + (rs->addr.password != NULL) + (rs->addr.db != 0);
-    if (rs->addr.password && rs->addr.user)
-        rc = idem__redis_send_command(c->ac, on_setup, c, "AUTH %s %s",
-                                      rs->addr.user, rs->addr.password);
-    else if (rs->addr.password)
-        rc = idem__redis_send_command(c->ac, on_setup, c, "AUTH %s",
-                                      rs->addr.password);
-    if (rc == REDIS_OK && rs->addr.db)
-        rc = idem__redis_send_command(c->ac, on_setup, c, "SELECT %d",
-                                      rs->addr.db);
-    for (i = 0; rc == REDIS_OK && i < NSCRIPTS; i++)
-        rc = idem__redis_send_command(c->ac, on_setup, c, "SCRIPT LOAD %s",
-                                      scripts[i]);
-    if (rc == REDIS_OK)
-        rc = idem__redis_send_command(c->ac, on_policy, c,
-                                      "CONFIG GET maxmemory-policy");
-    return rc == REDIS_OK ? 0 : -1;
-}
-
-static void conn_start(struct rconn *c)
-{
-    struct redis_store *rs = c->rs;
-    redisAsyncContext *ac =
-        rs->addr.path ? redisAsyncConnectUnix(rs->addr.path)
-                      : redisAsyncConnect(rs->addr.host, rs->addr.port);
-
-    if (!ac || ac->err) {
-        if (!c->quiet)
-            say(rs, true, "redis: cannot connect: %s",
-                ac ? ac->errstr : "no memory");
-        c->quiet = true;
-        if (ac)
-            redisAsyncFree(ac);
-        backoff(c);
-        return;
-    }
-    ac->data = c;
-    if (idem__redis_event_attach(ac, &c->loop, &rs->env) != REDIS_OK) {
-        redisAsyncFree(ac);
-        backoff(c);
-        return;
-    }
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    c->ac = ac;
-    c->state = C_CONNECTING;
-    set_timer(c, rs->connect_timeout_ms);
-    if (send_setup(c) != 0) {
-        drop(c);
-        backoff(c);
-    }
-}
+/* -- Attaching -------------------------------------------------------- */
 
 static bool loop_ok(const struct idem_redis_loop *l)
 {
@@ -714,49 +364,99 @@ static bool loop_ok(const struct idem_redis_loop *l)
            l->run_once;
 }
 
+static void thread_free(struct idem__rs_thread *t)
+{
+    redis_store *rs = t->rs;
+    struct idem__list *n;
+
+    if (t->sentinel)
+        idem__rs_conn_free(t->sentinel);
+    while ((n = idem__list_first(&t->nodes)))
+        idem__rs_conn_free(idem__list_entry(n, struct idem__rs_conn, link));
+    while ((n = idem__list_first(&t->parked))) {
+        idem__list_remove(n);
+        idem__rs_finish(idem__list_entry(n, struct idem__rs_op, link), IDEM_EIO,
+                        NULL);
+    }
+    if (t->tick)
+        t->loop.free(t->loop.loop, t->tick);
+    idem__free(&rs->env, t->slots);
+    idem__free(&rs->env, t);
+}
+
+/* Make t's first connections: the server, the Cluster's seeds, or a
+ * Sentinel. IDEM_OK or IDEM_ENOMEM. */
+static int thread_start(struct idem__rs_thread *t)
+{
+    redis_store *rs = t->rs;
+    size_t i, n = IDEM__REDIS_SLOTS * sizeof(*t->slots);
+
+    switch (rs->addr.mode) {
+    case IDEM__REDIS_SINGLE:
+        t->main = idem__rs_conn_new(t, RK_DATA, rs->addr.host, rs->addr.port);
+        return t->main ? IDEM_OK : IDEM_ENOMEM;
+    case IDEM__REDIS_CLUSTER:
+        if (!(t->slots = idem__alloc(&rs->env, n)))
+            return IDEM_ENOMEM;
+        memset(t->slots, 0, n);
+        for (i = 0; i < rs->addr.nseeds; i++)
+            if (!idem__rs_node(t, rs->addr.seeds[i].host,
+                               rs->addr.seeds[i].port))
+                return IDEM_ENOMEM;
+        idem__rs_want_refresh(t);
+        return IDEM_OK;
+    case IDEM__REDIS_SENTINEL:
+        idem__rs_sentinel_ask(t);
+        return t->sentinel ? IDEM_OK : IDEM_ENOMEM;
+    }
+    return IDEM_EINVAL;
+}
+
 int idem_store_redis_attach(struct idem_store *s,
                             const struct idem_redis_loop *loop)
 {
-    struct redis_store *rs = (struct redis_store *)s;
-    struct rconn *c;
+    redis_store *rs = (redis_store *)s;
+    struct idem__rs_thread *t;
+    int rc;
 
-    if (!is_redis(s) || !loop_ok(loop) || thread_conn(rs))
+    if (!is_redis(s) || !loop_ok(loop) || thread_of(rs))
         return IDEM_EINVAL;
-    if (!(c = idem__alloc(&rs->env, sizeof(*c))))
+    if (!(t = idem__alloc(&rs->env, sizeof(*t))))
         return IDEM_ENOMEM;
-    *c = (struct rconn){ .rs = rs,
-                         .loop = *loop,
-                         .backoff_ms = BACKOFF_FIRST_MS };
-    if (!(c->timer = c->loop.timer_new(c->loop.loop, on_timer, c))) {
-        idem__free(&rs->env, c);
+    *t = (struct idem__rs_thread){ .rs = rs, .loop = *loop };
+    idem__list_init(&t->nodes);
+    idem__list_init(&t->parked);
+    idem__list_init(&t->link);
+    if (!(t->tick = t->loop.timer_new(t->loop.loop, idem__rs_on_tick, t))) {
+        thread_free(t);
         return IDEM_ENOMEM;
     }
-    idem__list_init(&c->ops);
-    idem__list_push_front(conns(), &c->link);
-    idem__redis_timers_use(&c->loop);
-    conn_start(c);
+    if ((rc = thread_start(t)) != IDEM_OK) {
+        thread_free(t);
+        return rc;
+    }
+    idem__list_push_front(threads(), &t->link);
+    idem__redis_timers_use(&t->loop);
     return IDEM_OK;
 }
 
 void idem_store_redis_detach(struct idem_store *s)
 {
-    struct redis_store *rs = (struct redis_store *)s;
-    struct rconn *c = is_redis(s) ? thread_conn(rs) : NULL;
+    redis_store *rs = (redis_store *)s;
+    struct idem__rs_thread *t = is_redis(s) ? thread_of(rs) : NULL;
 
-    if (!c)
+    if (!t)
         return;
-    /* let the commands in flight finish; the timer bounds the wait */
-    while (oldest(c) && c->ac && c->state != C_DOWN)
-        c->loop.run_once(c->loop.loop);
-    drop(c);
-    c->loop.free(c->loop.loop, c->timer);
-    idem__list_remove(&c->link);
-    idem__redis_timers_use(
-        idem__list_empty(conns())
-            ? NULL
-            : &idem__list_entry(idem__list_first(conns()), struct rconn, link)
-                   ->loop);
-    idem__free(&rs->env, c);
+    /* let the commands in flight finish; their deadlines bound the wait */
+    while (idem__rs_busy(t))
+        t->loop.run_once(t->loop.loop);
+    idem__list_remove(&t->link);
+    thread_free(t);
+    idem__redis_timers_use(idem__list_empty(threads())
+                               ? NULL
+                               : &idem__list_entry(idem__list_first(threads()),
+                                                   struct idem__rs_thread, link)
+                                      ->loop);
 }
 
 /* -- The store -------------------------------------------------------- */
@@ -775,7 +475,7 @@ static void rs_stats(struct idem_store *s, struct idem_store_stats *out)
 int idem_store_redis_stats(struct idem_store *s,
                            struct idem_store_redis_stats *out)
 {
-    struct redis_store *rs = (struct redis_store *)s;
+    redis_store *rs = (redis_store *)s;
 
     if (!out)
         return IDEM_EINVAL;
@@ -790,16 +490,41 @@ int idem_store_redis_stats(struct idem_store *s,
         .timeouts = atomic_load(&rs->timeouts),
         .pending = atomic_load(&rs->pending),
         .policy = atomic_load(&rs->policy),
+        .redirects = atomic_load(&rs->redirects),
+        .failovers = atomic_load(&rs->failovers),
+        .wait_timeouts = atomic_load(&rs->wait_timeouts),
+        .refreshes = atomic_load(&rs->refreshes),
     };
+    return IDEM_OK;
+}
+
+int idem_store_redis_nodes(struct idem_store *s,
+                           struct idem_store_redis_node *out, size_t cap,
+                           size_t *n_out)
+{
+    redis_store *rs = (redis_store *)s;
+    size_t i, n;
+
+    if (!is_redis(s) || (!out && cap) || !n_out)
+        return IDEM_EINVAL;
+    pthread_mutex_lock(&rs->nodes_lock);
+    n = rs->nnodes;
+    for (i = 0; i < n && i < cap; i++) {
+        memcpy(out[i].addr, rs->nodes[i].addr, sizeof(out[i].addr));
+        out[i].connections = atomic_load(&rs->nodes[i].up);
+    }
+    pthread_mutex_unlock(&rs->nodes_lock);
+    *n_out = n;
     return IDEM_OK;
 }
 
 static void rs_free(struct idem_store *s)
 {
-    struct redis_store *rs = (struct redis_store *)s;
+    redis_store *rs = (redis_store *)s;
 
     idem__redis_addr_free(&rs->env, &rs->addr);
     idem__free(&rs->env, rs->prefix);
+    pthread_mutex_destroy(&rs->nodes_lock);
     idem__free(&rs->env, rs);
 }
 
@@ -821,14 +546,6 @@ static bool is_redis(const struct idem_store *s)
 
 /* -- Options ---------------------------------------------------------- */
 
-static char *copy_string(const struct idem_env *env, const char *s)
-{
-    size_t n = strlen(s) + 1;
-    char *d = idem__alloc(env, n);
-
-    return d ? memcpy(d, s, n) : NULL;
-}
-
 static bool prefix_ok(const char *p)
 {
     size_t n = strlen(p), i;
@@ -841,14 +558,14 @@ static bool prefix_ok(const char *p)
     return true;
 }
 
-static int hash_scripts(struct redis_store *rs)
+static int hash_scripts(redis_store *rs)
 {
     static const char hex[] = "0123456789abcdef";
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen, i;
     int s;
 
-    for (s = 0; s < NSCRIPTS; s++) {
+    for (s = 0; s < RS_NSCRIPTS; s++) {
         if (!EVP_Digest(scripts[s], strlen(scripts[s]), md, &mdlen, EVP_sha1(),
                         NULL) ||
             mdlen != 20)
@@ -862,39 +579,50 @@ static int hash_scripts(struct redis_store *rs)
     return IDEM_OK;
 }
 
+static bool opts_ok(const struct idem_store_redis_opts *o)
+{
+    return o && o->url && o->connect_timeout_ms >= 0 &&
+           o->command_timeout_ms >= 0 && o->replicas >= 0 &&
+           o->replicas <= REPLICAS_MAX &&
+           prefix_ok(o->prefix ? o->prefix : "idem");
+}
+
+static int64_t or_default(int64_t ms)
+{
+    return ms ? ms : DEFAULT_TIMEOUT_MS;
+}
+
 int idem_store_redis_new(const struct idem_store_redis_opts *opts,
                          struct idem_store **store_out)
 {
-    struct redis_store *rs;
-    struct idem_env env;
     const char *prefix;
+    redis_store *rs;
+    struct idem_env env;
     int rc;
 
-    if (!opts || !opts->url || !store_out || opts->connect_timeout_ms < 0 ||
-        opts->command_timeout_ms < 0)
+    if (!opts_ok(opts) || !store_out)
         return IDEM_EINVAL;
     prefix = opts->prefix ? opts->prefix : "idem";
-    if (!prefix_ok(prefix))
-        return IDEM_EINVAL;
     idem_env_resolve(opts->env, &env);
     if (!(rs = idem__alloc(&env, sizeof(*rs))))
         return IDEM_ENOMEM;
-    *rs = (struct redis_store){
+    *rs = (redis_store){
         .base.ops = &redis_ops,
         .env = env,
-        .connect_timeout_ms = opts->connect_timeout_ms
-                                  ? opts->connect_timeout_ms
-                                  : DEFAULT_TIMEOUT_MS,
-        .command_timeout_ms = opts->command_timeout_ms
-                                  ? opts->command_timeout_ms
-                                  : DEFAULT_TIMEOUT_MS,
+        .connect_timeout_ms = or_default(opts->connect_timeout_ms),
+        .command_timeout_ms = or_default(opts->command_timeout_ms),
+        .replicas = opts->replicas,
+        .scripts = scripts,
         .log = opts->log,
         .log_ud = opts->log_ud,
     };
+    pthread_mutex_init(&rs->nodes_lock, NULL);
     rc = idem__redis_url_parse(&rs->env, opts->url, &rs->addr);
     if (rc == IDEM_OK)
-        rc = (rs->prefix = copy_string(&rs->env, prefix)) ? IDEM_OK
-                                                          : IDEM_ENOMEM;
+        rc =
+            (rs->prefix = idem__redis_strndup(&rs->env, prefix, strlen(prefix)))
+                ? IDEM_OK
+                : IDEM_ENOMEM;
     if (rc == IDEM_OK)
         rc = hash_scripts(rs);
     if (rc != IDEM_OK) {
