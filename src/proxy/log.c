@@ -1,6 +1,10 @@
 /* idemproxy's log: each line is built in a buffer of at most PIPE_BUF
  * bytes and written with one write(2), so lines from threads never mix.
- * Every byte a client chose is escaped: a line is always one line. */
+ * A worker thread collects its lines in a buffer of the same size and
+ * writes them together at the end of its loop's pass (log_flush), so a
+ * busy worker makes one write for many requests. Every byte a client
+ * chose is escaped: a line is always one line. */
+#define OPENSSL_SUPPRESS_DEPRECATED /* SHA256(): no provider lookup */
 #include "log.h"
 
 #include <errno.h>
@@ -15,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
+#include <openssl/sha.h>
 
 #define LINE_MAX_BYTES PIPE_BUF
 #define DIGEST_BYTES 6 /* 12 hex digits */
@@ -97,6 +101,50 @@ void log_close(void)
     free(log_path);
     log_path = NULL;
     log_fd = STDERR_FILENO;
+}
+
+/* -- This thread's pending lines --------------------------------------- */
+
+struct pending {
+    char b[LINE_MAX_BYTES];
+    size_t n;
+    bool on; /* log_buffer_lines(true) */
+};
+
+static _Thread_local struct pending pending;
+
+static void write_all(const char *p, size_t n)
+{
+    size_t off = 0;
+    ssize_t w;
+
+    while (off < n) {
+        w = write(log_fd, p + off, n - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        off += (size_t)w;
+    }
+}
+
+void log_flush(void)
+{
+    if (pending.n)
+        write_all(pending.b, pending.n);
+    pending.n = 0;
+}
+
+bool log_pending(void)
+{
+    return pending.n != 0;
+}
+
+void log_buffer_lines(bool on)
+{
+    if (!on)
+        log_flush();
+    pending.on = on;
 }
 
 /* -- Building a line -------------------------------------------------- */
@@ -217,13 +265,16 @@ static void field_int(struct line *l, const char *name, int64_t v)
 static void start(struct line *l, enum log_level level, const char *msg,
                   size_t msg_len)
 {
+    static _Thread_local char when[32];
+    static _Thread_local time_t when_s = -1;
     struct timespec ts;
     struct tm tm;
-    char when[32] = "";
 
     clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+    if (ts.tv_sec != when_s && gmtime_r(&ts.tv_sec, &tm)) {
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+        when_s = ts.tv_sec;
+    }
     l->n = 0;
     if (log_fmt == LOG_JSON) {
         putf(l, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"", when,
@@ -236,23 +287,27 @@ static void start(struct line *l, enum log_level level, const char *msg,
     put_escaped(l, msg, msg_len, MSG_MAX);
 }
 
-/* End the line and write it whole (put() kept 2 bytes for the end). */
-static void finish(struct line *l)
+/* End the line (put() kept 2 bytes for the end) and write it whole, or
+ * add it to this thread's pending lines. Never more than PIPE_BUF bytes
+ * in one write: lines from threads never mix. */
+static void end_line(struct line *l)
 {
-    size_t off = 0;
-    ssize_t w;
-
     if (log_fmt == LOG_JSON)
         l->b[l->n++] = '}';
     l->b[l->n++] = '\n';
-    while (off < l->n) {
-        w = write(log_fd, l->b + off, l->n - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return;
-        off += (size_t)w;
+}
+
+static void finish(struct line *l)
+{
+    end_line(l);
+    if (!pending.on) {
+        write_all(l->b, l->n);
+        return;
     }
+    if (l->n > sizeof(pending.b) - pending.n)
+        log_flush();
+    memcpy(pending.b + pending.n, l->b, l->n);
+    pending.n += l->n;
 }
 
 /* -- Lines ------------------------------------------------------------ */
@@ -260,6 +315,11 @@ static void finish(struct line *l)
 static bool enabled(enum log_level level)
 {
     return level <= log_max;
+}
+
+bool log_enabled(enum log_level level)
+{
+    return enabled(level);
 }
 
 static void log_vmsg(enum log_level level, uint64_t suppressed, const char *fmt,
@@ -284,7 +344,9 @@ static void log_vmsg(enum log_level level, uint64_t suppressed, const char *fmt,
             len += strlen(msg + len); /* cut at the buffer's end */
     }
     start(&l, level, msg, len);
-    finish(&l);
+    end_line(&l);
+    log_flush(); /* in order, and at once: an operator's line never waits */
+    write_all(l.b, l.n);
 }
 
 void log_msg(enum log_level level, const char *fmt, ...)
@@ -323,18 +385,17 @@ void log_limited(struct log_limit *lim, enum log_level level, const char *fmt,
 /* "k:" and the first 12 hex digits of the key's SHA-256, in out[16]. */
 static void key_digest(const char *key, size_t len, char out[16])
 {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned mdlen = 0;
+    static const char hex[] = "0123456789abcdef";
+    unsigned char md[SHA256_DIGEST_LENGTH];
     int i;
 
-    if (!EVP_Digest(key, len, md, &mdlen, EVP_sha256(), NULL) ||
-        mdlen < DIGEST_BYTES) {
-        snprintf(out, 16, "k:?");
-        return;
-    }
+    SHA256((const unsigned char *)key, len, md);
     memcpy(out, "k:", 2);
-    for (i = 0; i < DIGEST_BYTES; i++)
-        snprintf(out + 2 + 2 * i, 3, "%02x", md[i]);
+    for (i = 0; i < DIGEST_BYTES; i++) {
+        out[2 + 2 * i] = hex[md[i] >> 4];
+        out[3 + 2 * i] = hex[md[i] & 15];
+    }
+    out[2 + 2 * DIGEST_BYTES] = '\0';
 }
 
 void log_decision(const struct log_decision *d)
