@@ -43,8 +43,10 @@ static inline void buf_commit(struct buf *b, size_t n)
 
 /* Append n bytes: 0, or -1 out of memory (nothing appended). */
 int buf_add(struct buf *b, const void *p, size_t n);
-/* Append a NUL-terminated string. */
+/* Append a NUL-terminated string; buf_addl a string literal (its length
+ * known at compile time). */
 int buf_adds(struct buf *b, const char *s);
+#define buf_addl(b, lit) buf_add((b), "" lit, sizeof(lit) - 1)
 /* Append v in decimal, or in lowercase hexadecimal. */
 int buf_add_u64(struct buf *b, uint64_t v);
 int buf_add_hex(struct buf *b, uint64_t v);

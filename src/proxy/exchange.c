@@ -122,10 +122,10 @@ static void replay(struct exchange *ex)
     for (i = 0; ok && i < r->nheaders; i++)
         ok = buf_add_field(o, r->headers[i].name, r->headers[i].name_len,
                            r->headers[i].value, r->headers[i].value_len) == 0;
-    ok = ok && buf_adds(o, "Idempotent-Replayed: true\r\n") == 0 &&
+    ok = ok && buf_addl(o, "Idempotent-Replayed: true\r\n") == 0 &&
          (!ex->decision.body_omitted ||
-          buf_adds(o, "Idempotent-Body-Omitted: true\r\n") == 0) &&
-         buf_adds(o, "Content-Length: ") == 0 &&
+          buf_addl(o, "Idempotent-Body-Omitted: true\r\n") == 0) &&
+         buf_addl(o, "Content-Length: ") == 0 &&
          buf_add_u64(o, r->body_len) == 0 &&
          buf_adds(o, ex->close_after ? "\r\nConnection: close\r\n\r\n"
                                      : "\r\n\r\n") == 0 &&
@@ -163,7 +163,8 @@ static void renew(struct exchange *ex)
  * the proxy writes itself (Host too, for an absolute-form: its authority
  * is the Host, RFC 9112 §3.2.2). */
 static bool forward_header(const struct http_head *h,
-                           const struct http_field *f)
+                           const struct http_field *f, const char *conn,
+                           size_t conn_len)
 {
     static const char *const own[] = { "Content-Length", "Expect",
                                        "X-Forwarded-For", "X-Forwarded-Proto" };
@@ -175,7 +176,7 @@ static bool forward_header(const struct http_head *h,
     for (i = 0; i < sizeof(own) / sizeof(own[0]); i++)
         if (idem_header_name_is(name, f->name_len, own[i]))
             return false;
-    return !http_hop_by_hop(h, f);
+    return !http_hop_by_hop(h, f, conn, conn_len);
 }
 
 /* The header that frames the body as it goes upstream, if any. */
@@ -184,15 +185,15 @@ static int add_framing(struct exchange *ex, struct buf *o)
     unsigned flags = ex->rd.parser.flags;
 
     if (ex->body_mode == EX_BODY_STREAMED && (flags & F_CHUNKED))
-        return buf_adds(o, "Transfer-Encoding: chunked\r\n");
+        return buf_addl(o, "Transfer-Encoding: chunked\r\n");
     if (ex->body_mode == EX_BODY_STREAMED && (flags & F_CONTENT_LENGTH))
-        return buf_adds(o, "Content-Length: ") ||
+        return buf_addl(o, "Content-Length: ") ||
                buf_add_u64(o, ex->rd.parser.content_length) ||
-               buf_adds(o, "\r\n");
+               buf_addl(o, "\r\n");
     if (ex->body_mode == EX_BODY_BUFFERED &&
         (buf_len(&ex->body) || (flags & (F_CONTENT_LENGTH | F_CHUNKED))))
-        return buf_adds(o, "Content-Length: ") ||
-               buf_add_u64(o, buf_len(&ex->body)) || buf_adds(o, "\r\n");
+        return buf_addl(o, "Content-Length: ") ||
+               buf_add_u64(o, buf_len(&ex->body)) || buf_addl(o, "\r\n");
     return 0;
 }
 
@@ -203,28 +204,29 @@ static int write_request(struct exchange *ex)
 {
     const struct http_head *h = &ex->rd.head;
     struct buf *o = &ex->up_out;
-    const char *colon = strrchr(ex->client, ':'), *xff;
+    const char *colon = strrchr(ex->client, ':'), *xff, *conn;
     size_t iplen = colon ? (size_t)(colon - ex->client) : strlen(ex->client);
-    size_t xlen = 0;
+    size_t xlen = 0, conn_len = 0;
     unsigned i;
     bool ok;
 
     ok = buf_add(o, h->bytes + h->method_off, h->method_len) == 0 &&
-         buf_adds(o, " ") == 0 &&
+         buf_addl(o, " ") == 0 &&
          buf_add(o, h->bytes + h->origin_off, h->origin_len) == 0 &&
-         buf_adds(o, " HTTP/1.1\r\n") == 0;
+         buf_addl(o, " HTTP/1.1\r\n") == 0;
     if (ok && h->authority_len)
         ok = buf_add_field(o, "Host", 4, h->bytes + h->authority_off,
                            h->authority_len) == 0;
+    conn = http_head_get(h, "Connection", &conn_len);
     for (i = 0; ok && i < h->nfields; i++)
-        if (forward_header(h, &h->fields[i]))
+        if (forward_header(h, &h->fields[i], conn, conn_len))
             ok = http_add_field(o, h, &h->fields[i]) == 0;
     xff = http_head_get(h, "X-Forwarded-For", &xlen);
-    ok = ok && buf_adds(o, "X-Forwarded-For: ") == 0 &&
-         (!xff || (buf_add(o, xff, xlen) == 0 && buf_adds(o, ", ") == 0)) &&
+    ok = ok && buf_addl(o, "X-Forwarded-For: ") == 0 &&
+         (!xff || (buf_add(o, xff, xlen) == 0 && buf_addl(o, ", ") == 0)) &&
          buf_add(o, ex->client, iplen) == 0 &&
-         buf_adds(o, "\r\nX-Forwarded-Proto: http\r\n") == 0 &&
-         add_framing(ex, o) == 0 && buf_adds(o, "\r\n") == 0;
+         buf_addl(o, "\r\nX-Forwarded-Proto: http\r\n") == 0 &&
+         add_framing(ex, o) == 0 && buf_addl(o, "\r\n") == 0;
     if (ok && ex->body_mode == EX_BODY_BUFFERED)
         ok = buf_add(o, buf_bytes(&ex->body), buf_len(&ex->body)) == 0;
     return ok ? 0 : -1;
@@ -344,7 +346,7 @@ static void dispatch(struct exchange *ex)
 
     if (ex->body_mode == EX_BODY_STREAMED) { /* forwarded: end the body */
         if (ex->up != EX_UP_NONE && (ex->rd.parser.flags & F_CHUNKED) &&
-            buf_adds(&ex->up_out, "0\r\n\r\n") != 0) {
+            buf_addl(&ex->up_out, "0\r\n\r\n") != 0) {
             upstream_failed(ex, 502, true); /* a cut body: it may have run */
             return;
         }
@@ -464,7 +466,7 @@ static int on_headers_complete(llhttp_t *p)
     ex->phase = EX_BODY;
     if (expect && idem_header_list_has(expect, len, "100-continue", 12) &&
         p->http_minor >= 1 &&
-        buf_adds(&ex->client_out, "HTTP/1.1 100 Continue\r\n\r\n") != 0)
+        buf_addl(&ex->client_out, "HTTP/1.1 100 Continue\r\n\r\n") != 0)
         return defer_refusal(ex, 503, "out of memory", "error");
     /* a streamed head goes upstream before its body: parse() forwards */
     return ex->body_mode == EX_BODY_STREAMED ? HPE_PAUSED : 0;
@@ -480,8 +482,8 @@ static int stream_body(struct exchange *ex, const char *at, size_t len)
 
     if (ex->up == EX_UP_NONE || len == 0)
         return 0; /* the upstream failed: the rest is read and dropped */
-    if ((chunked && (buf_add_hex(o, len) || buf_adds(o, "\r\n"))) ||
-        buf_add(o, at, len) || (chunked && buf_adds(o, "\r\n")))
+    if ((chunked && (buf_add_hex(o, len) || buf_addl(o, "\r\n"))) ||
+        buf_add(o, at, len) || (chunked && buf_addl(o, "\r\n")))
         return -1;
     if (buf_len(o) > EX_HIGH)
         ex->in_paused = true;
@@ -581,11 +583,12 @@ static void parse(struct exchange *ex)
 /* -- The response ------------------------------------------------------- */
 
 /* Whether an upstream response header goes to the client. */
-static bool relay_header(const struct http_head *h, const struct http_field *f)
+static bool relay_header(const struct http_head *h, const struct http_field *f,
+                         const char *conn, size_t conn_len)
 {
     const char *name = h->bytes + f->name_off;
 
-    return !http_hop_by_hop(h, f) &&
+    return !http_hop_by_hop(h, f, conn, conn_len) &&
            !idem_header_name_is(name, f->name_len, "Content-Length") &&
            !idem_header_name_is(name, f->name_len, "Idempotency-Policy");
 }
@@ -597,11 +600,12 @@ static bool put_head(struct buf *o, const struct exchange *ex)
 {
     const struct http_head *h = &ex->rhead;
     bool ok = http_status_line(o, ex->rparser.status_code) == 0;
-    size_t len;
+    size_t len, conn_len = 0;
+    const char *conn = http_head_get(h, "Connection", &conn_len);
     unsigned i;
 
     for (i = 0; ok && i < h->nfields; i++)
-        if (relay_header(h, &h->fields[i]))
+        if (relay_header(h, &h->fields[i], conn, conn_len))
             ok = http_add_field(o, h, &h->fields[i]) == 0;
     if (ok && !http_head_get(h, "Date", &len))
         ok = http_date_line(o) == 0;
@@ -617,7 +621,7 @@ static void relay_interim(struct exchange *ex)
     if (ex->rparser.status_code != 103 || !to_client(ex) ||
         ex->response != EX_RESP_NONE || ex->rd.parser.http_minor < 1)
         return;
-    if (!put_head(&ex->client_out, ex) || buf_adds(&ex->client_out, "\r\n"))
+    if (!put_head(&ex->client_out, ex) || buf_addl(&ex->client_out, "\r\n"))
         ex->close_after = true; /* a cut answer: the client must see it end */
 }
 
@@ -643,11 +647,11 @@ static void relay_head(struct exchange *ex)
         ex->close_after = true;
     ok = put_head(o, ex);
     if (ok && sized)
-        ok = buf_adds(o, "Content-Length: ") == 0 &&
+        ok = buf_addl(o, "Content-Length: ") == 0 &&
              buf_add_u64(o, ex->rparser.content_length) == 0 &&
-             buf_adds(o, "\r\n") == 0;
+             buf_addl(o, "\r\n") == 0;
     if (ok && ex->framing == EX_FRAME_CHUNKED)
-        ok = buf_adds(o, "Transfer-Encoding: chunked\r\n") == 0;
+        ok = buf_addl(o, "Transfer-Encoding: chunked\r\n") == 0;
     ok = ok && buf_adds(o, ex->close_after ? "Connection: close\r\n\r\n"
                                            : "\r\n") == 0;
     if (!ok)
@@ -685,9 +689,9 @@ static void relay_body(struct exchange *ex, const char *at, size_t len)
     if (!to_client(ex) || len == 0)
         return;
     if ((ex->framing == EX_FRAME_CHUNKED &&
-         (buf_add_hex(o, len) || buf_adds(o, "\r\n"))) ||
+         (buf_add_hex(o, len) || buf_addl(o, "\r\n"))) ||
         buf_add(o, at, len) ||
-        (ex->framing == EX_FRAME_CHUNKED && buf_adds(o, "\r\n")))
+        (ex->framing == EX_FRAME_CHUNKED && buf_addl(o, "\r\n")))
         ex->close_after = true; /* a cut answer: the client must see it end */
     if (buf_len(o) > EX_HIGH)
         pause_upstream(ex, true); /* ex_client_drained resumes it */
@@ -736,7 +740,7 @@ static void upstream_done(struct exchange *ex)
     ex->t_upstream_us = us;
     metrics_observe_upstream(us);
     if (ex->framing == EX_FRAME_CHUNKED && to_client(ex) &&
-        buf_adds(&ex->client_out, "0\r\n\r\n") != 0)
+        buf_addl(&ex->client_out, "0\r\n\r\n") != 0)
         ex->close_after = true;
     if (ex->decision.outcome == IDEM_OUTCOME_PROCEED)
         complete_call(ex);

@@ -327,12 +327,14 @@ const struct idem_header *http_head_views(struct http_head *h)
 const char *http_head_get(const struct http_head *h, const char *name,
                           size_t *len_out)
 {
+    size_t len = strlen(name);
     unsigned i;
 
     for (i = 0; i < h->nfields; i++) {
         const struct http_field *f = &h->fields[i];
 
-        if (idem_header_name_is(h->bytes + f->name_off, f->name_len, name)) {
+        if (f->name_len == len &&
+            strncasecmp(h->bytes + f->name_off, name, len) == 0) {
             *len_out = f->value_len;
             return h->bytes + f->value_off;
         }
@@ -350,14 +352,13 @@ unsigned http_head_count(const struct http_head *h, const char *name)
     return n;
 }
 
-bool http_hop_by_hop(const struct http_head *h, const struct http_field *f)
+bool http_hop_by_hop(const struct http_head *h, const struct http_field *f,
+                     const char *conn, size_t conn_len)
 {
-    const char *name = h->bytes + f->name_off, *conn;
-    size_t conn_len;
+    const char *name = h->bytes + f->name_off;
 
     if (idem_header_is_hop_by_hop(name, f->name_len))
         return true;
-    conn = http_head_get(h, "Connection", &conn_len);
     return conn && idem_header_list_has(conn, conn_len, name, f->name_len);
 }
 
@@ -411,9 +412,9 @@ const char *http_reason(unsigned status)
 
 int http_status_line(struct buf *out, unsigned status)
 {
-    return buf_adds(out, "HTTP/1.1 ") || buf_add_u64(out, status) ||
-                   buf_adds(out, " ") || buf_adds(out, http_reason(status)) ||
-                   buf_adds(out, "\r\n")
+    return buf_addl(out, "HTTP/1.1 ") || buf_add_u64(out, status) ||
+                   buf_addl(out, " ") || buf_adds(out, http_reason(status)) ||
+                   buf_addl(out, "\r\n")
                ? -1
                : 0;
 }
@@ -442,8 +443,8 @@ const char *http_date(void)
 
 int http_date_line(struct buf *out)
 {
-    return buf_adds(out, "Date: ") || buf_adds(out, http_date()) ||
-                   buf_adds(out, "\r\n")
+    return buf_addl(out, "Date: ") || buf_adds(out, http_date()) ||
+                   buf_addl(out, "\r\n")
                ? -1
                : 0;
 }
@@ -455,10 +456,10 @@ int http_respond(struct buf *out, unsigned status, const char *ctype,
 
     if (ok && ctype)
         ok = buf_add_field(out, "Content-Type", 12, ctype, strlen(ctype)) == 0;
-    ok = ok && buf_adds(out, "Content-Length: ") == 0 &&
-         buf_add_u64(out, len) == 0 && buf_adds(out, "\r\n") == 0 &&
-         (!close || buf_adds(out, "Connection: close\r\n") == 0) &&
-         (!extra || buf_adds(out, extra) == 0) && buf_adds(out, "\r\n") == 0;
+    ok = ok && buf_addl(out, "Content-Length: ") == 0 &&
+         buf_add_u64(out, len) == 0 && buf_addl(out, "\r\n") == 0 &&
+         (!close || buf_addl(out, "Connection: close\r\n") == 0) &&
+         (!extra || buf_adds(out, extra) == 0) && buf_addl(out, "\r\n") == 0;
     return ok && buf_add(out, body, len) == 0 ? 0 : -1;
 }
 
@@ -499,15 +500,15 @@ int http_problem_typed(struct buf *out, unsigned status, const char *type,
 {
     struct buf body = { 0 };
     char extra[64] = "";
-    int rc = buf_adds(&body, "{\"type\":\"") || buf_adds(&body, type) ||
-             buf_adds(&body, "\",\"title\":\"") ||
+    int rc = buf_addl(&body, "{\"type\":\"") || buf_adds(&body, type) ||
+             buf_addl(&body, "\",\"title\":\"") ||
              buf_adds(&body, http_reason(status)) ||
-             buf_adds(&body, "\",\"status\":") || buf_add_u64(&body, status);
+             buf_addl(&body, "\",\"status\":") || buf_add_u64(&body, status);
 
     if (rc == 0 && detail)
-        rc = buf_adds(&body, ",\"detail\":\"") || json_escape(&body, detail) ||
-             buf_adds(&body, "\"");
-    rc = rc || buf_adds(&body, "}\n");
+        rc = buf_addl(&body, ",\"detail\":\"") || json_escape(&body, detail) ||
+             buf_addl(&body, "\"");
+    rc = rc || buf_addl(&body, "}\n");
     if (retry_after_s)
         snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", retry_after_s);
     if (rc == 0)

@@ -122,8 +122,10 @@ const char *http_head_get(const struct http_head *h, const char *name,
 unsigned http_head_count(const struct http_head *h, const char *name);
 
 /* Whether field f of h is hop-by-hop: a hop-by-hop name, or one the
- * head's Connection header names. */
-bool http_hop_by_hop(const struct http_head *h, const struct http_field *f);
+ * head's Connection header (conn, conn_len: its value, looked up once
+ * per head; NULL if none) names. */
+bool http_hop_by_hop(const struct http_head *h, const struct http_field *f,
+                     const char *conn, size_t conn_len);
 
 /* Append "name: value\r\n" for field f of h to out. */
 int http_add_field(struct buf *out, const struct http_head *h,

@@ -4,7 +4,7 @@
  * writes them together at the end of its loop's pass (log_flush), so a
  * busy worker makes one write for many requests. Every byte a client
  * chose is escaped: a line is always one line. */
-#define OPENSSL_SUPPRESS_DEPRECATED /* SHA256(): no provider lookup */
+#define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_Init: no provider lookup */
 #include "log.h"
 
 #include <errno.h>
@@ -164,20 +164,33 @@ static void put(struct line *l, const char *s, size_t n)
     l->n += n;
 }
 
-static void putf(struct line *l, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void putf(struct line *l, const char *fmt, ...)
+static void puts_(struct line *l, const char *s)
 {
-    char buf[64];
-    va_list ap;
-    int n;
+    put(l, s, strlen(s));
+}
 
-    va_start(ap, fmt);
-    n = vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        put(l, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+/* Append v in decimal. */
+static void put_int(struct line *l, int64_t v)
+{
+    char tmp[24];
+    size_t i = sizeof(tmp);
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+
+    do {
+        tmp[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        tmp[--i] = '-';
+    put(l, tmp + i, sizeof(tmp) - i);
+}
+
+/* Append ' name=' (text) or ',"name":' (JSON). */
+static void put_name(struct line *l, const char *name)
+{
+    put(l, log_fmt == LOG_JSON ? ",\"" : " ", log_fmt == LOG_JSON ? 2 : 1);
+    puts_(l, name);
+    put(l, log_fmt == LOG_JSON ? "\":" : "=", log_fmt == LOG_JSON ? 2 : 1);
 }
 
 /* The escape for one byte, in buf: quotes, backslashes, \n \r \t, and
@@ -248,7 +261,7 @@ static void field_str(struct line *l, const char *name, const char *s, size_t n,
 {
     bool quote = log_fmt == LOG_JSON || needs_quotes(s, n);
 
-    putf(l, log_fmt == LOG_JSON ? ",\"%s\":" : " %s=", name);
+    put_name(l, name);
     if (quote)
         put(l, "\"", 1);
     put_escaped(l, s, n, max);
@@ -258,7 +271,8 @@ static void field_str(struct line *l, const char *name, const char *s, size_t n,
 
 static void field_int(struct line *l, const char *name, int64_t v)
 {
-    putf(l, log_fmt == LOG_JSON ? ",\"%s\":%" PRId64 : " %s=%" PRId64, name, v);
+    put_name(l, name);
+    put_int(l, v);
 }
 
 /* The line's start: the time (UTC, milliseconds), level and message. */
@@ -267,6 +281,7 @@ static void start(struct line *l, enum log_level level, const char *msg,
 {
     static _Thread_local char when[32];
     static _Thread_local time_t when_s = -1;
+    char ms[4]; /* ".mmm" */
     struct timespec ts;
     struct tm tm;
 
@@ -276,14 +291,26 @@ static void start(struct line *l, enum log_level level, const char *msg,
         when_s = ts.tv_sec;
     }
     l->n = 0;
+    ms[0] = '.';
+    ms[1] = (char)('0' + ts.tv_nsec / 100000000);
+    ms[2] = (char)('0' + ts.tv_nsec / 10000000 % 10);
+    ms[3] = (char)('0' + ts.tv_nsec / 1000000 % 10);
     if (log_fmt == LOG_JSON) {
-        putf(l, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"", when,
-             ts.tv_nsec / 1000000, level_names[level]);
+        put(l, "{\"ts\":\"", 7);
+        puts_(l, when);
+        put(l, ms, sizeof(ms));
+        put(l, "Z\",\"level\":\"", 12);
+        puts_(l, level_names[level]);
+        put(l, "\",\"msg\":\"", 9);
         put_escaped(l, msg, msg_len, MSG_MAX);
         put(l, "\"", 1);
         return;
     }
-    putf(l, "%s.%03ldZ %s ", when, ts.tv_nsec / 1000000, level_names[level]);
+    puts_(l, when);
+    put(l, ms, sizeof(ms));
+    put(l, "Z ", 2);
+    puts_(l, level_names[level]);
+    put(l, " ", 1);
     put_escaped(l, msg, msg_len, MSG_MAX);
 }
 
@@ -387,9 +414,13 @@ static void key_digest(const char *key, size_t len, char out[16])
 {
     static const char hex[] = "0123456789abcdef";
     unsigned char md[SHA256_DIGEST_LENGTH];
+    SHA256_CTX ctx;
     int i;
 
-    SHA256((const unsigned char *)key, len, md);
+    /* not SHA256(): in OpenSSL 3 it fetches the algorithm and allocates */
+    SHA256_Init(&ctx);
+    SHA256_Update(&ctx, key, len);
+    SHA256_Final(md, &ctx);
     memcpy(out, "k:", 2);
     for (i = 0; i < DIGEST_BYTES; i++) {
         out[2 + 2 * i] = hex[md[i] >> 4];
