@@ -4,10 +4,15 @@
 # Idempotency-Key each (first executions), 16 rotating keys (replays) and
 # plain GETs (passthrough); nginx gets the unique-key POSTs. CPU per request
 # is utime+stime (/proc/PID/stat) of nginx's one worker and of idemproxy
-# (--workers 1) over the unique-key runs. Then idemproxy's first and replay
-# runs again on the Redis store (a redis-server started here), with their
-# ratio to the memory store's. Prints "name value [unit]" lines, never
-# pass/fail. Needs wrk and nginx: scripts/deps.sh bench.
+# (--workers 1, default log level, its log to a file) over each run, and
+# its ratio to nginx's. Counted, not guessed: system calls per request
+# (perf's raw_syscalls tracepoint, on a run of their own) and allocations
+# per request (tests/failalloc_shim.c preloaded, failing none); and the
+# first-execution rate with 2 workers over 1. Then idemproxy's first and
+# replay runs again on the Redis store (a redis-server started here),
+# with their ratio to the memory store's. Prints "name value [unit]"
+# lines, never pass/fail. Needs wrk and nginx: scripts/deps.sh bench;
+# perf for the system call counts.
 #   bench/bench_proxy.sh            5 s per run
 #   BENCH_DURATION=2s bench/bench_proxy.sh
 set -eu
@@ -24,7 +29,8 @@ for tool in wrk nginx; do
         exit 2
     fi
 done
-if ! cmake --build "$BUILD" --target idemproxy demo_upstream >&2; then
+if ! cmake --build "$BUILD" --target idemproxy demo_upstream failalloc_shim \
+    >&2; then
     echo "bench_proxy: build failed; idemproxy runs skipped if absent" >&2
 fi
 
@@ -100,10 +106,20 @@ nginx_worker() {
     echo "$w" | awk '{ print $1 }'
 }
 
-# utime+stime of PID $1 in microseconds.
+# utime and stime of PID $1 in microseconds: "user sys".
 cpu_us() {
     awk -v hz="$(getconf CLK_TCK)" '{
-        sub(/^.*\) /, ""); print ($12 + $13) * 1000000 / hz }' "/proc/$1/stat"
+        sub(/^.*\) /, ""); print $12 * 1000000 / hz, $13 * 1000000 / hz }' \
+        "/proc/$1/stat"
+}
+
+# CPU per request from "user0 sys0" $1, "user1 sys1" $2 over $3 requests:
+# "total user sys" in microseconds.
+per_req() {
+    echo "$1 $2" | awk -v n="$3" '{
+        if (!n) { print "0 0 0"; exit }
+        printf "%.1f %.1f %.1f\n", ($3 + $4 - $1 - $2) / n, ($3 - $1) / n,
+            ($4 - $2) / n }'
 }
 
 
@@ -145,8 +161,10 @@ c0=$(cpu_us "$worker")
 set -- $(run_wrk "$front" unique nginx)
 c1=$(cpu_us "$worker")
 echo "proxy.nginx.rps $2"
-nginx_cpu=$(awk -v a="$c0" -v b="$c1" -v n="$1" \
-    'BEGIN { printf "%.1f", n ? (b - a) / n : 0 }')
+nginx_rps=$2
+set -- $(per_req "$c0" "$c1" "$1")
+nginx_cpu=$1
+nginx_split="$2 $3"
 
 if [ ! -x "$BUILD/idemproxy" ]; then
     echo "proxy.nginx.cpu_us $nginx_cpu us/req"
@@ -154,12 +172,15 @@ if [ ! -x "$BUILD/idemproxy" ]; then
     exit 1
 fi
 
-# Start idemproxy (--workers 1) in front of the stub with extra flags $@;
-# sets idem_pid and idem (its port).
+# Start idemproxy (--workers 1 unless $@ says otherwise, default log
+# level) in front of the stub with extra flags $@; sets idem_pid and idem
+# (its port). IDEM_PRELOAD: a library to preload.
 start_idem() {
-    "$BUILD/idemproxy" --listen 127.0.0.1:0 --admin-listen off \
-        --upstream "127.0.0.1:$stub" --workers 1 --max-memory 1G \
-        --log-level error "$@" >"$tmp/idem.out" 2>"$tmp/idem.err" &
+    rm -f "$tmp/idem.out" # not the last instance's "listening" line
+    LD_PRELOAD=${IDEM_PRELOAD:-} "$BUILD/idemproxy" --listen 127.0.0.1:0 \
+        --admin-listen off --upstream "127.0.0.1:$stub" --workers 1 \
+        --max-memory 1G --log-file "$tmp/idem.log" "$@" \
+        >"$tmp/idem.out" 2>"$tmp/idem.err" &
     idem_pid=$!
     pids="$pids $idem_pid"
     i=0
@@ -184,25 +205,105 @@ check_idem() {
     fi
 }
 
-c0=$(cpu_us "$idem_pid")
-set -- $(run_wrk "$idem" unique first)
-c1=$(cpu_us "$idem_pid" 2>/dev/null || echo "$c0")
-check_idem first
-echo "proxy.idem.first.rps $2"
-idem_cpu=$(awk -v a="$c0" -v b="$c1" -v n="$1" \
-    'BEGIN { printf "%.1f", n ? (b - a) / n : 0 }')
-mem_first=$2
-set -- $(run_wrk "$idem" 16 replay)
-check_idem replay
-echo "proxy.idem.replay.rps $2"
-mem_replay=$2
-set -- $(run_wrk "$idem" "" passthrough)
-check_idem passthrough
-echo "proxy.idem.passthrough.rps $2"
+# Run wrk as in run_wrk (port $1, keys $2, name $3) while measuring
+# idemproxy's CPU; prints "requests rps cpu_us user_us sys_us" (CPU per
+# request).
+run_idem() {
+    c0=$(cpu_us "$idem_pid")
+    set -- $(run_wrk "$1" "$2" "$3") "$3"
+    c1=$(cpu_us "$idem_pid" 2>/dev/null || echo "$c0")
+    check_idem "$3"
+    echo "$1 $2 $(per_req "$c0" "$c1" "$1")"
+}
+
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'
+}
+
 echo "proxy.nginx.cpu_us $nginx_cpu us/req"
-echo "proxy.idem.cpu_us $idem_cpu us/req"
-awk -v a="$idem_cpu" -v b="$nginx_cpu" \
-    'BEGIN { printf "proxy.cpu_ratio %.2f\n", (b > 0 ? a / b : 0) }'
+set -- $nginx_split
+echo "proxy.nginx.cpu_user_us $1 us/req"
+echo "proxy.nginx.cpu_sys_us $2 us/req"
+set -- $(run_idem "$idem" unique first)
+mem_first=$2
+echo "proxy.idem.first.rps $2"
+echo "proxy.idem.first.cpu_us $3 us/req"
+echo "proxy.idem.first.cpu_user_us $4 us/req"
+echo "proxy.idem.first.cpu_sys_us $5 us/req"
+echo "proxy.first.cpu_ratio $(ratio "$3" "$nginx_cpu")"
+set -- $(run_idem "$idem" 16 replay)
+mem_replay=$2
+echo "proxy.idem.replay.rps $2"
+echo "proxy.idem.replay.cpu_us $3 us/req"
+echo "proxy.replay.cpu_ratio $(ratio "$3" "$nginx_cpu")"
+echo "proxy.idem.replay.rps_vs_nginx $(ratio "$mem_replay" "$nginx_rps")"
+set -- $(run_idem "$idem" "" passthrough)
+echo "proxy.idem.passthrough.rps $2"
+echo "proxy.idem.passthrough.cpu_us $3 us/req"
+echo "proxy.passthrough.cpu_ratio $(ratio "$3" "$nginx_cpu")"
+
+# System calls per request, counted by perf on a run of their own (the
+# tracepoint costs a little CPU: kept out of the runs above).
+count_syscalls() { # $1 pid, $2 keys, $3 name, $4 port
+    if ! command -v perf >/dev/null 2>&1; then
+        echo "bench_proxy: perf missing: system calls not counted" >&2
+        return
+    fi
+    out="$tmp/$3.perf"
+    perf stat -x, -e raw_syscalls:sys_enter -p "$1" -o "$out" &
+    perf_pid=$!
+    sleep 0.2
+    set -- $(run_wrk "$4" "$2" "$3")
+    kill -INT "$perf_pid"
+    wait "$perf_pid" 2>/dev/null || true
+    awk -F, -v n="$1" '/raw_syscalls/ { printf "%.2f\n", n ? $1 / n : 0 }' \
+        "$out"
+}
+echo "proxy.first.syscalls $(count_syscalls "$idem_pid" unique first_sys \
+    "$idem") per_req"
+echo "proxy.nginx.syscalls $(count_syscalls "$worker" unique nginx_sys \
+    "$front") per_req"
+
+# The 2-worker scaling factor: first executions, 2 workers over 1.
+kill "$idem_pid"
+wait "$idem_pid" 2>/dev/null || true
+start_idem --workers 2
+set -- $(run_wrk "$idem" unique first_2w)
+check_idem first_2w
+echo "proxy.idem.first_2workers.rps $2"
+echo "proxy.idem.workers_scaling $(ratio "$2" "$mem_first") x"
+
+# Allocations per request: the shim counts those after the first accept
+# (the connections' own are a few per connection, over thousands of
+# requests each) and reports at exit. Not in a $(...): it starts
+# processes this shell must know to stop. Sets allocs.
+count_allocs() { # $1 keys, $2 name
+    allocs=""
+    shim=$(ls "$BUILD"/*failalloc_shim*.so 2>/dev/null | head -1)
+    if [ -z "$shim" ]; then
+        echo "bench_proxy: no failalloc_shim: allocations not counted" >&2
+        return
+    fi
+    kill "$idem_pid"
+    wait "$idem_pid" 2>/dev/null || true
+    report="$tmp/$2.allocs"
+    export IDEM_FAIL_ALLOC_REPORT="$report" IDEM_FAIL_ALLOC_AT=0
+    IDEM_PRELOAD=$shim
+    start_idem
+    unset IDEM_FAIL_ALLOC_REPORT IDEM_FAIL_ALLOC_AT IDEM_PRELOAD
+    set -- $(run_wrk "$idem" "$1" "$2")
+    kill "$idem_pid"
+    wait "$idem_pid" 2>/dev/null || true
+    allocs=$(sed -n 's/^counted=\([0-9]*\).*/\1/p' "$report" |
+        awk -v n="$1" '{ printf "%.2f\n", n ? $1 / n : 0 }')
+    start_idem
+}
+count_allocs unique first_allocs
+echo "proxy.first.allocs $allocs per_req"
+count_allocs "" pass_allocs
+echo "proxy.passthrough.allocs $allocs per_req"
+count_allocs 16 replay_allocs
+echo "proxy.replay.allocs $allocs per_req"
 
 # The same first and replay runs on the Redis store (a redis-server of our
 # own, no persistence), against the memory store's figures of this run.

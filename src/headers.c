@@ -35,14 +35,25 @@ bool idem__list_has(const char *value, size_t len, const char *token,
 
 bool idem_header_is_hop_by_hop(const char *name, size_t len)
 {
-    static const char *const hop[] = { "Connection",       "Keep-Alive",
-                                       "Proxy-Connection", "TE",
-                                       "Trailer",          "Transfer-Encoding",
-                                       "Upgrade" };
+    /* by length first: most names match none, after one comparison */
+    static const struct {
+        const char *name;
+        size_t len;
+    } hop[] = {
+        { "TE", 2 },
+        { "Trailer", 7 },
+        { "Upgrade", 7 },
+        { "Connection", 10 },
+        { "Keep-Alive", 10 },
+        { "Proxy-Connection", 16 },
+        { "Transfer-Encoding", 17 },
+    };
     size_t i;
 
-    for (i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
-        if (idem__name_is(name, len, hop[i]))
+    if (!name)
+        return false;
+    for (i = 0; i < sizeof(hop) / sizeof(hop[0]) && hop[i].len <= len; i++)
+        if (hop[i].len == len && strncasecmp(name, hop[i].name, len) == 0)
             return true;
     return false;
 }

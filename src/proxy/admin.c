@@ -5,8 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
+#include "http.h"
 #include "metrics.h"
-#include "proxy.h"
+#include "worker.h"
 
 #define ADMIN_MAX_HEAD 8192
 
@@ -35,22 +37,25 @@ static void on_written(struct bufferevent *bev, void *arg)
 
 static void answer(struct admin_conn *a, const char *line, size_t len)
 {
-    struct evbuffer *o = bufferevent_get_output(a->bev);
+    struct buf o = { 0 };
     size_t mlen = 0;
     char *text;
 
     if (len >= 13 && memcmp(line, "GET /healthz ", 13) == 0) {
-        http_respond(o, 200, "text/plain", NULL, "ok\n", 3, true);
+        http_respond(&o, 200, "text/plain", NULL, "ok\n", 3, true);
     } else if (len >= 13 && memcmp(line, "GET /metrics ", 13) == 0 &&
                (text = metrics_render(a->engine, &mlen))) {
-        http_respond(o, 200, "text/plain; version=0.0.4", NULL, text, mlen,
+        http_respond(&o, 200, "text/plain; version=0.0.4", NULL, text, mlen,
                      true);
         free(text);
     } else if (len >= 13 && memcmp(line, "GET /metrics ", 13) == 0) {
-        http_respond(o, 503, "text/plain", NULL, "out of memory\n", 14, true);
+        http_respond(&o, 503, "text/plain", NULL, "out of memory\n", 14, true);
     } else {
-        http_respond(o, 404, "text/plain", NULL, "not found\n", 10, true);
+        http_respond(&o, 404, "text/plain", NULL, "not found\n", 10, true);
     }
+    /* a cut answer (out of memory) still ends with the connection */
+    evbuffer_add(bufferevent_get_output(a->bev), buf_bytes(&o), buf_len(&o));
+    buf_free(&o);
     bufferevent_disable(a->bev, EV_READ);
     bufferevent_setcb(a->bev, NULL, on_written, NULL, a);
 }

@@ -327,12 +327,14 @@ const struct idem_header *http_head_views(struct http_head *h)
 const char *http_head_get(const struct http_head *h, const char *name,
                           size_t *len_out)
 {
+    size_t len = strlen(name);
     unsigned i;
 
     for (i = 0; i < h->nfields; i++) {
         const struct http_field *f = &h->fields[i];
 
-        if (idem_header_name_is(h->bytes + f->name_off, f->name_len, name)) {
+        if (f->name_len == len &&
+            strncasecmp(h->bytes + f->name_off, name, len) == 0) {
             *len_out = f->value_len;
             return h->bytes + f->value_off;
         }
@@ -350,25 +352,21 @@ unsigned http_head_count(const struct http_head *h, const char *name)
     return n;
 }
 
-bool http_hop_by_hop(const struct http_head *h, const struct http_field *f)
+bool http_hop_by_hop(const struct http_head *h, const struct http_field *f,
+                     const char *conn, size_t conn_len)
 {
-    const char *name = h->bytes + f->name_off, *conn;
-    size_t conn_len;
+    const char *name = h->bytes + f->name_off;
 
     if (idem_header_is_hop_by_hop(name, f->name_len))
         return true;
-    conn = http_head_get(h, "Connection", &conn_len);
     return conn && idem_header_list_has(conn, conn_len, name, f->name_len);
 }
 
-int http_add_field(struct evbuffer *out, const struct http_head *h,
+int http_add_field(struct buf *out, const struct http_head *h,
                    const struct http_field *f)
 {
-    return evbuffer_add_printf(out, "%.*s: %.*s\r\n", (int)f->name_len,
-                               h->bytes + f->name_off, (int)f->value_len,
-                               h->bytes + f->value_off) < 0
-               ? -1
-               : 0;
+    return buf_add_field(out, h->bytes + f->name_off, f->name_len,
+                         h->bytes + f->value_off, f->value_len);
 }
 
 const char *http_reason(unsigned status)
@@ -412,10 +410,11 @@ const char *http_reason(unsigned status)
     return "Unknown";
 }
 
-int http_status_line(struct evbuffer *out, unsigned status)
+int http_status_line(struct buf *out, unsigned status)
 {
-    return evbuffer_add_printf(out, "HTTP/1.1 %u %s\r\n", status,
-                               http_reason(status)) < 0
+    return buf_addl(out, "HTTP/1.1 ") || buf_add_u64(out, status) ||
+                   buf_addl(out, " ") || buf_adds(out, http_reason(status)) ||
+                   buf_addl(out, "\r\n")
                ? -1
                : 0;
 }
@@ -442,70 +441,79 @@ const char *http_date(void)
     return buf;
 }
 
-int http_date_line(struct evbuffer *out)
+int http_date_line(struct buf *out)
 {
-    return evbuffer_add_printf(out, "Date: %s\r\n", http_date()) < 0 ? -1 : 0;
+    return buf_addl(out, "Date: ") || buf_adds(out, http_date()) ||
+                   buf_addl(out, "\r\n")
+               ? -1
+               : 0;
 }
 
-int http_respond(struct evbuffer *out, unsigned status, const char *ctype,
+int http_respond(struct buf *out, unsigned status, const char *ctype,
                  const char *extra, const void *body, size_t len, bool close)
 {
     bool ok = http_status_line(out, status) == 0 && http_date_line(out) == 0;
 
     if (ok && ctype)
-        ok = evbuffer_add_printf(out, "Content-Type: %s\r\n", ctype) >= 0;
-    ok = ok && evbuffer_add_printf(out, "Content-Length: %zu\r\n%s%s\r\n", len,
-                                   close ? "Connection: close\r\n" : "",
-                                   extra ? extra : "") >= 0;
-    return ok && (!len || evbuffer_add(out, body, len) == 0) ? 0 : -1;
+        ok = buf_add_field(out, "Content-Type", 12, ctype, strlen(ctype)) == 0;
+    ok = ok && buf_addl(out, "Content-Length: ") == 0 &&
+         buf_add_u64(out, len) == 0 && buf_addl(out, "\r\n") == 0 &&
+         (!close || buf_addl(out, "Connection: close\r\n") == 0) &&
+         (!extra || buf_adds(out, extra) == 0) && buf_addl(out, "\r\n") == 0;
+    return ok && buf_add(out, body, len) == 0 ? 0 : -1;
 }
 
 /* Append s to out as the inside of a JSON string. */
-static void json_escape(struct evbuffer *out, const char *s)
+static int json_escape(struct buf *out, const char *s)
 {
-    for (; *s; s++) {
+    static const char hex[] = "0123456789abcdef";
+    char esc[6] = { '\\', 'u', '0', '0' };
+    int rc = 0;
+
+    for (; *s && rc == 0; s++) {
         unsigned char c = (unsigned char)*s;
 
-        if (c == '"' || c == '\\')
-            evbuffer_add_printf(out, "\\%c", c);
-        else if (c < 0x20)
-            evbuffer_add_printf(out, "\\u%04x", c);
-        else
-            evbuffer_add(out, s, 1);
+        if (c == '"' || c == '\\') {
+            esc[1] = (char)c;
+            rc = buf_add(out, esc, 2);
+        } else if (c < 0x20) {
+            esc[1] = 'u';
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            rc = buf_add(out, esc, 6);
+        } else {
+            rc = buf_add(out, s, 1);
+        }
     }
+    return rc;
 }
 
-int http_problem(struct evbuffer *out, unsigned status, const char *detail,
+int http_problem(struct buf *out, unsigned status, const char *detail,
                  unsigned retry_after_s, bool close)
 {
     return http_problem_typed(out, status, "about:blank", detail, retry_after_s,
                               close);
 }
 
-int http_problem_typed(struct evbuffer *out, unsigned status, const char *type,
+int http_problem_typed(struct buf *out, unsigned status, const char *type,
                        const char *detail, unsigned retry_after_s, bool close)
 {
-    struct evbuffer *body = evbuffer_new();
+    struct buf body = { 0 };
     char extra[64] = "";
-    int rc;
+    int rc = buf_addl(&body, "{\"type\":\"") || buf_adds(&body, type) ||
+             buf_addl(&body, "\",\"title\":\"") ||
+             buf_adds(&body, http_reason(status)) ||
+             buf_addl(&body, "\",\"status\":") || buf_add_u64(&body, status);
 
-    if (!body)
-        return -1;
-    evbuffer_add_printf(body,
-                        "{\"type\":\"%s\",\"title\":\"%s\","
-                        "\"status\":%u",
-                        type, http_reason(status), status);
-    if (detail) {
-        evbuffer_add_printf(body, ",\"detail\":\"");
-        json_escape(body, detail);
-        evbuffer_add_printf(body, "\"");
-    }
-    evbuffer_add_printf(body, "}\n");
+    if (rc == 0 && detail)
+        rc = buf_addl(&body, ",\"detail\":\"") || json_escape(&body, detail) ||
+             buf_addl(&body, "\"");
+    rc = rc || buf_addl(&body, "}\n");
     if (retry_after_s)
         snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", retry_after_s);
-    rc = http_respond(out, status, "application/problem+json", extra,
-                      evbuffer_pullup(body, -1), evbuffer_get_length(body),
-                      close);
-    evbuffer_free(body);
+    if (rc == 0)
+        rc = http_respond(out, status, "application/problem+json", extra,
+                          buf_bytes(&body), buf_len(&body), close);
+    buf_free(&body);
     return rc;
 }

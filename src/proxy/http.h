@@ -4,11 +4,11 @@
 #ifndef IDEMPROXY_HTTP_H
 #define IDEMPROXY_HTTP_H
 
-#include <event2/buffer.h>
 #include <llhttp.h>
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "buf.h"
 #include "idem/engine.h"
 
 /* A header as offsets into its head's bytes. */
@@ -122,18 +122,20 @@ const char *http_head_get(const struct http_head *h, const char *name,
 unsigned http_head_count(const struct http_head *h, const char *name);
 
 /* Whether field f of h is hop-by-hop: a hop-by-hop name, or one the
- * head's Connection header names. */
-bool http_hop_by_hop(const struct http_head *h, const struct http_field *f);
+ * head's Connection header (conn, conn_len: its value, looked up once
+ * per head; NULL if none) names. */
+bool http_hop_by_hop(const struct http_head *h, const struct http_field *f,
+                     const char *conn, size_t conn_len);
 
 /* Append "name: value\r\n" for field f of h to out. */
-int http_add_field(struct evbuffer *out, const struct http_head *h,
+int http_add_field(struct buf *out, const struct http_head *h,
                    const struct http_field *f);
 
 /* The standard reason phrase of a status, or "Unknown". */
 const char *http_reason(unsigned status);
 
 /* Append "HTTP/1.1 status reason\r\n" to out. */
-int http_status_line(struct evbuffer *out, unsigned status);
+int http_status_line(struct buf *out, unsigned status);
 
 /* The time now as an RFC 9110 IMF-fixdate, "Sun, 06 Nov 1994 08:49:37
  * GMT": formatted at most once a second per thread, valid until the
@@ -141,22 +143,22 @@ int http_status_line(struct evbuffer *out, unsigned status);
 const char *http_date(void);
 
 /* Append "Date: <http_date()>\r\n" to out. 0 or -1. */
-int http_date_line(struct evbuffer *out);
+int http_date_line(struct buf *out);
 
 /* Append a whole small response: status line, Date, Content-Type (if
  * ctype), Content-Length, Connection: close when close, extra header lines
  * (each ending in \r\n, may be NULL), the blank line and body. 0 or -1. */
-int http_respond(struct evbuffer *out, unsigned status, const char *ctype,
+int http_respond(struct buf *out, unsigned status, const char *ctype,
                  const char *extra, const void *body, size_t len, bool close);
 
 /* An RFC 9457 problem+json response with status, its title and detail
  * (detail is escaped; may be NULL). Retry-After when retry_after_s > 0. */
-int http_problem(struct evbuffer *out, unsigned status, const char *detail,
+int http_problem(struct buf *out, unsigned status, const char *detail,
                  unsigned retry_after_s, bool close);
 
 /* http_problem with a problem type URI of its own (type is not escaped:
  * a constant). */
-int http_problem_typed(struct evbuffer *out, unsigned status, const char *type,
+int http_problem_typed(struct buf *out, unsigned status, const char *type,
                        const char *detail, unsigned retry_after_s, bool close);
 
 /* The problem type of a retry whose key holds an unknown outcome (502):

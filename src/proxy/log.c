@@ -1,6 +1,10 @@
 /* idemproxy's log: each line is built in a buffer of at most PIPE_BUF
  * bytes and written with one write(2), so lines from threads never mix.
- * Every byte a client chose is escaped: a line is always one line. */
+ * A worker thread collects its lines in a buffer of the same size and
+ * writes them together at the end of its loop's pass (log_flush), so a
+ * busy worker makes one write for many requests. Every byte a client
+ * chose is escaped: a line is always one line. */
+#define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_Init: no provider lookup */
 #include "log.h"
 
 #include <errno.h>
@@ -15,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
+#include <openssl/sha.h>
 
 #define LINE_MAX_BYTES PIPE_BUF
 #define DIGEST_BYTES 6 /* 12 hex digits */
@@ -99,6 +103,50 @@ void log_close(void)
     log_fd = STDERR_FILENO;
 }
 
+/* -- This thread's pending lines --------------------------------------- */
+
+struct pending {
+    char b[LINE_MAX_BYTES];
+    size_t n;
+    bool on; /* log_buffer_lines(true) */
+};
+
+static _Thread_local struct pending pending;
+
+static void write_all(const char *p, size_t n)
+{
+    size_t off = 0;
+    ssize_t w;
+
+    while (off < n) {
+        w = write(log_fd, p + off, n - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        off += (size_t)w;
+    }
+}
+
+void log_flush(void)
+{
+    if (pending.n)
+        write_all(pending.b, pending.n);
+    pending.n = 0;
+}
+
+bool log_pending(void)
+{
+    return pending.n != 0;
+}
+
+void log_buffer_lines(bool on)
+{
+    if (!on)
+        log_flush();
+    pending.on = on;
+}
+
 /* -- Building a line -------------------------------------------------- */
 
 struct line {
@@ -116,20 +164,33 @@ static void put(struct line *l, const char *s, size_t n)
     l->n += n;
 }
 
-static void putf(struct line *l, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void putf(struct line *l, const char *fmt, ...)
+static void puts_(struct line *l, const char *s)
 {
-    char buf[64];
-    va_list ap;
-    int n;
+    put(l, s, strlen(s));
+}
 
-    va_start(ap, fmt);
-    n = vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        put(l, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+/* Append v in decimal. */
+static void put_int(struct line *l, int64_t v)
+{
+    char tmp[24];
+    size_t i = sizeof(tmp);
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+
+    do {
+        tmp[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        tmp[--i] = '-';
+    put(l, tmp + i, sizeof(tmp) - i);
+}
+
+/* Append ' name=' (text) or ',"name":' (JSON). */
+static void put_name(struct line *l, const char *name)
+{
+    put(l, log_fmt == LOG_JSON ? ",\"" : " ", log_fmt == LOG_JSON ? 2 : 1);
+    puts_(l, name);
+    put(l, log_fmt == LOG_JSON ? "\":" : "=", log_fmt == LOG_JSON ? 2 : 1);
 }
 
 /* The escape for one byte, in buf: quotes, backslashes, \n \r \t, and
@@ -200,7 +261,7 @@ static void field_str(struct line *l, const char *name, const char *s, size_t n,
 {
     bool quote = log_fmt == LOG_JSON || needs_quotes(s, n);
 
-    putf(l, log_fmt == LOG_JSON ? ",\"%s\":" : " %s=", name);
+    put_name(l, name);
     if (quote)
         put(l, "\"", 1);
     put_escaped(l, s, n, max);
@@ -210,49 +271,70 @@ static void field_str(struct line *l, const char *name, const char *s, size_t n,
 
 static void field_int(struct line *l, const char *name, int64_t v)
 {
-    putf(l, log_fmt == LOG_JSON ? ",\"%s\":%" PRId64 : " %s=%" PRId64, name, v);
+    put_name(l, name);
+    put_int(l, v);
 }
 
 /* The line's start: the time (UTC, milliseconds), level and message. */
 static void start(struct line *l, enum log_level level, const char *msg,
                   size_t msg_len)
 {
+    static _Thread_local char when[32];
+    static _Thread_local time_t when_s = -1;
+    char ms[4]; /* ".mmm" */
     struct timespec ts;
     struct tm tm;
-    char when[32] = "";
 
     clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+    if (ts.tv_sec != when_s && gmtime_r(&ts.tv_sec, &tm)) {
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+        when_s = ts.tv_sec;
+    }
     l->n = 0;
+    ms[0] = '.';
+    ms[1] = (char)('0' + ts.tv_nsec / 100000000);
+    ms[2] = (char)('0' + ts.tv_nsec / 10000000 % 10);
+    ms[3] = (char)('0' + ts.tv_nsec / 1000000 % 10);
     if (log_fmt == LOG_JSON) {
-        putf(l, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"", when,
-             ts.tv_nsec / 1000000, level_names[level]);
+        put(l, "{\"ts\":\"", 7);
+        puts_(l, when);
+        put(l, ms, sizeof(ms));
+        put(l, "Z\",\"level\":\"", 12);
+        puts_(l, level_names[level]);
+        put(l, "\",\"msg\":\"", 9);
         put_escaped(l, msg, msg_len, MSG_MAX);
         put(l, "\"", 1);
         return;
     }
-    putf(l, "%s.%03ldZ %s ", when, ts.tv_nsec / 1000000, level_names[level]);
+    puts_(l, when);
+    put(l, ms, sizeof(ms));
+    put(l, "Z ", 2);
+    puts_(l, level_names[level]);
+    put(l, " ", 1);
     put_escaped(l, msg, msg_len, MSG_MAX);
 }
 
-/* End the line and write it whole (put() kept 2 bytes for the end). */
-static void finish(struct line *l)
+/* End the line (put() kept 2 bytes for the end) and write it whole, or
+ * add it to this thread's pending lines. Never more than PIPE_BUF bytes
+ * in one write: lines from threads never mix. */
+static void end_line(struct line *l)
 {
-    size_t off = 0;
-    ssize_t w;
-
     if (log_fmt == LOG_JSON)
         l->b[l->n++] = '}';
     l->b[l->n++] = '\n';
-    while (off < l->n) {
-        w = write(log_fd, l->b + off, l->n - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return;
-        off += (size_t)w;
+}
+
+static void finish(struct line *l)
+{
+    end_line(l);
+    if (!pending.on) {
+        write_all(l->b, l->n);
+        return;
     }
+    if (l->n > sizeof(pending.b) - pending.n)
+        log_flush();
+    memcpy(pending.b + pending.n, l->b, l->n);
+    pending.n += l->n;
 }
 
 /* -- Lines ------------------------------------------------------------ */
@@ -260,6 +342,11 @@ static void finish(struct line *l)
 static bool enabled(enum log_level level)
 {
     return level <= log_max;
+}
+
+bool log_enabled(enum log_level level)
+{
+    return enabled(level);
 }
 
 static void log_vmsg(enum log_level level, uint64_t suppressed, const char *fmt,
@@ -284,7 +371,9 @@ static void log_vmsg(enum log_level level, uint64_t suppressed, const char *fmt,
             len += strlen(msg + len); /* cut at the buffer's end */
     }
     start(&l, level, msg, len);
-    finish(&l);
+    end_line(&l);
+    log_flush(); /* in order, and at once: an operator's line never waits */
+    write_all(l.b, l.n);
 }
 
 void log_msg(enum log_level level, const char *fmt, ...)
@@ -323,18 +412,21 @@ void log_limited(struct log_limit *lim, enum log_level level, const char *fmt,
 /* "k:" and the first 12 hex digits of the key's SHA-256, in out[16]. */
 static void key_digest(const char *key, size_t len, char out[16])
 {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned mdlen = 0;
+    static const char hex[] = "0123456789abcdef";
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    SHA256_CTX ctx;
     int i;
 
-    if (!EVP_Digest(key, len, md, &mdlen, EVP_sha256(), NULL) ||
-        mdlen < DIGEST_BYTES) {
-        snprintf(out, 16, "k:?");
-        return;
-    }
+    /* not SHA256(): in OpenSSL 3 it fetches the algorithm and allocates */
+    SHA256_Init(&ctx);
+    SHA256_Update(&ctx, key, len);
+    SHA256_Final(md, &ctx);
     memcpy(out, "k:", 2);
-    for (i = 0; i < DIGEST_BYTES; i++)
-        snprintf(out + 2 + 2 * i, 3, "%02x", md[i]);
+    for (i = 0; i < DIGEST_BYTES; i++) {
+        out[2 + 2 * i] = hex[md[i] >> 4];
+        out[3 + 2 * i] = hex[md[i] & 15];
+    }
+    out[2 + 2 * DIGEST_BYTES] = '\0';
 }
 
 void log_decision(const struct log_decision *d)

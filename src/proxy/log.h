@@ -1,10 +1,11 @@
 /* idemproxy's log: one line per decision and a few lines of operations,
  * as text or JSON, to stderr or a file reopened on SIGHUP. Thread-safe:
- * each line is one write(2). */
+ * lines are written whole, never mixed. */
 #ifndef IDEMPROXY_LOG_H
 #define IDEMPROXY_LOG_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -18,6 +19,16 @@ int log_open(const struct config *c);
 int log_reopen(void);
 
 void log_close(void);
+
+/* Whether lines of level are written. */
+bool log_enabled(enum log_level level);
+
+/* Collect this thread's lines (on) and write them at log_flush, or (off:
+ * flushing first) write each as it comes, the default. */
+void log_buffer_lines(bool on);
+/* Write this thread's collected lines; whether it has any. */
+void log_flush(void);
+bool log_pending(void);
 
 /* An operational message at level: printf-style. */
 void log_msg(enum log_level level, const char *fmt, ...)

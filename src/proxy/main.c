@@ -17,7 +17,8 @@
 #include "idem/idem.h"
 #include "idem/redis.h"
 #include "log.h"
-#include "proxy.h"
+#include "admin.h"
+#include "worker.h"
 
 #define TICK_MS 100
 #define TRIM_TICKS 50        /* every 5 s: return freed heap to the kernel */
@@ -96,8 +97,8 @@ static void log_store(void *ud, bool trouble, const char *msg)
  * upstream.c reads it, the key, and the record's own bytes. */
 static size_t record_need(const struct config *c)
 {
-    return c->max_stored_body + RESPONSE_HEAD_MAX +
-           (size_t)RESPONSE_FIELDS_MAX * 8 + IDEM_KEY_MAX_LEN + 512;
+    return c->max_stored_body + EX_RESPONSE_HEAD_MAX +
+           (size_t)EX_RESPONSE_FIELDS_MAX * 8 + IDEM_KEY_MAX_LEN + 512;
 }
 
 static int make_store(struct app *app)

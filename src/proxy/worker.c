@@ -1,14 +1,17 @@
-/* Workers: one thread, one event_base, one SO_REUSEPORT listener each.
- * Other threads talk to a worker only through its wake event: wait-mode
- * decisions for its connections, and the request to stop. */
+/* worker.h: the loop of each worker thread. */
+#include "worker.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "conn.h"
 #include "log.h"
-#include "proxy.h"
+#include "upstream.h"
 
+#include <event2/buffer.h>
 #include <event2/bufferevent_struct.h> /* ev_write: see proxy_bev_new */
+#include "idem/redis_libevent.h"
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
                       struct sockaddr *sa, int salen, void *arg)
@@ -65,6 +68,20 @@ static void begin_stop(struct worker *w)
     conn_close_idle(w);
     if (w->nconns == 0)
         loop_exit(w->base);
+}
+
+static void on_log_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    log_flush();
+}
+
+void worker_log_pending(struct worker *w)
+{
+    if (log_pending())
+        event_active(w->log_flush, 0, 0); /* after this pass's events */
 }
 
 static void on_wake(evutil_socket_t fd, short what, void *arg)
@@ -140,10 +157,11 @@ int worker_init(struct worker *w, unsigned id, int fd, const struct config *cfg,
     memset(w, 0, sizeof(*w));
     w->id = id;
     w->cfg = cfg;
-    w->engine = engine;
+    w->ctx.cfg = cfg;
+    w->ctx.engine = engine;
     w->redis = redis;
     w->upstream_addr = *up;
-    w->upstream_addrlen = uplen;
+    w->upstream_addrlen = (socklen_t)uplen;
     LIST_INIT(&w->conns);
     TAILQ_INIT(&w->idle);
     pthread_mutex_init(&w->mu, NULL);
@@ -153,7 +171,8 @@ int worker_init(struct worker *w, unsigned id, int fd, const struct config *cfg,
     if (ec)
         event_config_free(ec);
     if (!w->base || !(w->wake = event_new(w->base, -1, 0, on_wake, w)) ||
-        !(w->accept_resume = evtimer_new(w->base, on_accept_resume, w)))
+        !(w->accept_resume = evtimer_new(w->base, on_accept_resume, w)) ||
+        !(w->log_flush = event_new(w->base, -1, 0, on_log_flush, w)))
         return -1;
     w->listener = evconnlistener_new(w->base, on_accept, w,
                                      LEV_OPT_CLOSE_ON_FREE, -1, fd);
@@ -174,9 +193,11 @@ static void *worker_main(void *arg)
     idem_redis_libevent(w->base, &loop);
     if (w->redis && idem_store_redis_attach(w->redis, &loop) != IDEM_OK)
         log_msg(LOG_ERROR, "worker %u: cannot attach to Redis", w->id);
+    log_buffer_lines(true);
     event_base_dispatch(w->base);
     if (w->redis)
         idem_store_redis_detach(w->redis);
+    log_buffer_lines(false); /* and flush */
     return NULL;
 }
 
@@ -211,6 +232,8 @@ void worker_deinit(struct worker *w)
         evconnlistener_free(w->listener);
     if (w->accept_resume)
         event_free(w->accept_resume);
+    if (w->log_flush)
+        event_free(w->log_flush);
     if (w->wake)
         event_free(w->wake);
     if (w->base)

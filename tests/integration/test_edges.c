@@ -385,6 +385,18 @@ static bool file_has(const char *path, const char *needle)
     return strstr(buf, needle) != NULL;
 }
 
+/* file_has, waiting up to a second: a worker writes its decision lines
+ * at the end of its loop's pass, just after the answer left. */
+static bool file_gets(const char *path, const char *needle)
+{
+    for (int i = 0; i < 100; i++) {
+        if (file_has(path, needle))
+            return true;
+        h_sleep_ms(10);
+    }
+    return false;
+}
+
 static void get_ok(struct h_proc *px, const char *target)
 {
     struct h_req get = { .method = "GET", .target = target };
@@ -404,7 +416,7 @@ static void test_sigusr1_reopens_log(void **state)
 
     (void)state;
     get_ok(px, "/before");
-    assert_true(file_has(log, "target=/before"));
+    assert_true(file_gets(log, "target=/before"));
     assert_int_equal(rename(log, moved), 0);
     /* not h_signal: it marks the proxy signalled, and teardown would not
      * stop it; teardown checks that it exits 0 */
@@ -412,7 +424,7 @@ static void test_sigusr1_reopens_log(void **state)
     for (int i = 0; i < 40 && !reopened; i++) {
         h_sleep_ms(50);
         get_ok(px, "/after");
-        reopened = file_has(log, "target=/after");
+        reopened = file_gets(log, "target=/after");
     }
     assert_true(reopened);
     assert_false(file_has(log, "target=/before"));

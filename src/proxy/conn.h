@@ -1,0 +1,49 @@
+/* conn: a client connection, the libevent layer that drives its
+ * exchange (exchange.h): a non-blocking socket registered once,
+ * edge-triggered for reading and writing, read into the worker's scratch
+ * buffer and written straight from the exchange's output. */
+#ifndef IDEMPROXY_CONN_H
+#define IDEMPROXY_CONN_H
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <stdbool.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+
+#include "exchange.h"
+
+struct worker;
+struct upstream;
+
+struct conn {
+    struct exchange ex;
+    LIST_ENTRY(conn) link;
+    struct worker *w;
+    struct upstream *up; /* the upstream connection of its request */
+    int fd;              /* -1 once the client is closed */
+    struct event ev; /* fd: read, write, closed; edge-triggered, persistent */
+    struct event timers[EX_TIMERS];
+    struct event write_deadline; /* output waiting on a stalled client */
+    bool readable;               /* the socket may hold unread bytes */
+    bool peer_closed;            /* a FIN came: read until recv says 0 */
+    bool writable;               /* the socket may take more bytes */
+    bool lingering;              /* writing is shut down; reading to drop */
+    bool syncing;                /* inside conn_sync: it frees, not callees */
+    struct conn *woken_next;     /* on its worker's wake queue */
+};
+
+/* Take a new client socket: a conn, or the socket closed. */
+void conn_accept(struct worker *w, evutil_socket_t fd,
+                 const struct sockaddr *sa, int salen);
+/* The engine decided c's waiting request (wait mode), on c's thread. */
+void conn_woken(struct conn *c);
+/* Apply what c's exchange wants after an input: write, read, close,
+ * free. Frees c when the exchange is done. */
+void conn_sync(struct conn *c);
+/* Shutdown: close idle connections; busy ones close after their answer. */
+void conn_close_idle(struct worker *w);
+/* Free c whatever it is doing (forced shutdown). */
+void conn_discard(struct conn *c);
+
+#endif

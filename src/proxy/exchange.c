@@ -1,0 +1,1169 @@
+/* exchange.h: the HTTP/1.1 exchange, sans-I/O. The request side parses
+ * with llhttp through http_reader (limits, judging), asks the engine, and
+ * queues the upstream request or an answer of the proxy's own; the
+ * response side parses the upstream's bytes, relays them (chunked again
+ * for an HTTP/1.1 client when the upstream gave no length) and, for a
+ * request that proceeded, keeps them for the engine. */
+#include "exchange.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "target.h"
+
+static void parse(struct exchange *ex);
+static void finish_request(struct exchange *ex);
+static void upstream_failed(struct exchange *ex, unsigned status,
+                            bool maybe_run);
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static struct exchange *ex_of(llhttp_t *p)
+{
+    return http_reader_of(p)->data;
+}
+
+static void timer(struct exchange *ex, enum ex_timer t, int64_t ms)
+{
+    ex->io->timer(ex, t, ms);
+}
+
+/* How much a client may send ahead of the request being answered. */
+static size_t input_bound(const struct config *cfg)
+{
+    return cfg->max_header_bytes + cfg->max_body + 65536;
+}
+
+static bool method_is(const struct exchange *ex, const char *m)
+{
+    const struct http_head *h = &ex->rd.head;
+
+    return idem_header_name_is(h->bytes + h->method_off, h->method_len, m);
+}
+
+/* Whether what the upstream sends goes to the client: not once it left,
+ * nor after its 504 (a late response is for the store only). */
+static bool to_client(const struct exchange *ex)
+{
+    return !ex->client_gone && ex->phase != EX_LATE;
+}
+
+/* -- Logging ---------------------------------------------------------- */
+
+static void log_request(struct exchange *ex, const char *outcome,
+                        unsigned status)
+{
+    const struct http_head *h = &ex->rd.head;
+    const char *bytes = h->bytes ? h->bytes : ""; /* nothing was read */
+    struct log_decision d = {
+        .client = ex->client,
+        .method = bytes + h->method_off,
+        .method_len = h->method_len,
+        .target = bytes + h->target_off,
+        .target_len = h->target_len,
+        .outcome = outcome,
+        .status = status,
+        .upstream_us = ex->t_upstream_us ? (int64_t)ex->t_upstream_us : -1,
+        .total_us = now_us() - ex->t_start_us,
+    };
+
+    if (!log_enabled(LOG_INFO))
+        return;
+    d.key = http_head_get(h, ex->ctx->cfg->key_header, &d.key_len);
+    log_decision(&d);
+}
+
+/* -- Answers the proxy writes itself ---------------------------------- */
+
+/* A refusal or error with problem+json; close when the request was not
+ * read whole. type: the problem type (HTTP_PROBLEM_UNKNOWN or NULL). */
+static void refuse_typed(struct exchange *ex, unsigned status, const char *type,
+                         const char *detail, unsigned retry_after_s,
+                         const char *outcome)
+{
+    if (!ex->request_done)
+        ex->close_after = true;
+    if (!ex->client_gone &&
+        http_problem_typed(&ex->client_out, status, type ? type : "about:blank",
+                           detail, retry_after_s, ex->close_after) != 0)
+        ex->close_after = true; /* a cut answer: the client must see it end */
+    if (status < 500 && strcmp(outcome, "error") == 0) /* 408 413 431 400 */
+        atomic_fetch_add(&metrics.results[METRICS_CLIENT_ERROR], 1);
+    ex->status_sent = status;
+    ex->response = EX_RESP_ANSWERED;
+    log_request(ex, outcome, status);
+    finish_request(ex);
+}
+
+static void refuse(struct exchange *ex, unsigned status, const char *detail,
+                   const char *outcome)
+{
+    refuse_typed(ex, status, NULL, detail, 0, outcome);
+}
+
+/* The stored response. The record keeps no Date: this one is written
+ * afresh. */
+static void replay(struct exchange *ex)
+{
+    const struct idem_response *r = &ex->decision.replay;
+    struct buf *o = &ex->client_out;
+    bool ok = http_status_line(o, r->status) == 0 && http_date_line(o) == 0;
+    size_t i;
+
+    for (i = 0; ok && i < r->nheaders; i++)
+        ok = buf_add_field(o, r->headers[i].name, r->headers[i].name_len,
+                           r->headers[i].value, r->headers[i].value_len) == 0;
+    ok = ok && buf_addl(o, "Idempotent-Replayed: true\r\n") == 0 &&
+         (!ex->decision.body_omitted ||
+          buf_addl(o, "Idempotent-Body-Omitted: true\r\n") == 0) &&
+         buf_addl(o, "Content-Length: ") == 0 &&
+         buf_add_u64(o, r->body_len) == 0 &&
+         buf_adds(o, ex->close_after ? "\r\nConnection: close\r\n\r\n"
+                                     : "\r\n\r\n") == 0 &&
+         buf_add(o, r->body, r->body_len) == 0;
+    if (!ok)
+        ex->close_after = true; /* a cut answer: the client must see it end */
+    ex->status_sent = r->status;
+    ex->response = EX_RESP_ANSWERED;
+    log_request(ex, "replay", r->status);
+    finish_request(ex);
+}
+
+/* -- The lease of a request that proceeded ----------------------------- */
+
+static void on_renewed(int rc, bool stored, void *ud)
+{
+    (void)stored;
+    (void)ud;
+    if (rc == IDEM_ESTALE)
+        log_msg(LOG_WARN, "the lease of a running request was lost");
+}
+
+/* Keep a proceeding request's lease while the upstream works: renew it
+ * every half lease, so a slow request never runs twice. */
+static void renew(struct exchange *ex)
+{
+    if (ex->call)
+        idem_call_renew(ex->call, on_renewed, NULL);
+    timer(ex, EX_TIMER_RENEW, ex->ctx->cfg->lease_ms / 2);
+}
+
+/* -- Forwarding -------------------------------------------------------- */
+
+/* Whether a request header goes upstream: not hop-by-hop, and not one
+ * the proxy writes itself (Host too, for an absolute-form: its authority
+ * is the Host, RFC 9112 §3.2.2). */
+static bool forward_header(const struct http_head *h,
+                           const struct http_field *f, const char *conn,
+                           size_t conn_len)
+{
+    static const char *const own[] = { "Content-Length", "Expect",
+                                       "X-Forwarded-For", "X-Forwarded-Proto" };
+    const char *name = h->bytes + f->name_off;
+    size_t i;
+
+    if (h->authority_len && idem_header_name_is(name, f->name_len, "Host"))
+        return false;
+    for (i = 0; i < sizeof(own) / sizeof(own[0]); i++)
+        if (idem_header_name_is(name, f->name_len, own[i]))
+            return false;
+    return !http_hop_by_hop(h, f, conn, conn_len);
+}
+
+/* The header that frames the body as it goes upstream, if any. */
+static int add_framing(struct exchange *ex, struct buf *o)
+{
+    unsigned flags = ex->rd.parser.flags;
+
+    if (ex->body_mode == EX_BODY_STREAMED && (flags & F_CHUNKED))
+        return buf_addl(o, "Transfer-Encoding: chunked\r\n");
+    if (ex->body_mode == EX_BODY_STREAMED && (flags & F_CONTENT_LENGTH))
+        return buf_addl(o, "Content-Length: ") ||
+               buf_add_u64(o, ex->rd.parser.content_length) ||
+               buf_addl(o, "\r\n");
+    if (ex->body_mode == EX_BODY_BUFFERED &&
+        (buf_len(&ex->body) || (flags & (F_CONTENT_LENGTH | F_CHUNKED))))
+        return buf_addl(o, "Content-Length: ") ||
+               buf_add_u64(o, buf_len(&ex->body)) || buf_addl(o, "\r\n");
+    return 0;
+}
+
+/* Queue the request on up_out: 0, or -1 out of memory (up_out then
+ * holds a part). The target is the origin-form the head was judged to
+ * (an absolute-form's path and query, its authority then the Host). */
+static int write_request(struct exchange *ex)
+{
+    const struct http_head *h = &ex->rd.head;
+    struct buf *o = &ex->up_out;
+    const char *colon = strrchr(ex->client, ':'), *xff, *conn;
+    size_t iplen = colon ? (size_t)(colon - ex->client) : strlen(ex->client);
+    size_t xlen = 0, conn_len = 0;
+    unsigned i;
+    bool ok;
+
+    ok = buf_add(o, h->bytes + h->method_off, h->method_len) == 0 &&
+         buf_addl(o, " ") == 0 &&
+         buf_add(o, h->bytes + h->origin_off, h->origin_len) == 0 &&
+         buf_addl(o, " HTTP/1.1\r\n") == 0;
+    if (ok && h->authority_len)
+        ok = buf_add_field(o, "Host", 4, h->bytes + h->authority_off,
+                           h->authority_len) == 0;
+    conn = http_head_get(h, "Connection", &conn_len);
+    for (i = 0; ok && i < h->nfields; i++)
+        if (forward_header(h, &h->fields[i], conn, conn_len))
+            ok = http_add_field(o, h, &h->fields[i]) == 0;
+    xff = http_head_get(h, "X-Forwarded-For", &xlen);
+    ok = ok && buf_addl(o, "X-Forwarded-For: ") == 0 &&
+         (!xff || (buf_add(o, xff, xlen) == 0 && buf_addl(o, ", ") == 0)) &&
+         buf_add(o, ex->client, iplen) == 0 &&
+         buf_addl(o, "\r\nX-Forwarded-Proto: http\r\n") == 0 &&
+         add_framing(ex, o) == 0 && buf_addl(o, "\r\n") == 0;
+    if (ok && ex->body_mode == EX_BODY_BUFFERED)
+        ok = buf_add(o, buf_bytes(&ex->body), buf_len(&ex->body)) == 0;
+    return ok ? 0 : -1;
+}
+
+static const llhttp_settings_t response_settings;
+
+/* Send the request upstream (a pooled or new connection): 0 or -1
+ * (nothing was sent). */
+static int forward(struct exchange *ex)
+{
+    buf_clear(&ex->up_out);
+    llhttp_init(&ex->rparser, HTTP_RESPONSE, &response_settings);
+    ex->rparser.data = ex;
+    http_head_reset(&ex->rhead);
+    ex->up_got_bytes = ex->up_keep_alive = false;
+    ex->up_head_only = method_is(ex, "HEAD");
+    if (write_request(ex) != 0) {
+        buf_clear(&ex->up_out);
+        return -1;
+    }
+    ex->up_queued = buf_len(&ex->up_out);
+    ex->up = EX_UP_WAITING;
+    if (ex->io->upstream_open(ex) != 0) {
+        ex->up = EX_UP_NONE;
+        buf_clear(&ex->up_out);
+        return -1;
+    }
+    timer(ex, EX_TIMER_UPSTREAM, ex->ctx->cfg->upstream_timeout_ms);
+    return 0;
+}
+
+/* Let the upstream connection go (to the pool when reusable). */
+static void release_upstream(struct exchange *ex, bool reusable)
+{
+    if (ex->up == EX_UP_NONE)
+        return;
+    ex->up = EX_UP_NONE;
+    ex->up_paused = false;
+    ex->io->upstream_release(ex, reusable && buf_len(&ex->up_out) == 0);
+    buf_clear(&ex->up_out);
+}
+
+/* The store is down and --store-failure is open: forward the request as
+ * if no key came, counted, and said in the log at most once a second a
+ * worker. */
+static void bypass(struct exchange *ex)
+{
+    uint64_t now = now_us();
+
+    atomic_fetch_add(&metrics.store_bypass, 1);
+    if (now - ex->ctx->bypass_logged_us >= 1000000) {
+        ex->ctx->bypass_logged_us = now;
+        log_msg(LOG_WARN, "the idempotency store is unavailable: "
+                          "forwarding without the guarantee "
+                          "(--store-failure open)");
+    }
+    ex->decision.outcome = IDEM_OUTCOME_PASS;
+}
+
+/* Act on the engine's decision. */
+static void act(struct exchange *ex)
+{
+    const struct idem_decision *d = &ex->decision;
+
+    if (d->outcome == IDEM_OUTCOME_UNAVAILABLE &&
+        ex->ctx->cfg->store_failure == STORE_FAIL_OPEN)
+        bypass(ex);
+    switch (d->outcome) {
+    case IDEM_OUTCOME_PROCEED:
+        timer(ex, EX_TIMER_RENEW, ex->ctx->cfg->lease_ms / 2);
+        ex->capture = EX_CAPTURE_KEEP;
+        /* fall through */
+    case IDEM_OUTCOME_PASS:
+        ex->phase = EX_UPSTREAM;
+        timer(ex, EX_TIMER_CLIENT, -1); /* the upstream deadline rules */
+        if (forward(ex) != 0)
+            upstream_failed(ex, 502, false); /* nothing was sent */
+        return;
+    case IDEM_OUTCOME_REPLAY:
+        replay(ex);
+        return;
+    default:
+        refuse_typed(
+            ex, d->status ? d->status : 503,
+            d->outcome == IDEM_OUTCOME_UNKNOWN ? HTTP_PROBLEM_UNKNOWN : NULL,
+            d->detail, d->retry_after_s, idem_outcome_name(d->outcome));
+    }
+}
+
+/* -- Deciding ----------------------------------------------------------- */
+
+static void on_decided(struct idem_call *call, const struct idem_decision *d,
+                       void *ud)
+{
+    struct exchange *ex = ud;
+
+    (void)call;
+    ex->decision = *d;
+    ex->io->wake(ex);
+}
+
+void ex_decided(struct exchange *ex)
+{
+    if (ex->client_gone) {
+        ex->phase = EX_DONE;
+        return;
+    }
+    act(ex);
+    parse(ex);
+}
+
+/* The whole request is in: decide, then act (later, if it must wait). */
+static void dispatch(struct exchange *ex)
+{
+    int rc;
+
+    if (ex->body_mode == EX_BODY_STREAMED) { /* forwarded: end the body */
+        if (ex->up != EX_UP_NONE && (ex->rd.parser.flags & F_CHUNKED) &&
+            buf_addl(&ex->up_out, "0\r\n\r\n") != 0) {
+            upstream_failed(ex, 502, true); /* a cut body: it may have run */
+            return;
+        }
+        if (ex->phase == EX_BODY) {
+            ex->phase = EX_UPSTREAM;
+            timer(ex, EX_TIMER_CLIENT, -1);
+        }
+        return;
+    }
+    if (ex->decision.outcome != IDEM_OUTCOME_PENDING) {
+        act(ex);
+        return;
+    }
+    rc = idem_call_decide(ex->call, on_decided, ex, &ex->decision);
+    if (rc == IDEM_EINPROGRESS) {
+        ex->phase = EX_DECIDING;
+        return;
+    }
+    if (rc != IDEM_OK) {
+        refuse(ex, 503, "the idempotency engine failed", "unavailable");
+        return;
+    }
+    act(ex);
+}
+
+/* -- Parsing the request ---------------------------------------------- */
+
+static int on_message_begin(llhttp_t *p)
+{
+    struct exchange *ex = ex_of(p);
+
+    ex->t_start_us = now_us();
+    ex->t_upstream_us = 0;
+    ex->request_done = false;
+    return 0;
+}
+
+/* Whether the path of target (an origin-form judged unambiguous by
+ * http_reader_judge), percent-decoded, starts with one of the routes that
+ * require a key; *route gets the matched prefix. */
+static bool route_of(const struct config *cfg, const char *target, size_t len,
+                     const char **route, size_t *route_len)
+{
+    const char *query = memchr(target, '?', len);
+    size_t i, n;
+
+    if (query)
+        len = (size_t)(query - target);
+    for (i = 0; i < cfg->nrequire_key; i++) {
+        n = strlen(cfg->require_key[i]);
+        if (target_has_prefix(target, len, cfg->require_key[i], n)) {
+            *route = cfg->require_key[i];
+            *route_len = n;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Ask the engine about the judged head: PASS, INVALID or PENDING. Its
+ * target is the origin-form the upstream gets, so an absolute-form and
+ * the same request in origin-form share a fingerprint. */
+static int start_call(struct exchange *ex)
+{
+    struct http_head *h = &ex->rd.head;
+    struct idem_request req = {
+        .method = h->bytes + h->method_off,
+        .method_len = h->method_len,
+        .target = h->bytes + h->origin_off,
+        .target_len = h->origin_len,
+        .headers = http_head_views(h),
+        .nheaders = h->nfields,
+    };
+
+    req.key_required = route_of(ex->ctx->cfg, req.target, req.target_len,
+                                &req.route, &req.route_len);
+    if ((!req.headers && h->nfields) ||
+        idem_call_new(ex->ctx->engine, &ex->call) != IDEM_OK)
+        return -1;
+    return idem_call_start(ex->call, &req, &ex->decision) == IDEM_OK ? 0 : -1;
+}
+
+/* Refuse once llhttp has returned: never from inside its callbacks. */
+static int defer_refusal(struct exchange *ex, unsigned status,
+                         const char *detail, const char *outcome)
+{
+    ex->refusal = status;
+    ex->refusal_detail = detail;
+    ex->refusal_outcome = outcome;
+    return HPE_PAUSED;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    struct exchange *ex = ex_of(p);
+    const struct config *cfg = ex->ctx->cfg;
+    const char *expect, *why = NULL;
+    unsigned status = http_reader_judge(&ex->rd, &why);
+    size_t len;
+
+    ex->close_after = ex->close_after || !llhttp_should_keep_alive(p);
+    if (status)
+        return defer_refusal(ex, status, why, "error");
+    expect = http_head_get(&ex->rd.head, "Expect", &len); /* judged: moved */
+    if (start_call(ex) != 0)
+        return defer_refusal(ex, 503, "out of memory", "error");
+    if (ex->decision.outcome == IDEM_OUTCOME_INVALID)
+        return defer_refusal(ex, 400, ex->decision.detail, "invalid");
+    /* a request the engine does not cover streams: its body goes
+     * upstream as it arrives, unbuffered and unbounded */
+    ex->body_mode = ex->decision.outcome == IDEM_OUTCOME_PASS
+                        ? EX_BODY_STREAMED
+                        : EX_BODY_BUFFERED;
+    if (ex->body_mode == EX_BODY_BUFFERED && (p->flags & F_CONTENT_LENGTH) &&
+        p->content_length > cfg->max_body)
+        return defer_refusal(ex, 413, "the request body is too large", "error");
+    ex->phase = EX_BODY;
+    if (expect && idem_header_list_has(expect, len, "100-continue", 12) &&
+        p->http_minor >= 1 &&
+        buf_addl(&ex->client_out, "HTTP/1.1 100 Continue\r\n\r\n") != 0)
+        return defer_refusal(ex, 503, "out of memory", "error");
+    /* a streamed head goes upstream before its body: parse() forwards */
+    return ex->body_mode == EX_BODY_STREAMED ? HPE_PAUSED : 0;
+}
+
+/* A streamed body's next piece, chunked again if it came chunked. While
+ * the upstream is slower than the client, the client waits: reading stops
+ * past EX_HIGH bytes queued (ex_upstream_drained resumes it). */
+static int stream_body(struct exchange *ex, const char *at, size_t len)
+{
+    struct buf *o = &ex->up_out;
+    bool chunked = (ex->rd.parser.flags & F_CHUNKED) != 0;
+
+    if (ex->up == EX_UP_NONE || len == 0)
+        return 0; /* the upstream failed: the rest is read and dropped */
+    if ((chunked && (buf_add_hex(o, len) || buf_addl(o, "\r\n"))) ||
+        buf_add(o, at, len) || (chunked && buf_addl(o, "\r\n")))
+        return -1;
+    if (buf_len(o) > EX_HIGH)
+        ex->in_paused = true;
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct exchange *ex = ex_of(p);
+
+    if (ex->body_mode == EX_BODY_STREAMED) {
+        if (stream_body(ex, at, len) != 0)
+            return defer_refusal(ex, 502, "out of memory", "error");
+        return 0;
+    }
+    if (len > ex->ctx->cfg->max_body - buf_len(&ex->body))
+        return defer_refusal(ex, 413, "the request body is too large", "error");
+    if (buf_add(&ex->body, at, len) != 0 ||
+        (ex->decision.outcome == IDEM_OUTCOME_PENDING &&
+         idem_call_body(ex->call, at, len) != IDEM_OK))
+        return defer_refusal(ex, 503, "out of memory", "error");
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    ex_of(p)->request_done = true;
+    return HPE_PAUSED; /* one request at a time */
+}
+
+static const llhttp_settings_t request_settings = {
+    HTTP_READER_CALLBACKS,
+    .on_message_begin = on_message_begin,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* A malformed request: 400 (431 for a head over the limits, 503 when
+ * the proxy ran out of memory reading it), close. */
+static void parse_error(struct exchange *ex, enum llhttp_errno err)
+{
+    ex->close_after = true;
+    if (err == HPE_USER && ex->rd.oom)
+        refuse(ex, 503, "out of memory", "error");
+    else if (err == HPE_USER && ex->rd.head.full)
+        refuse(ex, 431, "the request head is too large", "error");
+    else
+        refuse(ex, 400, "the request is not valid HTTP/1.1", "error");
+}
+
+/* The head of a streamed request goes upstream now; its body follows as
+ * the parser delivers it. Never retried: the body is not kept. */
+static void start_stream(struct exchange *ex)
+{
+    ex->retried = true;
+    if (forward(ex) != 0) {
+        refuse(ex, 502, "the upstream could not be reached", "error");
+        return;
+    }
+    llhttp_resume(&ex->rd.parser);
+    ex->kick = true;
+}
+
+static bool reading_requests(const struct exchange *ex)
+{
+    return (ex->phase == EX_HEAD || ex->phase == EX_BODY) && !ex->in_paused;
+}
+
+/* Feed buffered input to the parser while the connection reads requests:
+ * each whole request is dispatched; one answered at once lets the loop
+ * go on to the next pipelined one. */
+static void parse(struct exchange *ex)
+{
+    enum llhttp_errno err;
+    size_t used;
+
+    while (reading_requests(ex) && (buf_len(&ex->in) || ex->kick)) {
+        /* a resumed parser finishes a bodyless request on no input */
+        ex->kick = false;
+        err = http_reader_execute(&ex->rd, buf_bytes(&ex->in), buf_len(&ex->in),
+                                  &used);
+        buf_consume(&ex->in, used);
+        if (ex->refusal)
+            refuse(ex, ex->refusal, ex->refusal_detail, ex->refusal_outcome);
+        else if (err == HPE_PAUSED && ex->body_mode == EX_BODY_STREAMED &&
+                 ex->up == EX_UP_NONE && !ex->request_done &&
+                 ex->phase == EX_BODY)
+            start_stream(ex);
+        else if (err == HPE_PAUSED)
+            dispatch(ex);
+        else if (err != HPE_OK)
+            parse_error(ex, err);
+    }
+}
+
+/* -- The response ------------------------------------------------------- */
+
+/* Whether an upstream response header goes to the client. */
+static bool relay_header(const struct http_head *h, const struct http_field *f,
+                         const char *conn, size_t conn_len)
+{
+    const char *name = h->bytes + f->name_off;
+
+    return !http_hop_by_hop(h, f, conn, conn_len) &&
+           !idem_header_name_is(name, f->name_len, "Content-Length") &&
+           !idem_header_name_is(name, f->name_len, "Idempotency-Policy");
+}
+
+/* The status line and the fields of the response head that go to the
+ * client, with a Date when the upstream sent none (RFC 9110 6.6.1: a
+ * proxy adds one). false: out of memory. */
+static bool put_head(struct buf *o, const struct exchange *ex)
+{
+    const struct http_head *h = &ex->rhead;
+    bool ok = http_status_line(o, ex->rparser.status_code) == 0;
+    size_t len, conn_len = 0;
+    const char *conn = http_head_get(h, "Connection", &conn_len);
+    unsigned i;
+
+    for (i = 0; ok && i < h->nfields; i++)
+        if (relay_header(h, &h->fields[i], conn, conn_len))
+            ok = http_add_field(o, h, &h->fields[i]) == 0;
+    if (ok && !http_head_get(h, "Date", &len))
+        ok = http_date_line(o) == 0;
+    return ok;
+}
+
+/* An interim response: 103 Early Hints goes to an HTTP/1.1 client ahead
+ * of the final response (never stored: a replay has none); others stay
+ * here (100 answered an Expect the proxy handled itself; an HTTP/1.0
+ * client cannot read interim responses). */
+static void relay_interim(struct exchange *ex)
+{
+    if (ex->rparser.status_code != 103 || !to_client(ex) ||
+        ex->response != EX_RESP_NONE || ex->rd.parser.http_minor < 1)
+        return;
+    if (!put_head(&ex->client_out, ex) || buf_addl(&ex->client_out, "\r\n"))
+        ex->close_after = true; /* a cut answer: the client must see it end */
+}
+
+static void relay_head(struct exchange *ex)
+{
+    struct buf *o = &ex->client_out;
+    unsigned status = ex->rparser.status_code;
+    bool sized = (ex->rparser.flags & F_CONTENT_LENGTH) != 0;
+    bool no_body = ex->up_head_only || status == 204 || status == 304;
+    bool ok;
+
+    ex->status_sent = status;
+    ex->response = EX_RESP_RELAYED;
+    ex->up = EX_UP_BODY;
+    if (!to_client(ex))
+        return; /* the response is still read, for the store */
+    /* a HEAD keeps its length; an HTTP/1.0 client gets a body that ends
+     * with the connection instead of chunks it cannot read */
+    ex->framing = sized || no_body           ? EX_FRAME_LENGTH
+                  : ex->rd.parser.http_minor ? EX_FRAME_CHUNKED
+                                             : EX_FRAME_CLOSE;
+    if (ex->framing == EX_FRAME_CLOSE)
+        ex->close_after = true;
+    ok = put_head(o, ex);
+    if (ok && sized)
+        ok = buf_addl(o, "Content-Length: ") == 0 &&
+             buf_add_u64(o, ex->rparser.content_length) == 0 &&
+             buf_addl(o, "\r\n") == 0;
+    if (ok && ex->framing == EX_FRAME_CHUNKED)
+        ok = buf_addl(o, "Transfer-Encoding: chunked\r\n") == 0;
+    ok = ok && buf_adds(o, ex->close_after ? "Connection: close\r\n\r\n"
+                                           : "\r\n") == 0;
+    if (!ok)
+        ex->close_after = true; /* a cut answer: the client must see it end */
+}
+
+/* The client is behind (pause) or caught up: the upstream is read (and
+ * its deadline runs) only while the client keeps up. The deadline is an
+ * idle one once the response flows: it runs only while the proxy waits
+ * for the upstream, not for the client. */
+static void pause_upstream(struct exchange *ex, bool pause)
+{
+    if (ex->up == EX_UP_NONE || ex->up_paused == pause)
+        return;
+    ex->up_paused = pause;
+    timer(ex, EX_TIMER_UPSTREAM,
+          pause ? -1 : ex->ctx->cfg->upstream_timeout_ms);
+}
+
+static void relay_body(struct exchange *ex, const char *at, size_t len)
+{
+    struct buf *o = &ex->client_out;
+    size_t keep;
+
+    if (ex->capture == EX_CAPTURE_KEEP) {
+        /* one byte past the limit tells the engine the body was cut */
+        keep = ex->ctx->cfg->max_stored_body + 1 - buf_len(&ex->stored);
+        if (len < keep)
+            keep = len;
+        if (buf_add(&ex->stored, at, keep) != 0)
+            ex->capture = EX_CAPTURE_FAILED;
+        else if (keep < len)
+            ex->capture = EX_CAPTURE_OVER;
+    }
+    if (!to_client(ex) || len == 0)
+        return;
+    if ((ex->framing == EX_FRAME_CHUNKED &&
+         (buf_add_hex(o, len) || buf_addl(o, "\r\n"))) ||
+        buf_add(o, at, len) ||
+        (ex->framing == EX_FRAME_CHUNKED && buf_addl(o, "\r\n")))
+        ex->close_after = true; /* a cut answer: the client must see it end */
+    if (buf_len(o) > EX_HIGH)
+        pause_upstream(ex, true); /* ex_client_drained resumes it */
+    else
+        timer(ex, EX_TIMER_UPSTREAM, ex->ctx->cfg->upstream_timeout_ms);
+}
+
+static void on_completed(int rc, bool stored, void *ud)
+{
+    (void)stored;
+    (void)ud;
+    if (rc != IDEM_OK && rc != IDEM_ESTALE)
+        log_msg(LOG_WARN, "could not store a response: %s", idem_strerror(rc));
+}
+
+/* Complete the engine's call with the response just relayed. An
+ * asynchronous store answers later, when the call may be gone. */
+static void complete_call(struct exchange *ex)
+{
+    struct idem_response resp = {
+        .status = ex->status_sent,
+        .headers = http_head_views(&ex->rhead),
+        .nheaders = ex->rhead.nfields,
+        .body = buf_bytes(&ex->stored),
+        .body_len = buf_len(&ex->stored),
+    };
+
+    if (ex->capture == EX_CAPTURE_FAILED || (!resp.headers && resp.nheaders)) {
+        /* a record missing part of what was sent would replay a lie; the
+         * request ran, so its key is never simply released */
+        log_msg(LOG_WARN, "out of memory keeping a response: not stored, "
+                          "its outcome is unknown");
+        idem_call_unknown(ex->call, NULL, NULL);
+        return;
+    }
+    idem_call_complete(ex->call, &resp, on_completed, NULL);
+}
+
+/* The response is whole. */
+static void upstream_done(struct exchange *ex)
+{
+    uint64_t us = now_us() - ex->t_start_us;
+
+    if (!ex->request_done)
+        ex->close_after = true; /* answered before the body ended */
+    ex->t_upstream_us = us;
+    metrics_observe_upstream(us);
+    if (ex->framing == EX_FRAME_CHUNKED && to_client(ex) &&
+        buf_addl(&ex->client_out, "0\r\n\r\n") != 0)
+        ex->close_after = true;
+    if (ex->decision.outcome == IDEM_OUTCOME_PROCEED)
+        complete_call(ex);
+    release_upstream(ex, ex->up_keep_alive);
+    ex->response = EX_RESP_ANSWERED;
+    if (ex->phase == EX_LATE) { /* the client had its 504 */
+        ex->phase = ex->client_gone ? EX_DONE : EX_DRAINING;
+        return;
+    }
+    log_request(ex, idem_outcome_name(ex->decision.outcome), ex->status_sent);
+    finish_request(ex);
+}
+
+/* The detail a client gets for a failed exchange. */
+static const char *failure_detail(const struct exchange *ex, unsigned status,
+                                  bool maybe_run)
+{
+    if (status == 504)
+        return "the upstream did not answer in time";
+    if (maybe_run && ex->decision.outcome == IDEM_OUTCOME_PROCEED &&
+        ex->ctx->cfg->unknown_outcome == IDEM_UNKNOWN_HOLD)
+        return "the upstream failed after the request was sent: it may have "
+               "executed, so its idempotency key is held (outcome unknown)";
+    return "the upstream could not be reached";
+}
+
+/* The exchange with the upstream failed; maybe_run: the request may have
+ * reached it (so a key is never simply released). */
+static void upstream_failed(struct exchange *ex, unsigned status,
+                            bool maybe_run)
+{
+    release_upstream(ex, false);
+    if (ex->phase != EX_LATE) /* a late wait's end was counted at its 504 */
+        atomic_fetch_add(
+            &metrics.results[status == 504 ? METRICS_UPSTREAM_TIMEOUT
+                                           : METRICS_UPSTREAM_ERROR],
+            1);
+    /* released only when the request provably did not reach the upstream;
+     * otherwise the unknown-outcome policy decides */
+    if (ex->decision.outcome == IDEM_OUTCOME_PROCEED && maybe_run)
+        idem_call_unknown(ex->call, NULL, NULL);
+    else if (ex->decision.outcome == IDEM_OUTCOME_PROCEED)
+        idem_call_abort(ex->call, NULL, NULL);
+    if (ex->phase == EX_LATE) {
+        ex->phase = ex->client_gone ? EX_DONE : EX_DRAINING;
+        return;
+    }
+    if (ex->response == EX_RESP_RELAYED) {
+        /* a response is half sent: all the client can learn is a cut */
+        ex->close_after = true;
+        ex->client_gone = true;
+        log_request(ex, "error", status);
+        finish_request(ex);
+        return;
+    }
+    refuse(ex, status, failure_detail(ex, status, maybe_run), "error");
+}
+
+static int on_rfield(llhttp_t *p, const char *at, size_t len)
+{
+    struct exchange *ex = p->data;
+
+    return http_head_field(&ex->rhead, at, len) == 0 ? 0 : HPE_USER;
+}
+
+static int on_rvalue(llhttp_t *p, const char *at, size_t len)
+{
+    struct exchange *ex = p->data;
+
+    return http_head_value(&ex->rhead, at, len) == 0 ? 0 : HPE_USER;
+}
+
+static int on_rheaders_complete(llhttp_t *p)
+{
+    struct exchange *ex = p->data;
+
+    if (p->status_code < 200) { /* interim: 103 is relayed, never stored */
+        relay_interim(ex);
+        return 0;
+    }
+    relay_head(ex);
+    return ex->up_head_only ? 1 : 0; /* 1: a HEAD response has no body */
+}
+
+static int on_rbody(llhttp_t *p, const char *at, size_t len)
+{
+    relay_body(p->data, at, len);
+    return 0;
+}
+
+static int on_rmessage_complete(llhttp_t *p)
+{
+    struct exchange *ex = p->data;
+
+    if (p->status_code < 200) {
+        http_head_reset(&ex->rhead);
+        return 0; /* the final response follows */
+    }
+    ex->up_keep_alive = llhttp_should_keep_alive(p);
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t response_settings = {
+    .on_header_field = on_rfield,
+    .on_header_value = on_rvalue,
+    .on_headers_complete = on_rheaders_complete,
+    .on_body = on_rbody,
+    .on_message_complete = on_rmessage_complete,
+};
+
+void ex_upstream_data(struct exchange *ex, const char *p, size_t n)
+{
+    enum llhttp_errno err;
+
+    if (ex->up == EX_UP_NONE || n == 0)
+        return;
+    ex->up_got_bytes = true;
+    err = llhttp_execute(&ex->rparser, p, n);
+    if (err == HPE_PAUSED) {
+        /* bytes after the response: the connection is not reusable */
+        if (llhttp_get_error_pos(&ex->rparser) != p + n)
+            ex->up_keep_alive = false;
+        upstream_done(ex);
+        parse(ex);
+        return;
+    }
+    if (err != HPE_OK) {
+        log_msg(LOG_WARN, "bad response from the upstream: %s",
+                llhttp_errno_name(err));
+        upstream_failed(ex, 502, true);
+        parse(ex);
+    }
+}
+
+/* A reused connection that closed before any answer may have been closed
+ * by the upstream while idle: a safe method is sent once more on a fresh
+ * connection. Anything else is never sent twice. */
+static bool retry(struct exchange *ex, struct ex_up_end how)
+{
+    if (!how.reused || ex->up_got_bytes || ex->retried ||
+        ex->decision.outcome == IDEM_OUTCOME_PROCEED ||
+        !(method_is(ex, "GET") || method_is(ex, "HEAD") ||
+          method_is(ex, "OPTIONS")))
+        return false;
+    ex->retried = true;
+    release_upstream(ex, false);
+    if (forward(ex) != 0)
+        upstream_failed(ex, 502, false);
+    return true;
+}
+
+void ex_upstream_closed(struct exchange *ex, struct ex_up_end how)
+{
+    if (ex->up == EX_UP_NONE)
+        return;
+    if (ex->up_got_bytes && llhttp_finish(&ex->rparser) == HPE_OK &&
+        ex->up == EX_UP_BODY) {
+        ex->up_keep_alive = false; /* the body ended with the connection */
+        upstream_done(ex);
+    } else if (!retry(ex, how)) {
+        upstream_failed(ex, 502,
+                        ex->up_got_bytes || (how.connected && how.sent));
+    }
+    parse(ex);
+}
+
+void ex_upstream_drained(struct exchange *ex)
+{
+    if (ex->in_paused) {
+        ex->in_paused = false;
+        parse(ex);
+    }
+}
+
+/* -- The request's end and the connection's ----------------------------- */
+
+/* The request is answered: reset for the next, or close. */
+static void finish_request(struct exchange *ex)
+{
+    /* a streamed request refused mid-body: its upstream goes with it */
+    release_upstream(ex, false);
+    timer(ex, EX_TIMER_UPSTREAM, -1);
+    timer(ex, EX_TIMER_RENEW, -1);
+    idem_call_free(ex->call); /* a PROCEED left unfinished is aborted */
+    ex->call = NULL;
+    buf_trim(&ex->stored);
+    buf_trim(&ex->body);
+    http_head_reset(&ex->rd.head);
+    memset(&ex->decision, 0, sizeof(ex->decision));
+    ex->response = EX_RESP_NONE;
+    ex->framing = EX_FRAME_LENGTH;
+    ex->capture = EX_CAPTURE_NONE;
+    ex->body_mode = EX_BODY_BUFFERED;
+    ex->retried = ex->in_paused = ex->up_paused = false;
+    ex->refusal = 0;
+    ex->status_sent = 0;
+    if (ex->client_gone) {
+        ex->phase = EX_DONE;
+        return;
+    }
+    if (ex->close_after) {
+        /* the driver's write deadline bounds the drain */
+        ex->phase = ex->request_done ? EX_DRAINING : EX_LINGER;
+        ex->lingered = 0;
+        timer(ex, EX_TIMER_CLIENT,
+              ex->phase == EX_LINGER ? EX_LINGER_IDLE_MS : -1);
+        return;
+    }
+    ex->phase = EX_HEAD;
+    timer(ex, EX_TIMER_CLIENT, ex->ctx->cfg->client_timeout_ms);
+    llhttp_resume(&ex->rd.parser);
+}
+
+void ex_client_data(struct exchange *ex, const char *p, size_t n)
+{
+    if (ex->phase == EX_LINGER) {
+        ex->lingered += n;
+        if (ex->lingered > EX_LINGER_MAX)
+            ex->phase = EX_DONE;
+        else
+            timer(ex, EX_TIMER_CLIENT, EX_LINGER_IDLE_MS);
+        return;
+    }
+    if (ex->phase == EX_DRAINING || ex->phase == EX_LATE ||
+        ex->phase == EX_DONE || n == 0)
+        return; /* the answer is out or going: what follows is ignored */
+    if (ex->phase == EX_HEAD || ex->phase == EX_BODY) /* an idle deadline */
+        timer(ex, EX_TIMER_CLIENT, ex->ctx->cfg->client_timeout_ms);
+    if (buf_add(&ex->in, p, n) != 0) {
+        ex->close_after = true;
+        if (ex->phase == EX_HEAD || ex->phase == EX_BODY)
+            refuse(ex, 503, "out of memory", "error");
+        else
+            ex->client_gone = true; /* cannot keep up: stop reading */
+        return;
+    }
+    parse(ex);
+}
+
+void ex_client_drained(struct exchange *ex)
+{
+    if (ex->up_paused)
+        pause_upstream(ex, false);
+}
+
+/* A request that proceeded got no answer in time: the client gets its
+ * 504 now, but the request may be running, so the exchange stays open
+ * (the lease renewed) for up to one more lease, and a late response is
+ * stored as any other. Retries meanwhile get 409 (or wait). */
+static void wait_late(struct exchange *ex)
+{
+    atomic_fetch_add(&metrics.results[METRICS_UPSTREAM_TIMEOUT], 1);
+    if (!ex->client_gone) {
+        ex->close_after = true;
+        if (http_problem(&ex->client_out, 504,
+                         "the upstream did not answer in time; the request "
+                         "may still complete, and a retry with the same "
+                         "key will get its response",
+                         0, true) != 0)
+            buf_clear(&ex->client_out); /* the client sees a cut */
+        ex->status_sent = 504;
+        log_request(ex, "error", 504);
+    }
+    ex->phase = EX_LATE;
+    timer(ex, EX_TIMER_CLIENT, -1);
+    timer(ex, EX_TIMER_UPSTREAM, ex->ctx->cfg->lease_ms);
+}
+
+/* The client has not sent its request in time: 408 (an idle connection
+ * just closes). */
+static void client_timeout(struct exchange *ex)
+{
+    switch (ex->phase) {
+    case EX_HEAD:
+        if (ex->rd.head.len == 0 && buf_len(&ex->in) == 0) {
+            ex->phase = EX_DONE; /* idle keep-alive: close */
+            return;
+        }
+        /* fall through */
+    case EX_BODY:
+        ex->close_after = true;
+        if (http_problem(&ex->client_out, 408,
+                         "the request did not arrive in time", 0, true) != 0)
+            buf_clear(&ex->client_out);
+        atomic_fetch_add(&metrics.results[METRICS_CLIENT_ERROR], 1);
+        if (ex->up != EX_UP_NONE) { /* a streamed body, cut */
+            upstream_failed(ex, 408, true);
+            return;
+        }
+        idem_call_free(ex->call);
+        ex->call = NULL;
+        ex->phase = EX_DRAINING;
+        return;
+    case EX_DECIDING:
+    case EX_UPSTREAM:
+    case EX_LATE:
+        ex_client_gone(ex);
+        return;
+    default: /* lingering too long */
+        ex->phase = EX_DONE;
+    }
+}
+
+void ex_timeout(struct exchange *ex, enum ex_timer t)
+{
+    switch (t) {
+    case EX_TIMER_RENEW:
+        renew(ex);
+        return;
+    case EX_TIMER_CLIENT:
+        client_timeout(ex);
+        return;
+    case EX_TIMER_UPSTREAM:
+    default:
+        if (ex->up == EX_UP_NONE)
+            return;
+        if (ex->decision.outcome == IDEM_OUTCOME_PROCEED &&
+            ex->phase == EX_UPSTREAM && ex->response == EX_RESP_NONE &&
+            ex->ctx->cfg->unknown_outcome == IDEM_UNKNOWN_HOLD) {
+            wait_late(ex);
+            return;
+        }
+        upstream_failed(ex, 504, true); /* it may have run */
+        parse(ex);
+    }
+}
+
+void ex_client_gone(struct exchange *ex)
+{
+    if (ex->client_gone)
+        return;
+    ex->client_gone = true;
+    buf_clear(&ex->client_out);
+    switch (ex->phase) {
+    case EX_UPSTREAM:
+        atomic_fetch_add(&metrics.results[METRICS_CLIENT_GONE], 1);
+        if (ex->up_paused)
+            pause_upstream(ex, false); /* read on, for the store */
+        return;
+    case EX_DECIDING:
+        atomic_fetch_add(&metrics.results[METRICS_CLIENT_GONE], 1);
+        if (idem_call_cancel(ex->call) == IDEM_OK)
+            ex->phase = EX_DONE;
+        return; /* otherwise the wake finishes it */
+    case EX_LATE:
+        return; /* the late response is awaited for the store */
+    default:    /* a streamed body is cut: its upstream goes too */
+        ex->phase = EX_DONE;
+    }
+}
+
+bool ex_shutdown(struct exchange *ex)
+{
+    if (ex_idle(ex)) {
+        ex->phase = EX_DONE;
+        return true;
+    }
+    ex->close_after = true;
+    return false;
+}
+
+bool ex_idle(const struct exchange *ex)
+{
+    return ex->phase == EX_HEAD && ex->rd.head.len == 0 &&
+           buf_len(&ex->in) == 0;
+}
+
+struct ex_wants ex_wants(const struct exchange *ex)
+{
+    struct ex_wants w = { 0 };
+
+    if (ex->phase == EX_DONE) {
+        w.end = EX_END_FREE;
+        return w;
+    }
+    w.read_upstream = ex->up != EX_UP_NONE && !ex->up_paused;
+    if (ex->client_gone) {
+        w.end = EX_END_DROP;
+        return w;
+    }
+    switch (ex->phase) {
+    case EX_LATE:
+        w.end = EX_END_CLOSE; /* the 504 goes out, then the client goes */
+        break;
+    case EX_DRAINING:
+        w.end = EX_END_CLOSE;
+        break;
+    case EX_LINGER:
+        w.end = EX_END_LINGER;
+        w.read_client = true;
+        break;
+    default:
+        /* while a request is in flight, what follows waits, up to a
+         * bound */
+        w.read_client =
+            !ex->in_paused && buf_len(&ex->in) <= input_bound(ex->ctx->cfg);
+    }
+    return w;
+}
+
+void ex_init(struct exchange *ex, const struct exchange_io *io,
+             struct ex_ctx *ctx, const char *client, void *data)
+{
+    memset(ex, 0, sizeof(*ex));
+    ex->io = io;
+    ex->ctx = ctx;
+    ex->data = data;
+    strncpy(ex->client, client, sizeof(ex->client) - 1);
+    http_reader_init(&ex->rd, &request_settings, ctx->cfg->max_header_bytes,
+                     ctx->cfg->max_headers, ex);
+    http_head_init(&ex->rhead, EX_RESPONSE_HEAD_MAX, EX_RESPONSE_FIELDS_MAX);
+    ex->phase = EX_HEAD;
+}
+
+void ex_deinit(struct exchange *ex)
+{
+    release_upstream(ex, false);
+    idem_call_free(ex->call);
+    http_reader_deinit(&ex->rd);
+    http_head_deinit(&ex->rhead);
+    buf_free(&ex->in);
+    buf_free(&ex->body);
+    buf_free(&ex->stored);
+    buf_free(&ex->client_out);
+    buf_free(&ex->up_out);
+}

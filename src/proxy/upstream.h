@@ -1,0 +1,47 @@
+/* upstream: connections to the upstream. Each worker keeps a bounded
+ * pool of idle keep-alive connections; a request takes the most recently
+ * used one or opens a new one. Like a client connection, a socket is
+ * registered once, edge-triggered both ways; what it reads goes to the
+ * exchange of the request it serves. */
+#ifndef IDEMPROXY_UPSTREAM_H
+#define IDEMPROXY_UPSTREAM_H
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <stdbool.h>
+#include <sys/queue.h>
+
+#include "exchange.h"
+
+struct worker;
+struct conn;
+
+struct upstream {
+    TAILQ_ENTRY(upstream) link; /* in the pool while idle */
+    struct worker *w;
+    struct conn *conn; /* the request it serves; NULL when idle */
+    int fd;
+    struct event ev;      /* as a client conn's */
+    struct event connect; /* the connect deadline */
+    bool connected;
+    bool pooled;      /* in the idle pool */
+    bool reused;      /* served a request before this one */
+    bool sent;        /* a byte of this request was written */
+    bool readable;    /* the socket may hold unread bytes */
+    bool peer_closed; /* a FIN came: read until recv says 0 */
+    bool writable;    /* the socket may take more bytes */
+};
+
+/* c's exchange asks for an upstream connection for its queued request
+ * (exchange_io.upstream_open). 0 or -1. */
+int upstream_open(struct conn *c);
+/* Return c's upstream connection to the pool, or close it. */
+void upstream_release(struct conn *c, bool reusable);
+/* Write what c's exchange queued for its upstream, and read what the
+ * upstream sent while the exchange wants it, feeding it to the exchange.
+ * Reports a closed connection to the exchange. Returns true if it did
+ * anything (the caller looks at the exchange again). */
+bool upstream_sync(struct conn *c, bool read);
+void upstream_close_idle(struct worker *w);
+
+#endif

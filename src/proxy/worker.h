@@ -1,0 +1,96 @@
+/* worker: one thread, one event loop, one SO_REUSEPORT listener each.
+ * Other threads talk to a worker only through its wake event: wait-mode
+ * decisions for its connections, and the request to stop. */
+#ifndef IDEMPROXY_WORKER_H
+#define IDEMPROXY_WORKER_H
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <event2/listener.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+
+#include "config.h"
+#include "exchange.h"
+#include "idem/engine.h"
+#include "idem/store.h"
+
+struct conn;
+struct upstream;
+
+/* What one read takes at most: the worker's scratch buffer. */
+#define WORKER_READ_MAX (64u * 1024)
+
+TAILQ_HEAD(upstream_list, upstream);
+LIST_HEAD(conn_list, conn);
+
+struct worker {
+    unsigned id;
+    pthread_t thread;
+    bool started; /* the thread runs (worker_start succeeded) */
+    struct event_base *base;
+    struct evconnlistener *listener;
+    struct event *accept_resume; /* re-enables it after an accept pause */
+    struct event *wake; /* other threads' news: wait-mode decisions, stop */
+    struct event *log_flush; /* writes this thread's buffered log lines */
+    pthread_mutex_t mu;      /* guards the wake queue and stopping */
+    struct conn *woken, *woken_tail; /* decided, to act on (FIFO) */
+    bool stop_requested; /* under mu: another thread asked to stop */
+    bool stopping;       /* the worker's own: no more requests */
+    struct conn_list conns;
+    unsigned nconns;
+    struct upstream_list idle;
+    unsigned nidle;
+    const struct config *cfg;
+    struct ex_ctx ctx;        /* what its exchanges share */
+    struct idem_store *redis; /* the Redis store to attach, or NULL */
+    struct sockaddr_storage upstream_addr;
+    socklen_t upstream_addrlen;
+    char scratch[WORKER_READ_MAX]; /* every read lands here first */
+};
+
+/* Leave base's loop once its active events have run. loopexit allocates
+ * (an event_base_once) and can fail; loopbreak cannot. */
+static inline void loop_exit(struct event_base *base)
+{
+    if (event_base_loopexit(base, NULL) != 0)
+        event_base_loopbreak(base);
+}
+
+/* A socket bufferevent on base that can write, or NULL (out of memory);
+ * the admin listener's. */
+struct bufferevent *proxy_bev_new(struct event_base *base, evutil_socket_t fd);
+
+/* How long a listener stops accepting when out of descriptors. */
+#define ACCEPT_PAUSE_MS 100
+
+/* For a listener's error callback (name: which listener, for the log):
+ * accept() failed. Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+ * ENOMEM), the socket stays readable and the loop would spin on it, so l
+ * is disabled and resume (a timer whose callback re-enables it) armed
+ * for ACCEPT_PAUSE_MS. Logged at most once a second, all listeners
+ * together. */
+void proxy_accept_failed(struct evconnlistener *l, struct event *resume,
+                         const char *name);
+
+/* Create worker w bound to fd (a listening socket it takes over). redis:
+ * the engine's store if it is Redis (the worker's thread attaches its
+ * loop to it), else NULL. */
+int worker_init(struct worker *w, unsigned id, int fd, const struct config *cfg,
+                struct idem_engine *engine, struct idem_store *redis,
+                const struct sockaddr_storage *up, int uplen);
+int worker_start(struct worker *w);
+/* From any thread: stop accepting, finish open connections, then leave. */
+void worker_stop(struct worker *w);
+void worker_join(struct worker *w);
+void worker_deinit(struct worker *w);
+/* From any thread: have conn_woken(c) run on c's worker. */
+void worker_wake_conn(struct worker *w, struct conn *c);
+/* Buffered log lines wait for the end of this loop pass. */
+void worker_log_pending(struct worker *w);
+
+#endif
