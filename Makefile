@@ -10,7 +10,7 @@ FUZZ_HTTP_SECS ?= 600
 CTEST      = ctest --output-on-failure -j $(JOBS)
 MAKEFLAGS += --no-print-directory
 
-.PHONY: all build deps run test asan tsan valgrind bench soak fuzz install \
+.PHONY: all build deps run test asan tsan valgrind bench soak fuzz install deb \
         lint clean help cluster
 
 all: build
@@ -32,6 +32,8 @@ help:
 	@echo "make fuzz       run each libFuzzer target $(FUZZ_SECS)s, fuzz_http"
 	@echo "                $(FUZZ_HTTP_SECS)s (clang)"
 	@echo "make install    install libidem (PREFIX=$(PREFIX))"
+	@echo "make deb        Debian packages in build/deb/ (libidem0, -dev,"
+	@echo "                libidem-redis0, -dev, idemproxy)"
 	@echo "make lint       banned functions, format of the sources"
 
 deps:
@@ -98,6 +100,16 @@ fuzz:
 	  $$f -max_total_time=$$secs -print_final_stats=1 \
 	    build-fuzz/corpus/$$name fuzz/corpus/$$name || exit 1; \
 	done
+
+# Debian packages from a copy of the tree (dpkg-buildpackage writes next
+# to the source directory): build/deb/*.deb.
+deb: deps
+	@rm -rf build/deb && mkdir -p build/deb/src
+	@git ls-files -z --cached --others --exclude-standard | \
+	  xargs -0 tar -cf - | tar -xf - -C build/deb/src
+	cd build/deb/src && dpkg-buildpackage -us -uc -b
+	@rm -rf build/deb/src
+	@ls build/deb/*.deb
 
 install: build
 	cmake --install build --prefix $(PREFIX)

@@ -8,7 +8,8 @@ set -eu
 
 BUILD="cmake make pkg-config gcc clang libclang-rt-14-dev libevent-dev
 libhiredis-dev node-llhttp libxxhash-dev libssl-dev libcmocka-dev
-redis-server valgrind curl"
+libsystemd-dev redis-server valgrind curl
+debhelper lintian dpkg-dev systemd"
 BENCH="wrk nginx-light gnuplot-nox"
 
 want=$BUILD

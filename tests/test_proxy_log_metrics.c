@@ -209,13 +209,36 @@ static void test_text_line(void **state)
     snprintf(want, sizeof(want),
              " info decision client=127.0.0.1:5555 method=POST "
              "target=\"/orders?x=1 2\\n\\\"q\\\"\\\\\" key=%s outcome=replay "
-             "status=201 upstream_us=-1 total_us=85\n",
+             "status=201 bytes_sent=0 upstream_us=-1 total_us=85\n",
              digest);
     assert_int_equal(strncmp(text + TS_LEN, want, strlen(want)), 0);
     assert_null(strstr(text, "secret-1"));
     assert_non_null(strstr(text, " info decision client=127.0.0.1:5555 "
                                  "method=POST target=/orders "
                                  "outcome=replay status=201"));
+    free(text);
+}
+
+/* The access fields: protocol, bytes sent, upstream (IPv6 in brackets),
+ * user agent (escaped and quoted like any client bytes). */
+static void test_access_fields(void **state)
+{
+    struct log_decision d = decision("/a", 2, NULL);
+    char *text;
+
+    (void)state;
+    d.protocol = "HTTP/1.1";
+    d.bytes_sent = 1234;
+    d.upstream = "[::1]:3000";
+    d.user_agent = "curl/8.0 \"x\"";
+    d.user_agent_len = strlen(d.user_agent);
+    open_log("text", "info", false);
+    log_decision(&d);
+    text = close_log();
+    assert_non_null(strstr(text, " target=/a protocol=HTTP/1.1 "));
+    assert_non_null(strstr(text, " status=201 bytes_sent=1234 "
+                                 "upstream=[::1]:3000 upstream_us=-1 "));
+    assert_non_null(strstr(text, " user_agent=\"curl/8.0 \\\"x\\\"\"\n"));
     free(text);
 }
 
@@ -246,8 +269,8 @@ static void test_json_line_round_trips_every_byte(void **state)
     assert_string_equal(got, "info");
     assert_true(json_field(text, "ts", got, sizeof(got)));
     assert_int_equal(strlen(got), TS_LEN);
-    assert_non_null(strstr(text, ",\"status\":201,\"upstream_us\":-1,"
-                                 "\"total_us\":85}\n"));
+    assert_non_null(strstr(text, ",\"status\":201,\"bytes_sent\":0,"
+                                 "\"upstream_us\":-1,\"total_us\":85}\n"));
     free(text);
 }
 
@@ -388,6 +411,8 @@ static void reset_metrics(void)
         atomic_store(&metrics.results[i], 0);
     for (i = 0; i <= METRICS_LATENCY_BUCKETS; i++)
         atomic_store(&metrics.latency_bucket[i], 0);
+    memset(metrics.request_bucket, 0, sizeof(metrics.request_bucket));
+    memset(metrics.request_sum_us, 0, sizeof(metrics.request_sum_us));
     atomic_store(&metrics.latency_sum_us, 0);
     atomic_store(&metrics.latency_count, 0);
     atomic_store(&metrics.connections_accepted, 0);
@@ -420,31 +445,159 @@ static char *render(struct idem_engine *e)
     return text;
 }
 
-/* Every line is "# HELP name text", "# TYPE name type" or
- * "name[{labels}] value". */
+/* The Prometheus text format (0.0.4), checked strictly: every line is
+ * "# HELP name text", "# TYPE name type" or "name[{labels}] value"; names
+ * and label names are valid, label values quoted; each sample belongs to
+ * a family whose TYPE came first (a histogram's by its _bucket, _sum and
+ * _count); no series twice; a histogram's buckets, per label set, are
+ * cumulative and end in +Inf equal to its _count. */
+#define MAX_SERIES 2048
+
+struct series {
+    char name[96];
+    char labels[160]; /* as written, le included */
+    double value;
+};
+
+static bool name_char(char c, bool first)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
+           c == ':' || (!first && c >= '0' && c <= '9');
+}
+
+/* The family a sample name belongs to, given the declared types. */
+static const char *family_of(const char *name, char types[][2][64],
+                             size_t ntypes, const char **type_out)
+{
+    static const char *const suffixes[] = { "_bucket", "_sum", "_count" };
+    size_t i, j, n = strlen(name), len;
+
+    for (i = 0; i < ntypes; i++) {
+        if (strcmp(types[i][0], name) == 0) {
+            *type_out = types[i][1];
+            return types[i][0];
+        }
+        for (j = 0; j < 3; j++) {
+            len = strlen(suffixes[j]);
+            if (n > len && strcmp(name + n - len, suffixes[j]) == 0 &&
+                strncmp(types[i][0], name, n - len) == 0 &&
+                types[i][0][n - len] == '\0' &&
+                strcmp(types[i][1], "histogram") == 0) {
+                *type_out = types[i][1];
+                return types[i][0];
+            }
+        }
+    }
+    return NULL;
+}
+
 static void check_exposition(const char *text)
 {
-    const char *p, *q, *nl;
+    static char types[256][2][64];
+    static struct series all[MAX_SERIES];
+    size_t ntypes = 0, nseries = 0, i, j;
+    const char *p, *q, *nl, *fam, *type = NULL;
 
     for (p = text; (nl = strchr(p, '\n')); p = nl + 1) {
-        if (*p == '#') {
-            assert_true(!strncmp(p, "# HELP idem_", 12) ||
-                        !strncmp(p, "# TYPE idem_", 12));
+        struct series *s;
+        char *end;
+
+        if (!strncmp(p, "# HELP ", 7)) {
+            assert_true(name_char(p[7], true));
             continue;
         }
-        assert_int_equal(strncmp(p, "idem_", 5), 0);
-        q = p + strspn(p, "abcdefghijklmnopqrstuvwxyz_");
+        if (!strncmp(p, "# TYPE ", 7)) {
+            assert_true(ntypes < 256);
+            assert_int_equal(sscanf(p, "# TYPE %63s %63s", types[ntypes][0],
+                                    types[ntypes][1]),
+                             2);
+            assert_true(!strcmp(types[ntypes][1], "counter") ||
+                        !strcmp(types[ntypes][1], "gauge") ||
+                        !strcmp(types[ntypes][1], "histogram"));
+            for (i = 0; i < ntypes; i++) /* one TYPE per family */
+                assert_string_not_equal(types[i][0], types[ntypes][0]);
+            ntypes++;
+            continue;
+        }
+        assert_true(nseries < MAX_SERIES);
+        s = &all[nseries++];
+        assert_true(name_char(*p, true));
+        for (q = p; name_char(*q, q == p); q++)
+            ;
+        assert_true((size_t)(q - p) < sizeof(s->name));
+        memcpy(s->name, p, (size_t)(q - p));
+        s->name[q - p] = '\0';
+        s->labels[0] = '\0';
         if (*q == '{') {
-            q = memchr(q, '}', (size_t)(nl - q));
-            assert_non_null(q);
-            q++;
+            const char *l = q + 1;
+
+            while (*l != '}') { /* name="value", ... */
+                assert_true(name_char(*l, true));
+                while (name_char(*l, false))
+                    l++;
+                assert_int_equal(*l++, '=');
+                assert_int_equal(*l++, '"');
+                while (*l != '"') {
+                    assert_true(l < nl);
+                    l += *l == '\\' ? 2 : 1;
+                }
+                l++;
+                if (*l == ',')
+                    l++;
+                else
+                    assert_int_equal(*l, '}');
+            }
+            assert_true((size_t)(l - q) < sizeof(s->labels));
+            memcpy(s->labels, q + 1, (size_t)(l - q - 1));
+            s->labels[l - q - 1] = '\0';
+            q = l + 1;
         }
         assert_int_equal(*q++, ' ');
-        q += *q == '-'; /* a gauge may be negative */
-        assert_true(q < nl);
-        assert_ptr_equal(q + strspn(q, "0123456789."), nl);
+        s->value = strtod(q, &end);
+        assert_ptr_equal(end, nl);
+        fam = family_of(s->name, types, ntypes, &type);
+        assert_non_null(fam);             /* its TYPE came first */
+        for (i = 0; i + 1 < nseries; i++) /* no series twice */
+            assert_false(!strcmp(all[i].name, s->name) &&
+                         !strcmp(all[i].labels, s->labels));
+        if (!strcmp(type, "counter"))
+            assert_true(s->value >= 0);
     }
     assert_int_equal(*p, '\0');
+    /* histograms: per name and label set without le, cumulative buckets
+     * ending in +Inf == _count */
+    for (i = 0; i < nseries; i++) {
+        size_t n = strlen(all[i].name);
+        const char *inf = strstr(all[i].labels, "le=\"+Inf\"");
+        char count_name[112], rest[160];
+        double last = 0;
+        bool found = false;
+
+        if (n < 7 || strcmp(all[i].name + n - 7, "_bucket") || !inf)
+            continue;
+        /* the labels besides le (le is written last) */
+        snprintf(rest, sizeof(rest), "%.*s",
+                 (int)(inf - all[i].labels - (inf > all[i].labels)),
+                 all[i].labels);
+        for (j = 0; j <= i; j++) {
+            const char *le = strstr(all[j].labels, "le=\"");
+
+            if (strcmp(all[j].name, all[i].name) || !le ||
+                strncmp(all[j].labels, rest, strlen(rest)))
+                continue;
+            assert_true(all[j].value >= last);
+            last = all[j].value;
+        }
+        snprintf(count_name, sizeof(count_name), "%.*s_count", (int)(n - 7),
+                 all[i].name);
+        for (j = 0; j < nseries; j++)
+            if (!strcmp(all[j].name, count_name) &&
+                !strcmp(all[j].labels, rest)) {
+                assert_true(all[j].value == all[i].value);
+                found = true;
+            }
+        assert_true(found);
+    }
 }
 
 static void test_every_family(void **state)
@@ -465,7 +618,15 @@ static void test_every_family(void **state)
         { "idem_connections_open", "gauge" },
         { "idem_connections_total", "counter" },
         { "idem_upstream_connects_total", "counter" },
-        { "idem_process_resident_memory_bytes", "gauge" },
+        { "idem_received_bytes_total", "counter" },
+        { "idem_sent_bytes_total", "counter" },
+        { "idem_build_info", "gauge" },
+        { "process_cpu_seconds_total", "counter" },
+        { "process_open_fds", "gauge" },
+        { "process_max_fds", "gauge" },
+        { "process_start_time_seconds", "gauge" },
+        { "process_resident_memory_bytes", "gauge" },
+        { "process_virtual_memory_bytes", "gauge" },
     };
     char want[128], *text;
     size_t i;
@@ -481,8 +642,48 @@ static void test_every_family(void **state)
         snprintf(want, sizeof(want), "# HELP %s ", families[i][0]);
         assert_non_null(strstr(text, want));
     }
-    assert_true(sample(text, "idem_process_resident_memory_bytes") > 0);
+    assert_true(sample(text, "process_resident_memory_bytes") > 0);
+    assert_true(sample(text, "process_open_fds") >= 3); /* stdio at least */
+    assert_true(sample(text, "process_start_time_seconds") > 1.7e9);
+    assert_null(strstr(text, "idem_request_duration_seconds_count"));
     assert_int_equal(sample(text, "idem_store_entries"), 0);
+    free(text);
+}
+
+/* Client requests by outcome and status class: only the pairs seen,
+ * each a whole histogram; 70 s lands under 120, not +Inf. */
+static void test_request_duration(void **state)
+{
+    char *text;
+
+    (void)state;
+    reset_metrics();
+    metrics_observe_request(IDEM_OUTCOME_REPLAY, 201, 300);
+    metrics_observe_request(IDEM_OUTCOME_REPLAY, 201, 700);
+    metrics_observe_request(METRICS_OUTCOME_ERROR, 413, 5000);
+    metrics_observe_request(IDEM_OUTCOME_PROCEED, 502, 70000000);
+    text = render(NULL);
+    check_exposition(text);
+    assert_int_equal(sample(text, "idem_request_duration_seconds_count{"
+                                  "outcome=\"replay\",class=\"2xx\"}"),
+                     2);
+    assert_int_equal(sample(text, "idem_request_duration_seconds_bucket{"
+                                  "outcome=\"replay\",class=\"2xx\",le="
+                                  "\"0.0005\"}"),
+                     1);
+    assert_int_equal(sample(text, "idem_request_duration_seconds_bucket{"
+                                  "outcome=\"error\",class=\"4xx\",le="
+                                  "\"0.005\"}"),
+                     1);
+    assert_int_equal(sample(text, "idem_request_duration_seconds_bucket{"
+                                  "outcome=\"proceed\",class=\"5xx\",le="
+                                  "\"60\"}"),
+                     0);
+    assert_int_equal(sample(text, "idem_request_duration_seconds_bucket{"
+                                  "outcome=\"proceed\",class=\"5xx\",le="
+                                  "\"120\"}"),
+                     1);
+    assert_null(strstr(text, "outcome=\"conflict\",class="));
     free(text);
 }
 
@@ -497,7 +698,8 @@ static void test_histogram(void **state)
         { "0.0005", 3 }, { "0.001", 4 }, { "0.0025", 4 }, { "0.005", 4 },
         { "0.01", 4 },   { "0.025", 5 }, { "0.05", 5 },   { "0.1", 5 },
         { "0.25", 5 },   { "0.5", 5 },   { "1", 5 },      { "2.5", 6 },
-        { "+Inf", 7 },
+        { "5", 7 },      { "10", 7 },    { "30", 7 },     { "60", 7 },
+        { "120", 7 },    { "+Inf", 7 },
     };
     char name[96], *text, *sum;
     unsigned long long last = 0;
@@ -594,6 +796,8 @@ int main(void)
         cmocka_unit_test(test_open_failure_keeps_the_log),
         cmocka_unit_test(test_every_family),
         cmocka_unit_test(test_histogram),
+        cmocka_unit_test(test_access_fields),
+        cmocka_unit_test(test_request_duration),
         cmocka_unit_test(test_engine_and_proxy_figures),
     };
 

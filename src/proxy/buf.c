@@ -52,7 +52,7 @@ int buf_add(struct buf *b, const void *p, size_t n)
     if (!(at = buf_reserve(b, n)))
         return -1;
     memcpy(at, p, n);
-    b->len += n;
+    buf_commit(b, n);
     return 0;
 }
 
@@ -99,7 +99,7 @@ int buf_add_field(struct buf *b, const char *name, size_t name_len,
     at += value_len;
     *at++ = '\r';
     *at = '\n';
-    b->len += name_len + value_len + 4;
+    buf_commit(b, name_len + value_len + 4);
     return 0;
 }
 
@@ -122,5 +122,5 @@ void buf_free(struct buf *b)
 {
     free(b->data);
     b->data = NULL;
-    b->off = b->len = b->cap = 0;
+    b->off = b->len = b->cap = 0; /* added goes on counting */
 }

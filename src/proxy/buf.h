@@ -19,6 +19,7 @@ struct buf {
     size_t off; /* the first unconsumed byte */
     size_t len; /* unconsumed bytes, from off */
     size_t cap;
+    uint64_t added; /* bytes ever appended (what a request wrote) */
 };
 
 static inline const char *buf_bytes(const struct buf *b)
@@ -39,6 +40,7 @@ char *buf_reserve(struct buf *b, size_t n);
 static inline void buf_commit(struct buf *b, size_t n)
 {
     b->len += n;
+    b->added += n;
 }
 
 /* Append n bytes: 0, or -1 out of memory (nothing appended). */

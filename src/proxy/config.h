@@ -94,6 +94,10 @@ static inline bool config_store_is_memory(const struct config *c)
  * 2 after writing a one-line "idemproxy: ..." message to err (exit 2). */
 int config_parse(struct config *c, int argc, char **argv, FILE *out, FILE *err);
 
+/* Print the manual page of section 1 (idemproxy) or 5 (idemproxy.conf)
+ * in roff, from the option table that drives --help and the parser. */
+void config_print_man(FILE *out, int section);
+
 /* Free what config_parse allocated. */
 void config_free(struct config *c);
 

@@ -126,6 +126,7 @@ static bool flush_client(struct conn *c)
         if ((size_t)n < buf_len(o))
             c->writable = false; /* the socket is full: wait for the edge */
         buf_consume(o, (size_t)n);
+        metrics_bytes(&metrics.client_bytes_out, (size_t)n);
     }
     if (buf_len(o) == 0) {
         if (event_pending(&c->write_deadline, EV_TIMEOUT, NULL))
@@ -161,6 +162,7 @@ static bool read_client(struct conn *c)
      * FIN that came with these bytes brought its own, EV_CLOSED) */
     if ((size_t)n < WORKER_READ_MAX && !c->peer_closed)
         c->readable = false;
+    metrics_bytes(&metrics.client_bytes_in, (size_t)n);
     ex_client_data(&c->ex, scratch, (size_t)n);
     return true;
 }
@@ -295,22 +297,6 @@ void conn_woken(struct conn *c)
     conn_sync(c);
 }
 
-/* "ip:port", IPv6 in brackets. */
-static void address(const struct sockaddr *sa, char *out, size_t size)
-{
-    char ip[INET6_ADDRSTRLEN] = "?";
-    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
-    const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
-
-    if (sa->sa_family == AF_INET6) {
-        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
-        snprintf(out, size, "[%s]:%u", ip, ntohs(s6->sin6_port));
-    } else {
-        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
-        snprintf(out, size, "%s:%u", ip, ntohs(s4->sin_port));
-    }
-}
-
 void conn_accept(struct worker *w, evutil_socket_t fd,
                  const struct sockaddr *sa, int salen)
 {
@@ -330,7 +316,7 @@ void conn_accept(struct worker *w, evutil_socket_t fd,
         evutil_closesocket(fd);
         return;
     }
-    address(sa, client, sizeof(client));
+    proxy_address(sa, client, sizeof(client));
     c->w = w;
     c->fd = fd;
     c->writable = true;

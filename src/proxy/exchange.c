@@ -59,8 +59,10 @@ static bool to_client(const struct exchange *ex)
 
 /* -- Logging ---------------------------------------------------------- */
 
-static void log_request(struct exchange *ex, const char *outcome,
-                        unsigned status)
+/* The request is answered (outcome: enum idem_outcome, or
+ * METRICS_OUTCOME_ERROR when the proxy answered by itself): its duration
+ * into the metrics, its line into the log. */
+static void log_request(struct exchange *ex, int outcome, unsigned status)
 {
     const struct http_head *h = &ex->rd.head;
     const char *bytes = h->bytes ? h->bytes : ""; /* nothing was read */
@@ -70,15 +72,20 @@ static void log_request(struct exchange *ex, const char *outcome,
         .method_len = h->method_len,
         .target = bytes + h->target_off,
         .target_len = h->target_len,
-        .outcome = outcome,
+        .protocol = ex->rd.parser.http_minor ? "HTTP/1.1" : "HTTP/1.0",
+        .outcome = metrics_outcome_name(outcome),
         .status = status,
+        .bytes_sent = ex->client_out.added - ex->out_mark,
+        .upstream = ex->up_addr,
         .upstream_us = ex->t_upstream_us ? (int64_t)ex->t_upstream_us : -1,
         .total_us = now_us() - ex->t_start_us,
     };
 
+    metrics_observe_request(outcome, status, d.total_us);
     if (!log_enabled(LOG_INFO))
         return;
     d.key = http_head_get(h, ex->ctx->cfg->key_header, &d.key_len);
+    d.user_agent = http_head_get(h, "User-Agent", &d.user_agent_len);
     log_decision(&d);
 }
 
@@ -88,7 +95,7 @@ static void log_request(struct exchange *ex, const char *outcome,
  * read whole. type: the problem type (HTTP_PROBLEM_UNKNOWN or NULL). */
 static void refuse_typed(struct exchange *ex, unsigned status, const char *type,
                          const char *detail, unsigned retry_after_s,
-                         const char *outcome)
+                         int outcome)
 {
     if (!ex->request_done)
         ex->close_after = true;
@@ -96,7 +103,7 @@ static void refuse_typed(struct exchange *ex, unsigned status, const char *type,
         http_problem_typed(&ex->client_out, status, type ? type : "about:blank",
                            detail, retry_after_s, ex->close_after) != 0)
         ex->close_after = true; /* a cut answer: the client must see it end */
-    if (status < 500 && strcmp(outcome, "error") == 0) /* 408 413 431 400 */
+    if (status < 500 && outcome == METRICS_OUTCOME_ERROR) /* 408 413 431 400 */
         atomic_fetch_add(&metrics.results[METRICS_CLIENT_ERROR], 1);
     ex->status_sent = status;
     ex->response = EX_RESP_ANSWERED;
@@ -105,7 +112,7 @@ static void refuse_typed(struct exchange *ex, unsigned status, const char *type,
 }
 
 static void refuse(struct exchange *ex, unsigned status, const char *detail,
-                   const char *outcome)
+                   int outcome)
 {
     refuse_typed(ex, status, NULL, detail, 0, outcome);
 }
@@ -134,7 +141,7 @@ static void replay(struct exchange *ex)
         ex->close_after = true; /* a cut answer: the client must see it end */
     ex->status_sent = r->status;
     ex->response = EX_RESP_ANSWERED;
-    log_request(ex, "replay", r->status);
+    log_request(ex, IDEM_OUTCOME_REPLAY, r->status);
     finish_request(ex);
 }
 
@@ -206,6 +213,9 @@ static int write_request(struct exchange *ex)
     struct buf *o = &ex->up_out;
     const char *colon = strrchr(ex->client, ':'), *xff, *conn;
     size_t iplen = colon ? (size_t)(colon - ex->client) : strlen(ex->client);
+    /* X-Forwarded-For has IPv6 without brackets */
+    bool v6 = ex->client[0] == '[' && iplen >= 2;
+    const char *ip = ex->client + v6;
     size_t xlen = 0, conn_len = 0;
     unsigned i;
     bool ok;
@@ -224,7 +234,7 @@ static int write_request(struct exchange *ex)
     xff = http_head_get(h, "X-Forwarded-For", &xlen);
     ok = ok && buf_addl(o, "X-Forwarded-For: ") == 0 &&
          (!xff || (buf_add(o, xff, xlen) == 0 && buf_addl(o, ", ") == 0)) &&
-         buf_add(o, ex->client, iplen) == 0 &&
+         buf_add(o, ip, iplen - 2 * v6) == 0 &&
          buf_addl(o, "\r\nX-Forwarded-Proto: http\r\n") == 0 &&
          add_framing(ex, o) == 0 && buf_addl(o, "\r\n") == 0;
     if (ok && ex->body_mode == EX_BODY_BUFFERED)
@@ -310,10 +320,10 @@ static void act(struct exchange *ex)
         replay(ex);
         return;
     default:
-        refuse_typed(
-            ex, d->status ? d->status : 503,
-            d->outcome == IDEM_OUTCOME_UNKNOWN ? HTTP_PROBLEM_UNKNOWN : NULL,
-            d->detail, d->retry_after_s, idem_outcome_name(d->outcome));
+        refuse_typed(ex, d->status ? d->status : 503,
+                     d->outcome == IDEM_OUTCOME_UNKNOWN ? HTTP_PROBLEM_UNKNOWN
+                                                        : NULL,
+                     d->detail, d->retry_after_s, (int)d->outcome);
     }
 }
 
@@ -366,7 +376,8 @@ static void dispatch(struct exchange *ex)
         return;
     }
     if (rc != IDEM_OK) {
-        refuse(ex, 503, "the idempotency engine failed", "unavailable");
+        refuse(ex, 503, "the idempotency engine failed",
+               IDEM_OUTCOME_UNAVAILABLE);
         return;
     }
     act(ex);
@@ -380,6 +391,7 @@ static int on_message_begin(llhttp_t *p)
 
     ex->t_start_us = now_us();
     ex->t_upstream_us = 0;
+    ex->out_mark = ex->client_out.added;
     ex->request_done = false;
     return 0;
 }
@@ -431,7 +443,7 @@ static int start_call(struct exchange *ex)
 
 /* Refuse once llhttp has returned: never from inside its callbacks. */
 static int defer_refusal(struct exchange *ex, unsigned status,
-                         const char *detail, const char *outcome)
+                         const char *detail, int outcome)
 {
     ex->refusal = status;
     ex->refusal_detail = detail;
@@ -449,12 +461,13 @@ static int on_headers_complete(llhttp_t *p)
 
     ex->close_after = ex->close_after || !llhttp_should_keep_alive(p);
     if (status)
-        return defer_refusal(ex, status, why, "error");
+        return defer_refusal(ex, status, why, METRICS_OUTCOME_ERROR);
     expect = http_head_get(&ex->rd.head, "Expect", &len); /* judged: moved */
     if (start_call(ex) != 0)
-        return defer_refusal(ex, 503, "out of memory", "error");
+        return defer_refusal(ex, 503, "out of memory", METRICS_OUTCOME_ERROR);
     if (ex->decision.outcome == IDEM_OUTCOME_INVALID)
-        return defer_refusal(ex, 400, ex->decision.detail, "invalid");
+        return defer_refusal(ex, 400, ex->decision.detail,
+                             IDEM_OUTCOME_INVALID);
     /* a request the engine does not cover streams: its body goes
      * upstream as it arrives, unbuffered and unbounded */
     ex->body_mode = ex->decision.outcome == IDEM_OUTCOME_PASS
@@ -462,12 +475,13 @@ static int on_headers_complete(llhttp_t *p)
                         : EX_BODY_BUFFERED;
     if (ex->body_mode == EX_BODY_BUFFERED && (p->flags & F_CONTENT_LENGTH) &&
         p->content_length > cfg->max_body)
-        return defer_refusal(ex, 413, "the request body is too large", "error");
+        return defer_refusal(ex, 413, "the request body is too large",
+                             METRICS_OUTCOME_ERROR);
     ex->phase = EX_BODY;
     if (expect && idem_header_list_has(expect, len, "100-continue", 12) &&
         p->http_minor >= 1 &&
         buf_addl(&ex->client_out, "HTTP/1.1 100 Continue\r\n\r\n") != 0)
-        return defer_refusal(ex, 503, "out of memory", "error");
+        return defer_refusal(ex, 503, "out of memory", METRICS_OUTCOME_ERROR);
     /* a streamed head goes upstream before its body: parse() forwards */
     return ex->body_mode == EX_BODY_STREAMED ? HPE_PAUSED : 0;
 }
@@ -496,15 +510,17 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 
     if (ex->body_mode == EX_BODY_STREAMED) {
         if (stream_body(ex, at, len) != 0)
-            return defer_refusal(ex, 502, "out of memory", "error");
+            return defer_refusal(ex, 502, "out of memory",
+                                 METRICS_OUTCOME_ERROR);
         return 0;
     }
     if (len > ex->ctx->cfg->max_body - buf_len(&ex->body))
-        return defer_refusal(ex, 413, "the request body is too large", "error");
+        return defer_refusal(ex, 413, "the request body is too large",
+                             METRICS_OUTCOME_ERROR);
     if (buf_add(&ex->body, at, len) != 0 ||
         (ex->decision.outcome == IDEM_OUTCOME_PENDING &&
          idem_call_body(ex->call, at, len) != IDEM_OK))
-        return defer_refusal(ex, 503, "out of memory", "error");
+        return defer_refusal(ex, 503, "out of memory", METRICS_OUTCOME_ERROR);
     return 0;
 }
 
@@ -528,11 +544,12 @@ static void parse_error(struct exchange *ex, enum llhttp_errno err)
 {
     ex->close_after = true;
     if (err == HPE_USER && ex->rd.oom)
-        refuse(ex, 503, "out of memory", "error");
+        refuse(ex, 503, "out of memory", METRICS_OUTCOME_ERROR);
     else if (err == HPE_USER && ex->rd.head.full)
-        refuse(ex, 431, "the request head is too large", "error");
+        refuse(ex, 431, "the request head is too large", METRICS_OUTCOME_ERROR);
     else
-        refuse(ex, 400, "the request is not valid HTTP/1.1", "error");
+        refuse(ex, 400, "the request is not valid HTTP/1.1",
+               METRICS_OUTCOME_ERROR);
 }
 
 /* The head of a streamed request goes upstream now; its body follows as
@@ -541,7 +558,8 @@ static void start_stream(struct exchange *ex)
 {
     ex->retried = true;
     if (forward(ex) != 0) {
-        refuse(ex, 502, "the upstream could not be reached", "error");
+        refuse(ex, 502, "the upstream could not be reached",
+               METRICS_OUTCOME_ERROR);
         return;
     }
     llhttp_resume(&ex->rd.parser);
@@ -750,7 +768,7 @@ static void upstream_done(struct exchange *ex)
         ex->phase = ex->client_gone ? EX_DONE : EX_DRAINING;
         return;
     }
-    log_request(ex, idem_outcome_name(ex->decision.outcome), ex->status_sent);
+    log_request(ex, (int)ex->decision.outcome, ex->status_sent);
     finish_request(ex);
 }
 
@@ -792,11 +810,12 @@ static void upstream_failed(struct exchange *ex, unsigned status,
         /* a response is half sent: all the client can learn is a cut */
         ex->close_after = true;
         ex->client_gone = true;
-        log_request(ex, "error", status);
+        log_request(ex, METRICS_OUTCOME_ERROR, status);
         finish_request(ex);
         return;
     }
-    refuse(ex, status, failure_detail(ex, status, maybe_run), "error");
+    refuse(ex, status, failure_detail(ex, status, maybe_run),
+           METRICS_OUTCOME_ERROR);
 }
 
 static int on_rfield(llhttp_t *p, const char *at, size_t len)
@@ -972,7 +991,7 @@ void ex_client_data(struct exchange *ex, const char *p, size_t n)
     if (buf_add(&ex->in, p, n) != 0) {
         ex->close_after = true;
         if (ex->phase == EX_HEAD || ex->phase == EX_BODY)
-            refuse(ex, 503, "out of memory", "error");
+            refuse(ex, 503, "out of memory", METRICS_OUTCOME_ERROR);
         else
             ex->client_gone = true; /* cannot keep up: stop reading */
         return;
@@ -1002,7 +1021,7 @@ static void wait_late(struct exchange *ex)
                          0, true) != 0)
             buf_clear(&ex->client_out); /* the client sees a cut */
         ex->status_sent = 504;
-        log_request(ex, "error", 504);
+        log_request(ex, METRICS_OUTCOME_ERROR, 504);
     }
     ex->phase = EX_LATE;
     timer(ex, EX_TIMER_CLIENT, -1);

@@ -179,7 +179,7 @@ struct exchange {
     size_t lingered;       /* bytes discarded while lingering */
     unsigned refusal;      /* decided inside a parser callback */
     const char *refusal_detail;
-    const char *refusal_outcome;
+    int refusal_outcome; /* enum idem_outcome, or METRICS_OUTCOME_ERROR */
 
     struct idem_call *call;
     struct idem_decision decision;
@@ -193,6 +193,9 @@ struct exchange {
     struct buf up_out;     /* for the upstream */
 
     uint64_t t_start_us, t_upstream_us;
+    uint64_t out_mark;   /* client_out.added when the request began */
+    const char *up_addr; /* the upstream's "ip:port" (the driver's), or
+                          * NULL: not asked */
     unsigned status_sent;
 };
 

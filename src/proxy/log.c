@@ -27,12 +27,13 @@
 /* Escaped bytes of each string at most; past it a value ends in "...".
  * With the fixed parts (time, names, numbers) a line always fits. */
 #define MSG_MAX 3000
-#define SHORT_MAX 64 /* client, method, outcome */
-#define TARGET_MAX 2048
+#define SHORT_MAX 64 /* client, method, protocol, outcome, upstream */
+#define AGENT_MAX 256
+#define TARGET_MAX 1920
 #define KEY_MAX 1024
 #define FIXED_MAX 512
 _Static_assert(MSG_MAX + FIXED_MAX <= LINE_MAX_BYTES, "a message fits");
-_Static_assert(3 * SHORT_MAX + TARGET_MAX + KEY_MAX + FIXED_MAX <=
+_Static_assert(5 * SHORT_MAX + AGENT_MAX + TARGET_MAX + KEY_MAX + FIXED_MAX <=
                    LINE_MAX_BYTES,
                "a decision fits");
 
@@ -444,6 +445,8 @@ void log_decision(const struct log_decision *d)
               SHORT_MAX);
     field_str(&l, "target", d->target, d->target ? d->target_len : 0,
               TARGET_MAX);
+    if (d->protocol)
+        field_str(&l, "protocol", d->protocol, strlen(d->protocol), SHORT_MAX);
     if (d->key && log_clear_keys) {
         field_str(&l, "key", d->key, d->key_len, KEY_MAX);
     } else if (d->key) {
@@ -452,7 +455,13 @@ void log_decision(const struct log_decision *d)
     }
     field_str(&l, "outcome", outcome, strlen(outcome), SHORT_MAX);
     field_int(&l, "status", d->status);
+    field_int(&l, "bytes_sent", (int64_t)d->bytes_sent);
+    if (d->upstream)
+        field_str(&l, "upstream", d->upstream, strlen(d->upstream), SHORT_MAX);
     field_int(&l, "upstream_us", d->upstream_us);
     field_int(&l, "total_us", (int64_t)d->total_us);
+    if (d->user_agent)
+        field_str(&l, "user_agent", d->user_agent, d->user_agent_len,
+                  AGENT_MAX);
     finish(&l);
 }

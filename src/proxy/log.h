@@ -51,16 +51,21 @@ void log_limited(struct log_limit *lim, enum log_level level, const char *fmt,
 /* One request's decision. Strings are (pointer, length), may hold any
  * bytes (escaped on output); key may be NULL. */
 struct log_decision {
-    const char *client; /* client address, "ip:port" */
+    const char *client; /* client address, "ip:port" ("[v6]:port") */
     const char *method;
     size_t method_len;
     const char *target;
     size_t target_len;
+    const char *protocol; /* "HTTP/1.1", "HTTP/1.0" */
     const char *key;
     size_t key_len;
-    const char *outcome; /* idem_outcome_name(), or "error" */
-    unsigned status;     /* status sent to the client */
-    int64_t upstream_us; /* -1 if the upstream was not asked */
+    const char *user_agent; /* or NULL */
+    size_t user_agent_len;
+    const char *outcome;  /* idem_outcome_name(), or "error" */
+    unsigned status;      /* status sent to the client */
+    uint64_t bytes_sent;  /* to the client, head and body */
+    const char *upstream; /* the upstream's address, or NULL: not asked */
+    int64_t upstream_us;  /* -1 if the upstream was not asked */
     uint64_t total_us;
 };
 

@@ -18,6 +18,7 @@
 #include "idem/redis.h"
 #include "log.h"
 #include "admin.h"
+#include "service.h"
 #include "worker.h"
 
 #define TICK_MS 100
@@ -271,6 +272,7 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
 
     (void)what;
     log_msg(LOG_INFO, "signal %d: finishing in-flight requests", (int)sig);
+    service_stopping();
     for (i = 0; i < app->nworkers; i++)
         worker_stop(&app->workers[i]);
     loop_exit(app->base);
@@ -279,11 +281,30 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
 /* SIGHUP and SIGUSR1 (nginx's signal for it): reopen the log. */
 static void on_reopen(evutil_socket_t sig, short what, void *arg)
 {
-    (void)sig;
     (void)what;
     (void)arg;
+    if (sig == SIGHUP)
+        service_reloading();
     if (log_reopen() != 0)
         log_msg(LOG_ERROR, "cannot reopen the log: %s", strerror(errno));
+    if (sig == SIGHUP)
+        service_ready("reloaded");
+}
+
+/* systemd's watchdog: alive while the main loop turns and every worker's
+ * loop has turned within half the period (worker.h's heartbeat). */
+static void on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+    struct app *app = arg;
+    uint64_t now = worker_now_ms(), half = service_watchdog_ms() / 2;
+    bool alive = true;
+    unsigned i;
+
+    (void)fd;
+    (void)what;
+    for (i = 0; i < app->nworkers; i++)
+        alive = alive && now - atomic_load(&app->workers[i].beat_ms) < half;
+    service_watchdog(alive);
 }
 
 /* Say, at most once a minute, that records younger than an hour were
@@ -350,24 +371,32 @@ static void join_workers(struct app *app)
     }
 }
 
-/* The main loop's events: signals and the engine's tick (the last). */
+/* The main loop's events: signals, the watchdog's (if systemd wants one)
+ * and the engine's tick (the last). */
 static int run(struct app *app)
 {
-    enum { NEVS = 5 };
+    enum { NEVS = 6 };
     struct event *evs[NEVS];
     struct timeval tick = { 0, TICK_MS * 1000 };
+    uint64_t dog_ms = service_watchdog_ms() / 2;
+    struct timeval dog = { dog_ms / 1000, (dog_ms % 1000) * 1000 };
     int i, rc = 0;
 
     evs[0] = evsignal_new(app->base, SIGTERM, on_stop, app);
     evs[1] = evsignal_new(app->base, SIGINT, on_stop, app);
     evs[2] = evsignal_new(app->base, SIGHUP, on_reopen, app);
     evs[3] = evsignal_new(app->base, SIGUSR1, on_reopen, app);
+    evs[4] = event_new(app->base, -1, EV_PERSIST, on_watchdog, app);
     evs[NEVS - 1] = event_new(app->base, -1, EV_PERSIST, on_tick, app);
     for (i = 0; i < NEVS; i++)
-        if (!evs[i] || event_add(evs[i], i == NEVS - 1 ? &tick : NULL) != 0)
+        if (!evs[i] ||
+            (i != 4 && event_add(evs[i], i == NEVS - 1 ? &tick : NULL) != 0))
             rc = -1;
+    if (evs[4] && dog_ms && event_add(evs[4], &dog) != 0)
+        rc = -1;
     if (rc == 0) {
         announce(app);
+        service_ready("accepting requests");
         event_base_dispatch(app->base);
     } else {
         log_msg(LOG_ERROR, "cannot set up the main loop's events");

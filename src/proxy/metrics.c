@@ -9,8 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include "idem/idem.h"
 #include "idem/redis.h"
 #include "idem/store.h"
 
@@ -21,23 +24,52 @@ static const struct {
     uint64_t us;
     const char *le;
 } buckets[METRICS_LATENCY_BUCKETS] = {
-    { 500, "0.0005" }, { 1000, "0.001" }, { 2500, "0.0025" },
-    { 5000, "0.005" }, { 10000, "0.01" }, { 25000, "0.025" },
-    { 50000, "0.05" }, { 100000, "0.1" }, { 250000, "0.25" },
-    { 500000, "0.5" }, { 1000000, "1" },  { 2500000, "2.5" },
+    { 500, "0.0005" },  { 1000, "0.001" },    { 2500, "0.0025" },
+    { 5000, "0.005" },  { 10000, "0.01" },    { 25000, "0.025" },
+    { 50000, "0.05" },  { 100000, "0.1" },    { 250000, "0.25" },
+    { 500000, "0.5" },  { 1000000, "1" },     { 2500000, "2.5" },
+    { 5000000, "5" },   { 10000000, "10" },   { 30000000, "30" },
+    { 60000000, "60" }, { 120000000, "120" },
 };
 
-void metrics_observe_upstream(uint64_t us)
+static size_t bucket_of(uint64_t us)
 {
     size_t i = 0;
 
     while (i < METRICS_LATENCY_BUCKETS && us > buckets[i].us)
         i++;
+    return i;
+}
+
+void metrics_observe_upstream(uint64_t us)
+{
+    size_t i = bucket_of(us);
+
     atomic_fetch_add_explicit(&metrics.latency_bucket[i], 1,
                               memory_order_relaxed);
     atomic_fetch_add_explicit(&metrics.latency_sum_us, us,
                               memory_order_relaxed);
     atomic_fetch_add_explicit(&metrics.latency_count, 1, memory_order_relaxed);
+}
+
+const char *metrics_outcome_name(int outcome)
+{
+    return outcome == METRICS_OUTCOME_ERROR
+               ? "error"
+               : idem_outcome_name((enum idem_outcome)outcome);
+}
+
+void metrics_observe_request(int outcome, unsigned status, uint64_t us)
+{
+    unsigned class = status >= 100 && status < 600 ? status / 100 - 1 : 4;
+
+    if (outcome < 0 || outcome >= METRICS_OUTCOMES)
+        outcome = METRICS_OUTCOME_ERROR;
+    atomic_fetch_add_explicit(
+        &metrics.request_bucket[outcome][class][bucket_of(us)], 1,
+        memory_order_relaxed);
+    atomic_fetch_add_explicit(&metrics.request_sum_us[outcome][class], us,
+                              memory_order_relaxed);
 }
 
 /* -- A growing text buffer --------------------------------------------- */
@@ -86,8 +118,9 @@ struct snap {
     uint64_t connections_open;
     uint64_t connections_accepted;
     uint64_t upstream_connects;
-    uint64_t rss_bytes;
     uint64_t store_bypass;
+    uint64_t client_bytes_in, client_bytes_out;
+    uint64_t upstream_bytes_in, upstream_bytes_out;
 };
 
 struct family {
@@ -145,8 +178,14 @@ static const struct family f_connects = {
     "idem_upstream_connects_total", "counter",
     "Connections opened to the upstream"
 };
-static const struct family f_rss = { "idem_process_resident_memory_bytes",
-                                     "gauge", "Resident memory" };
+static const struct family f_bytes_in = {
+    "idem_received_bytes_total", "counter",
+    "Bytes read, by peer: client or upstream"
+};
+static const struct family f_bytes_out = {
+    "idem_sent_bytes_total", "counter",
+    "Bytes written, by peer: client or upstream"
+};
 static const struct family f_bypass = {
     "idem_store_bypass_total", "counter",
     "Requests forwarded without the guarantee: store down, --store-failure "
@@ -221,7 +260,10 @@ static const struct sample samples[] = {
     { &f_open, "", SNAP(connections_open) },
     { &f_accepted, "", SNAP(connections_accepted) },
     { &f_connects, "", SNAP(upstream_connects) },
-    { &f_rss, "", SNAP(rss_bytes) },
+    { &f_bytes_in, "peer=\"client\"", SNAP(client_bytes_in) },
+    { &f_bytes_in, "peer=\"upstream\"", SNAP(upstream_bytes_in) },
+    { &f_bytes_out, "peer=\"client\"", SNAP(client_bytes_out) },
+    { &f_bytes_out, "peer=\"upstream\"", SNAP(upstream_bytes_out) },
     { &f_bypass, "", SNAP(store_bypass) },
     { &f_renewals, "", SNAP(e.renewed) },
     { &f_redis_up, "", SNAP(r.connections) },
@@ -251,20 +293,6 @@ static uint64_t load(atomic_uint_fast64_t *a)
     return atomic_load_explicit(a, memory_order_relaxed);
 }
 
-/* Resident memory from /proc/self/statm; 0 if unreadable. */
-static uint64_t rss_bytes(void)
-{
-    unsigned long size = 0, resident = 0;
-    FILE *f = fopen("/proc/self/statm", "re");
-
-    if (!f)
-        return 0;
-    if (fscanf(f, "%lu %lu", &size, &resident) != 2)
-        resident = 0;
-    fclose(f);
-    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
-}
-
 static void take_snap(struct idem_engine *e, struct snap *s)
 {
     struct idem_store *store = idem_engine_store(e);
@@ -284,7 +312,10 @@ static void take_snap(struct idem_engine *e, struct snap *s)
     s->connections_accepted = load(&metrics.connections_accepted);
     s->upstream_connects = load(&metrics.upstream_connects);
     s->store_bypass = load(&metrics.store_bypass);
-    s->rss_bytes = rss_bytes();
+    s->client_bytes_in = load(&metrics.client_bytes_in);
+    s->client_bytes_out = load(&metrics.client_bytes_out);
+    s->upstream_bytes_in = load(&metrics.upstream_bytes_in);
+    s->upstream_bytes_out = load(&metrics.upstream_bytes_out);
 }
 
 static void family(struct text *t, const struct family *f)
@@ -421,6 +452,189 @@ static void render_redis_nodes(struct text *t, struct idem_engine *e)
             nodes[i].connections);
 }
 
+/* Client requests by outcome and status class; only the pairs seen. */
+static void render_requests_duration(struct text *t)
+{
+    static const struct family f = {
+        "idem_request_duration_seconds", "histogram",
+        "Client requests from their first byte to their answer, by outcome "
+        "and status class"
+    };
+    static const char *const classes[METRICS_CLASSES] = { "1xx", "2xx", "3xx",
+                                                          "4xx", "5xx" };
+    uint64_t total, sum;
+    int o, c;
+    size_t i;
+
+    family(t, &f);
+    for (o = 0; o < METRICS_OUTCOMES; o++) {
+        for (c = 0; c < METRICS_CLASSES; c++) {
+            if (o == IDEM_OUTCOME_PENDING || o == 0)
+                continue; /* a step, never an answer; 0 is no outcome */
+            total = 0;
+            for (i = 0; i <= METRICS_LATENCY_BUCKETS; i++)
+                total += load(&metrics.request_bucket[o][c][i]);
+            if (total == 0)
+                continue;
+            total = 0;
+            for (i = 0; i <= METRICS_LATENCY_BUCKETS; i++) {
+                total += load(&metrics.request_bucket[o][c][i]);
+                add(t,
+                    "%s_bucket{outcome=\"%s\",class=\"%s\",le=\"%s\"} "
+                    "%" PRIu64 "\n",
+                    f.name, metrics_outcome_name(o), classes[c],
+                    i < METRICS_LATENCY_BUCKETS ? buckets[i].le : "+Inf",
+                    total);
+            }
+            sum = load(&metrics.request_sum_us[o][c]);
+            add(t,
+                "%s_sum{outcome=\"%s\",class=\"%s\"} %" PRIu64 ".%06" PRIu64
+                "\n",
+                f.name, metrics_outcome_name(o), classes[c], sum / 1000000,
+                sum % 1000000);
+            add(t, "%s_count{outcome=\"%s\",class=\"%s\"} %" PRIu64 "\n",
+                f.name, metrics_outcome_name(o), classes[c], total);
+        }
+    }
+}
+
+/* What render_process shows; -1: not known. */
+struct process_figures {
+    int64_t cpu_us, open_fds, max_fds, start_s, rss, vsize;
+};
+
+/* The boot time (/proc/stat's btime), seconds since the epoch; -1. */
+static int64_t boot_time(void)
+{
+    char line[256];
+    long long bt = -1;
+    FILE *f = fopen("/proc/stat", "re");
+
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "btime %lld", &bt) == 1)
+            break;
+    fclose(f);
+    return bt;
+}
+
+/* The start time from /proc/self/stat's 22nd field (clock ticks after
+ * boot); -1. */
+static int64_t start_time(void)
+{
+    char buf[1024], *p;
+    unsigned long long ticks;
+    int64_t bt = boot_time();
+    long hz = sysconf(_SC_CLK_TCK);
+    size_t n;
+    int field;
+    FILE *f = fopen("/proc/self/stat", "re");
+
+    if (!f)
+        return -1;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    p = strrchr(buf, ')'); /* the command may hold spaces */
+    if (!p || bt < 0 || hz <= 0)
+        return -1;
+    for (field = 2; field < 22 && p; field++)
+        p = strchr(p + 1, ' ');
+    if (!p || sscanf(p, " %llu", &ticks) != 1)
+        return -1;
+    return bt + (int64_t)(ticks / (unsigned long long)hz);
+}
+
+static void metrics_process(struct process_figures *p)
+{
+    struct rusage ru;
+    struct rlimit rl;
+    struct dirent *d;
+    unsigned long size, resident;
+    DIR *dir = opendir("/proc/self/fd");
+    FILE *f = fopen("/proc/self/statm", "re");
+    int64_t page = sysconf(_SC_PAGESIZE);
+
+    p->cpu_us =
+        getrusage(RUSAGE_SELF, &ru) == 0
+            ? (int64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
+                  ru.ru_utime.tv_usec + ru.ru_stime.tv_usec
+            : -1;
+    p->open_fds = -1;
+    if (dir) {
+        p->open_fds = -1; /* the directory's own descriptor */
+        while ((d = readdir(dir)))
+            p->open_fds += d->d_name[0] != '.';
+        closedir(dir);
+    }
+    p->max_fds =
+        getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+            ? (int64_t)rl.rlim_cur
+            : -1;
+    p->start_s = start_time();
+    p->rss = p->vsize = -1;
+    if (f && fscanf(f, "%lu %lu", &size, &resident) == 2 && page > 0) {
+        p->rss = (int64_t)resident * page;
+        p->vsize = (int64_t)size * page;
+    }
+    if (f)
+        fclose(f);
+}
+
+/* idem_build_info, and the process_* family every Prometheus client
+ * exports (from /proc/self, getrusage and getrlimit); a figure that
+ * cannot be read is left out. */
+static void render_process(struct text *t)
+{
+    static const struct family f_build = { "idem_build_info", "gauge",
+                                           "The running idemproxy's version "
+                                           "(always 1)" };
+    static const struct family f_cpu = { "process_cpu_seconds_total", "counter",
+                                         "User and system CPU time spent" };
+    static const struct family f_fds = { "process_open_fds", "gauge",
+                                         "Open file descriptors" };
+    static const struct family f_max = { "process_max_fds", "gauge",
+                                         "Limit of open file descriptors" };
+    static const struct family f_start = {
+        "process_start_time_seconds", "gauge",
+        "Start time since the Unix epoch, seconds"
+    };
+    static const struct family f_rss = { "process_resident_memory_bytes",
+                                         "gauge", "Resident memory size" };
+    static const struct family f_virt = { "process_virtual_memory_bytes",
+                                          "gauge", "Virtual memory size" };
+    struct process_figures p;
+
+    family(t, &f_build);
+    add(t, "%s{version=\"%s\",libidem=\"%s\"} 1\n", f_build.name,
+        IDEM_VERSION_STRING, idem_version());
+    metrics_process(&p);
+    if (p.cpu_us >= 0) {
+        family(t, &f_cpu);
+        add(t, "%s %" PRId64 ".%06" PRId64 "\n", f_cpu.name, p.cpu_us / 1000000,
+            p.cpu_us % 1000000);
+    }
+    if (p.open_fds >= 0) {
+        family(t, &f_fds);
+        add(t, "%s %" PRId64 "\n", f_fds.name, p.open_fds);
+    }
+    if (p.max_fds >= 0) {
+        family(t, &f_max);
+        add(t, "%s %" PRId64 "\n", f_max.name, p.max_fds);
+    }
+    if (p.start_s >= 0) {
+        family(t, &f_start);
+        add(t, "%s %" PRId64 "\n", f_start.name, p.start_s);
+    }
+    if (p.rss >= 0) {
+        family(t, &f_rss);
+        add(t, "%s %" PRId64 "\n", f_rss.name, p.rss);
+        family(t, &f_virt);
+        add(t, "%s %" PRId64 "\n", f_virt.name, p.vsize);
+    }
+}
+
 char *metrics_render(struct idem_engine *e, size_t *len_out)
 {
     struct text t = { .cap = 4096 };
@@ -433,9 +647,11 @@ char *metrics_render(struct idem_engine *e, size_t *len_out)
     render_requests(&t, &s);
     render_samples(&t, &s);
     render_latency(&t);
+    render_requests_duration(&t);
     render_eviction_ages(&t, &s);
     render_redis_policy(&t, &s);
     render_redis_nodes(&t, e);
+    render_process(&t);
     if (t.failed) {
         free(t.p);
         return NULL;

@@ -10,8 +10,17 @@
 
 #include "idem/engine.h"
 
-/* Upstream latency histogram bounds, seconds (le); +Inf is implicit. */
-#define METRICS_LATENCY_BUCKETS 12
+/* Latency histogram bounds (upstream round trips, client requests),
+ * 0.5 ms to 120 s: past the default --upstream-timeout; +Inf is
+ * implicit. */
+#define METRICS_LATENCY_BUCKETS 17
+
+/* Request outcomes: the engine's (enum idem_outcome), and one more for a
+ * request the proxy answered by itself (a refusal, an upstream failure). */
+#define METRICS_OUTCOME_ERROR IDEM_OUTCOME_COUNT
+#define METRICS_OUTCOMES (IDEM_OUTCOME_COUNT + 1)
+/* Status classes 1xx..5xx. */
+#define METRICS_CLASSES 5
 
 enum metrics_result {
     METRICS_UPSTREAM_ERROR = 0, /* 502: connect or protocol failure */
@@ -30,12 +39,33 @@ struct metrics {
     atomic_uint_fast64_t latency_bucket[METRICS_LATENCY_BUCKETS + 1];
     atomic_uint_fast64_t latency_sum_us;
     atomic_uint_fast64_t latency_count;
+    /* client requests, by outcome and status class */
+    atomic_uint_fast64_t request_bucket[METRICS_OUTCOMES][METRICS_CLASSES]
+                                       [METRICS_LATENCY_BUCKETS + 1];
+    atomic_uint_fast64_t request_sum_us[METRICS_OUTCOMES][METRICS_CLASSES];
+    /* bytes through the sockets */
+    atomic_uint_fast64_t client_bytes_in, client_bytes_out;
+    atomic_uint_fast64_t upstream_bytes_in, upstream_bytes_out;
 };
 
 extern struct metrics metrics;
 
 /* One upstream round trip of us microseconds. */
 void metrics_observe_upstream(uint64_t us);
+
+/* One client request answered with status after us microseconds;
+ * outcome: enum idem_outcome or METRICS_OUTCOME_ERROR. */
+void metrics_observe_request(int outcome, unsigned status, uint64_t us);
+
+/* The name of an outcome as the log and the metrics say it ("error" for
+ * METRICS_OUTCOME_ERROR). */
+const char *metrics_outcome_name(int outcome);
+
+/* Bytes moved, counted where the sockets are. */
+static inline void metrics_bytes(atomic_uint_fast64_t *counter, size_t n)
+{
+    atomic_fetch_add_explicit(counter, n, memory_order_relaxed);
+}
 
 /* Render everything as Prometheus text into a fresh malloc'd buffer
  * (*len_out bytes, NUL-terminated). NULL on allocation failure. Metric

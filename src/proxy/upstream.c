@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "conn.h"
+#include "log.h"
 #include "metrics.h"
 #include "worker.h"
 
@@ -44,13 +45,25 @@ static void closed(struct conn *c, struct upstream *u)
         upstream_release(c, false);
 }
 
+/* An upstream failure, at warn, at most once a second (all workers
+ * together; the rest are counted in the line that goes out next). */
+static void say_failed(const struct upstream *u, const char *what, int err)
+{
+    static struct log_limit limit;
+
+    log_limited(&limit, LOG_WARN, "upstream %s: %s%s%s", u->w->upstream_name,
+                what, err ? ": " : "", err ? strerror(err) : "");
+}
+
 static bool connect_done(struct upstream *u)
 {
     int err = 0;
     socklen_t len = sizeof(err);
 
-    if (getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err)
+    if (getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err) {
+        say_failed(u, "connect", err ? err : errno);
         return false;
+    }
     u->connected = true;
     event_del(&u->connect);
     atomic_fetch_add(&metrics.upstream_connects, 1);
@@ -93,6 +106,7 @@ static void on_connect_deadline(evutil_socket_t fd, short what, void *arg)
         upstream_free(u);
         return;
     }
+    say_failed(u, "connect timed out (--connect-timeout)", 0);
     closed(c, u);
     conn_sync(c);
 }
@@ -142,6 +156,7 @@ int upstream_open(struct conn *c)
     u->conn = c;
     u->sent = false;
     c->up = u;
+    c->ex.up_addr = w->upstream_name;
     return 0;
 }
 
@@ -179,11 +194,14 @@ static int flush_upstream(struct conn *c, struct upstream *u)
             u->writable = false;
             break;
         }
-        if (n <= 0)
+        if (n <= 0) {
+            say_failed(u, "write", n < 0 ? errno : 0);
             return -1;
+        }
         if ((size_t)n < buf_len(o))
             u->writable = false;
         buf_consume(o, (size_t)n);
+        metrics_bytes(&metrics.upstream_bytes_out, (size_t)n);
         u->sent = true;
         progress = true;
     }
@@ -218,12 +236,15 @@ bool upstream_sync(struct conn *c, bool read)
         return rc > 0;
     }
     if (n <= 0) {
+        if (n < 0)
+            say_failed(u, "read", errno);
         u->readable = false;
         closed(c, u);
         return true;
     }
     if ((size_t)n < WORKER_READ_MAX && !u->peer_closed)
         u->readable = false; /* as conn.c's read_client */
+    metrics_bytes(&metrics.upstream_bytes_in, (size_t)n);
     ex_upstream_data(&c->ex, scratch, (size_t)n);
     return true;
 }

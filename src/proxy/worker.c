@@ -1,9 +1,12 @@
 /* worker.h: the loop of each worker thread. */
 #include "worker.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "conn.h"
 #include "log.h"
@@ -68,6 +71,38 @@ static void begin_stop(struct worker *w)
     conn_close_idle(w);
     if (w->nconns == 0)
         loop_exit(w->base);
+}
+
+void proxy_address(const struct sockaddr *sa, char *out, size_t size)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+    const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+
+    if (sa->sa_family == AF_INET6) {
+        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+        snprintf(out, size, "[%s]:%u", ip, ntohs(s6->sin6_port));
+    } else {
+        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+        snprintf(out, size, "%s:%u", ip, ntohs(s4->sin_port));
+    }
+}
+
+uint64_t worker_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void on_beat(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+
+    (void)fd;
+    (void)what;
+    atomic_store(&w->beat_ms, worker_now_ms());
 }
 
 static void on_log_flush(evutil_socket_t fd, short what, void *arg)
@@ -162,6 +197,8 @@ int worker_init(struct worker *w, unsigned id, int fd, const struct config *cfg,
     w->redis = redis;
     w->upstream_addr = *up;
     w->upstream_addrlen = (socklen_t)uplen;
+    proxy_address((const struct sockaddr *)up, w->upstream_name,
+                  sizeof(w->upstream_name));
     LIST_INIT(&w->conns);
     TAILQ_INIT(&w->idle);
     pthread_mutex_init(&w->mu, NULL);
@@ -172,7 +209,8 @@ int worker_init(struct worker *w, unsigned id, int fd, const struct config *cfg,
         event_config_free(ec);
     if (!w->base || !(w->wake = event_new(w->base, -1, 0, on_wake, w)) ||
         !(w->accept_resume = evtimer_new(w->base, on_accept_resume, w)) ||
-        !(w->log_flush = event_new(w->base, -1, 0, on_log_flush, w)))
+        !(w->log_flush = event_new(w->base, -1, 0, on_log_flush, w)) ||
+        !(w->beat = event_new(w->base, -1, EV_PERSIST, on_beat, w)))
         return -1;
     w->listener = evconnlistener_new(w->base, on_accept, w,
                                      LEV_OPT_CLOSE_ON_FREE, -1, fd);
@@ -189,10 +227,16 @@ static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     struct idem_redis_loop loop;
+    struct timeval beat = { WORKER_BEAT_MS / 1000,
+                            (WORKER_BEAT_MS % 1000) * 1000 };
 
     idem_redis_libevent(w->base, &loop);
     if (w->redis && idem_store_redis_attach(w->redis, &loop) != IDEM_OK)
         log_msg(LOG_ERROR, "worker %u: cannot attach to Redis", w->id);
+
+    atomic_store(&w->beat_ms, worker_now_ms());
+    if (event_add(w->beat, &beat) != 0) /* allocates nothing: a timer */
+        log_msg(LOG_WARN, "worker %u: no heartbeat", w->id);
     log_buffer_lines(true);
     event_base_dispatch(w->base);
     if (w->redis)
@@ -234,6 +278,8 @@ void worker_deinit(struct worker *w)
         event_free(w->accept_resume);
     if (w->log_flush)
         event_free(w->log_flush);
+    if (w->beat)
+        event_free(w->beat);
     if (w->wake)
         event_free(w->wake);
     if (w->base)

@@ -9,6 +9,7 @@
 #include <event2/event_struct.h>
 #include <event2/listener.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
@@ -21,6 +22,15 @@
 
 struct conn;
 struct upstream;
+
+/* An address as "ip:port", IPv6 in brackets ("[::1]:8080"). */
+void proxy_address(const struct sockaddr *sa, char *out, size_t size);
+
+/* How often a worker says its loop turns (the watchdog's heartbeat). */
+#define WORKER_BEAT_MS 1000
+
+/* CLOCK_MONOTONIC in milliseconds, the heartbeat's clock. */
+uint64_t worker_now_ms(void);
 
 /* What one read takes at most: the worker's scratch buffer. */
 #define WORKER_READ_MAX (64u * 1024)
@@ -39,8 +49,10 @@ struct worker {
     struct event *log_flush; /* writes this thread's buffered log lines */
     pthread_mutex_t mu;      /* guards the wake queue and stopping */
     struct conn *woken, *woken_tail; /* decided, to act on (FIFO) */
-    bool stop_requested; /* under mu: another thread asked to stop */
-    bool stopping;       /* the worker's own: no more requests */
+    bool stop_requested;      /* under mu: another thread asked to stop */
+    bool stopping;            /* the worker's own: no more requests */
+    struct event *beat;       /* every WORKER_BEAT_MS: the loop turns */
+    _Atomic uint64_t beat_ms; /* when it last did (worker_now_ms) */
     struct conn_list conns;
     unsigned nconns;
     struct upstream_list idle;
@@ -50,6 +62,7 @@ struct worker {
     struct idem_store *redis; /* the Redis store to attach, or NULL */
     struct sockaddr_storage upstream_addr;
     socklen_t upstream_addrlen;
+    char upstream_name[72];        /* "ip:port" ("[v6]:port"), for logs */
     char scratch[WORKER_READ_MAX]; /* every read lands here first */
 };
 

@@ -795,7 +795,7 @@ static void test_admin_healthz_and_metrics(void **state)
     assert_non_null(
         strstr(r.body, "idem_requests_total{outcome=\"error\"} 1\n"));
     assert_non_null(strstr(r.body, "idem_store_entries 1\n"));
-    assert_non_null(strstr(r.body, "idem_process_resident_memory_bytes "));
+    assert_non_null(strstr(r.body, "process_resident_memory_bytes "));
     h_resp_free(&r);
 }
 
