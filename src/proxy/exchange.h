@@ -155,6 +155,8 @@ struct exchange {
     struct ex_ctx *ctx;
     void *data;      /* the driver's */
     char client[64]; /* "ip:port" */
+    bool tls;        /* the client's connection is TLS (set by the driver
+                      * before the first byte; X-Forwarded-Proto's fact) */
 
     enum ex_phase phase;
     enum ex_response response;

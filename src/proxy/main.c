@@ -18,6 +18,7 @@
 #include "idem/redis.h"
 #include "log.h"
 #include "admin.h"
+#include "tls.h"
 #include "worker.h"
 
 #define TICK_MS 100
@@ -33,6 +34,7 @@ struct app {
     unsigned nworkers;
     struct event_base *base;
     struct admin *admin;
+    struct tls *tls; /* TLS contexts, or NULL */
     struct sockaddr_storage upstream;
     int upstream_len;
     uint16_t port, admin_port; /* bound (the flags may say 0) */
@@ -275,14 +277,17 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
     loop_exit(app->base);
 }
 
-/* SIGHUP and SIGUSR1 (nginx's signal for it): reopen the log. */
+/* SIGHUP and SIGUSR1 (nginx's signal for it): reopen the log. SIGHUP
+ * also re-reads the TLS certificate (a bad one keeps the old serving). */
 static void on_reopen(evutil_socket_t sig, short what, void *arg)
 {
-    (void)sig;
+    struct app *app = arg;
+
     (void)what;
-    (void)arg;
     if (log_reopen() != 0)
         log_msg(LOG_ERROR, "cannot reopen the log: %s", strerror(errno));
+    if (sig == SIGHUP)
+        tls_reload(app->tls, &app->cfg);
 }
 
 /* Say, at most once a minute, that records younger than an hour were
@@ -391,9 +396,12 @@ static int start(struct app *app)
         !(app->admin = admin_listen(app->base, admin_fd, app->engine)))
         goto out;
     for (i = 0; i < app->nworkers; i++) {
-        if (worker_init(&app->workers[i], i, fds[i], &app->cfg, app->engine,
-                        redis, &app->upstream, app->upstream_len) != 0 ||
-            worker_start(&app->workers[i]) != 0) {
+        bool ok =
+            worker_init(&app->workers[i], i, fds[i], &app->cfg, app->engine,
+                        redis, &app->upstream, app->upstream_len) == 0;
+
+        app->workers[i].tls = app->tls;
+        if (!ok || worker_start(&app->workers[i]) != 0) {
             log_msg(LOG_ERROR, "cannot start worker %u", i);
             goto out; /* a real deployment gets all workers or none */
         }
@@ -444,6 +452,8 @@ int main(int argc, char **argv)
     if (resolve_upstream(&app) != 0)
         log_msg(LOG_ERROR, "cannot resolve the upstream %s",
                 app.cfg.upstream.host);
+    else if (tls_new(&app.cfg, &app.tls) != 0)
+        log_msg(LOG_ERROR, "cannot set up TLS");
     else if (app.workers && app.base && (rc = make_engine(&app)) == 0) {
         rc = 1;
         load_snapshot(&app);
@@ -459,6 +469,7 @@ int main(int argc, char **argv)
         event_base_free(app.base);
     idem_engine_free(app.engine);
     idem_store_free(app.store);
+    tls_free(app.tls);
     free(app.workers);
     log_msg(LOG_INFO, "stopped");
     log_close();
