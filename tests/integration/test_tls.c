@@ -257,6 +257,32 @@ static void test_sighup_reloads_certificate(void **state)
     assert_non_null(strstr(err, "the old one keeps serving"));
 }
 
+/* A WebSocket over the TLS listener (wss://): the tunnel under TLS, with
+ * messages past the proxy's buffers. */
+static void test_websocket_over_tls(void **state)
+{
+    const char *server[] = { "/usr/bin/python3", WS_ECHO_PATH, "server", NULL };
+    struct h_proc *up, *px;
+    char *ca, *url, err[4096] = "";
+
+    (void)state;
+    certs();
+    up = h_start("/usr/bin/python3", server);
+    px = tls_proxy(up->http_port, "srv", NULL);
+    ca = path_of("ca.pem");
+    url = h_format("wss://127.0.0.1:%u/chat", px->http_port);
+    {
+        const char *client[] = {
+            "/usr/bin/python3", WS_ECHO_PATH, "echo", url, "10", ca, NULL
+        };
+
+        if (h_run("/usr/bin/python3", client, err, sizeof(err)) != 0)
+            fail_msg("ws_echo.py over TLS: %s", err);
+    }
+    free(url);
+    free(ca);
+}
+
 /* -- https to the upstream ------------------------------------------------ */
 
 /* demo_upstream behind an idemproxy serving certificate name over TLS
@@ -375,6 +401,7 @@ int main(void)
         T(test_tls_listener_replays),
         T(test_plaintext_client_closed),
         T(test_sighup_reloads_certificate),
+        T(test_websocket_over_tls),
         T(test_https_upstream_verified),
         T(test_https_upstream_sni),
         T(test_https_upstream_other_ca_refused),
