@@ -5,7 +5,8 @@
  * upstream, here a second idemproxy with a TLS listener in front of
  * demo_upstream: verified with --upstream-ca, and refused (502, the key
  * released: nothing was sent) for another CA, an expired certificate and
- * a name that does not match. */
+ * a name that does not match; a client certificate (mTLS) to a WebSocket
+ * server over TLS that requires one. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
@@ -393,6 +394,59 @@ static void test_https_upstream_name_mismatch_refused(void **state)
     assert_refused("wrong", "ca.pem", "IP address mismatch");
 }
 
+/* A client certificate to the upstream (mTLS): a WebSocket echo server
+ * over TLS that requires one from the CA. With it, the tunnel works over
+ * the upstream's TLS; without it, the handshake fails and the upgrade
+ * gets 502. */
+static void test_https_upstream_client_certificate(void **state)
+{
+    char *ca = NULL, *cert = NULL, *key = NULL, *url, err[4096] = "";
+    struct h_proc *up, *with, *without;
+
+    (void)state;
+    certs();
+    ca = path_of("ca.pem");
+    cert = path_of("srv.pem");
+    key = path_of("srv.key");
+    {
+        const char *server[] = {
+            "/usr/bin/python3", WS_ECHO_PATH, "server", cert, key, ca, NULL
+        };
+
+        up = h_start("/usr/bin/python3", server);
+    }
+    with = proxy(up->http_port,
+                 FLAGS("--upstream-tls", "--upstream-ca", ca, "--upstream-sni",
+                       "localhost", "--upstream-cert", cert, "--upstream-key",
+                       key));
+    without = proxy(up->http_port, FLAGS("--upstream-tls", "--upstream-ca", ca,
+                                         "--upstream-sni", "localhost"));
+    url = h_format("ws://127.0.0.1:%u/chat", with->http_port);
+    {
+        const char *client[] = {
+            "/usr/bin/python3", WS_ECHO_PATH, "echo", url, "5", NULL
+        };
+
+        if (h_run("/usr/bin/python3", client, err, sizeof(err)) != 0)
+            fail_msg("ws_echo.py through mTLS: %s", err);
+    }
+    free(url);
+    url = h_format("ws://127.0.0.1:%u/chat", without->http_port);
+    {
+        const char *client[] = {
+            "/usr/bin/python3", WS_ECHO_PATH, "echo", url, "1", NULL
+        };
+
+        assert_int_not_equal(
+            h_run("/usr/bin/python3", client, err, sizeof(err)), 0);
+        assert_non_null(strstr(err, "502"));
+    }
+    free(url);
+    free(ca);
+    free(cert);
+    free(key);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, h_setup, h_teardown)
 
 int main(void)
@@ -407,6 +461,7 @@ int main(void)
         T(test_https_upstream_other_ca_refused),
         T(test_https_upstream_expired_refused),
         T(test_https_upstream_name_mismatch_refused),
+        T(test_https_upstream_client_certificate),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

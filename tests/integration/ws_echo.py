@@ -4,6 +4,8 @@
   ws_echo.py server               an echo server on a free loopback port; says
                                   "listening http=127.0.0.1:PORT admin=off"
                                   (the harness waits for it); exits 0 on SIGTERM
+  ws_echo.py server CERT KEY CA   the same over TLS, requiring a client
+                                  certificate from CA (mTLS)
   ws_echo.py echo URL N [CA]      N messages of growing sizes, each echoed back
   ws_echo.py idle URL MIN MAX [CA]  one echo, then silence: the proxy must close
                                   the connection after MIN to MAX seconds
@@ -27,11 +29,17 @@ async def echo(ws, path=None):
         pass
 
 
-async def server():
+async def server(cert=None, key=None, ca=None):
+    ctx = None
+    if cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        ctx.load_verify_locations(ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
     stop = asyncio.get_running_loop().create_future()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set_result, None)
     async with websockets.serve(echo, "127.0.0.1", 0, ping_interval=None,
-                                max_size=None) as srv:
+                                max_size=None, ssl=ctx) as srv:
         port = srv.sockets[0].getsockname()[1]
         print(f"listening http=127.0.0.1:{port} admin=off", flush=True)
         await stop
@@ -92,8 +100,8 @@ async def idle_client(url, low, high, ca=None):
 
 
 def main(argv):
-    if argv[1:2] == ["server"]:
-        return asyncio.run(server())
+    if argv[1:2] == ["server"] and len(argv) in (2, 5):
+        return asyncio.run(server(*argv[2:]))
     if argv[1:2] == ["echo"] and len(argv) in (4, 5):
         return asyncio.run(echo_client(argv[2], int(argv[3]), *argv[4:]))
     if argv[1:2] == ["idle"] and len(argv) in (5, 6):
