@@ -10,7 +10,10 @@
 # per request (tests/failalloc_shim.c preloaded, failing none); and the
 # first-execution rate with 2 workers over 1. Then idemproxy's first and
 # replay runs again on the Redis store (a redis-server started here),
-# with their ratio to the memory store's. Prints "name value [unit]"
+# with their ratio to the memory store's. Last, TLS: nginx and idemproxy
+# each terminating TLS (one self-signed certificate made here with
+# openssl) in front of the same stub, wrk over https with unique keys,
+# and the CPU per request of each. Prints "name value [unit]"
 # lines, never pass/fail. Needs wrk and nginx: scripts/deps.sh bench;
 # perf for the system call counts.
 #   bench/bench_proxy.sh            5 s per run
@@ -123,7 +126,7 @@ per_req() {
 }
 
 
-# Run wrk against port $1 as run $3: keyed POSTs (BENCH_KEYS=$2: unique or
+# Run wrk against port $1 (over $SCHEME, http unless set) as run $3: keyed POSTs (BENCH_KEYS=$2: unique or
 # a count), or plain GETs if $2 is empty. Prints its requests and requests
 # per second ("0 0" if it failed); error answers are told on stderr.
 run_wrk() {
@@ -131,7 +134,7 @@ run_wrk() {
     [ -n "$2" ] && script="-s bench/wrk_keys.lua"
     # shellcheck disable=SC2086
     if ! BENCH_KEYS="$2" BENCH_NONCE="$3-$$" wrk -t$THREADS -c$CONNS \
-        -d"$DURATION" --timeout 10s $script "http://127.0.0.1:$1/pay" \
+        -d"$DURATION" --timeout 10s $script "${SCHEME:-http}://127.0.0.1:$1/pay" \
         >"$tmp/$3.out"; then
         echo "bench_proxy: wrk failed in run $3" >&2
         echo "0 0"
@@ -309,26 +312,61 @@ echo "proxy.replay.allocs $allocs per_req"
 # own, no persistence), against the memory store's figures of this run.
 kill "$idem_pid"
 wait "$idem_pid" 2>/dev/null || true
-if ! command -v redis-server >/dev/null 2>&1; then
+redis_runs() {
+    rport=$(free_port)
+    redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
+        --loglevel warning >"$tmp/redis.log" 2>&1 &
+    pids="$pids $!"
+    wait_port "$rport"
+    start_idem --store "redis://127.0.0.1:$rport"
+    set -- $(run_wrk "$idem" unique redis_first)
+    check_idem redis_first
+    echo "proxy.idem_redis.first.rps $2"
+    redis_first=$2
+    set -- $(run_wrk "$idem" 16 redis_replay)
+    check_idem redis_replay
+    echo "proxy.idem_redis.replay.rps $2"
+    awk -v a="$redis_first" -v b="$mem_first" -v c="$2" -v d="$mem_replay" \
+        'BEGIN { printf "proxy.idem_redis.first_ratio %.2f\n", (b > 0 ? a / b : 0)
+                 printf "proxy.idem_redis.replay_ratio %.2f\n", (d > 0 ? c / d : 0) }'
+}
+if command -v redis-server >/dev/null 2>&1; then
+    redis_runs
+    kill "$idem_pid"
+    wait "$idem_pid" 2>/dev/null || true
+else
     echo "bench_proxy: redis-server missing: Redis runs skipped" >&2
+fi
+
+# TLS: nginx and idemproxy terminating it with the same certificate (EC
+# P-256) in front of the same stub, unique-key POSTs over https.
+if ! openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+    -nodes -keyout "$tmp/tls.key" -out "$tmp/tls.pem" -days 2 \
+    -subj /CN=127.0.0.1 >/dev/null 2>&1; then
+    echo "bench_proxy: openssl failed: TLS runs skipped" >&2
     exit 0
 fi
-rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
-    --loglevel warning >"$tmp/redis.log" 2>&1 &
-pids="$pids $!"
-wait_port "$rport"
-start_idem --store "redis://127.0.0.1:$rport"
-set -- $(run_wrk "$idem" unique redis_first)
-check_idem redis_first
-echo "proxy.idem_redis.first.rps $2"
-redis_first=$2
-set -- $(run_wrk "$idem" 16 redis_replay)
-check_idem redis_replay
-echo "proxy.idem_redis.replay.rps $2"
-awk -v a="$redis_first" -v b="$mem_first" -v c="$2" -v d="$mem_replay" \
-    'BEGIN { printf "proxy.idem_redis.first_ratio %.2f\n", (b > 0 ? a / b : 0)
-             printf "proxy.idem_redis.replay_ratio %.2f\n", (d > 0 ? c / d : 0) }'
+tfront=$(free_port)
+start_nginx tlsfront "upstream stub { server 127.0.0.1:$stub; keepalive 64; }
+    server { listen 127.0.0.1:$tfront ssl;
+        ssl_certificate $tmp/tls.pem; ssl_certificate_key $tmp/tls.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / { proxy_pass http://stub; proxy_http_version 1.1;
+            proxy_set_header Connection \"\"; } }"
+wait_port "$tfront"
+tworker=$(nginx_worker "$nginx_pid")
+c0=$(cpu_us "$tworker")
+set -- $(SCHEME=https run_wrk "$tfront" unique tls_nginx)
+c1=$(cpu_us "$tworker")
+echo "proxy.tls.nginx.rps $2"
+set -- $(per_req "$c0" "$c1" "$1")
+tls_nginx_cpu=$1
+echo "proxy.tls.nginx.cpu_us $tls_nginx_cpu us/req"
+start_idem --tls-cert "$tmp/tls.pem" --tls-key "$tmp/tls.key"
+set -- $(SCHEME=https run_idem "$idem" unique tls_first)
+echo "proxy.tls.idem.first.rps $2"
+echo "proxy.tls.idem.first.cpu_us $3 us/req"
+echo "proxy.tls.first.cpu_ratio $(ratio "$3" "$tls_nginx_cpu")"
 
 # ---------------------------------------------------------------------------
 # Redis Cluster: the same first and replay runs on a Cluster of our own

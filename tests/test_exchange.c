@@ -92,6 +92,8 @@ static int setup(void **state)
     w->cfg.lease_ms = 10000;
     w->cfg.client_timeout_ms = 5000;
     w->cfg.upstream_timeout_ms = 7000;
+    w->cfg.tunnel_idle_ms = 3000;
+    w->cfg.tunnel_max_ms = 9000;
     w->cfg.unknown_outcome = IDEM_UNKNOWN_HOLD;
     w->cfg.require_key = (char **)require;
     w->cfg.nrequire_key = 1;
@@ -401,6 +403,169 @@ static void test_upstream_deadline_waits_for_the_late_answer(void **state)
     stop(again);
 }
 
+/* -- Upgrade and the tunnel ----------------------------------------------- */
+
+static const char ws_request[] = "GET /ws HTTP/1.1\r\nHost: a\r\n"
+                                 "Upgrade: websocket\r\n"
+                                 "Connection: keep-alive, Upgrade\r\n"
+                                 "Sec-WebSocket-Key: k\r\n\r\n";
+static const char switched[] = "HTTP/1.1 101 Switching Protocols\r\n"
+                               "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                               "Sec-WebSocket-Accept: a\r\n\r\n";
+
+/* ws_request (then early, bytes sent ahead of the answer) forwarded with
+ * its Upgrade; the upstream switches, with first after its head. */
+static struct tdriver *tunnel(struct world *w, const char *early,
+                              const char *first)
+{
+    struct tdriver *d = start(w);
+    size_t size = strlen(switched) + strlen(first) + 1;
+    char up[2048], *resp = malloc(size);
+
+    assert_non_null(resp);
+    send_client(d, ws_request);
+    send_client(d, early);
+    assert_int_equal(d->opened, 1);
+    upstream_got(d, up, sizeof(up));
+    assert_non_null(strstr(up, "\r\nUpgrade: websocket\r\n"));
+    assert_non_null(strstr(up, "\r\nConnection: upgrade\r\n"));
+    assert_non_null(strstr(up, "Sec-WebSocket-Key: k\r\n"));
+    assert_int_equal(count(up, "Upgrade:"), 1);
+    assert_null(strstr(up, early[0] ? early : "(none)")); /* not yet */
+    snprintf(resp, size, "%s%s", switched, first);
+    send_upstream(d, resp);
+    free(resp);
+    assert_int_equal(d->ex.phase, EX_TUNNEL);
+    return d;
+}
+
+static void test_upgrade_becomes_a_tunnel(void **state)
+{
+    struct tdriver *d = tunnel(*state, "early", "hello");
+    const char *got = client_got(d);
+    char up[256];
+
+    assert_non_null(strstr(got, "HTTP/1.1 101 Switching Protocols\r\n"));
+    assert_non_null(strstr(got, "\r\nUpgrade: websocket\r\n"));
+    assert_non_null(strstr(got, "\r\nConnection: upgrade\r\n"));
+    assert_non_null(strstr(got, "Sec-WebSocket-Accept: a\r\n"));
+    assert_null(strstr(got, "Content-Length"));
+    assert_non_null(strstr(got, "\r\n\r\nhello"));
+    upstream_got(d, up, sizeof(up));
+    assert_string_equal(up, "early"); /* sent ahead: it goes up first */
+    assert_null(d->ex.call);          /* never keyed, never stored */
+    assert_int_equal(d->ms[EX_TIMER_CLIENT], 3000);   /* idle bound */
+    assert_int_equal(d->ms[EX_TIMER_UPSTREAM], 9000); /* total bound */
+    /* raw bytes both ways, whatever they look like */
+    send_client(d, "GET / HTTP/1.1\r\n\r\n\x81\x05");
+    upstream_got(d, up, sizeof(up));
+    assert_string_equal(up, "GET / HTTP/1.1\r\n\r\n\x81\x05");
+    send_upstream(d, "HTTP/1.1 200 OK\r\n\r\n");
+    assert_string_equal(client_got(d), "HTTP/1.1 200 OK\r\n\r\n");
+    assert_true(ex_wants(&d->ex).read_client);
+    assert_true(ex_wants(&d->ex).read_upstream);
+    assert_int_equal(ex_wants(&d->ex).end, EX_END_NONE);
+    assert_false(ex_idle(&d->ex));
+    /* the idle bound closes both sides */
+    d->ms[EX_TIMER_CLIENT] = 0;
+    send_upstream(d, "x");
+    assert_int_equal(d->ms[EX_TIMER_CLIENT], 3000); /* restarted */
+    ex_timeout(&d->ex, EX_TIMER_CLIENT);
+    assert_int_equal(ex_wants(&d->ex).end, EX_END_FREE);
+    assert_false(d->up_open);
+    assert_int_equal(d->reusable, 0);
+    stop(d);
+}
+
+static void test_tunnel_backpressure_both_ways(void **state)
+{
+    struct tdriver *d = tunnel(*state, "", "");
+    char *chunk = malloc(EX_HIGH);
+
+    assert_non_null(chunk);
+    memset(chunk, 'z', EX_HIGH);
+    client_got(d);
+    ex_upstream_data(&d->ex, chunk, EX_HIGH);
+    ex_upstream_data(&d->ex, chunk, 1);
+    assert_false(ex_wants(&d->ex).read_upstream);
+    buf_clear(&d->ex.client_out);
+    ex_client_drained(&d->ex);
+    assert_true(ex_wants(&d->ex).read_upstream);
+    assert_int_equal(d->ms[EX_TIMER_UPSTREAM], 9000); /* not the deadline */
+    ex_client_data(&d->ex, chunk, EX_HIGH);
+    ex_client_data(&d->ex, chunk, 1);
+    assert_false(ex_wants(&d->ex).read_client);
+    buf_clear(&d->ex.up_out);
+    ex_upstream_drained(&d->ex);
+    assert_true(ex_wants(&d->ex).read_client);
+    /* the total bound ends it however busy */
+    ex_timeout(&d->ex, EX_TIMER_UPSTREAM);
+    assert_int_equal(ex_wants(&d->ex).end, EX_END_FREE);
+    free(chunk);
+    stop(d);
+}
+
+/* The upstream closes: the client gets what is queued, then the close;
+ * a client that leaves ends it at once. */
+static void test_tunnel_ends_with_either_side(void **state)
+{
+    struct tdriver *d = tunnel(*state, "", "bye");
+
+    ex_upstream_closed(&d->ex, (struct ex_up_end){ true, false, true });
+    assert_false(d->up_open);
+    assert_int_equal(ex_wants(&d->ex).end, EX_END_CLOSE);
+    assert_false(ex_wants(&d->ex).read_client);
+    assert_non_null(strstr(client_got(d), "\r\n\r\nbye"));
+    stop(d);
+    d = tunnel(*state, "", "");
+    ex_client_gone(&d->ex);
+    assert_int_equal(ex_wants(&d->ex).end, EX_END_FREE);
+    assert_false(d->up_open);
+    stop(d);
+}
+
+/* An upgrade the upstream declines is relayed as any answer, and the
+ * connection closes after it (what follows may be the other protocol). */
+static void test_upgrade_declined_closes(void **state)
+{
+    struct tdriver *d = start(*state);
+    const char *got;
+
+    send_client(d, ws_request);
+    send_upstream(d, "HTTP/1.1 426 Upgrade Required\r\n"
+                     "Content-Length: 2\r\n\r\nno");
+    got = client_got(d);
+    assert_non_null(strstr(got, "HTTP/1.1 426 "));
+    assert_non_null(strstr(got, "Connection: close\r\n"));
+    assert_int_equal(ex_wants(&d->ex).end, EX_END_CLOSE);
+    stop(d);
+}
+
+/* A keyed request never switches: it goes up without its Upgrade, runs
+ * once, is stored, and a 101 to it is not a tunnel. */
+static void test_keyed_upgrade_is_a_plain_request(void **state)
+{
+    struct tdriver *d = start(*state), *again;
+    const char *req = "POST /pay HTTP/1.1\r\nHost: a\r\n"
+                      "Idempotency-Key: u1\r\nUpgrade: websocket\r\n"
+                      "Connection: Upgrade\r\nContent-Length: 1\r\n\r\nx";
+    char up[2048];
+
+    send_client(d, req);
+    upstream_got(d, up, sizeof(up));
+    assert_null(strstr(up, "Upgrade"));
+    assert_null(strstr(up, "upgrade"));
+    send_upstream(d, created);
+    assert_non_null(strstr(client_got(d), "HTTP/1.1 201 "));
+    assert_int_equal(ex_wants(&d->ex).end, EX_END_CLOSE);
+    stop(d);
+    again = start(*state);
+    send_client(again, req);
+    assert_non_null(strstr(client_got(again), "Idempotent-Replayed: true"));
+    assert_int_equal(again->opened, 0);
+    stop(again);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -414,6 +579,11 @@ int main(void)
         T(test_connect_failure_releases_the_key),
         T(test_client_deadlines),
         T(test_upstream_deadline_waits_for_the_late_answer),
+        T(test_upgrade_becomes_a_tunnel),
+        T(test_tunnel_backpressure_both_ways),
+        T(test_tunnel_ends_with_either_side),
+        T(test_upgrade_declined_closes),
+        T(test_keyed_upgrade_is_a_plain_request),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

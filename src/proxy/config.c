@@ -442,6 +442,12 @@ static int parse_path(struct parse *p, const struct option *o, const char *v)
     return *v ? keep_string(p, o, v) : malformed(p, o, v);
 }
 
+static int parse_host(struct parse *p, const struct option *o, const char *v)
+{
+    return is_hostname(v, strlen(v)) ? keep_string(p, o, v)
+                                     : malformed(p, o, v);
+}
+
 static int parse_token(struct parse *p, const struct option *o, const char *v)
 {
     return is_token(v, strlen(v)) ? keep_string(p, o, v) : malformed(p, o, v);
@@ -631,6 +637,8 @@ static const struct kind
     k_redis_prefix = { .parse = parse_redis_prefix, .release = release_string },
     k_path = { .parse = parse_path, .release = release_string,
                .what = "a file name" },
+    k_host = { .parse = parse_host, .release = release_string,
+               .what = "a host name" },
     k_token = { .parse = parse_token, .release = release_string,
                 .what = "a header name" },
     k_list = { .parse = parse_list, .release = release_list,
@@ -755,6 +763,28 @@ static const struct option options[] = {
       .unset = "stderr", .help = "log here; reopened on SIGHUP" },
     { .name = "log-keys", .kind = &k_bool, .off = AT(log_keys),
       .unset = "off", .help = "log keys, not their digests" },
+    { .name = "tls-cert", .kind = &k_path, .off = AT(tls_cert), .arg = "FILE",
+      .unset = "none", .help = "listen with TLS: certificate chain" },
+    { .name = "tls-key", .kind = &k_path, .off = AT(tls_key), .arg = "FILE",
+      .unset = "none", .help = "its private key" },
+    { .name = "upstream-tls", .kind = &k_bool, .off = AT(upstream_tls),
+      .unset = "off", .help = "speak TLS to the upstream" },
+    { .name = "upstream-ca", .kind = &k_path, .off = AT(upstream_ca),
+      .arg = "FILE", .unset = "system CAs",
+      .help = "CAs that verify the upstream" },
+    { .name = "upstream-sni", .kind = &k_host, .off = AT(upstream_sni),
+      .arg = "NAME", .unset = "upstream host",
+      .help = "name sent and verified" },
+    { .name = "upstream-cert", .kind = &k_path, .off = AT(upstream_cert),
+      .arg = "FILE", .unset = "none", .help = "client certificate, for mTLS" },
+    { .name = "upstream-key", .kind = &k_path, .off = AT(upstream_key),
+      .arg = "FILE", .unset = "none", .help = "its private key" },
+    { .name = "tunnel-idle", .kind = &k_duration,
+      .off = AT(tunnel_idle_ms), .min = 1, .arg = "DURATION", .def = "60s",
+      .help = "an upgraded connection idle" },
+    { .name = "tunnel-max", .kind = &k_duration,
+      .off = AT(tunnel_max_ms), .min = 1, .arg = "DURATION", .def = "1h",
+      .help = "an upgraded connection at most" },
     { .name = "config", .kind = &k_config, .arg = "FILE",
       .help = "read options from FILE", .flag_only = true },
     { .name = "help", .kind = &k_help, .help = "print this and exit",
@@ -1015,6 +1045,10 @@ int config_parse(struct config *c, int argc, char **argv, FILE *out, FILE *err)
         rc = fail(&p, "--upstream is required");
     if (rc == 0 && c->snapshot && !config_store_is_memory(c))
         rc = fail(&p, "--snapshot applies to the memory store only");
+    if (rc == 0 && !c->tls_cert != !c->tls_key)
+        rc = fail(&p, "--tls-cert and --tls-key go together");
+    if (rc == 0 && !c->upstream_cert != !c->upstream_key)
+        rc = fail(&p, "--upstream-cert and --upstream-key go together");
     if (c->min_retention_ms > c->lifetime_ms) /* a record lives no longer */
         c->min_retention_ms = c->lifetime_ms;
     if (rc != 0)

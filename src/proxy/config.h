@@ -81,6 +81,22 @@ struct config {
     char *log_file;              /* --log-file FILE, default stderr */
     bool log_keys;               /* --log-keys: keys in clear (default: a
                                     digest prefix) */
+    /* TLS (tls.h). The listener speaks TLS when tls_cert is set. */
+    char *tls_cert; /* --tls-cert FILE: chain, PEM; re-read on SIGHUP */
+    char *tls_key;  /* --tls-key FILE: its key, PEM */
+    /* The upstream speaks TLS (--upstream-tls): the one field an
+     * https:// upstream URL sets. upstream_sni: the name sent and
+     * verified (--upstream-sni), default the upstream's host. */
+    bool upstream_tls;
+    char *upstream_sni;
+    char *upstream_ca;   /* --upstream-ca FILE, default the system's CAs */
+    char *upstream_cert; /* --upstream-cert FILE: a client certificate */
+    char *upstream_key;  /* --upstream-key FILE: its key */
+    /* Upgraded connections (101), relayed both ways: closed after
+     * --tunnel-idle without a byte either way, and at the latest after
+     * --tunnel-max. */
+    int64_t tunnel_idle_ms;
+    int64_t tunnel_max_ms;
 };
 
 /* Whether c keeps records in memory (--store memory), not in Redis. */

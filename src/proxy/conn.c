@@ -80,6 +80,8 @@ static void close_client(struct conn *c)
         return;
     event_del(&c->ev);
     event_del(&c->write_deadline);
+    tls_close(c->ssl);
+    c->ssl = NULL;
     close(c->fd);
     c->fd = -1;
 }
@@ -114,17 +116,18 @@ static bool flush_client(struct conn *c)
     ssize_t n;
 
     while (buf_len(o) && c->writable) {
-        n = send(c->fd, buf_bytes(o), buf_len(o), MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        n = tport_write(c->fd, c->ssl, buf_bytes(o), buf_len(o));
+        if (n == TPORT_WANT_WRITE || n == TPORT_WANT_READ) {
             c->writable = false;
+            c->write_on_readable = n == TPORT_WANT_READ;
             break;
         }
-        if (n <= 0)
+        if (n < 0)
             return false;
-        if ((size_t)n < buf_len(o))
-            c->writable = false; /* the socket is full: wait for the edge */
+        /* a short plain write filled the socket: wait for the edge (TLS
+         * writes a record at a time, and says when to wait) */
+        if (!c->ssl && (size_t)n < buf_len(o))
+            c->writable = false;
         buf_consume(o, (size_t)n);
         metrics_bytes(&metrics.client_bytes_out, (size_t)n);
     }
@@ -145,13 +148,12 @@ static bool flush_client(struct conn *c)
 static bool read_client(struct conn *c)
 {
     char *scratch = c->w->scratch;
-    ssize_t n;
+    bool empty;
+    ssize_t n = tport_read(c->fd, c->ssl, scratch, WORKER_READ_MAX, &empty);
 
-    do
-        n = recv(c->fd, scratch, WORKER_READ_MAX, 0);
-    while (n < 0 && errno == EINTR);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    if (n == TPORT_WANT_READ || n == TPORT_WANT_WRITE) {
         c->readable = false;
+        c->read_on_writable = n == TPORT_WANT_WRITE;
         return true;
     }
     if (n <= 0) {
@@ -160,7 +162,7 @@ static bool read_client(struct conn *c)
     }
     /* a short read emptied the socket: the next bytes bring an edge (a
      * FIN that came with these bytes brought its own, EV_CLOSED) */
-    if ((size_t)n < WORKER_READ_MAX && !c->peer_closed)
+    if (empty && !c->peer_closed)
         c->readable = false;
     metrics_bytes(&metrics.client_bytes_in, (size_t)n);
     ex_client_data(&c->ex, scratch, (size_t)n);
@@ -173,6 +175,7 @@ static bool read_client(struct conn *c)
 static void end_client(struct conn *c, enum ex_end end)
 {
     if (end == EX_END_LINGER && !c->lingering) {
+        tls_shutdown(c->ssl);
         shutdown(c->fd, SHUT_WR);
         c->lingering = true;
         return;
@@ -250,6 +253,15 @@ static void on_client(evutil_socket_t fd, short what, void *arg)
         c->readable = true;
     if (what & EV_WRITE)
         c->writable = true;
+    /* TLS: a read that had to write first, or the other way round */
+    if ((what & EV_WRITE) && c->read_on_writable) {
+        c->readable = true;
+        c->read_on_writable = false;
+    }
+    if ((what & EV_READ) && c->write_on_readable) {
+        c->writable = true;
+        c->write_on_readable = false;
+    }
     conn_sync(c);
 }
 
@@ -311,7 +323,8 @@ void conn_accept(struct worker *w, evutil_socket_t fd,
     unsigned i;
 
     (void)salen;
-    if (!c || evutil_make_socket_nonblocking(fd) != 0) {
+    if (!c || evutil_make_socket_nonblocking(fd) != 0 ||
+        (tls_listener(w->tls) && !(c->ssl = tls_accept_new(w->tls, fd)))) {
         free(c);
         evutil_closesocket(fd);
         return;
@@ -321,6 +334,7 @@ void conn_accept(struct worker *w, evutil_socket_t fd,
     c->fd = fd;
     c->writable = true;
     ex_init(&c->ex, &conn_io, &w->ctx, client, c);
+    c->ex.tls = c->ssl != NULL;
     event_assign(&c->ev, w->base, fd,
                  EV_READ | EV_WRITE | EV_CLOSED | EV_PERSIST | EV_ET, on_client,
                  c);

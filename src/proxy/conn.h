@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 
 #include "exchange.h"
+#include "tls.h"
 
 struct worker;
 struct upstream;
@@ -22,12 +23,15 @@ struct conn {
     struct worker *w;
     struct upstream *up; /* the upstream connection of its request */
     int fd;              /* -1 once the client is closed */
+    SSL *ssl;            /* TLS over fd, or NULL */
     struct event ev; /* fd: read, write, closed; edge-triggered, persistent */
     struct event timers[EX_TIMERS];
     struct event write_deadline; /* output waiting on a stalled client */
     bool readable;               /* the socket may hold unread bytes */
     bool peer_closed;            /* a FIN came: read until recv says 0 */
     bool writable;               /* the socket may take more bytes */
+    bool read_on_writable;       /* TLS: a read waits for a writable edge */
+    bool write_on_readable;      /* TLS: a write waits for a readable edge */
     bool lingering;              /* writing is shut down; reading to drop */
     bool syncing;                /* inside conn_sync: it frees, not callees */
     struct conn *woken_next;     /* on its worker's wake queue */

@@ -18,6 +18,9 @@ static void parse(struct exchange *ex);
 static void finish_request(struct exchange *ex);
 static void upstream_failed(struct exchange *ex, unsigned status,
                             bool maybe_run);
+static void start_tunnel(struct exchange *ex, const char *at, size_t n);
+static void tunnel_to_client(struct exchange *ex, const char *p, size_t n);
+static void tunnel_closed(struct exchange *ex);
 
 static uint64_t now_us(void)
 {
@@ -204,6 +207,19 @@ static int add_framing(struct exchange *ex, struct buf *o)
     return 0;
 }
 
+/* An upgrade request keeps its Upgrade (hop-by-hop: stripped with the
+ * others) and says so in its Connection. */
+static int add_upgrade(struct exchange *ex, struct buf *o)
+{
+    size_t len = 0;
+    const char *up = http_head_get(&ex->rd.head, "Upgrade", &len);
+
+    if (!ex->upgrade || !up)
+        return 0;
+    return buf_addl(o, "Upgrade: ") || buf_add(o, up, len) ||
+           buf_addl(o, "\r\nConnection: upgrade\r\n");
+}
+
 /* Queue the request on up_out: 0, or -1 out of memory (up_out then
  * holds a part). The target is the origin-form the head was judged to
  * (an absolute-form's path and query, its authority then the Host). */
@@ -236,7 +252,8 @@ static int write_request(struct exchange *ex)
          (!xff || (buf_add(o, xff, xlen) == 0 && buf_addl(o, ", ") == 0)) &&
          buf_add(o, ip, iplen - 2 * v6) == 0 &&
          buf_addl(o, "\r\nX-Forwarded-Proto: http\r\n") == 0 &&
-         add_framing(ex, o) == 0 && buf_addl(o, "\r\n") == 0;
+         add_framing(ex, o) == 0 && add_upgrade(ex, o) == 0 &&
+         buf_addl(o, "\r\n") == 0;
     if (ok && ex->body_mode == EX_BODY_BUFFERED)
         ok = buf_add(o, buf_bytes(&ex->body), buf_len(&ex->body)) == 0;
     return ok ? 0 : -1;
@@ -451,6 +468,18 @@ static int defer_refusal(struct exchange *ex, unsigned status,
     return HPE_PAUSED;
 }
 
+/* A request with Upgrade and Connection: upgrade. It switches only if the
+ * engine does not cover it (never keyed, never stored) and it has no
+ * body; otherwise it goes up without its Upgrade, as a plain request.
+ * Either way the connection ends after it unless it switched: what
+ * follows may be the new protocol's bytes, and llhttp parses no further. */
+static void judge_upgrade(struct exchange *ex, const llhttp_t *p)
+{
+    ex->close_after = true;
+    ex->upgrade = ex->decision.outcome == IDEM_OUTCOME_PASS &&
+                  !(p->flags & F_CHUNKED) && p->content_length == 0;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     struct exchange *ex = ex_of(p);
@@ -473,6 +502,8 @@ static int on_headers_complete(llhttp_t *p)
     ex->body_mode = ex->decision.outcome == IDEM_OUTCOME_PASS
                         ? EX_BODY_STREAMED
                         : EX_BODY_BUFFERED;
+    if (p->upgrade)
+        judge_upgrade(ex, p);
     if (ex->body_mode == EX_BODY_BUFFERED && (p->flags & F_CONTENT_LENGTH) &&
         p->content_length > cfg->max_body)
         return defer_refusal(ex, 413, "the request body is too large",
@@ -836,6 +867,8 @@ static int on_rheaders_complete(llhttp_t *p)
 {
     struct exchange *ex = p->data;
 
+    if (p->status_code == 101 && ex->upgrade)
+        return HPE_PAUSED; /* switched: ex_upstream_data starts the tunnel */
     if (p->status_code < 200) { /* interim: 103 is relayed, never stored */
         relay_interim(ex);
         return 0;
@@ -873,11 +906,21 @@ static const llhttp_settings_t response_settings = {
 void ex_upstream_data(struct exchange *ex, const char *p, size_t n)
 {
     enum llhttp_errno err;
+    const char *at;
 
     if (ex->up == EX_UP_NONE || n == 0)
         return;
+    if (ex->phase == EX_TUNNEL) {
+        tunnel_to_client(ex, p, n);
+        return;
+    }
     ex->up_got_bytes = true;
     err = llhttp_execute(&ex->rparser, p, n);
+    if (err == HPE_PAUSED && ex->rparser.status_code == 101) {
+        at = llhttp_get_error_pos(&ex->rparser); /* the tunnel's first */
+        start_tunnel(ex, at, (size_t)(p + n - at));
+        return;
+    }
     if (err == HPE_PAUSED) {
         /* bytes after the response: the connection is not reusable */
         if (llhttp_get_error_pos(&ex->rparser) != p + n)
@@ -915,6 +958,10 @@ void ex_upstream_closed(struct exchange *ex, struct ex_up_end how)
 {
     if (ex->up == EX_UP_NONE)
         return;
+    if (ex->phase == EX_TUNNEL) {
+        tunnel_closed(ex);
+        return;
+    }
     if (ex->up_got_bytes && llhttp_finish(&ex->rparser) == HPE_OK &&
         ex->up == EX_UP_BODY) {
         ex->up_keep_alive = false; /* the body ended with the connection */
@@ -932,6 +979,100 @@ void ex_upstream_drained(struct exchange *ex)
         ex->in_paused = false;
         parse(ex);
     }
+}
+
+/* -- The tunnel ----------------------------------------------------------- */
+
+/* Close both sides now (a bound passed, or out of memory). */
+static void tunnel_end(struct exchange *ex)
+{
+    release_upstream(ex, false);
+    timer(ex, EX_TIMER_CLIENT, -1);
+    timer(ex, EX_TIMER_UPSTREAM, -1);
+    ex->phase = EX_DONE;
+}
+
+/* Bytes for one side of the tunnel. A side that falls EX_HIGH behind
+ * stops the other being read (the driver's drained calls resume it);
+ * every byte either way restarts the idle bound. */
+static void tunnel_add(struct exchange *ex, struct buf *o, bool *pause,
+                       const char *p, size_t n)
+{
+    if (n == 0)
+        return;
+    if (buf_add(o, p, n) != 0) {
+        tunnel_end(ex);
+        return;
+    }
+    if (buf_len(o) > EX_HIGH)
+        *pause = true;
+    timer(ex, EX_TIMER_CLIENT, ex->ctx->cfg->tunnel_idle_ms);
+}
+
+static void tunnel_to_client(struct exchange *ex, const char *p, size_t n)
+{
+    tunnel_add(ex, &ex->client_out, &ex->up_paused, p, n);
+}
+
+static void tunnel_to_upstream(struct exchange *ex, const char *p, size_t n)
+{
+    tunnel_add(ex, &ex->up_out, &ex->in_paused, p, n);
+}
+
+/* The 101 for the client: the upstream's head with its Upgrade and
+ * Connection: upgrade (hop-by-hop, so put back). false: out of memory. */
+static bool put_switch(struct exchange *ex)
+{
+    struct buf *o = &ex->client_out;
+    size_t len = 0;
+    const char *up = http_head_get(&ex->rhead, "Upgrade", &len);
+
+    if (!up)
+        up = http_head_get(&ex->rd.head, "Upgrade", &len);
+    return put_head(o, ex) && buf_addl(o, "Upgrade: ") == 0 &&
+           buf_add(o, up ? up : "", up ? len : 0) == 0 &&
+           buf_addl(o, "\r\nConnection: upgrade\r\n\r\n") == 0;
+}
+
+/* The upstream switched protocols: relay its 101, then bytes both ways
+ * as they come (at: what came after the head), under the idle and total
+ * bounds. The request is over for the engine: never keyed, never
+ * stored. What the client sent after its request goes up first. */
+static void start_tunnel(struct exchange *ex, const char *at, size_t n)
+{
+    const struct config *cfg = ex->ctx->cfg;
+
+    ex->status_sent = 101;
+    ex->response = EX_RESP_ANSWERED;
+    ex->up = EX_UP_BODY;
+    ex->t_upstream_us = now_us() - ex->t_start_us;
+    idem_call_free(ex->call);
+    ex->call = NULL;
+    timer(ex, EX_TIMER_RENEW, -1);
+    if (ex->client_gone || !put_switch(ex)) {
+        tunnel_end(ex);
+        return;
+    }
+    log_request(ex, (int)ex->decision.outcome, 101);
+    ex->phase = EX_TUNNEL;
+    timer(ex, EX_TIMER_UPSTREAM, cfg->tunnel_max_ms);
+    timer(ex, EX_TIMER_CLIENT, cfg->tunnel_idle_ms);
+    if (buf_len(&ex->in)) {
+        tunnel_to_upstream(ex, buf_bytes(&ex->in), buf_len(&ex->in));
+        buf_clear(&ex->in);
+    }
+    if (ex->phase == EX_TUNNEL)
+        tunnel_to_client(ex, at, n);
+}
+
+/* The upstream closed the tunnel: the client gets what is queued, then
+ * the connection closes. */
+static void tunnel_closed(struct exchange *ex)
+{
+    release_upstream(ex, false);
+    timer(ex, EX_TIMER_UPSTREAM, -1);
+    ex->close_after = true;
+    ex->phase = ex->client_gone ? EX_DONE : EX_DRAINING;
 }
 
 /* -- The request's end and the connection's ----------------------------- */
@@ -953,7 +1094,7 @@ static void finish_request(struct exchange *ex)
     ex->framing = EX_FRAME_LENGTH;
     ex->capture = EX_CAPTURE_NONE;
     ex->body_mode = EX_BODY_BUFFERED;
-    ex->retried = ex->in_paused = ex->up_paused = false;
+    ex->retried = ex->in_paused = ex->up_paused = ex->upgrade = false;
     ex->refusal = 0;
     ex->status_sent = 0;
     if (ex->client_gone) {
@@ -975,6 +1116,10 @@ static void finish_request(struct exchange *ex)
 
 void ex_client_data(struct exchange *ex, const char *p, size_t n)
 {
+    if (ex->phase == EX_TUNNEL) {
+        tunnel_to_upstream(ex, p, n);
+        return;
+    }
     if (ex->phase == EX_LINGER) {
         ex->lingered += n;
         if (ex->lingered > EX_LINGER_MAX)
@@ -1001,7 +1146,9 @@ void ex_client_data(struct exchange *ex, const char *p, size_t n)
 
 void ex_client_drained(struct exchange *ex)
 {
-    if (ex->up_paused)
+    if (ex->phase == EX_TUNNEL)
+        ex->up_paused = false; /* no upstream deadline in a tunnel */
+    else if (ex->up_paused)
         pause_upstream(ex, false);
 }
 
@@ -1058,6 +1205,9 @@ static void client_timeout(struct exchange *ex)
     case EX_LATE:
         ex_client_gone(ex);
         return;
+    case EX_TUNNEL: /* idle too long */
+        tunnel_end(ex);
+        return;
     default: /* lingering too long */
         ex->phase = EX_DONE;
     }
@@ -1076,6 +1226,10 @@ void ex_timeout(struct exchange *ex, enum ex_timer t)
     default:
         if (ex->up == EX_UP_NONE)
             return;
+        if (ex->phase == EX_TUNNEL) { /* its total bound */
+            tunnel_end(ex);
+            return;
+        }
         if (ex->decision.outcome == IDEM_OUTCOME_PROCEED &&
             ex->phase == EX_UPSTREAM && ex->response == EX_RESP_NONE &&
             ex->ctx->cfg->unknown_outcome == IDEM_UNKNOWN_HOLD) {
@@ -1106,7 +1260,10 @@ void ex_client_gone(struct exchange *ex)
         return; /* otherwise the wake finishes it */
     case EX_LATE:
         return; /* the late response is awaited for the store */
-    default:    /* a streamed body is cut: its upstream goes too */
+    case EX_TUNNEL:
+        tunnel_end(ex);
+        return;
+    default: /* a streamed body is cut: its upstream goes too */
         ex->phase = EX_DONE;
     }
 }

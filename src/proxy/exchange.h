@@ -11,7 +11,10 @@
  * leave in order. For each request: the head is parsed within the limits
  * and judged (target.h), the engine decides, and the request is
  * forwarded, its response relayed (and captured for the engine), or a
- * stored response replayed, or the request refused.
+ * stored response replayed, or the request refused. A request that asks
+ * to switch protocols (Upgrade) and that the engine does not cover goes
+ * up with its Upgrade; a 101 turns the connection into a tunnel (EX_TUNNEL:
+ * raw bytes both ways, under an idle and a total bound).
  *
  * The exchange never frees itself: after each ex_* call the driver
  * flushes the buffers, applies ex_wants(), and frees the exchange once
@@ -54,6 +57,7 @@ enum ex_phase {
                   * store only */
     EX_DRAINING, /* the last response is queued; close once it is out */
     EX_LINGER,   /* answered early: discard what the client still sends */
+    EX_TUNNEL,   /* switched protocols (101): bytes relayed raw both ways */
     EX_DONE,     /* nothing left to do: the driver frees it */
 };
 
@@ -95,9 +99,10 @@ enum ex_up {
 /* The exchange's timers. */
 enum ex_timer {
     EX_TIMER_CLIENT,   /* the client's deadline: a request in time, or
-                        * the linger's idle bound */
+                        * the linger's idle bound, or a tunnel's */
     EX_TIMER_UPSTREAM, /* the upstream's (idle once the response flows),
-                        * then a late wait's bound */
+                        * then a late wait's bound, or a tunnel's total
+                        * bound */
     EX_TIMER_RENEW,    /* the next lease renewal */
     EX_TIMERS
 };
@@ -155,6 +160,8 @@ struct exchange {
     struct ex_ctx *ctx;
     void *data;      /* the driver's */
     char client[64]; /* "ip:port" */
+    bool tls;        /* the client's connection is TLS (set by the driver
+                      * before the first byte; X-Forwarded-Proto's fact) */
 
     enum ex_phase phase;
     enum ex_response response;
@@ -172,6 +179,8 @@ struct exchange {
     bool up_got_bytes;  /* a response byte arrived for this request */
     bool up_keep_alive; /* the response allows the connection's reuse */
     bool up_head_only;  /* the request was HEAD: no body follows */
+    bool upgrade;       /* the request asks to switch protocols and goes
+                         * up with its Upgrade (a 101 makes a tunnel) */
 
     struct http_reader rd; /* the request parser and head */
     struct buf in;         /* client bytes not yet parsed */

@@ -19,6 +19,7 @@
 #include "log.h"
 #include "admin.h"
 #include "service.h"
+#include "tls.h"
 #include "worker.h"
 
 #define TICK_MS 100
@@ -34,6 +35,7 @@ struct app {
     unsigned nworkers;
     struct event_base *base;
     struct admin *admin;
+    struct tls *tls; /* TLS contexts, or NULL */
     struct sockaddr_storage upstream;
     int upstream_len;
     uint16_t port, admin_port; /* bound (the flags may say 0) */
@@ -278,17 +280,21 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
     loop_exit(app->base);
 }
 
-/* SIGHUP and SIGUSR1 (nginx's signal for it): reopen the log. */
+/* SIGHUP and SIGUSR1 (nginx's signal for it): reopen the log. SIGHUP
+ * also re-reads the TLS certificate (a bad one keeps the old serving). */
 static void on_reopen(evutil_socket_t sig, short what, void *arg)
 {
+    struct app *app = arg;
+
     (void)what;
-    (void)arg;
     if (sig == SIGHUP)
         service_reloading();
     if (log_reopen() != 0)
         log_msg(LOG_ERROR, "cannot reopen the log: %s", strerror(errno));
-    if (sig == SIGHUP)
+    if (sig == SIGHUP) {
+        tls_reload(app->tls, &app->cfg);
         service_ready("reloaded");
+    }
 }
 
 /* systemd's watchdog: alive while the main loop turns and every worker's
@@ -421,9 +427,12 @@ static int start(struct app *app)
         !(app->admin = admin_listen(app->base, admin_fd, app->engine)))
         goto out;
     for (i = 0; i < app->nworkers; i++) {
-        if (worker_init(&app->workers[i], i, fds[i], &app->cfg, app->engine,
-                        redis, &app->upstream, app->upstream_len) != 0 ||
-            worker_start(&app->workers[i]) != 0) {
+        bool ok =
+            worker_init(&app->workers[i], i, fds[i], &app->cfg, app->engine,
+                        redis, &app->upstream, app->upstream_len) == 0;
+
+        app->workers[i].tls = app->tls;
+        if (!ok || worker_start(&app->workers[i]) != 0) {
             log_msg(LOG_ERROR, "cannot start worker %u", i);
             goto out; /* a real deployment gets all workers or none */
         }
@@ -474,6 +483,8 @@ int main(int argc, char **argv)
     if (resolve_upstream(&app) != 0)
         log_msg(LOG_ERROR, "cannot resolve the upstream %s",
                 app.cfg.upstream.host);
+    else if (tls_new(&app.cfg, &app.tls) != 0)
+        log_msg(LOG_ERROR, "cannot set up TLS");
     else if (app.workers && app.base && (rc = make_engine(&app)) == 0) {
         rc = 1;
         load_snapshot(&app);
@@ -489,6 +500,7 @@ int main(int argc, char **argv)
         event_base_free(app.base);
     idem_engine_free(app.engine);
     idem_store_free(app.store);
+    tls_free(app.tls);
     free(app.workers);
     log_msg(LOG_INFO, "stopped");
     log_close();

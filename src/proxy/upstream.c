@@ -20,6 +20,7 @@ static void upstream_free(struct upstream *u)
     }
     event_del(&u->ev);
     event_del(&u->connect);
+    tls_close(u->ssl);
     close(u->fd);
     free(u);
 }
@@ -65,8 +66,22 @@ static bool connect_done(struct upstream *u)
         return false;
     }
     u->connected = true;
-    event_del(&u->connect);
+    if (!u->ssl) /* TLS: the deadline bounds the handshake too */
+        event_del(&u->connect);
     atomic_fetch_add(&metrics.upstream_connects, 1);
+    return true;
+}
+
+/* An idle connection became readable: whether it only said TLS things
+ * (a TLS 1.3 session ticket) and can stay in the pool. */
+static bool idle_quiet(struct upstream *u)
+{
+    bool empty;
+
+    if (!u->ssl || tport_read(u->fd, u->ssl, u->w->scratch, WORKER_READ_MAX,
+                              &empty) != TPORT_WANT_READ)
+        return false;
+    u->readable = false;
     return true;
 }
 
@@ -82,8 +97,16 @@ static void on_upstream(evutil_socket_t fd, short what, void *arg)
         u->readable = true;
     if (what & EV_WRITE)
         u->writable = true;
+    if ((what & EV_WRITE) && u->read_on_writable) { /* as conn.c's */
+        u->readable = true;
+        u->read_on_writable = false;
+    }
+    if ((what & EV_READ) && u->write_on_readable) {
+        u->writable = true;
+        u->write_on_readable = false;
+    }
     if (!c) { /* an idle connection does not speak first: it closed */
-        if (u->readable)
+        if (u->readable && !idle_quiet(u))
             upstream_free(u);
         return;
     }
@@ -131,7 +154,8 @@ static struct upstream *upstream_new(struct worker *w)
                  EV_READ | EV_WRITE | EV_CLOSED | EV_PERSIST | EV_ET,
                  on_upstream, u);
     event_assign(&u->connect, w->base, -1, 0, on_connect_deadline, u);
-    if ((connect(u->fd, sa, w->upstream_addrlen) != 0 &&
+    if ((tls_upstream(w->tls) && !(u->ssl = tls_connect_new(w->tls, u->fd))) ||
+        (connect(u->fd, sa, w->upstream_addrlen) != 0 &&
          errno != EINPROGRESS) ||
         event_add(&u->ev, NULL) != 0 || event_add(&u->connect, &tv) != 0) {
         upstream_free(u);
@@ -179,6 +203,17 @@ void upstream_release(struct conn *c, bool reusable)
     w->nidle++;
 }
 
+/* The TLS handshake is over: its deadline ends, and from here a write of
+ * the request may leave a part of it (a record cut by a full socket), so
+ * the request counts as sent whatever the write says. Before, nothing of
+ * it left: a failed handshake (a certificate refused) releases its key. */
+static void handshaken(struct upstream *u)
+{
+    u->sent = true;
+    if (event_pending(&u->connect, EV_TIMEOUT, NULL))
+        event_del(&u->connect);
+}
+
 /* Write the queued request bytes: 1 progress, 0 none, -1 failed. */
 static int flush_upstream(struct conn *c, struct upstream *u)
 {
@@ -187,19 +222,20 @@ static int flush_upstream(struct conn *c, struct upstream *u)
     ssize_t n;
 
     while (buf_len(o) && u->writable) {
-        n = send(u->fd, buf_bytes(o), buf_len(o), MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        n = tport_write(u->fd, u->ssl, buf_bytes(o), buf_len(o));
+        if (u->ssl && tls_handshake_done(u->ssl))
+            handshaken(u);
+        if (n == TPORT_WANT_WRITE || n == TPORT_WANT_READ) {
             u->writable = false;
+            u->write_on_readable = n == TPORT_WANT_READ;
             break;
         }
-        if (n <= 0) {
-            say_failed(u, "write", n < 0 ? errno : 0);
+        if (n < 0) {
+            say_failed(u, "write", errno);
             return -1;
         }
-        if ((size_t)n < buf_len(o))
-            u->writable = false;
+        if (!u->ssl && (size_t)n < buf_len(o))
+            u->writable = false; /* as conn.c's flush_client */
         buf_consume(o, (size_t)n);
         metrics_bytes(&metrics.upstream_bytes_out, (size_t)n);
         u->sent = true;
@@ -212,6 +248,7 @@ bool upstream_sync(struct conn *c, bool read)
 {
     struct upstream *u = c->up;
     char *scratch = c->w->scratch;
+    bool empty;
     ssize_t n;
     int rc;
 
@@ -228,11 +265,10 @@ bool upstream_sync(struct conn *c, bool read)
     }
     if (!read || !u->readable)
         return rc > 0;
-    do
-        n = recv(u->fd, scratch, WORKER_READ_MAX, 0);
-    while (n < 0 && errno == EINTR);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    n = tport_read(u->fd, u->ssl, scratch, WORKER_READ_MAX, &empty);
+    if (n == TPORT_WANT_READ || n == TPORT_WANT_WRITE) {
         u->readable = false;
+        u->read_on_writable = n == TPORT_WANT_WRITE;
         return rc > 0;
     }
     if (n <= 0) {
@@ -242,7 +278,7 @@ bool upstream_sync(struct conn *c, bool read)
         closed(c, u);
         return true;
     }
-    if ((size_t)n < WORKER_READ_MAX && !u->peer_closed)
+    if (empty && !u->peer_closed)
         u->readable = false; /* as conn.c's read_client */
     metrics_bytes(&metrics.upstream_bytes_in, (size_t)n);
     ex_upstream_data(&c->ex, scratch, (size_t)n);

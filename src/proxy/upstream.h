@@ -12,6 +12,7 @@
 #include <sys/queue.h>
 
 #include "exchange.h"
+#include "tls.h"
 
 struct worker;
 struct conn;
@@ -21,15 +22,18 @@ struct upstream {
     struct worker *w;
     struct conn *conn; /* the request it serves; NULL when idle */
     int fd;
+    SSL *ssl;             /* TLS over fd, or NULL */
     struct event ev;      /* as a client conn's */
-    struct event connect; /* the connect deadline */
+    struct event connect; /* the connect deadline (and the handshake's) */
     bool connected;
-    bool pooled;      /* in the idle pool */
-    bool reused;      /* served a request before this one */
-    bool sent;        /* a byte of this request was written */
-    bool readable;    /* the socket may hold unread bytes */
-    bool peer_closed; /* a FIN came: read until recv says 0 */
-    bool writable;    /* the socket may take more bytes */
+    bool pooled;           /* in the idle pool */
+    bool reused;           /* served a request before this one */
+    bool sent;             /* a byte of this request was written */
+    bool readable;         /* the socket may hold unread bytes */
+    bool peer_closed;      /* a FIN came: read until recv says 0 */
+    bool writable;         /* the socket may take more bytes */
+    bool read_on_writable; /* as a client conn's */
+    bool write_on_readable;
 };
 
 /* c's exchange asks for an upstream connection for its queued request

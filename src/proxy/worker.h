@@ -60,6 +60,7 @@ struct worker {
     const struct config *cfg;
     struct ex_ctx ctx;        /* what its exchanges share */
     struct idem_store *redis; /* the Redis store to attach, or NULL */
+    struct tls *tls;          /* TLS contexts (main's), or NULL: none */
     struct sockaddr_storage upstream_addr;
     socklen_t upstream_addrlen;
     char upstream_name[72];        /* "ip:port" ("[v6]:port"), for logs */
