@@ -7,7 +7,7 @@
 set -eu
 
 BUILD="cmake make pkg-config gcc clang libclang-rt-14-dev libevent-dev
-libhiredis-dev node-llhttp libxxhash-dev libssl-dev libcmocka-dev
+libhiredis-dev libinih-dev node-llhttp libxxhash-dev libssl-dev libcmocka-dev
 redis-server valgrind curl"
 BENCH="wrk nginx-light gnuplot-nox"
 

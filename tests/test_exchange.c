@@ -73,7 +73,9 @@ static const struct exchange_io test_io = { io_open, io_release, io_timer,
 
 static int setup(void **state)
 {
-    static const char *const require[] = { "/pay" };
+    static struct route require[] = {
+        { .prefix = (char *)"/pay", .require_key = true, .conflict = -1 },
+    };
     struct world *w = calloc(1, sizeof(*w));
     struct idem_store_memory_opts so = { .max_memory = 1 << 20 };
     struct idem_engine_opts eo = { .lifetime_ms = 60000 };
@@ -93,8 +95,8 @@ static int setup(void **state)
     w->cfg.client_timeout_ms = 5000;
     w->cfg.upstream_timeout_ms = 7000;
     w->cfg.unknown_outcome = IDEM_UNKNOWN_HOLD;
-    w->cfg.require_key = (char **)require;
-    w->cfg.nrequire_key = 1;
+    w->cfg.routes = require;
+    w->cfg.nroutes = 1;
     w->ctx.cfg = &w->cfg;
     w->ctx.engine = w->engine;
     *state = w;

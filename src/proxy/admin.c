@@ -15,12 +15,12 @@
 struct admin {
     struct evconnlistener *listener;
     struct event *resume; /* after an accept pause */
-    struct idem_engine *engine;
+    struct engines *engines;
 };
 
 struct admin_conn {
     struct bufferevent *bev;
-    struct idem_engine *engine;
+    struct admin *ad;
 };
 
 static void admin_conn_free(struct admin_conn *a)
@@ -38,13 +38,14 @@ static void on_written(struct bufferevent *bev, void *arg)
 static void answer(struct admin_conn *a, const char *line, size_t len)
 {
     struct buf o = { 0 };
-    size_t mlen = 0;
+    size_t mlen = 0, n;
+    struct idem_engine *const *all = engines_all(a->ad->engines, &n);
     char *text;
 
     if (len >= 13 && memcmp(line, "GET /healthz ", 13) == 0) {
         http_respond(&o, 200, "text/plain", NULL, "ok\n", 3, true);
     } else if (len >= 13 && memcmp(line, "GET /metrics ", 13) == 0 &&
-               (text = metrics_render(a->engine, &mlen))) {
+               (text = metrics_render(all, n, &mlen))) {
         http_respond(&o, 200, "text/plain; version=0.0.4", NULL, text, mlen,
                      true);
         free(text);
@@ -98,7 +99,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
         evutil_closesocket(fd);
         return;
     }
-    a->engine = ((struct admin *)arg)->engine;
+    a->ad = arg;
     bufferevent_setcb(a->bev, on_read, NULL, on_event, a);
     bufferevent_set_timeouts(a->bev, &tv, &tv);
     if (bufferevent_enable(a->bev, EV_READ | EV_WRITE) != 0)
@@ -117,8 +118,7 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
     evconnlistener_enable(((struct admin *)arg)->listener);
 }
 
-struct admin *admin_listen(struct event_base *base, int fd,
-                           struct idem_engine *engine)
+struct admin *admin_listen(struct event_base *base, int fd, struct engines *es)
 {
     struct admin *ad = calloc(1, sizeof(*ad));
 
@@ -128,7 +128,7 @@ struct admin *admin_listen(struct event_base *base, int fd,
         admin_close(ad);
         return NULL;
     }
-    ad->engine = engine;
+    ad->engines = es;
     evconnlistener_set_error_cb(ad->listener, on_accept_error);
     return ad;
 }

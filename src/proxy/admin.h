@@ -5,14 +5,13 @@
 
 #include <event2/event.h>
 
-#include "idem/engine.h"
+#include "gen.h"
 
 struct admin;
 
-/* Serve /healthz and /metrics on fd, in base (the main thread's). NULL
- * if out of memory. */
-struct admin *admin_listen(struct event_base *base, int fd,
-                           struct idem_engine *engine);
+/* Serve /healthz and /metrics (the figures of every engine in es) on fd,
+ * in base (the main thread's). NULL if out of memory. */
+struct admin *admin_listen(struct event_base *base, int fd, struct engines *es);
 /* Close the listener (not the connections it serves). NULL is fine. */
 void admin_close(struct admin *a);
 

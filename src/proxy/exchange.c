@@ -384,26 +384,27 @@ static int on_message_begin(llhttp_t *p)
     return 0;
 }
 
-/* Whether the path of target (an origin-form judged unambiguous by
- * http_reader_judge), percent-decoded, starts with one of the routes that
- * require a key; *route gets the matched prefix. */
-static bool route_of(const struct config *cfg, const char *target, size_t len,
-                     const char **route, size_t *route_len)
+/* The rules of the route with the longest prefix of req's path (if any)
+ * into req and ex; the engine that applies them. */
+static struct idem_engine *route_rules(struct exchange *ex,
+                                       struct idem_request *req)
 {
-    const char *query = memchr(target, '?', len);
-    size_t i, n;
+    const struct config *cfg = ex->ctx->cfg;
+    const char *query = memchr(req->target, '?', req->target_len);
+    const struct route *r =
+        config_route(cfg, req->target,
+                     query ? (size_t)(query - req->target) : req->target_len);
 
-    if (query)
-        len = (size_t)(query - target);
-    for (i = 0; i < cfg->nrequire_key; i++) {
-        n = strlen(cfg->require_key[i]);
-        if (target_has_prefix(target, len, cfg->require_key[i], n)) {
-            *route = cfg->require_key[i];
-            *route_len = n;
-            return true;
-        }
-    }
-    return false;
+    ex->max_stored_body = cfg->max_stored_body;
+    if (!r)
+        return ex->ctx->engine;
+    req->route = r->prefix;
+    req->route_len = strlen(r->prefix);
+    req->key_required = r->require_key;
+    if (r->max_stored_body)
+        ex->max_stored_body = r->max_stored_body;
+    return ex->ctx->route_engines ? ex->ctx->route_engines[r - cfg->routes]
+                                  : ex->ctx->engine;
 }
 
 /* Ask the engine about the judged head: PASS, INVALID or PENDING. Its
@@ -420,11 +421,10 @@ static int start_call(struct exchange *ex)
         .headers = http_head_views(h),
         .nheaders = h->nfields,
     };
+    struct idem_engine *engine = route_rules(ex, &req);
 
-    req.key_required = route_of(ex->ctx->cfg, req.target, req.target_len,
-                                &req.route, &req.route_len);
     if ((!req.headers && h->nfields) ||
-        idem_call_new(ex->ctx->engine, &ex->call) != IDEM_OK)
+        idem_call_new(engine, &ex->call) != IDEM_OK)
         return -1;
     return idem_call_start(ex->call, &req, &ex->decision) == IDEM_OK ? 0 : -1;
 }
@@ -678,7 +678,7 @@ static void relay_body(struct exchange *ex, const char *at, size_t len)
 
     if (ex->capture == EX_CAPTURE_KEEP) {
         /* one byte past the limit tells the engine the body was cut */
-        keep = ex->ctx->cfg->max_stored_body + 1 - buf_len(&ex->stored);
+        keep = ex->max_stored_body + 1 - buf_len(&ex->stored);
         if (len < keep)
             keep = len;
         if (buf_add(&ex->stored, at, keep) != 0)

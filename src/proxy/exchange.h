@@ -146,7 +146,9 @@ struct ex_wants {
 /* What the exchange shares with the others of its worker. */
 struct ex_ctx {
     const struct config *cfg;
-    struct idem_engine *engine;
+    struct idem_engine *engine; /* outside every route */
+    /* route_engines[i] for cfg->routes[i]; NULL: engine for all */
+    struct idem_engine *const *route_engines;
     uint64_t bypass_logged_us; /* the last --store-failure open warning */
 };
 
@@ -183,7 +185,8 @@ struct exchange {
 
     struct idem_call *call;
     struct idem_decision decision;
-    struct buf stored; /* the response body kept for the engine */
+    size_t max_stored_body; /* the request's route's */
+    struct buf stored;      /* the response body kept for the engine */
 
     llhttp_t rparser; /* the upstream's response */
     struct http_head rhead;

@@ -40,9 +40,10 @@ _Static_assert(3 * SHORT_MAX + TARGET_MAX + KEY_MAX + FIXED_MAX <=
  * after that (log_reopen dup2()s over it), so writers need no lock. */
 static int log_fd = STDERR_FILENO;
 static char *log_path;
-static enum log_level log_max = LOG_INFO;
-static enum log_format log_fmt = LOG_TEXT;
-static bool log_clear_keys;
+/* set at start and by a reload while workers log: atomic */
+static _Atomic enum log_level log_max = LOG_INFO;
+static _Atomic enum log_format log_fmt = LOG_TEXT;
+static _Atomic bool log_clear_keys;
 
 static const char *const level_names[] = {
     [LOG_ERROR] = "error",
@@ -78,6 +79,13 @@ int log_open(const struct config *c)
     log_fmt = c->log_format;
     log_clear_keys = c->log_keys;
     return 0;
+}
+
+void log_settings(const struct config *c)
+{
+    log_max = c->log_level;
+    log_fmt = c->log_format;
+    log_clear_keys = c->log_keys;
 }
 
 int log_reopen(void)

@@ -14,6 +14,10 @@
 /* Open the log per c (file or stderr). 0, or -1 with errno. */
 int log_open(const struct config *c);
 
+/* Take c's level, format and log_keys (a reload: the file stays).
+ * Thread-safe. */
+void log_settings(const struct config *c);
+
 /* Reopen the log file (after rotation). Safe to call from the main loop
  * after SIGHUP. 0 or -1. */
 int log_reopen(void);

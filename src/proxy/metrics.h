@@ -52,6 +52,7 @@ void metrics_observe_upstream(uint64_t us);
  * store, idem_redis_connections, idem_redis_connects_total,
  * idem_redis_commands_total, idem_redis_errors_total and
  * idem_redis_timeouts_total. */
-char *metrics_render(struct idem_engine *e, size_t *len_out);
+char *metrics_render(struct idem_engine *const *engines, size_t n,
+                     size_t *len_out);
 
 #endif

@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "exchange.h"
+#include "gen.h"
 #include "idem/engine.h"
 #include "idem/store.h"
 
@@ -39,13 +40,15 @@ struct worker {
     struct event *log_flush; /* writes this thread's buffered log lines */
     pthread_mutex_t mu;      /* guards the wake queue and stopping */
     struct conn *woken, *woken_tail; /* decided, to act on (FIFO) */
-    bool stop_requested; /* under mu: another thread asked to stop */
-    bool stopping;       /* the worker's own: no more requests */
+    bool stop_requested;  /* under mu: another thread asked to stop */
+    struct gen *next_gen; /* under mu: the generation to take next */
+    struct gen *gen;      /* the worker's: the one it serves with */
+    bool stopping;        /* the worker's own: no more requests */
     struct conn_list conns;
     unsigned nconns;
     struct upstream_list idle;
     unsigned nidle;
-    const struct config *cfg;
+    const struct config *cfg; /* gen's */
     struct ex_ctx ctx;        /* what its exchanges share */
     struct idem_store *redis; /* the Redis store to attach, or NULL */
     struct sockaddr_storage upstream_addr;
@@ -77,12 +80,15 @@ struct bufferevent *proxy_bev_new(struct event_base *base, evutil_socket_t fd);
 void proxy_accept_failed(struct evconnlistener *l, struct event *resume,
                          const char *name);
 
-/* Create worker w bound to fd (a listening socket it takes over). redis:
- * the engine's store if it is Redis (the worker's thread attaches its
- * loop to it), else NULL. */
-int worker_init(struct worker *w, unsigned id, int fd, const struct config *cfg,
-                struct idem_engine *engine, struct idem_store *redis,
-                const struct sockaddr_storage *up, int uplen);
+/* Create worker w bound to fd (a listening socket it takes over),
+ * serving with gen (it takes a reference). redis: the engines' store if it
+ * is Redis (the worker's thread attaches its loop to it), else NULL. */
+int worker_init(struct worker *w, unsigned id, int fd, struct gen *gen,
+                struct idem_store *redis, const struct sockaddr_storage *up,
+                int uplen);
+/* From any thread: serve with gen (a reference is taken) from the
+ * worker's next wake on; the one it held is let go then. */
+void worker_set_gen(struct worker *w, struct gen *gen);
 int worker_start(struct worker *w);
 /* From any thread: stop accepting, finish open connections, then leave. */
 void worker_stop(struct worker *w);
