@@ -33,6 +33,10 @@
 #define EX_HIGH (256 * 1024)
 #define EX_LOW (64 * 1024)
 
+/* The longest X-Request-ID kept from a client (a longer one, or one with
+ * other than visible ASCII, is replaced by a fresh one). */
+#define EX_REQUEST_ID_MAX 200
+
 /* The upstream's response head: bytes and fields at most (502 past). */
 #define EX_RESPONSE_HEAD_MAX (64 * 1024)
 #define EX_RESPONSE_FIELDS_MAX 256
@@ -164,6 +168,7 @@ struct exchange {
     enum ex_capture capture;
     enum ex_body body_mode;
     enum ex_up up;
+    bool tls;           /* the client connection is TLS (set by the driver) */
     bool close_after;   /* Connection: close, HTTP/1.0, or an error */
     bool request_done;  /* the whole request has been read */
     bool client_gone;   /* the client left; finish for the store only */
@@ -195,6 +200,7 @@ struct exchange {
     struct buf client_out; /* for the client */
     struct buf up_out;     /* for the upstream */
 
+    char request_id[EX_REQUEST_ID_MAX + 1]; /* "": not chosen yet */
     uint64_t t_start_us, t_upstream_us;
     unsigned status_sent;
 };

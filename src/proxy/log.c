@@ -30,9 +30,10 @@
 #define SHORT_MAX 64 /* client, method, outcome */
 #define TARGET_MAX 2048
 #define KEY_MAX 1024
+#define RID_MAX 256 /* request_id */
 #define FIXED_MAX 512
 _Static_assert(MSG_MAX + FIXED_MAX <= LINE_MAX_BYTES, "a message fits");
-_Static_assert(3 * SHORT_MAX + TARGET_MAX + KEY_MAX + FIXED_MAX <=
+_Static_assert(3 * SHORT_MAX + TARGET_MAX + KEY_MAX + RID_MAX + FIXED_MAX <=
                    LINE_MAX_BYTES,
                "a decision fits");
 
@@ -458,6 +459,8 @@ void log_decision(const struct log_decision *d)
         key_digest(d->key, d->key_len, digest);
         field_str(&l, "key", digest, strlen(digest), KEY_MAX);
     }
+    if (d->request_id)
+        field_str(&l, "request_id", d->request_id, d->request_id_len, RID_MAX);
     field_str(&l, "outcome", outcome, strlen(outcome), SHORT_MAX);
     field_int(&l, "status", d->status);
     field_int(&l, "upstream_us", d->upstream_us);

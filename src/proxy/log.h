@@ -62,6 +62,8 @@ struct log_decision {
     size_t target_len;
     const char *key;
     size_t key_len;
+    const char *request_id; /* X-Request-ID, or NULL */
+    size_t request_id_len;
     const char *outcome; /* idem_outcome_name(), or "error" */
     unsigned status;     /* status sent to the client */
     int64_t upstream_us; /* -1 if the upstream was not asked */
