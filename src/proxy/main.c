@@ -36,8 +36,8 @@ struct app {
     unsigned nworkers;
     struct event_base *base;
     struct admin *admin;
-    struct sockaddr_storage upstream;
-    int upstream_len;
+    struct upaddrs *first; /* the upstream's addresses at start */
+    struct resolver *resolver;
     uint16_t port, admin_port; /* bound (the flags may say 0) */
 };
 
@@ -72,22 +72,6 @@ static int listen_on(const struct addr *a, bool reuseport, uint16_t *port_out)
                               ? ((struct sockaddr_in6 *)&ss)->sin6_port
                               : ((struct sockaddr_in *)&ss)->sin_port);
     return fd;
-}
-
-static int resolve_upstream(struct app *app)
-{
-    struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
-                              .ai_flags = AI_NUMERICSERV };
-    struct addrinfo *res;
-    char port[8];
-
-    snprintf(port, sizeof(port), "%u", app->cfg->upstreams[0].addr.port);
-    if (getaddrinfo(app->cfg->upstreams[0].addr.host, port, &hints, &res) != 0)
-        return -1;
-    memcpy(&app->upstream, res->ai_addr, res->ai_addrlen);
-    app->upstream_len = (int)res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
 }
 
 static void log_store(void *ud, bool trouble, const char *msg)
@@ -364,6 +348,7 @@ static void reload(struct app *app)
     log_settings(&g->cfg);
     for (i = 0; i < app->nworkers; i++)
         worker_set_gen(&app->workers[i], g);
+    resolver_set(app->resolver, &g->cfg);
     /* TLS certificates: tls_reload() goes here (the TLS listener's). */
     gen_unref(app->gen);
     app->gen = g;
@@ -490,10 +475,22 @@ static int start(struct app *app)
         goto out;
     for (i = 0; i < app->nworkers; i++) {
         if (worker_init(&app->workers[i], i, fds[i], app->gen, redis,
-                        &app->upstream, app->upstream_len) != 0 ||
-            worker_start(&app->workers[i]) != 0) {
+                        app->first) != 0) {
             log_msg(LOG_ERROR, "cannot start worker %u", i);
             goto out; /* a real deployment gets all workers or none */
+        }
+    }
+    app->resolver =
+        resolver_start(app->cfg, app->first, app->workers, app->nworkers);
+    if (!app->resolver) {
+        log_msg(LOG_ERROR, "cannot start the resolver");
+        goto out;
+    }
+    for (i = 0; i < app->nworkers; i++) {
+        app->workers[i].resolver = app->resolver;
+        if (worker_start(&app->workers[i]) != 0) {
+            log_msg(LOG_ERROR, "cannot start worker %u", i);
+            goto out;
         }
     }
     rc = 0;
@@ -548,11 +545,8 @@ int main(int argc, char **argv)
         config_free(&cfg);
         rc = -1;
     }
-    if (rc == 0 && resolve_upstream(&app) != 0) {
-        log_msg(LOG_ERROR, "cannot resolve the upstream %s",
-                app.cfg->upstreams[0].addr.host);
+    if (rc == 0 && !(app.first = resolve_first(app.cfg)))
         rc = -1;
-    }
     if (rc == 0) {
         rc = 1;
         load_snapshot(&app);
@@ -561,6 +555,8 @@ int main(int argc, char **argv)
         join_workers(&app);
         save_snapshot(&app);
     }
+    resolver_stop(app.resolver); /* before the workers it hands sets to */
+    upaddrs_unref(app.first);
     for (i = 0; app.workers && i < app.nworkers; i++)
         worker_deinit(&app.workers[i]);
     admin_close(app.admin);
