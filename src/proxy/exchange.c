@@ -459,10 +459,15 @@ static void act(struct exchange *ex)
         replay(ex);
         return;
     default:
-        refuse_typed(
-            ex, d->status ? d->status : 503,
-            d->outcome == IDEM_OUTCOME_UNKNOWN ? HTTP_PROBLEM_UNKNOWN : NULL,
-            d->detail, d->retry_after_s, idem_outcome_name(d->outcome));
+        /* the store down: try again in a second (the engine gives none) */
+        refuse_typed(ex, d->status ? d->status : 503,
+                     d->outcome == IDEM_OUTCOME_UNKNOWN ? HTTP_PROBLEM_UNKNOWN
+                                                        : NULL,
+                     d->detail,
+                     d->outcome == IDEM_OUTCOME_UNAVAILABLE && !d->retry_after_s
+                         ? EX_STORE_RETRY_AFTER_S
+                         : d->retry_after_s,
+                     idem_outcome_name(d->outcome));
     }
 }
 
@@ -515,7 +520,8 @@ static void dispatch(struct exchange *ex)
         return;
     }
     if (rc != IDEM_OK) {
-        refuse(ex, 503, "the idempotency engine failed", "unavailable");
+        refuse_typed(ex, 503, NULL, "the idempotency engine failed",
+                     EX_STORE_RETRY_AFTER_S, "unavailable");
         return;
     }
     act(ex);

@@ -33,6 +33,9 @@
 #define EX_HIGH (256 * 1024)
 #define EX_LOW (64 * 1024)
 
+/* Retry-After on a 503 the store caused (outcome unavailable). */
+#define EX_STORE_RETRY_AFTER_S 1
+
 /* The longest X-Request-ID kept from a client (a longer one, or one with
  * other than visible ASCII, is replaced by a fresh one). */
 #define EX_REQUEST_ID_MAX 200

@@ -471,7 +471,8 @@ static int start(struct app *app)
     if (!fds || start_listening(app, fds, &admin_fd) != 0)
         goto out;
     if (admin_fd >= 0 &&
-        !(app->admin = admin_listen(app->base, admin_fd, app->engines)))
+        !(app->admin = admin_listen(app->base, admin_fd, app->engines,
+                                    app->store, &app->cfg)))
         goto out;
     for (i = 0; i < app->nworkers; i++) {
         if (worker_init(&app->workers[i], i, fds[i], app->gen, redis,
