@@ -322,7 +322,7 @@ static int add_forwarding(struct exchange *ex, struct buf *o)
     char ip[INET6_ADDRSTRLEN], node[INET6_ADDRSTRLEN + 2];
     unsigned char bin[16];
     bool trusted = client_ip(ex, ip, bin) && config_trusted(ex->ctx->cfg, bin);
-    size_t host_len = h->authority_len, len;
+    size_t host_len = h->authority_len, len = 0;
     const char *id = request_id(ex);
 
     host = h->authority_len ? h->bytes + h->authority_off
