@@ -257,7 +257,9 @@ static bool contains(const uint8_t *data, size_t size, const char *s)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static const char *const require[] = { "/p" };
+    static struct route require[] = {
+        { .prefix = (char *)"/p", .require_key = true, .conflict = -1 },
+    };
     static const char *const scope[] = { "Authorization" };
     struct idem_store_memory_opts so = { .max_memory = MAX_MEMORY };
     struct idem_engine_opts eo = {
@@ -295,8 +297,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     d->cfg.client_timeout_ms = 1000;
     d->cfg.upstream_timeout_ms = 1000;
     d->cfg.unknown_outcome = IDEM_UNKNOWN_HOLD;
-    d->cfg.require_key = (d->ctl & CTL_REQUIRE) ? (char **)require : NULL;
-    d->cfg.nrequire_key = (d->ctl & CTL_REQUIRE) ? 1 : 0;
+    d->cfg.routes = (d->ctl & CTL_REQUIRE) ? require : NULL;
+    d->cfg.nroutes = (d->ctl & CTL_REQUIRE) ? 1 : 0;
     d->ctx.cfg = &d->cfg;
     d->ctx.engine = engine;
     ex_init(&d->ex, &fuzz_io, &d->ctx, "192.0.2.1:4242", d);

@@ -7,8 +7,8 @@
 set -eu
 
 BUILD="cmake make pkg-config gcc clang libclang-rt-14-dev libevent-dev
-libhiredis-dev node-llhttp libxxhash-dev libssl-dev openssl libcmocka-dev
-libsystemd-dev redis-server valgrind curl python3-websockets
+libhiredis-dev libinih-dev node-llhttp libxxhash-dev libssl-dev openssl
+libcmocka-dev libsystemd-dev redis-server valgrind curl python3-websockets
 debhelper lintian dpkg-dev systemd"
 BENCH="wrk nginx-light gnuplot-nox"
 

@@ -73,7 +73,9 @@ static const struct exchange_io test_io = { io_open, io_release, io_timer,
 
 static int setup(void **state)
 {
-    static const char *const require[] = { "/pay" };
+    static struct route require[] = {
+        { .prefix = (char *)"/pay", .require_key = true, .conflict = -1 },
+    };
     struct world *w = calloc(1, sizeof(*w));
     struct idem_store_memory_opts so = { .max_memory = 1 << 20 };
     struct idem_engine_opts eo = { .lifetime_ms = 60000 };
@@ -95,8 +97,8 @@ static int setup(void **state)
     w->cfg.tunnel_idle_ms = 3000;
     w->cfg.tunnel_max_ms = 9000;
     w->cfg.unknown_outcome = IDEM_UNKNOWN_HOLD;
-    w->cfg.require_key = (char **)require;
-    w->cfg.nrequire_key = 1;
+    w->cfg.routes = require;
+    w->cfg.nroutes = 1;
     w->ctx.cfg = &w->cfg;
     w->ctx.engine = w->engine;
     *state = w;
@@ -173,6 +175,61 @@ static unsigned count(const char *s, const char *needle)
     for (; (s = strstr(s, needle)); s++)
         n++;
     return n;
+}
+
+/* The forwarding headers: an IPv6 peer's Forwarded node quoted and
+ * bracketed, a Host with a port quoted, TLS said as https; a trusted
+ * peer's chain extended, another's replaced; the request's ID. */
+static void test_forwarding_headers(void **state)
+{
+    static struct cidr v6_lo = { .addr = { [15] = 1 }, .bits = 128 };
+    struct world *w = *state;
+    struct tdriver *d = calloc(1, sizeof(*d));
+    const char *req = "GET /x HTTP/1.1\r\nHost: a.example:8080\r\n"
+                      "X-Forwarded-For: 192.0.2.1\r\n"
+                      "X-Forwarded-Proto: http\r\n"
+                      "Forwarded: for=192.0.2.1\r\n"
+                      "X-Request-ID: abc-123\r\n\r\n";
+    char up[2048];
+
+    assert_non_null(d);
+    ex_init(&d->ex, &test_io, &w->ctx, "[::1]:5000", d);
+    d->ex.tls = true;
+    send_client(d, req);
+    upstream_got(d, up, sizeof(up));
+    assert_non_null(strstr(up, "\r\nX-Forwarded-For: ::1\r\n"));
+    assert_non_null(strstr(up, "\r\nX-Forwarded-Proto: https\r\n"));
+    assert_non_null(strstr(up, "\r\nX-Forwarded-Host: a.example:8080\r\n"));
+    assert_non_null(strstr(up, "\r\nForwarded: for=\"[::1]\";proto=https;"
+                               "host=\"a.example:8080\"\r\n"));
+    assert_non_null(strstr(up, "\r\nX-Request-ID: abc-123\r\n"));
+    assert_int_equal(count(up, "X-Forwarded-For"), 1);
+    assert_int_equal(count(up, "Forwarded:"), 1); /* the client's replaced */
+    send_upstream(d, "HTTP/1.1 204 No Content\r\n\r\n");
+    client_got(d);
+
+    w->cfg.trusted = &v6_lo;
+    w->cfg.ntrusted = 1;
+    send_client(d, req);
+    upstream_got(d, up, sizeof(up));
+    assert_non_null(strstr(up, "\r\nX-Forwarded-For: 192.0.2.1, ::1\r\n"));
+    assert_non_null(strstr(up, "\r\nX-Forwarded-Proto: http\r\n"));
+    assert_non_null(strstr(up, "\r\nForwarded: for=192.0.2.1, "
+                               "for=\"[::1]\";proto=https;"));
+    send_upstream(d, "HTTP/1.1 204 No Content\r\n\r\n");
+    client_got(d);
+    w->cfg.trusted = NULL;
+    w->cfg.ntrusted = 0;
+
+    send_client(d, "GET /x HTTP/1.1\r\nHost: a\r\n"
+                   "X-Request-ID: has space\r\n\r\n");
+    upstream_got(d, up, sizeof(up));
+    assert_null(strstr(up, "has space"));
+    assert_non_null(strstr(up, "\r\nX-Request-ID: "));
+    assert_int_equal(strcspn(strstr(up, "X-Request-ID: ") + 14, "\r"), 32);
+    send_upstream(d, "HTTP/1.1 204 No Content\r\n\r\n");
+    client_got(d);
+    stop(d);
 }
 
 static void test_pipelined_requests_answer_in_order(void **state)
@@ -570,6 +627,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+        T(test_forwarding_headers),
         T(test_pipelined_requests_answer_in_order),
         T(test_expect_100_continue),
         T(test_early_refusal_closes_with_linger),

@@ -86,8 +86,8 @@ static void test_defaults(void **state)
     assert_string_equal(err_text, "");
     assert_string_equal(c.listen.host, "127.0.0.1");
     assert_int_equal(c.listen.port, 8080);
-    assert_string_equal(c.upstream.host, "127.0.0.1");
-    assert_int_equal(c.upstream.port, 3000);
+    assert_string_equal(c.upstreams[0].addr.host, "127.0.0.1");
+    assert_int_equal(c.upstreams[0].addr.port, 3000);
     assert_true(c.admin_enabled);
     assert_string_equal(c.admin.host, "127.0.0.1");
     assert_int_equal(c.admin.port, 9090);
@@ -127,6 +127,8 @@ static void test_defaults(void **state)
 static const char *const every_option[][2] = {
     { "listen", "0.0.0.0:80" },
     { "upstream", "[::1]:3000" },
+    { "resolve-interval", "2s" },
+    { "trusted-proxies", "10.0.0.0/8,::1" },
     { "admin-listen", "off" },
     { "workers", "3" },
     { "store", "memory" },
@@ -162,8 +164,13 @@ static void check_every_option(const struct config *c)
 {
     assert_string_equal(c->listen.host, "0.0.0.0");
     assert_int_equal(c->listen.port, 80);
-    assert_string_equal(c->upstream.host, "::1");
-    assert_int_equal(c->upstream.port, 3000);
+    assert_string_equal(c->upstreams[0].addr.host, "::1");
+    assert_int_equal(c->upstreams[0].addr.port, 3000);
+    assert_int_equal(c->nupstreams, 1);
+    assert_int_equal(c->resolve_interval_ms, 2000);
+    assert_int_equal(c->ntrusted, 2);
+    assert_int_equal(c->trusted[0].bits, 96 + 8);
+    assert_int_equal(c->trusted[1].bits, 128);
     assert_false(c->admin_enabled);
     assert_int_equal(c->workers, 3);
     assert_string_equal(c->store, "memory");
@@ -267,7 +274,7 @@ static void test_flags_after_a_file_override_it(void **state)
         0);
     assert_int_equal(c.lifetime_ms, 3600 * 1000); /* the file won */
     assert_int_equal(c.lease_ms, 5000);           /* the flag after it */
-    assert_string_equal(c.upstream.host, "example.com");
+    assert_string_equal(c.upstreams[0].addr.host, "example.com");
     assert_int_equal(c.nmethods, 1);
     assert_string_equal(c.methods[0], "PATCH");
     assert_int_equal(c.nrequire_key, 2); /* repeatable: both kept */
@@ -332,15 +339,32 @@ static const struct {
       "idemproxy: --lifetime: \"5x\" is not a duration (e.g. 30s, 5m, 24h)\n" },
     { { "--foo" }, "idemproxy: unknown option --foo (see --help)\n" },
     { { "--foo=1" }, "idemproxy: unknown option --foo (see --help)\n" },
-    { { "-h" }, "idemproxy: unknown option -h (see --help)\n" },
+    { { "-x" }, "idemproxy: unknown option -x (see --help)\n" },
     { { "--" }, "idemproxy: unknown option -- (see --help)\n" },
     { { "serve" }, "idemproxy: unexpected argument \"serve\" (see --help)\n" },
     { { "--upstream" }, "idemproxy: --upstream needs a value\n" },
     { { "--version=2" }, "idemproxy: --version takes no value\n" },
     { { "--help=x" }, "idemproxy: --help takes no value\n" },
     { { "--upstream", "localhost" },
-      "idemproxy: --upstream: \"localhost\" is not an address (host:port, "
-      "[v6]:port)\n" },
+      "idemproxy: --upstream: \"localhost\" is not an upstream (host:port, "
+      "http://host:port, https://host:port or unix:/path)\n" },
+    { { "--upstream", "ftp://h:1" },
+      "idemproxy: --upstream: \"ftp://h:1\" is not an upstream (host:port, "
+      "http://host:port, https://host:port or unix:/path)\n" },
+    { { "--upstream", "http://h:1/x" },
+      "idemproxy: --upstream: \"http://h:1/x\" is not an upstream "
+      "(host:port, http://host:port, https://host:port or unix:/path)\n" },
+    { { "--upstream", "unix:rel" },
+      "idemproxy: --upstream: \"unix:rel\" is not an upstream (host:port, "
+      "http://host:port, https://host:port or unix:/path)\n" },
+    { { "--upstream", "http://a:1", "--upstream", "https://b:2" },
+      "idemproxy: --upstream: http and https upstreams cannot be mixed\n" },
+    { { "--upstream", "h:1", "--trusted-proxies", "10.0.0.0/33" },
+      "idemproxy: --trusted-proxies: \"10.0.0.0/33\" is not a "
+      "comma-separated list of networks (e.g. 10.0.0.0/8,::1/128)\n" },
+    { { "--upstream", "h:1", "--trusted-proxies", "10.0.0.1,foo" },
+      "idemproxy: --trusted-proxies: \"10.0.0.1,foo\" is not a "
+      "comma-separated list of networks (e.g. 10.0.0.0/8,::1/128)\n" },
     { { "--listen=", "--upstream", "h:1" },
       "idemproxy: --listen: \"\" is not an address (host:port, [v6]:port)\n" },
     { { "--admin-listen", "of" },
@@ -759,6 +783,207 @@ static void test_addresses(void **state)
     assert_int_equal(config_addr(NULL, &a), -1);
 }
 
+/* -- INI files ----------------------------------------------------------- */
+
+/* Parse a file holding text (and flags after it); 0 or 2. */
+static int parse_text(struct config *c, const char *text)
+{
+    char *path = temp_file(text);
+    int rc = parse(c, ARGV("--config", path));
+
+    unlink(path);
+    return rc;
+}
+
+static void test_ini_comments_and_spaces(void **state)
+{
+    struct config c;
+
+    (void)state;
+    assert_int_equal(
+        parse_text(&c, "; an INI comment\n"
+                       "# another\n"
+                       "upstream = h:1 # the application\n"
+                       "  lifetime=1h\n"
+                       "lease   =   5s   ; trailing\n"
+                       "methods: POST, PUT\n"
+                       "log-file = /var/log/a#b.log # # is a comment only "
+                       "after a blank\n"
+                       "key-header \"X-Key\"\n" /* the older flat form */
+                       "log-keys\n"),
+        0);
+    assert_string_equal(err_text, "");
+    assert_string_equal(c.upstreams[0].addr.host, "h");
+    assert_int_equal(c.lifetime_ms, 3600 * 1000);
+    assert_int_equal(c.lease_ms, 5000);
+    assert_int_equal(c.nmethods, 2);
+    assert_string_equal(c.methods[1], "PUT");
+    assert_string_equal(c.log_file, "/var/log/a#b.log");
+    assert_string_equal(c.key_header, "X-Key");
+    assert_true(c.log_keys);
+    config_free(&c);
+}
+
+static void test_ini_routes(void **state)
+{
+    const char *t = "/payments/slow/x";
+    const struct route *r;
+    struct config c;
+
+    (void)state;
+    assert_int_equal(parse_text(&c, "upstream = h:1\n"
+                                    "require-key = /orders\n"
+                                    "[route /payments]\n"
+                                    "methods = POST,PUT\n"
+                                    "lifetime = 1h\n"
+                                    "require-key = true\n"
+                                    "conflict = wait:2s\n"
+                                    "max-stored-body = 4K\n"
+                                    "\n"
+                                    "[route /payments/slow]  # nested\n"
+                                    "conflict = reject\n"),
+                     0);
+    assert_string_equal(err_text, "");
+    assert_int_equal(c.nroutes, 3);
+    r = config_route(&c, "/payments/1", 11);
+    assert_non_null(r);
+    assert_string_equal(r->prefix, "/payments");
+    assert_true(r->require_key);
+    assert_int_equal(r->nmethods, 2);
+    assert_int_equal(r->lifetime_ms, 3600 * 1000);
+    assert_int_equal(r->conflict, IDEM_CONFLICT_WAIT);
+    assert_int_equal(r->wait_ms, 2000);
+    assert_int_equal(r->max_stored_body, 4096);
+    r = config_route(&c, t, strlen(t)); /* the longest prefix */
+    assert_string_equal(r->prefix, "/payments/slow");
+    assert_false(r->require_key);
+    assert_null(r->methods); /* the global rules */
+    assert_int_equal(r->lifetime_ms, 0);
+    assert_int_equal(r->conflict, IDEM_CONFLICT_REJECT);
+    r = config_route(&c, "/orders?x", 7); /* from require-key */
+    assert_true(r->require_key);
+    assert_int_equal(r->conflict, -1);
+    assert_null(config_route(&c, "/other", 6));
+    assert_null(config_route(&c, "/Payments", 9));
+    config_free(&c);
+}
+
+static void expect_file_error(const char *text, unsigned line, const char *msg)
+{
+    char *path = temp_file(text), want[512];
+
+    snprintf(want, sizeof(want), "idemproxy: %s:%u: %s\n", path, line, msg);
+    expect_error(ARGV("--config", path), want);
+    unlink(path);
+}
+
+static void test_ini_errors(void **state)
+{
+    char longline[400];
+
+    (void)state;
+    expect_file_error("upstream = h:1\n[route payments]\nlifetime = 1h\n", 3,
+                      "unknown section [route payments] (sections are "
+                      "[route PREFIX], PREFIX a path)");
+    expect_file_error("upstream = h:1\n[other]\nlifetime = 1h\n", 3,
+                      "unknown section [other] (sections are [route "
+                      "PREFIX], PREFIX a path)");
+    expect_file_error("upstream = h:1\n[route /a]\nlisten = h:2\n", 3,
+                      "unknown key \"listen\"");
+    expect_file_error("upstream = h:1\n\n[route /a\n", 3,
+                      "a section is written [route PREFIX]");
+    expect_file_error("[route /a]\n# c\nlifetime = 5x # why\n", 3,
+                      "lifetime: \"5x\" is not a duration (e.g. 30s, 5m, "
+                      "24h)");
+    expect_file_error("[route /a]\nrequire-key = maybe\n", 2,
+                      "require-key: \"maybe\" is not true or false");
+    expect_file_error("upstream = h:1\nlifetime =\n", 2,
+                      "lifetime needs a value");
+    memset(longline, 'a', sizeof(longline) - 1);
+    longline[sizeof(longline) - 1] = '\0';
+    memcpy(longline, "log-file = /", 12);
+    expect_file_error(longline, 1, "the line is longer than 199 bytes");
+}
+
+static void test_upstreams(void **state)
+{
+    static const struct {
+        const char *s, *host, *path;
+        unsigned port;
+        bool tls;
+    } good[] = {
+        { "h:1", "h", "", 1, false },
+        { "http://app.internal:8080", "app.internal", "", 8080, false },
+        { "http://app/", "app", "", 80, false },
+        { "https://app", "app", "", 443, true },
+        { "https://[::1]:8443", "::1", "", 8443, true },
+        { "http://[::1]", "::1", "", 80, false },
+        { "unix:/run/app.sock", "", "/run/app.sock", 0, false },
+    };
+    static const char *const bad[] = { "http://", "http://:1", "unix:",
+                                       "unix:/",  "tcp://h:1", "http://h:x" };
+    struct upstream_url u;
+    struct config c;
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        assert_int_equal(config_upstream(good[i].s, &u), 0);
+        assert_string_equal(u.addr.host, good[i].host);
+        assert_string_equal(u.path, good[i].path);
+        assert_int_equal(u.addr.port, good[i].port);
+        assert_int_equal(u.tls, good[i].tls);
+    }
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(config_upstream(bad[i], &u), -1);
+    /* repeated in one place they add up; a later place replaces them */
+    assert_int_equal(parse(&c, ARGV("--upstream", "a:1", "--upstream=b:2")), 0);
+    assert_int_equal(c.nupstreams, 2);
+    assert_string_equal(c.upstreams[1].addr.host, "b");
+    config_free(&c);
+    assert_int_equal(parse_text(&c, "upstream = a:1\nupstream = b:2\n"), 0);
+    assert_int_equal(c.nupstreams, 2);
+    config_free(&c);
+    assert_int_equal(parse(&c, ARGV("--upstream", "https://api.example:8443")),
+                     0);
+    assert_true(c.upstream_tls);
+    assert_string_equal(c.upstream_sni, "api.example");
+    config_free(&c);
+}
+
+static void test_trusted_networks(void **state)
+{
+    static const unsigned char v4[16] = {
+        [10] = 0xff, [11] = 0xff, 10, 1, 2, 3
+    };
+    static const unsigned char v6[16] = { 0x20, 0x01, 0x0d, 0xb8, [15] = 1 };
+    static const unsigned char lo[16] = { [15] = 1 };
+    struct config c;
+
+    (void)state;
+    assert_int_equal(parse(&c, ARGV("--upstream", "h:1", "--trusted-proxies",
+                                    "10.0.0.0/8, 2001:db8::/32")),
+                     0);
+    assert_true(config_trusted(&c, v4));
+    assert_true(config_trusted(&c, v6));
+    assert_false(config_trusted(&c, lo));
+    config_free(&c);
+    assert_int_equal(parse(&c, ARGV("--upstream", "h:1", "--trusted-proxies",
+                                    "10.1.2.3,::1")),
+                     0);
+    assert_true(config_trusted(&c, v4));
+    assert_true(config_trusted(&c, lo));
+    assert_false(config_trusted(&c, v6));
+    config_free(&c);
+    assert_int_equal(parse(&c, ARGV("--upstream", "h:1", "-h")), 1);
+    assert_int_equal(strncmp(out_text, "usage: idemproxy", 16), 0);
+    assert_non_null(strstr(out_text, "[route PREFIX]"));
+    config_free(&c);
+    assert_int_equal(parse(&c, ARGV("-V")), 1);
+    assert_string_equal(out_text, "idemproxy " IDEM_VERSION_STRING "\n");
+    config_free(&c);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -778,6 +1003,11 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_durations),
         cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_addresses),
+        cmocka_unit_test_teardown(test_ini_comments_and_spaces, teardown),
+        cmocka_unit_test_teardown(test_ini_routes, teardown),
+        cmocka_unit_test_teardown(test_ini_errors, teardown),
+        cmocka_unit_test_teardown(test_upstreams, teardown),
+        cmocka_unit_test_teardown(test_trusted_networks, teardown),
     };
 
     docs_path = argc > 1 ? argv[1] : NULL;

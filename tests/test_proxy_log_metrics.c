@@ -437,7 +437,7 @@ static unsigned long long sample(const char *text, const char *name)
 static char *render(struct idem_engine *e)
 {
     size_t len = 0;
-    char *text = metrics_render(e, &len);
+    char *text = metrics_render(&e, 1, &len);
 
     assert_non_null(text);
     assert_int_equal(strlen(text), len);

@@ -11,10 +11,12 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ini.h>
 #include <unistd.h>
 
 #include "idem/idem.h"
 #include "idem/redis.h"
+#include "target.h"
 
 #define MAX_WORKERS 256
 #define DEFAULT_WAIT_MS 10000
@@ -23,10 +25,16 @@
 /* One run of config_parse: where values come from, where messages go. */
 struct parse {
     struct config *c;
+    void *base; /* where fields are: c, or the section's struct route */
     FILE *out;
     FILE *err;
     const char *file; /* the config file being read; NULL: the flags */
     unsigned line;
+    char *section;      /* the file's section being read ("": none) */
+    const char *up_src; /* the file (or NULL: the flags) --upstream
+                           values were last taken from */
+    bool up_any;        /* an --upstream was given */
+    bool stop;          /* a file line failed: read no further */
 };
 
 struct option;
@@ -45,7 +53,7 @@ enum value_rule { VALUE_REQUIRED = 0, VALUE_OPTIONAL, VALUE_NONE };
  * --help or --version printed on out. release frees what parse kept. */
 struct kind {
     int (*parse)(struct parse *p, const struct option *o, const char *v);
-    void (*release)(struct config *c, const struct option *o);
+    void (*release)(void *base, const struct option *o);
     enum value_rule value;
     const char *what; /* "is not <what>" for malformed values */
     /* Numbers: their units, the most the field holds, its type. */
@@ -273,6 +281,92 @@ int config_addr(const char *s, struct addr *a)
     return 0;
 }
 
+/* "http://" or "https://" and a host with an optional port ("[v6]"
+ * for IPv6), nothing after it but an optional "/". */
+static int url_host(const char *s, struct upstream_url *u)
+{
+    char hp[300];
+    size_t n = strcspn(s, "/");
+    const char *close = memchr(s, ']', n);
+
+    if (n == 0 || n + 8 > sizeof(hp) || (s[n] && strcmp(s + n, "/") != 0))
+        return -1;
+    if (memchr(close ? close : s, ':', n - (size_t)((close ? close : s) - s)))
+        snprintf(hp, sizeof(hp), "%.*s", (int)n, s);
+    else
+        snprintf(hp, sizeof(hp), "%.*s:%u", (int)n, s, u->tls ? 443 : 80);
+    return config_addr(hp, &u->addr);
+}
+
+int config_upstream(const char *s, struct upstream_url *u)
+{
+    memset(u, 0, sizeof(*u));
+    if (!s)
+        return -1;
+    if (strncmp(s, "unix:", 5) == 0) {
+        if (s[5] != '/' || strlen(s + 5) >= sizeof(u->path) || !s[6])
+            return -1;
+        memcpy(u->path, s + 5, strlen(s + 5) + 1);
+        return 0;
+    }
+    if (strncmp(s, "http://", 7) == 0)
+        return url_host(s + 7, u);
+    if (strncmp(s, "https://", 8) == 0) {
+        u->tls = true;
+        return url_host(s + 8, u);
+    }
+    return config_addr(s, &u->addr);
+}
+
+int config_cidr(const char *s, struct cidr *c)
+{
+    char buf[INET6_ADDRSTRLEN];
+    const char *slash;
+    uint64_t bits;
+    size_t n;
+    bool v4;
+
+    if (!s)
+        return -1;
+    slash = strchr(s, '/');
+    n = slash ? (size_t)(slash - s) : strlen(s);
+    if (n == 0 || n >= sizeof(buf))
+        return -1;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    memset(c->addr, 0, sizeof(c->addr));
+    v4 = inet_pton(AF_INET, buf, c->addr + 12) == 1;
+    if (v4)
+        c->addr[10] = c->addr[11] = 0xff; /* ::ffff:a.b.c.d */
+    else if (inet_pton(AF_INET6, buf, c->addr) != 1)
+        return -1;
+    if (!slash)
+        bits = v4 ? 32 : 128;
+    else if (scaled(slash + 1, plain, v4 ? 32 : 128, &bits) != 0)
+        return -1;
+    c->bits = (unsigned)bits + (v4 ? 96 : 0);
+    return 0;
+}
+
+static bool cidr_has(const struct cidr *c, const unsigned char a[16])
+{
+    unsigned full = c->bits / 8, rest = c->bits % 8;
+    unsigned char mask = (unsigned char)(0xff << (8 - rest));
+
+    return memcmp(c->addr, a, full) == 0 &&
+           (rest == 0 || ((c->addr[full] ^ a[full]) & mask) == 0);
+}
+
+bool config_trusted(const struct config *c, const unsigned char addr[16])
+{
+    size_t i;
+
+    for (i = 0; i < c->ntrusted; i++)
+        if (cidr_has(&c->trusted[i], addr))
+            return true;
+    return false;
+}
+
 /* An HTTP token (RFC 9110 5.6.2): a method or a header name. */
 static bool is_token(const char *s, size_t n)
 {
@@ -354,9 +448,10 @@ static int split_list(const char *v, char ***items_out, size_t *n_out)
 
 /* -- Kinds ------------------------------------------------------------ */
 
-static void *field(struct config *c, const struct option *o)
+/* o's field in base: the struct config, or a struct route. */
+static void *field(void *base, const struct option *o)
 {
-    return (char *)c + o->off;
+    return (char *)base + o->off;
 }
 
 static int in_range(struct parse *p, const struct option *o, const char *v,
@@ -374,7 +469,7 @@ static int in_range(struct parse *p, const struct option *o, const char *v,
 static int parse_number(struct parse *p, const struct option *o, const char *v)
 {
     const struct kind *k = o->kind;
-    void *f = field(p->c, o);
+    void *f = field(p->base, o);
     uint64_t x;
     int rc = scaled(v, k->units, k->limit, &x);
 
@@ -405,13 +500,13 @@ static int parse_workers(struct parse *p, const struct option *o, const char *v)
         cores = (long)o->min;
     if (cores > (long)o->max)
         cores = (long)o->max;
-    *(unsigned *)field(p->c, o) = (unsigned)cores;
+    *(unsigned *)field(p->base, o) = (unsigned)cores;
     return 0;
 }
 
 static int parse_addr(struct parse *p, const struct option *o, const char *v)
 {
-    if (config_addr(v, field(p->c, o)) != 0)
+    if (config_addr(v, field(p->base, o)) != 0)
         return malformed(p, o, v);
     return 0;
 }
@@ -427,7 +522,7 @@ static int parse_admin(struct parse *p, const struct option *o, const char *v)
 /* Replace the string field with a copy of v. */
 static int keep_string(struct parse *p, const struct option *o, const char *v)
 {
-    char **s = field(p->c, o);
+    char **s = field(p->base, o);
     char *copy = strdup(v);
 
     if (!copy)
@@ -494,9 +589,9 @@ static int parse_redis_prefix(struct parse *p, const struct option *o,
     return keep_string(p, o, v);
 }
 
-static void release_string(struct config *c, const struct option *o)
+static void release_string(void *base, const struct option *o)
 {
-    char **s = field(c, o);
+    char **s = field(base, o);
 
     free(*s);
     *s = NULL;
@@ -504,8 +599,8 @@ static void release_string(struct config *c, const struct option *o)
 
 static int parse_list(struct parse *p, const struct option *o, const char *v)
 {
-    char ***items = field(p->c, o);
-    size_t *n = (size_t *)((char *)p->c + o->count_off);
+    char ***items = field(p->base, o);
+    size_t *n = (size_t *)((char *)p->base + o->count_off);
     char **fresh;
     size_t nfresh;
     int rc = split_list(v, &fresh, &nfresh);
@@ -526,8 +621,8 @@ static int parse_list(struct parse *p, const struct option *o, const char *v)
 /* A repeatable path prefix ("/payments"): each one adds to the list. */
 static int parse_prefix(struct parse *p, const struct option *o, const char *v)
 {
-    char ***items = field(p->c, o);
-    size_t *n = (size_t *)((char *)p->c + o->count_off);
+    char ***items = field(p->base, o);
+    size_t *n = (size_t *)((char *)p->base + o->count_off);
     char **grown = NULL, *copy;
 
     if (v[0] != '/' || !is_visible(v))
@@ -544,10 +639,80 @@ static int parse_prefix(struct parse *p, const struct option *o, const char *v)
     return 0;
 }
 
-static void release_list(struct config *c, const struct option *o)
+/* An --upstream. Repeated in one place (the flags, or one file) they add
+ * up; a later place replaces the list. */
+static int parse_upstream(struct parse *p, const struct option *o,
+                          const char *v)
 {
-    char ***items = field(c, o);
-    size_t *n = (size_t *)((char *)c + o->count_off);
+    struct config *c = p->c;
+    struct upstream_url u, *grown;
+
+    if (config_upstream(v, &u) != 0)
+        return malformed(p, o, v);
+    if (p->up_any && p->up_src != p->file)
+        c->nupstreams = 0;
+    p->up_any = true;
+    p->up_src = p->file;
+    grown = realloc(c->upstreams, (c->nupstreams + 1) * sizeof(*grown));
+    if (!grown)
+        return out_of_memory(p);
+    grown[c->nupstreams++] = u;
+    c->upstreams = grown;
+    return 0;
+}
+
+static void release_upstreams(void *base, const struct option *o)
+{
+    struct config *c = base;
+
+    (void)o;
+    free(c->upstreams);
+    c->upstreams = NULL;
+    c->nupstreams = 0;
+    free(c->upstream_sni);
+    c->upstream_sni = NULL;
+}
+
+/* CIDR,CIDR,...: replaces the list ("" empties it). */
+static int parse_cidrs(struct parse *p, const struct option *o, const char *v)
+{
+    struct cidr *list = calloc(strlen(v) / 2 + 1, sizeof(*list));
+    size_t n = 0, len;
+    char item[64];
+    const char *q;
+
+    if (!list)
+        return out_of_memory(p);
+    for (q = v + strspn(v, " \t"); *q; q += strspn(q, ", \t")) {
+        len = strcspn(q, ", \t");
+        if (len >= sizeof(item) ||
+            (snprintf(item, sizeof(item), "%.*s", (int)len, q),
+             config_cidr(item, &list[n++]) != 0)) {
+            free(list);
+            return malformed(p, o, v);
+        }
+        q += len;
+    }
+    free(p->c->trusted);
+    p->c->trusted = list;
+    p->c->ntrusted = n;
+    return 0;
+}
+
+static void release_cidrs(void *base, const struct option *o)
+{
+    struct config *c = base;
+
+    (void)o;
+    free(c->trusted);
+    c->trusted = NULL;
+    c->ntrusted = 0;
+}
+
+static void release_list(void *base, const struct option *o)
+{
+    char ***items = field(base, o);
+    size_t *n = (size_t *)((char *)base + o->count_off);
 
     free_list(*items, *n);
     *items = NULL;
@@ -563,7 +728,7 @@ static int parse_enum(struct parse *p, const struct option *o, const char *v)
 
     for (i = 0; o->names[i]; i++) {
         if (strcmp(v, o->names[i]) == 0) {
-            *(int *)field(p->c, o) = i;
+            *(int *)field(p->base, o) = i;
             return 0;
         }
         if (len < sizeof(all))
@@ -580,22 +745,22 @@ static int parse_conflict(struct parse *p, const struct option *o,
     int64_t ms = DEFAULT_WAIT_MS;
 
     if (strcmp(v, "reject") == 0) {
-        p->c->conflict = IDEM_CONFLICT_REJECT;
+        *(int *)field(p->base, o) = IDEM_CONFLICT_REJECT;
     } else if (strcmp(v, "wait") == 0 ||
                (strncmp(v, "wait:", 5) == 0 &&
                 config_duration_ms(v + 5, &ms) == 0 && ms > 0)) {
-        p->c->conflict = IDEM_CONFLICT_WAIT;
+        *(int *)field(p->base, o) = IDEM_CONFLICT_WAIT;
     } else {
         return malformed(p, o, v);
     }
-    p->c->wait_ms = ms;
+    *(int64_t *)((char *)p->base + o->count_off) = ms; /* the wait's bound */
     return 0;
 }
 
 /* Bare (a flag, or a key alone on its line): true. */
 static int parse_bool(struct parse *p, const struct option *o, const char *v)
 {
-    bool *b = field(p->c, o);
+    bool *b = field(p->base, o);
 
     if (!v || strcmp(v, "true") == 0)
         *b = true;
@@ -631,6 +796,12 @@ static const struct kind
                   .type = NUMBER_UNSIGNED, .what = "a number or auto" },
     k_addr = { .parse = parse_addr,
                .what = "an address (host:port, [v6]:port)" },
+    k_upstream = { .parse = parse_upstream, .release = release_upstreams,
+                   .what = "an upstream (host:port, http://host:port, "
+                           "https://host:port or unix:/path)" },
+    k_cidrs = { .parse = parse_cidrs, .release = release_cidrs,
+                .what = "a comma-separated list of networks (e.g. "
+                        "10.0.0.0/8,::1/128)" },
     k_admin = { .parse = parse_admin,
                 .what = "an address (host:port, [v6]:port) or off" },
     k_store = { .parse = parse_store, .release = release_string },
@@ -671,8 +842,13 @@ static const char *const fulls[] = { "refuse", "evict", NULL };
 static const struct option options[] = {
     { .name = "listen", .kind = &k_addr, .off = AT(listen), .arg = "HOST:PORT",
       .def = "127.0.0.1:8080", .help = "where clients connect" },
-    { .name = "upstream", .kind = &k_addr, .off = AT(upstream),
-      .arg = "HOST:PORT", .help = "the application's address (required)" },
+    { .name = "upstream", .kind = &k_upstream, .arg = "URL",
+      .help = "the application (required, repeatable)" },
+    { .name = "resolve-interval", .kind = &k_duration,
+      .off = AT(resolve_interval_ms), .min = 1, .arg = "DURATION",
+      .def = "5s", .help = "upstream names looked up again" },
+    { .name = "trusted-proxies", .kind = &k_cidrs, .arg = "CIDR,...",
+      .unset = "none", .help = "peers whose X-Forwarded-* are kept" },
     { .name = "admin-listen", .kind = &k_admin, .off = AT(admin),
       .arg = "HOST:PORT", .def = "127.0.0.1:9090",
       .help = "admin endpoints, or off" },
@@ -722,6 +898,7 @@ static const struct option options[] = {
       .min = 1, .max = 10000, .arg = "N", .def = "100",
       .help = "request header fields (431)" },
     { .name = "conflict", .kind = &k_conflict, .off = AT(conflict),
+      .count_off = AT(wait_ms),
       .arg = "MODE", .def = "reject", .help = "reject (409) or wait:DURATION" },
     { .name = "methods", .kind = &k_list, .off = AT(methods),
       .count_off = AT(nmethods), .min = 1, .arg = "LIST", .def = "POST,PATCH",
@@ -796,10 +973,36 @@ static const struct option options[] = {
 
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
+#define IN_ROUTE(f) offsetof(struct route, f)
+
+/* The keys of a [route PREFIX] section: each one a rule of the global
+ * option of the same name, for the paths under PREFIX. */
+/* clang-format off */
+static const struct option route_options[] = {
+    { .name = "methods", .kind = &k_list, .off = IN_ROUTE(methods),
+      .count_off = IN_ROUTE(nmethods), .min = 1, .arg = "LIST",
+      .help = "methods that honour keys here" },
+    { .name = "lifetime", .kind = &k_duration, .off = IN_ROUTE(lifetime_ms),
+      .min = 1, .arg = "DURATION", .help = "how long a response is replayed" },
+    { .name = "require-key", .kind = &k_bool, .off = IN_ROUTE(require_key),
+      .arg = "BOOL", .help = "refuse requests without a key (400)" },
+    { .name = "conflict", .kind = &k_conflict, .off = IN_ROUTE(conflict),
+      .count_off = IN_ROUTE(wait_ms), .arg = "MODE",
+      .help = "reject (409) or wait:DURATION" },
+    { .name = "max-stored-body", .kind = &k_size,
+      .off = IN_ROUTE(max_stored_body), .min = 1, .arg = "SIZE",
+      .help = "longest response body stored" },
+};
+/* clang-format on */
+
+#define NROUTE_OPTIONS (sizeof(route_options) / sizeof(route_options[0]))
+
 _Static_assert(sizeof(enum log_level) == sizeof(int), "enum fields as int");
 _Static_assert(sizeof(enum log_format) == sizeof(int), "enum fields as int");
 _Static_assert(sizeof(enum store_failure) == sizeof(int), "enum fields as int");
 _Static_assert(sizeof(enum when_full) == sizeof(int), "enum fields as int");
+_Static_assert(sizeof(enum idem_conflict_mode) == sizeof(int),
+               "enum fields as int");
 _Static_assert(sizeof(enum idem_unknown_policy) == sizeof(int) &&
                    IDEM_UNKNOWN_HOLD == 0 && IDEM_UNKNOWN_RELEASE == 1,
                "enum fields as int, in the order of unknowns[]");
@@ -811,7 +1014,7 @@ static int print_help(struct parse *p, const struct option *o, const char *v)
 
     (void)o;
     (void)v;
-    fprintf(p->out, "usage: idemproxy --upstream HOST:PORT [OPTION...]\n"
+    fprintf(p->out, "usage: idemproxy --upstream URL [OPTION...]\n"
                     "Every option is also a config file key (no \"--\").\n");
     for (i = 0; i < NOPTIONS; i++) {
         o = &options[i];
@@ -821,6 +1024,13 @@ static int print_help(struct parse *p, const struct option *o, const char *v)
         if (o->def || o->unset)
             fprintf(p->out, " (default: %s)", o->def ? o->def : o->unset);
         fputc('\n', p->out);
+    }
+    fprintf(p->out, "In a config file, a [route PREFIX] section sets for "
+                    "the paths under PREFIX:\n");
+    for (i = 0; i < NROUTE_OPTIONS; i++) {
+        o = &route_options[i];
+        snprintf(flag, sizeof(flag), "%s %s", o->name, o->arg);
+        fprintf(p->out, "    %-25s %s\n", flag, o->help);
     }
     return 1;
 }
@@ -919,15 +1129,26 @@ void config_print_man(FILE *out, int section)
 
 /* -- Walking argv and files ------------------------------------------- */
 
-static const struct option *find(const char *name, size_t len)
+static const struct option *find_in(const struct option *table, size_t n,
+                                    const char *name, size_t len)
 {
     size_t i;
 
-    for (i = 0; i < NOPTIONS; i++) {
-        if (strlen(options[i].name) == len &&
-            memcmp(options[i].name, name, len) == 0)
-            return &options[i];
+    for (i = 0; i < n; i++) {
+        if (strlen(table[i].name) == len &&
+            memcmp(table[i].name, name, len) == 0)
+            return &table[i];
     }
+    return NULL;
+}
+
+/* -h and -V: --help and --version. */
+static const struct option *find_short(const char *arg)
+{
+    if (strcmp(arg, "-h") == 0)
+        return find_in(options, NOPTIONS, "help", 4);
+    if (strcmp(arg, "-V") == 0)
+        return find_in(options, NOPTIONS, "version", 7);
     return NULL;
 }
 
@@ -968,7 +1189,9 @@ static int parse_flag(struct parse *p, int argc, char **argv, int *i)
         fputs("\" (see --help)\n", p->err);
         return -1;
     }
-    o = strncmp(arg, "--", 2) == 0 ? find(arg + 2, len - 2) : NULL;
+    o = strncmp(arg, "--", 2) == 0
+            ? find_in(options, NOPTIONS, arg + 2, len - 2)
+            : find_short(arg);
     if (!o)
         return unknown(p, arg, len);
     if (arg[len] == '=')
@@ -978,59 +1201,250 @@ static int parse_flag(struct parse *p, int argc, char **argv, int *i)
     return apply(p, o, v);
 }
 
-/* One config file line: "key value", "key" alone, blank or # comment. A
- * value in double quotes loses them ("" is the empty value). */
-static int parse_line(struct parse *p, char *line)
-{
-    char *key = line + strspn(line, " \t"), *v, *end;
-    const struct option *o;
-    size_t klen;
+/* -- Config files (INI, read by libinih) ------------------------------ */
 
-    end = key + strlen(key);
-    while (end > key && strchr(" \t\r\n", end[-1]))
-        *--end = '\0';
-    if (*key == '\0' || *key == '#')
-        return 0;
-    klen = strcspn(key, " \t");
-    o = find(key, klen);
-    if (!o)
-        return unknown(p, key, klen);
-    v = key + klen + strspn(key + klen, " \t");
-    if (*v == '\0')
-        v = NULL;
-    else if (end - v >= 2 && *v == '"' && end[-1] == '"') {
-        end[-1] = '\0';
-        v++;
+/* A config file as libinih reads it, one line per ini_reader call. */
+struct ini_src {
+    struct parse *p;
+    FILE *f;
+    char *line;
+    size_t cap;
+};
+
+/* Cut a comment (" #" or " ;" outside double quotes, or # or ; first)
+ * and the blanks around what is left; returns its start. */
+static char *strip_line(char *s)
+{
+    bool quoted = false;
+    char *q, *end;
+
+    s += strspn(s, " \t");
+    for (q = s; *q; q++) {
+        if (*q == '"')
+            quoted = !quoted;
+        else if (!quoted && (*q == '#' || *q == ';') &&
+                 (q == s || q[-1] == ' ' || q[-1] == '\t'))
+            break;
     }
-    return apply(p, o, v);
+    end = q;
+    while (end > s && strchr(" \t\r\n", end[-1]))
+        end--;
+    *end = '\0';
+    return s;
 }
 
-/* --config FILE: its lines in order, as if given as flags here. */
+/* Write the line for libinih into out[0..cap): a section as it is, and
+ * "key = value" for "key = value", "key: value", the flat "key value"
+ * of older files, and a key alone ("key =": no value). 0, or -1 (too
+ * long, or a section not closed) after a message. */
+static int ini_line(struct parse *p, const char *s, char *out, size_t cap)
+{
+    size_t klen = strcspn(s, " \t=:");
+    const char *rest = s + klen + strspn(s + klen, " \t");
+    int n;
+
+    if (*s == '[' && s[strlen(s) - 1] != ']')
+        return fail(p, "a section is written [route PREFIX]");
+    if (*s == '\0' || *s == '[' || *rest == '=' || *rest == ':')
+        n = snprintf(out, cap, "%s", s);
+    else
+        n = snprintf(out, cap, "%.*s = %s", (int)klen, s, rest);
+    if (n < 0 || (size_t)n >= cap)
+        return fail(p, "the line is longer than %zu bytes", cap - 1);
+    return 0;
+}
+
+static char *read_ini_line(char *out, int num, void *stream)
+{
+    struct ini_src *src = stream;
+    struct parse *p = src->p;
+
+    if (p->stop || getline(&src->line, &src->cap, src->f) < 0)
+        return NULL;
+    p->line++;
+    if (ini_line(p, strip_line(src->line), out, (size_t)num) != 0) {
+        p->stop = true;
+        return NULL;
+    }
+    return out;
+}
+
+/* The route for prefix, added (its rules unset) if new; NULL out of
+ * memory. */
+static struct route *route_for(struct config *c, const char *prefix)
+{
+    struct route *grown, *r;
+    size_t i;
+
+    for (i = 0; i < c->nroutes; i++)
+        if (strcmp(c->routes[i].prefix, prefix) == 0)
+            return &c->routes[i];
+    grown = realloc(c->routes, (c->nroutes + 1) * sizeof(*grown));
+    if (!grown)
+        return NULL;
+    c->routes = grown;
+    r = &grown[c->nroutes];
+    memset(r, 0, sizeof(*r));
+    r->conflict = -1;
+    r->prefix = strdup(prefix);
+    if (!r->prefix)
+        return NULL;
+    c->nroutes++;
+    return r;
+}
+
+/* Enter section ("" or "route PREFIX"): where the keys that follow go. */
+static int enter_section(struct parse *p, const char *section)
+{
+    const char *path = section + 6;
+    struct route *r;
+    char *copy;
+
+    if (*section == '\0') {
+        p->base = p->c;
+    } else if (strncmp(section, "route ", 6) != 0 || path[0] != '/' ||
+               !is_visible(path)) {
+        prefix(p);
+        fputs("unknown section [", p->err);
+        put_escaped(p->err, section, strlen(section));
+        fputs("] (sections are [route PREFIX], PREFIX a path)\n", p->err);
+        return -1;
+    } else if (!(r = route_for(p->c, path))) {
+        return out_of_memory(p);
+    } else {
+        p->base = r;
+    }
+    copy = strdup(section);
+    if (!copy)
+        return out_of_memory(p);
+    free(p->section);
+    p->section = copy;
+    return 0;
+}
+
+/* One "key = value" of section. A value in double quotes loses them
+ * ("" is the empty value); no value at all is none. */
+static int on_ini(void *user, const char *section, const char *name,
+                  const char *value)
+{
+    struct parse *p = user;
+    const struct option *o;
+    char *v = NULL;
+    size_t n = strlen(value);
+    int rc;
+
+    if (p->stop)
+        return 0;
+    rc = strcmp(section, p->section) ? enter_section(p, section) : 0;
+    o = p->base == p->c
+            ? find_in(options, NOPTIONS, name, strlen(name))
+            : find_in(route_options, NROUTE_OPTIONS, name, strlen(name));
+    if (rc == 0 && !o)
+        rc = unknown(p, name, strlen(name));
+    if (rc == 0 && n && !(v = strdup(value)))
+        rc = out_of_memory(p);
+    if (rc == 0 && n >= 2 && v[0] == '"' && v[n - 1] == '"') {
+        memmove(v, v + 1, n - 2);
+        v[n - 2] = '\0';
+    }
+    if (rc == 0)
+        rc = apply(p, o, v);
+    free(v);
+    p->stop = rc != 0;
+    return rc == 0;
+}
+
+/* --config FILE: read as if its global keys were flags given here; its
+ * sections add routes. */
 static int read_file(struct parse *p, const struct option *o, const char *path)
 {
-    FILE *f = fopen(path, "r");
-    char *line = NULL;
-    size_t cap = 0;
-    int rc = 0;
+    struct ini_src src = { .p = p };
+    int rc;
 
     (void)o;
-    if (!f)
+    src.f = fopen(path, "r");
+    if (!src.f)
         return fail(p, "--config: cannot open \"%s\": %s", path,
                     strerror(errno));
     p->file = path;
-    for (p->line = 1; rc == 0 && getline(&line, &cap, f) >= 0; p->line++)
-        rc = parse_line(p, line);
-    if (rc == 0 && ferror(f))
+    p->line = 0;
+    p->stop = false;
+    rc = enter_section(p, "");
+    if (rc == 0)
+        rc = ini_parse_stream(read_ini_line, &src, on_ini, p);
+    if (rc > 0 && !p->stop)
+        rc = fail(p, "not a key = value line, a [section] or a comment");
+    else if (rc == 0 && ferror(src.f) && ++p->line)
         rc = fail(p, "read error: %s", strerror(errno));
+    else if (p->stop)
+        rc = -1;
     p->file = NULL;
-    free(line);
-    fclose(f);
+    p->base = p->c;
+    free(src.line);
+    fclose(src.f);
     return rc;
+}
+
+/* After every flag and file: each --require-key prefix is a route that
+ * requires a key; the https:// upstream's name is the TLS server name. */
+static int finish(struct parse *p)
+{
+    struct config *c = p->c;
+    struct route *r;
+    size_t i;
+
+    if (c->nupstreams == 0)
+        return fail(p, "--upstream is required");
+    if (c->snapshot && !config_store_is_memory(c))
+        return fail(p, "--snapshot applies to the memory store only");
+    if (!c->tls_cert != !c->tls_key)
+        return fail(p, "--tls-cert and --tls-key go together");
+    if (!c->upstream_cert != !c->upstream_key)
+        return fail(p, "--upstream-cert and --upstream-key go together");
+    for (i = 0; i < c->nrequire_key; i++) {
+        if (!(r = route_for(c, c->require_key[i])))
+            return out_of_memory(p);
+        r->require_key = true;
+    }
+    for (i = 0; i < c->nupstreams; i++) {
+        if (c->upstreams[i].tls != c->upstreams[0].tls)
+            return fail(p, "--upstream: http and https upstreams cannot be "
+                           "mixed");
+    }
+    /* https:// (or --upstream-tls); the name checked is --upstream-sni or
+     * the first upstream's host (tls.c: an IP literal is checked against
+     * the certificate's addresses and sends no SNI) */
+    c->upstream_tls = c->upstream_tls || c->upstreams[0].tls;
+    if (c->upstream_tls && !c->upstream_sni &&
+        !is_ipv6(c->upstreams[0].addr.host,
+                 strlen(c->upstreams[0].addr.host)) &&
+        !(c->upstream_sni = strdup(c->upstreams[0].addr.host)))
+        return out_of_memory(p);
+    if (c->min_retention_ms > c->lifetime_ms) /* a record lives no longer */
+        c->min_retention_ms = c->lifetime_ms;
+    return 0;
+}
+
+const struct route *config_route(const struct config *c, const char *path,
+                                 size_t len)
+{
+    const struct route *best = NULL;
+    size_t i, n, best_len = 0;
+
+    for (i = 0; i < c->nroutes; i++) {
+        n = strlen(c->routes[i].prefix);
+        if ((!best || n > best_len) &&
+            target_has_prefix(path, len, c->routes[i].prefix, n)) {
+            best = &c->routes[i];
+            best_len = n;
+        }
+    }
+    return best;
 }
 
 int config_parse(struct config *c, int argc, char **argv, FILE *out, FILE *err)
 {
-    struct parse p = { .c = c, .out = out, .err = err };
+    struct parse p = { .c = c, .base = c, .out = out, .err = err };
     int rc = 0, i;
     size_t k;
 
@@ -1041,16 +1455,9 @@ int config_parse(struct config *c, int argc, char **argv, FILE *out, FILE *err)
     }
     for (i = 0; rc == 0 && i < argc && argv[i]; i++)
         rc = parse_flag(&p, argc, argv, &i);
-    if (rc == 0 && c->upstream.host[0] == '\0')
-        rc = fail(&p, "--upstream is required");
-    if (rc == 0 && c->snapshot && !config_store_is_memory(c))
-        rc = fail(&p, "--snapshot applies to the memory store only");
-    if (rc == 0 && !c->tls_cert != !c->tls_key)
-        rc = fail(&p, "--tls-cert and --tls-key go together");
-    if (rc == 0 && !c->upstream_cert != !c->upstream_key)
-        rc = fail(&p, "--upstream-cert and --upstream-key go together");
-    if (c->min_retention_ms > c->lifetime_ms) /* a record lives no longer */
-        c->min_retention_ms = c->lifetime_ms;
+    if (rc == 0)
+        rc = finish(&p);
+    free(p.section);
     if (rc != 0)
         config_free(c);
     return rc < 0 ? 2 : rc;
@@ -1064,4 +1471,11 @@ void config_free(struct config *c)
         if (options[i].kind->release)
             options[i].kind->release(c, &options[i]);
     }
+    for (i = 0; i < c->nroutes; i++) {
+        free(c->routes[i].prefix);
+        free_list(c->routes[i].methods, c->routes[i].nmethods);
+    }
+    free(c->routes);
+    c->routes = NULL;
+    c->nroutes = 0;
 }

@@ -1,7 +1,8 @@
-/* idemproxy's configuration: command-line flags and the same keys in a
- * config file (--config FILE, one "key value" per line, # comments; flags
- * given after --config override it). One table drives parsing, --help and
- * validation (docs/idemproxy.md lists every key). */
+/* idemproxy's configuration: command-line flags and the same keys in an
+ * INI config file (--config FILE, read with libinih: "key = value", #
+ * and ; comments, [route PREFIX] sections; flags given after --config
+ * override it). One table drives parsing, --help and validation
+ * (docs/idemproxy.md lists every key). */
 #ifndef IDEMPROXY_CONFIG_H
 #define IDEMPROXY_CONFIG_H
 
@@ -34,16 +35,47 @@ struct addr {
     uint16_t port;
 };
 
+/* One --upstream: "HOST:PORT", "http://HOST[:PORT]" (port 80),
+ * "https://HOST[:PORT]" (port 443; TLS, recorded for the TLS driver) or
+ * "unix:/PATH". */
+struct upstream_url {
+    struct addr addr; /* TCP: host and port; unix: empty */
+    char path[108];   /* unix: the socket's path; TCP: "" */
+    bool tls;         /* https:// */
+};
+
+/* A [route PREFIX] section: rules for the paths under PREFIX (the
+ * longest matching prefix wins). Unset rules are the global ones. */
+struct route {
+    char *prefix;
+    bool require_key; /* require-key: refuse requests without one */
+    char **methods;   /* methods, or NULL: the global list */
+    size_t nmethods;
+    int64_t lifetime_ms;    /* lifetime, or 0: the global one */
+    int conflict;           /* enum idem_conflict_mode, or -1: global */
+    int64_t wait_ms;        /* wait:DURATION's bound */
+    size_t max_stored_body; /* max-stored-body, or 0: the global one */
+};
+
+/* A --trusted-proxies entry: an IPv4 (as ::ffff:a.b.c.d) or IPv6 network. */
+struct cidr {
+    unsigned char addr[16];
+    unsigned bits; /* 0..128 (IPv4 /n is 96 + n) */
+};
+
 struct config {
-    struct addr listen;       /* --listen, default 127.0.0.1:8080 */
-    struct addr upstream;     /* --upstream, required */
-    struct addr admin;        /* --admin-listen, default 127.0.0.1:9090 */
-    bool admin_enabled;       /* false with --admin-listen off */
-    unsigned workers;         /* --workers, default: online cores */
-    char *store;              /* --store, "memory" or a Redis URL */
-    char *redis_prefix;       /* --redis-prefix, default "idem" */
-    int64_t redis_timeout_ms; /* --redis-timeout, default 1s */
-    unsigned redis_replicas;  /* --redis-replicas, default 0 (no WAIT) */
+    struct addr listen; /* --listen, default 127.0.0.1:8080 */
+    /* --upstream, required, repeatable: the addresses are used in turn */
+    struct upstream_url *upstreams;
+    size_t nupstreams;
+    int64_t resolve_interval_ms; /* --resolve-interval, default 5s */
+    struct addr admin;           /* --admin-listen, default 127.0.0.1:9090 */
+    bool admin_enabled;          /* false with --admin-listen off */
+    unsigned workers;            /* --workers, default: online cores */
+    char *store;                 /* --store, "memory" or a Redis URL */
+    char *redis_prefix;          /* --redis-prefix, default "idem" */
+    int64_t redis_timeout_ms;    /* --redis-timeout, default 1s */
+    unsigned redis_replicas;     /* --redis-replicas, default 0 (no WAIT) */
     enum store_failure store_failure; /* --store-failure closed|open */
     int64_t lifetime_ms;              /* --lifetime, default 24h */
     int64_t lease_ms;                 /* --lease, default 60s */
@@ -68,6 +100,12 @@ struct config {
     size_t nscope_headers;
     char **require_key; /* --require-key PREFIX, repeatable */
     size_t nrequire_key;
+    /* the [route PREFIX] sections, and a route per --require-key
+     * prefix that has none */
+    struct route *routes;
+    size_t nroutes;
+    struct cidr *trusted; /* --trusted-proxies CIDR,... */
+    size_t ntrusted;
     char *snapshot;              /* --snapshot FILE, default none */
     int64_t client_timeout_ms;   /* --client-timeout, default 60s: headers
                                     and body must arrive within it */
@@ -84,9 +122,9 @@ struct config {
     /* TLS (tls.h). The listener speaks TLS when tls_cert is set. */
     char *tls_cert; /* --tls-cert FILE: chain, PEM; re-read on SIGHUP */
     char *tls_key;  /* --tls-key FILE: its key, PEM */
-    /* The upstream speaks TLS (--upstream-tls): the one field an
-     * https:// upstream URL sets. upstream_sni: the name sent and
-     * verified (--upstream-sni), default the upstream's host. */
+    /* The upstream speaks TLS: an https:// --upstream, or --upstream-tls.
+     * upstream_sni: the name sent and verified (--upstream-sni), default
+     * the first upstream's host. */
     bool upstream_tls;
     char *upstream_sni;
     char *upstream_ca;   /* --upstream-ca FILE, default the system's CAs */
@@ -105,7 +143,17 @@ static inline bool config_store_is_memory(const struct config *c)
     return strcmp(c->store, "memory") == 0;
 }
 
-/* Parse argv (after argv[0]) into *c, starting from the defaults.
+/* The route whose prefix is the longest one path[0..len) starts with
+ * (percent-decoded, see target_has_prefix), or NULL. */
+const struct route *config_route(const struct config *c, const char *path,
+                                 size_t len);
+
+/* Whether the peer address (16 bytes, IPv4 as ::ffff:a.b.c.d) is in one of
+ * the --trusted-proxies networks. */
+bool config_trusted(const struct config *c, const unsigned char addr[16]);
+
+/* Parse argv (after argv[0]) into *c, starting from the defaults (a
+ * reload parses the same argv again: the config file is read afresh).
  * Returns 0 to run; 1 if --help or --version printed to out (exit 0);
  * 2 after writing a one-line "idemproxy: ..." message to err (exit 2). */
 int config_parse(struct config *c, int argc, char **argv, FILE *out, FILE *err);
@@ -126,5 +174,12 @@ int config_size(const char *s, size_t *bytes_out);
 
 /* Parse "host:port" ("[v6]:port"); port 0..65535. 0 or -1. */
 int config_addr(const char *s, struct addr *a);
+
+/* Parse an --upstream value (struct upstream_url's forms). 0 or -1. */
+int config_upstream(const char *s, struct upstream_url *u);
+
+/* Parse "10.0.0.0/8", "::1/128", or an address alone (all its bits). 0
+ * or -1. */
+int config_cidr(const char *s, struct cidr *c);
 
 #endif

@@ -6,8 +6,10 @@
  * request that proceeded, keeps them for the engine. */
 #include "exchange.h"
 
+#include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "log.h"
@@ -60,6 +62,60 @@ static bool to_client(const struct exchange *ex)
     return !ex->client_gone && ex->phase != EX_LATE;
 }
 
+/* -- The request's ID --------------------------------------------------- */
+
+/* Whether v (len bytes) is kept as an X-Request-ID: 1..EX_REQUEST_ID_MAX
+ * visible ASCII characters. */
+static bool good_request_id(const char *v, size_t len)
+{
+    size_t i;
+
+    if (len == 0 || len > EX_REQUEST_ID_MAX)
+        return false;
+    for (i = 0; i < len; i++)
+        if ((unsigned char)v[i] <= 0x20 || (unsigned char)v[i] > 0x7e)
+            return false;
+    return true;
+}
+
+/* 32 hex digits: this thread's random 64 bits, then a count. */
+static void fresh_request_id(char out[33])
+{
+    static _Thread_local uint64_t seed, count;
+    static const char hex[] = "0123456789abcdef";
+    uint64_t halves[2];
+    int i;
+
+    if (!seed && getrandom(&seed, sizeof(seed), 0) != sizeof(seed))
+        seed = now_us() ^ (uint64_t)(uintptr_t)&seed;
+    halves[0] = seed;
+    halves[1] = ++count;
+    for (i = 0; i < 32; i++)
+        out[i] = hex[(halves[i / 16] >> (60 - 4 * (i % 16))) & 15];
+    out[32] = '\0';
+}
+
+/* The request's ID: the client's X-Request-ID if it is a good one, else
+ * a fresh one (chosen once per request). */
+static const char *request_id(struct exchange *ex)
+{
+    const struct http_head *h = &ex->rd.head;
+    const char *v = NULL;
+    size_t len = 0;
+
+    if (ex->request_id[0])
+        return ex->request_id;
+    if (h->bytes)
+        v = http_head_get(h, "X-Request-ID", &len);
+    if (v && good_request_id(v, len)) {
+        memcpy(ex->request_id, v, len);
+        ex->request_id[len] = '\0';
+    } else {
+        fresh_request_id(ex->request_id);
+    }
+    return ex->request_id;
+}
+
 /* -- Logging ---------------------------------------------------------- */
 
 /* The request is answered (outcome: enum idem_outcome, or
@@ -89,6 +145,8 @@ static void log_request(struct exchange *ex, int outcome, unsigned status)
         return;
     d.key = http_head_get(h, ex->ctx->cfg->key_header, &d.key_len);
     d.user_agent = http_head_get(h, "User-Agent", &d.user_agent_len);
+    d.request_id = request_id(ex);
+    d.request_id_len = strlen(d.request_id);
     log_decision(&d);
 }
 
@@ -176,8 +234,10 @@ static bool forward_header(const struct http_head *h,
                            const struct http_field *f, const char *conn,
                            size_t conn_len)
 {
-    static const char *const own[] = { "Content-Length", "Expect",
-                                       "X-Forwarded-For", "X-Forwarded-Proto" };
+    static const char *const own[] = {
+        "Content-Length",   "Expect",    "X-Forwarded-For", "X-Forwarded-Proto",
+        "X-Forwarded-Host", "Forwarded", "X-Request-ID",
+    };
     const char *name = h->bytes + f->name_off;
     size_t i;
 
@@ -220,6 +280,100 @@ static int add_upgrade(struct exchange *ex, struct buf *o)
            buf_addl(o, "\r\nConnection: upgrade\r\n");
 }
 
+/* The client's address without its port ("[v6]" loses its brackets),
+ * into ip[0..INET6_ADDRSTRLEN); its 16 bytes (IPv4 as ::ffff:a.b.c.d)
+ * into bin. false if it is not an IP address (a test's name). */
+static bool client_ip(const struct exchange *ex, char *ip, unsigned char *bin)
+{
+    const char *c = ex->client, *end;
+    bool v6 = *c == '[';
+    size_t n;
+
+    c += v6;
+    end = v6 ? strchr(c, ']') : strrchr(c, ':');
+    n = end ? (size_t)(end - c) : strlen(c);
+    if (n >= INET6_ADDRSTRLEN)
+        n = INET6_ADDRSTRLEN - 1;
+    memcpy(ip, c, n);
+    ip[n] = '\0';
+    memset(bin, 0, 16);
+    if (!v6 && inet_pton(AF_INET, ip, bin + 12) == 1) {
+        bin[10] = bin[11] = 0xff;
+        return true;
+    }
+    return v6 && inet_pton(AF_INET6, ip, bin) == 1;
+}
+
+/* A Forwarded parameter value (RFC 7239 4): a token as it is, anything
+ * else quoted (an IPv6 node "[...]" always is). */
+static int add_forwarded_value(struct buf *o, const char *v, size_t n)
+{
+    static const char tchar[] = "!#$%&'*+-.^_`|~";
+    bool token = n > 0;
+    size_t i;
+    int rc;
+
+    for (i = 0; token && i < n; i++)
+        token = (v[i] >= '0' && v[i] <= '9') || (v[i] >= 'a' && v[i] <= 'z') ||
+                (v[i] >= 'A' && v[i] <= 'Z') || (v[i] && strchr(tchar, v[i]));
+    if (token)
+        return buf_add(o, v, n);
+    rc = buf_addl(o, "\"");
+    for (i = 0; rc == 0 && i < n; i++)
+        rc = (v[i] == '"' || v[i] == '\\' ? buf_addl(o, "\\") : 0) ||
+             buf_add(o, v + i, 1);
+    return rc || buf_addl(o, "\"");
+}
+
+/* One header: "Name: " and, from a trusted peer, what it sent, then
+ * sep and ours (or ours alone). */
+static int add_chained(struct buf *o, const char *name, const char *prev,
+                       size_t prev_len, const char *sep)
+{
+    return buf_adds(o, name) || buf_addl(o, ": ") ||
+           (prev && (buf_add(o, prev, prev_len) || buf_adds(o, sep)));
+}
+
+/* The forwarding headers (docs/idemproxy.md, "Forwarding headers"): from
+ * a --trusted-proxies peer X-Forwarded-For and Forwarded are extended
+ * and X-Forwarded-Proto and -Host kept; from any other they are
+ * replaced. X-Request-ID: the request's. */
+static int add_forwarding(struct exchange *ex, struct buf *o)
+{
+    const struct http_head *h = &ex->rd.head;
+    const char *proto = ex->tls ? "https" : "http", *host, *v;
+    char ip[INET6_ADDRSTRLEN], node[INET6_ADDRSTRLEN + 2];
+    unsigned char bin[16];
+    bool trusted = client_ip(ex, ip, bin) && config_trusted(ex->ctx->cfg, bin);
+    size_t host_len = h->authority_len, len = 0;
+    const char *id = request_id(ex);
+
+    host = h->authority_len ? h->bytes + h->authority_off
+                            : http_head_get(h, "Host", &host_len);
+    v = trusted ? http_head_get(h, "X-Forwarded-For", &len) : NULL;
+    if (add_chained(o, "X-Forwarded-For", v, len, ", ") || buf_adds(o, ip) ||
+        buf_addl(o, "\r\n"))
+        return -1;
+    v = trusted ? http_head_get(h, "X-Forwarded-Proto", &len) : NULL;
+    if (v ? buf_add_field(o, "X-Forwarded-Proto", 17, v, len)
+          : buf_add_field(o, "X-Forwarded-Proto", 17, proto, strlen(proto)))
+        return -1;
+    v = trusted ? http_head_get(h, "X-Forwarded-Host", &len) : NULL;
+    if (v ? buf_add_field(o, "X-Forwarded-Host", 16, v, len)
+          : host && buf_add_field(o, "X-Forwarded-Host", 16, host, host_len))
+        return -1;
+    snprintf(node, sizeof(node), strchr(ip, ':') ? "[%s]" : "%s", ip);
+    v = trusted ? http_head_get(h, "Forwarded", &len) : NULL;
+    if (add_chained(o, "Forwarded", v, len, ", ") || buf_addl(o, "for=") ||
+        add_forwarded_value(o, node, strlen(node)) || buf_addl(o, ";proto=") ||
+        buf_adds(o, proto) ||
+        (host &&
+         (buf_addl(o, ";host=") || add_forwarded_value(o, host, host_len))) ||
+        buf_addl(o, "\r\n"))
+        return -1;
+    return buf_add_field(o, "X-Request-ID", 12, id, strlen(id));
+}
+
 /* Queue the request on up_out: 0, or -1 out of memory (up_out then
  * holds a part). The target is the origin-form the head was judged to
  * (an absolute-form's path and query, its authority then the Host). */
@@ -227,12 +381,8 @@ static int write_request(struct exchange *ex)
 {
     const struct http_head *h = &ex->rd.head;
     struct buf *o = &ex->up_out;
-    const char *colon = strrchr(ex->client, ':'), *xff, *conn;
-    size_t iplen = colon ? (size_t)(colon - ex->client) : strlen(ex->client);
-    /* X-Forwarded-For has IPv6 without brackets */
-    bool v6 = ex->client[0] == '[' && iplen >= 2;
-    const char *ip = ex->client + v6;
-    size_t xlen = 0, conn_len = 0;
+    const char *conn;
+    size_t conn_len = 0;
     unsigned i;
     bool ok;
 
@@ -247,13 +397,8 @@ static int write_request(struct exchange *ex)
     for (i = 0; ok && i < h->nfields; i++)
         if (forward_header(h, &h->fields[i], conn, conn_len))
             ok = http_add_field(o, h, &h->fields[i]) == 0;
-    xff = http_head_get(h, "X-Forwarded-For", &xlen);
-    ok = ok && buf_addl(o, "X-Forwarded-For: ") == 0 &&
-         (!xff || (buf_add(o, xff, xlen) == 0 && buf_addl(o, ", ") == 0)) &&
-         buf_add(o, ip, iplen - 2 * v6) == 0 &&
-         buf_addl(o, "\r\nX-Forwarded-Proto: http\r\n") == 0 &&
-         add_framing(ex, o) == 0 && add_upgrade(ex, o) == 0 &&
-         buf_addl(o, "\r\n") == 0;
+    ok = ok && add_forwarding(ex, o) == 0 && add_framing(ex, o) == 0 &&
+         add_upgrade(ex, o) == 0 && buf_addl(o, "\r\n") == 0;
     if (ok && ex->body_mode == EX_BODY_BUFFERED)
         ok = buf_add(o, buf_bytes(&ex->body), buf_len(&ex->body)) == 0;
     return ok ? 0 : -1;
@@ -337,10 +482,15 @@ static void act(struct exchange *ex)
         replay(ex);
         return;
     default:
+        /* the store down: try again in a second (the engine gives none) */
         refuse_typed(ex, d->status ? d->status : 503,
                      d->outcome == IDEM_OUTCOME_UNKNOWN ? HTTP_PROBLEM_UNKNOWN
                                                         : NULL,
-                     d->detail, d->retry_after_s, (int)d->outcome);
+                     d->detail,
+                     d->outcome == IDEM_OUTCOME_UNAVAILABLE && !d->retry_after_s
+                         ? EX_STORE_RETRY_AFTER_S
+                         : d->retry_after_s,
+                     (int)d->outcome);
     }
 }
 
@@ -393,8 +543,8 @@ static void dispatch(struct exchange *ex)
         return;
     }
     if (rc != IDEM_OK) {
-        refuse(ex, 503, "the idempotency engine failed",
-               IDEM_OUTCOME_UNAVAILABLE);
+        refuse_typed(ex, 503, NULL, "the idempotency engine failed",
+                     EX_STORE_RETRY_AFTER_S, IDEM_OUTCOME_UNAVAILABLE);
         return;
     }
     act(ex);
@@ -413,26 +563,27 @@ static int on_message_begin(llhttp_t *p)
     return 0;
 }
 
-/* Whether the path of target (an origin-form judged unambiguous by
- * http_reader_judge), percent-decoded, starts with one of the routes that
- * require a key; *route gets the matched prefix. */
-static bool route_of(const struct config *cfg, const char *target, size_t len,
-                     const char **route, size_t *route_len)
+/* The rules of the route with the longest prefix of req's path (if any)
+ * into req and ex; the engine that applies them. */
+static struct idem_engine *route_rules(struct exchange *ex,
+                                       struct idem_request *req)
 {
-    const char *query = memchr(target, '?', len);
-    size_t i, n;
+    const struct config *cfg = ex->ctx->cfg;
+    const char *query = memchr(req->target, '?', req->target_len);
+    const struct route *r =
+        config_route(cfg, req->target,
+                     query ? (size_t)(query - req->target) : req->target_len);
 
-    if (query)
-        len = (size_t)(query - target);
-    for (i = 0; i < cfg->nrequire_key; i++) {
-        n = strlen(cfg->require_key[i]);
-        if (target_has_prefix(target, len, cfg->require_key[i], n)) {
-            *route = cfg->require_key[i];
-            *route_len = n;
-            return true;
-        }
-    }
-    return false;
+    ex->max_stored_body = cfg->max_stored_body;
+    if (!r)
+        return ex->ctx->engine;
+    req->route = r->prefix;
+    req->route_len = strlen(r->prefix);
+    req->key_required = r->require_key;
+    if (r->max_stored_body)
+        ex->max_stored_body = r->max_stored_body;
+    return ex->ctx->route_engines ? ex->ctx->route_engines[r - cfg->routes]
+                                  : ex->ctx->engine;
 }
 
 /* Ask the engine about the judged head: PASS, INVALID or PENDING. Its
@@ -449,11 +600,10 @@ static int start_call(struct exchange *ex)
         .headers = http_head_views(h),
         .nheaders = h->nfields,
     };
+    struct idem_engine *engine = route_rules(ex, &req);
 
-    req.key_required = route_of(ex->ctx->cfg, req.target, req.target_len,
-                                &req.route, &req.route_len);
     if ((!req.headers && h->nfields) ||
-        idem_call_new(ex->ctx->engine, &ex->call) != IDEM_OK)
+        idem_call_new(engine, &ex->call) != IDEM_OK)
         return -1;
     return idem_call_start(ex->call, &req, &ex->decision) == IDEM_OK ? 0 : -1;
 }
@@ -727,7 +877,7 @@ static void relay_body(struct exchange *ex, const char *at, size_t len)
 
     if (ex->capture == EX_CAPTURE_KEEP) {
         /* one byte past the limit tells the engine the body was cut */
-        keep = ex->ctx->cfg->max_stored_body + 1 - buf_len(&ex->stored);
+        keep = ex->max_stored_body + 1 - buf_len(&ex->stored);
         if (len < keep)
             keep = len;
         if (buf_add(&ex->stored, at, keep) != 0)
@@ -1090,6 +1240,7 @@ static void finish_request(struct exchange *ex)
     buf_trim(&ex->body);
     http_head_reset(&ex->rd.head);
     memset(&ex->decision, 0, sizeof(ex->decision));
+    ex->request_id[0] = '\0';
     ex->response = EX_RESP_NONE;
     ex->framing = EX_FRAME_LENGTH;
     ex->capture = EX_CAPTURE_NONE;

@@ -36,6 +36,13 @@
 #define EX_HIGH (256 * 1024)
 #define EX_LOW (64 * 1024)
 
+/* Retry-After on a 503 the store caused (outcome unavailable). */
+#define EX_STORE_RETRY_AFTER_S 1
+
+/* The longest X-Request-ID kept from a client (a longer one, or one with
+ * other than visible ASCII, is replaced by a fresh one). */
+#define EX_REQUEST_ID_MAX 200
+
 /* The upstream's response head: bytes and fields at most (502 past). */
 #define EX_RESPONSE_HEAD_MAX (64 * 1024)
 #define EX_RESPONSE_FIELDS_MAX 256
@@ -151,7 +158,9 @@ struct ex_wants {
 /* What the exchange shares with the others of its worker. */
 struct ex_ctx {
     const struct config *cfg;
-    struct idem_engine *engine;
+    struct idem_engine *engine; /* outside every route */
+    /* route_engines[i] for cfg->routes[i]; NULL: engine for all */
+    struct idem_engine *const *route_engines;
     uint64_t bypass_logged_us; /* the last --store-failure open warning */
 };
 
@@ -192,7 +201,8 @@ struct exchange {
 
     struct idem_call *call;
     struct idem_decision decision;
-    struct buf stored; /* the response body kept for the engine */
+    size_t max_stored_body; /* the request's route's */
+    struct buf stored;      /* the response body kept for the engine */
 
     llhttp_t rparser; /* the upstream's response */
     struct http_head rhead;
@@ -201,6 +211,7 @@ struct exchange {
     struct buf client_out; /* for the client */
     struct buf up_out;     /* for the upstream */
 
+    char request_id[EX_REQUEST_ID_MAX + 1]; /* "": not chosen yet */
     uint64_t t_start_us, t_upstream_us;
     uint64_t out_mark;   /* client_out.added when the request began */
     const char *up_addr; /* the upstream's "ip:port" (the driver's), or

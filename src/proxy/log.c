@@ -29,11 +29,13 @@
 #define MSG_MAX 3000
 #define SHORT_MAX 64 /* client, method, protocol, outcome, upstream */
 #define AGENT_MAX 256
-#define TARGET_MAX 1920
+#define TARGET_MAX 1664
 #define KEY_MAX 1024
+#define RID_MAX 256 /* request_id */
 #define FIXED_MAX 512
 _Static_assert(MSG_MAX + FIXED_MAX <= LINE_MAX_BYTES, "a message fits");
-_Static_assert(5 * SHORT_MAX + AGENT_MAX + TARGET_MAX + KEY_MAX + FIXED_MAX <=
+_Static_assert(5 * SHORT_MAX + AGENT_MAX + TARGET_MAX + KEY_MAX + RID_MAX +
+                       FIXED_MAX <=
                    LINE_MAX_BYTES,
                "a decision fits");
 
@@ -41,9 +43,10 @@ _Static_assert(5 * SHORT_MAX + AGENT_MAX + TARGET_MAX + KEY_MAX + FIXED_MAX <=
  * after that (log_reopen dup2()s over it), so writers need no lock. */
 static int log_fd = STDERR_FILENO;
 static char *log_path;
-static enum log_level log_max = LOG_INFO;
-static enum log_format log_fmt = LOG_TEXT;
-static bool log_clear_keys;
+/* set at start and by a reload while workers log: atomic */
+static _Atomic enum log_level log_max = LOG_INFO;
+static _Atomic enum log_format log_fmt = LOG_TEXT;
+static _Atomic bool log_clear_keys;
 
 static const char *const level_names[] = {
     [LOG_ERROR] = "error",
@@ -79,6 +82,13 @@ int log_open(const struct config *c)
     log_fmt = c->log_format;
     log_clear_keys = c->log_keys;
     return 0;
+}
+
+void log_settings(const struct config *c)
+{
+    log_max = c->log_level;
+    log_fmt = c->log_format;
+    log_clear_keys = c->log_keys;
 }
 
 int log_reopen(void)
@@ -453,6 +463,8 @@ void log_decision(const struct log_decision *d)
         key_digest(d->key, d->key_len, digest);
         field_str(&l, "key", digest, strlen(digest), KEY_MAX);
     }
+    if (d->request_id)
+        field_str(&l, "request_id", d->request_id, d->request_id_len, RID_MAX);
     field_str(&l, "outcome", outcome, strlen(outcome), SHORT_MAX);
     field_int(&l, "status", d->status);
     field_int(&l, "bytes_sent", (int64_t)d->bytes_sent);

@@ -14,6 +14,10 @@
 /* Open the log per c (file or stderr). 0, or -1 with errno. */
 int log_open(const struct config *c);
 
+/* Take c's level, format and log_keys (a reload: the file stays).
+ * Thread-safe. */
+void log_settings(const struct config *c);
+
 /* Reopen the log file (after rotation). Safe to call from the main loop
  * after SIGHUP. 0 or -1. */
 int log_reopen(void);
@@ -61,6 +65,8 @@ struct log_decision {
     size_t key_len;
     const char *user_agent; /* or NULL */
     size_t user_agent_len;
+    const char *request_id; /* X-Request-ID, or NULL */
+    size_t request_id_len;
     const char *outcome;  /* idem_outcome_name(), or "error" */
     unsigned status;      /* status sent to the client */
     uint64_t bytes_sent;  /* to the client, head and body */

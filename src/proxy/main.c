@@ -27,17 +27,20 @@
 #define EVICT_CHECK_TICKS 10 /* every 1 s: young records evicted? */
 
 struct app {
-    struct config cfg;
+    const struct config *cfg; /* gen's */
+    struct gen *gen;          /* the newest generation */
+    int argc;                 /* the flags, parsed again at a reload */
+    char **argv;
+    struct engines *engines;
     struct idem_store *store;
-    struct idem_engine *engine;
     struct idem_env env; /* the engine's: timers on the workers' loops */
     struct worker *workers;
     unsigned nworkers;
     struct event_base *base;
     struct admin *admin;
-    struct tls *tls; /* TLS contexts, or NULL */
-    struct sockaddr_storage upstream;
-    int upstream_len;
+    struct tls *tls;       /* TLS contexts, or NULL */
+    struct upaddrs *first; /* the upstream's addresses at start */
+    struct resolver *resolver;
     uint16_t port, admin_port; /* bound (the flags may say 0) */
 };
 
@@ -74,39 +77,33 @@ static int listen_on(const struct addr *a, bool reuseport, uint16_t *port_out)
     return fd;
 }
 
-static int resolve_upstream(struct app *app)
-{
-    struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
-                              .ai_flags = AI_NUMERICSERV };
-    struct addrinfo *res;
-    char port[8];
-
-    snprintf(port, sizeof(port), "%u", app->cfg.upstream.port);
-    if (getaddrinfo(app->cfg.upstream.host, port, &hints, &res) != 0)
-        return -1;
-    memcpy(&app->upstream, res->ai_addr, res->ai_addrlen);
-    app->upstream_len = (int)res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
-}
-
 static void log_store(void *ud, bool trouble, const char *msg)
 {
     (void)ud;
     log_msg(trouble ? LOG_WARN : LOG_INFO, "%s", msg);
 }
 
+/* The longest body any route stores. */
+static size_t max_stored_body(const struct config *c)
+{
+    size_t most = c->max_stored_body, i;
+
+    for (i = 0; i < c->nroutes; i++)
+        if (c->routes[i].max_stored_body > most)
+            most = c->routes[i].max_stored_body;
+    return most;
+}
+
 /* The largest record a response may need: its stored body, its head as
  * upstream.c reads it, the key, and the record's own bytes. */
 static size_t record_need(const struct config *c)
 {
-    return c->max_stored_body + EX_RESPONSE_HEAD_MAX +
+    return max_stored_body(c) + EX_RESPONSE_HEAD_MAX +
            (size_t)EX_RESPONSE_FIELDS_MAX * 8 + IDEM_KEY_MAX_LEN + 512;
 }
 
-static int make_store(struct app *app)
+static int make_store(struct app *app, const struct config *c)
 {
-    const struct config *c = &app->cfg;
     struct idem_store_memory_opts mo = {
         .max_memory = c->max_memory,
         .max_record = record_need(c),
@@ -127,45 +124,47 @@ static int make_store(struct app *app)
     return idem_store_redis_new(&ro, &app->store);
 }
 
-static int make_engine(struct app *app)
+/* Whether the store takes the largest record c may store; if not, says
+ * so on stderr. */
+static bool record_fits(const struct app *app, const struct config *c)
 {
-    const struct config *c = &app->cfg;
-    struct idem_engine_opts eo = {
-        .methods = (const char *const *)c->methods,
-        .nmethods = c->nmethods,
-        .key_header = c->key_header,
-        .alt_key_header = c->alt_key_header,
-        .scope_headers = (const char *const *)c->scope_headers,
-        .nscope_headers = c->nscope_headers,
-        .lease_ms = c->lease_ms,
-        .lifetime_ms = c->lifetime_ms,
-        .conflict = c->conflict,
-        .wait_ms = c->wait_ms,
-        .max_stored_body = c->max_stored_body,
-        .unknown_outcome = c->unknown_outcome,
-    };
-    int rc = make_store(app);
+    if (idem_store_max_record(app->store) >= record_need(c))
+        return true;
+    fprintf(stderr,
+            "idemproxy: --max-stored-body %zu does not fit in "
+            "--max-memory %zu: a record may take %zu bytes, the store "
+            "holds %zu (raise --max-memory or lower --max-stored-body)\n",
+            max_stored_body(c), c->max_memory, record_need(c),
+            idem_store_max_record(app->store));
+    return false;
+}
 
-    if (!config_store_is_memory(c)) { /* waits poll Redis on the workers' */
-        idem_store_redis_timers(&app->env); /* loops */
-        eo.env = &app->env;
-    }
+/* The store, the engine registry and the first generation, of cfg
+ * (taken). 0, -1, or -2 (the configuration cannot work: exit 2). */
+static int make_engines(struct app *app, struct config *cfg)
+{
+    bool redis = !config_store_is_memory(cfg);
+    int rc = make_store(app, cfg);
 
-    eo.store = app->store;
-    if (rc == IDEM_OK && idem_store_max_record(app->store) < record_need(c)) {
-        fprintf(stderr,
-                "idemproxy: --max-stored-body %zu does not fit in "
-                "--max-memory %zu: a record may take %zu bytes, the store "
-                "holds %zu (raise --max-memory or lower --max-stored-body)\n",
-                c->max_stored_body, c->max_memory, record_need(c),
-                idem_store_max_record(app->store));
+    if (redis) /* waits poll Redis on the workers' loops */
+        idem_store_redis_timers(&app->env);
+    if (rc == IDEM_OK && !record_fits(app, cfg)) {
+        config_free(cfg);
         return -2;
     }
+    if (rc == IDEM_OK &&
+        !(app->engines = engines_new(app->store, redis ? &app->env : NULL)))
+        rc = IDEM_ENOMEM;
     if (rc == IDEM_OK)
-        rc = idem_engine_new(&eo, &app->engine);
-    if (rc != IDEM_OK)
+        rc = gen_new(app->engines, cfg, &app->gen);
+    else
+        config_free(cfg);
+    if (rc != IDEM_OK) {
         log_msg(LOG_ERROR, "cannot create the engine: %s", idem_strerror(rc));
-    return rc == IDEM_OK ? 0 : -1;
+        return -1;
+    }
+    app->cfg = &app->gen->cfg;
+    return 0;
 }
 
 /* A snapshot that could not be loaded is kept beside, as FILE.rejected,
@@ -186,7 +185,7 @@ static void keep_rejected(const char *path)
 static void load_snapshot(struct app *app)
 {
     struct idem_snapshot_stats st = { 0 };
-    const char *path = app->cfg.snapshot;
+    const char *path = app->cfg->snapshot;
     int rc;
 
     if (!path)
@@ -200,7 +199,7 @@ static void load_snapshot(struct app *app)
         log_msg(LOG_ERROR,
                 "snapshot %s not loaded: its %llu live records do not fit "
                 "--max-memory %zu; nothing was loaded (raise --max-memory)",
-                path, (unsigned long long)st.refused, app->cfg.max_memory);
+                path, (unsigned long long)st.refused, app->cfg->max_memory);
     else if (rc != IDEM_ENOTFOUND)
         log_msg(LOG_ERROR, "snapshot %s not loaded: %s; nothing was loaded",
                 path,
@@ -214,14 +213,14 @@ static void save_snapshot(struct app *app)
     struct idem_snapshot_stats st = { 0 };
     int rc;
 
-    if (!app->cfg.snapshot)
+    if (!app->cfg->snapshot)
         return;
-    rc = idem_store_memory_save(app->store, app->cfg.snapshot, &st);
+    rc = idem_store_memory_save(app->store, app->cfg->snapshot, &st);
     if (rc == IDEM_OK)
-        log_msg(LOG_INFO, "snapshot %s: %llu records saved", app->cfg.snapshot,
+        log_msg(LOG_INFO, "snapshot %s: %llu records saved", app->cfg->snapshot,
                 (unsigned long long)st.saved);
     else
-        log_msg(LOG_ERROR, "snapshot %s not saved: %s (%s)", app->cfg.snapshot,
+        log_msg(LOG_ERROR, "snapshot %s not saved: %s (%s)", app->cfg->snapshot,
                 idem_strerror(rc), strerror(errno));
 }
 
@@ -229,7 +228,7 @@ static void save_snapshot(struct app *app)
  * picks it when the flag said 0) and the admin one. */
 static int start_listening(struct app *app, int *fds, int *admin_fd)
 {
-    struct addr a = app->cfg.listen;
+    struct addr a = app->cfg->listen;
     uint16_t port = 0, admin_port = 0;
     unsigned i;
 
@@ -243,10 +242,10 @@ static int start_listening(struct app *app, int *fds, int *admin_fd)
         a.port = port;
     }
     *admin_fd = -1;
-    if (app->cfg.admin_enabled &&
-        (*admin_fd = listen_on(&app->cfg.admin, false, &admin_port)) < 0) {
+    if (app->cfg->admin_enabled &&
+        (*admin_fd = listen_on(&app->cfg->admin, false, &admin_port)) < 0) {
         log_msg(LOG_ERROR, "cannot listen on %s:%u (admin): %s",
-                app->cfg.admin.host, app->cfg.admin.port, strerror(errno));
+                app->cfg->admin.host, app->cfg->admin.port, strerror(errno));
         return -1;
     }
     app->port = port;
@@ -258,11 +257,11 @@ static int start_listening(struct app *app, int *fds, int *admin_fd)
  * requests and signals at once. */
 static void announce(const struct app *app)
 {
-    if (app->cfg.admin_enabled)
-        printf("listening http=%s:%u admin=%s:%u\n", app->cfg.listen.host,
-               app->port, app->cfg.admin.host, app->admin_port);
+    if (app->cfg->admin_enabled)
+        printf("listening http=%s:%u admin=%s:%u\n", app->cfg->listen.host,
+               app->port, app->cfg->admin.host, app->admin_port);
     else
-        printf("listening http=%s:%u admin=off\n", app->cfg.listen.host,
+        printf("listening http=%s:%u admin=off\n", app->cfg->listen.host,
                app->port);
     fflush(stdout);
 }
@@ -280,21 +279,19 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
     loop_exit(app->base);
 }
 
-/* SIGHUP and SIGUSR1 (nginx's signal for it): reopen the log. SIGHUP
- * also re-reads the TLS certificate (a bad one keeps the old serving). */
-static void on_reopen(evutil_socket_t sig, short what, void *arg)
+/* SIGUSR1 (nginx's signal for it) and SIGHUP: reopen the log. */
+static void reopen_log(void)
 {
-    struct app *app = arg;
-
-    (void)what;
-    if (sig == SIGHUP)
-        service_reloading();
     if (log_reopen() != 0)
         log_msg(LOG_ERROR, "cannot reopen the log: %s", strerror(errno));
-    if (sig == SIGHUP) {
-        tls_reload(app->tls, &app->cfg);
-        service_ready("reloaded");
-    }
+}
+
+static void on_reopen(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    (void)arg;
+    reopen_log();
 }
 
 /* systemd's watchdog: alive while the main loop turns and every worker's
@@ -311,6 +308,83 @@ static void on_watchdog(evutil_socket_t fd, short what, void *arg)
     for (i = 0; i < app->nworkers; i++)
         alive = alive && now - atomic_load(&app->workers[i].beat_ms) < half;
     service_watchdog(alive);
+}
+
+/* What a reload cannot change, said once per option that changed. */
+static void warn_fixed(const struct config *old, const struct config *c)
+{
+    static const char *const later = "changes at the next restart only";
+
+    if (memcmp(&old->listen, &c->listen, sizeof(c->listen)) != 0)
+        log_msg(LOG_WARN, "reload: --listen %s", later);
+    if (memcmp(&old->admin, &c->admin, sizeof(c->admin)) != 0 ||
+        old->admin_enabled != c->admin_enabled)
+        log_msg(LOG_WARN, "reload: --admin-listen %s", later);
+    if (old->workers != c->workers)
+        log_msg(LOG_WARN, "reload: --workers %s", later);
+    if (strcmp(old->store, c->store) != 0 ||
+        strcmp(old->redis_prefix, c->redis_prefix) != 0 ||
+        old->max_memory != c->max_memory)
+        log_msg(LOG_WARN, "reload: the store's options %s", later);
+}
+
+/* Parse the flags and the config file again, then serve with them: a new
+ * generation for the workers (each takes it at its next wake). A bad
+ * file is refused and the running configuration kept. */
+static void reload(struct app *app)
+{
+    struct config cfg;
+    struct gen *g;
+    char *msg = NULL;
+    size_t len = 0, i;
+    FILE *err = open_memstream(&msg, &len);
+    int rc =
+        config_parse(&cfg, app->argc, app->argv, stdout, err ? err : stderr);
+
+    if (err)
+        fclose(err);
+    if (rc == 0 && !record_fits(app, &cfg)) {
+        config_free(&cfg);
+        rc = 2;
+    }
+    if (rc != 0) {
+        log_msg(LOG_ERROR,
+                "reload refused: %.*s; the running configuration "
+                "is kept",
+                (int)(len && msg[len - 1] == '\n' ? len - 1 : len),
+                msg ? msg : "");
+        free(msg);
+        return;
+    }
+    free(msg);
+    warn_fixed(app->cfg, &cfg);
+    rc = gen_new(app->engines, &cfg, &g);
+    if (rc != IDEM_OK) {
+        log_msg(LOG_ERROR,
+                "reload refused: %s; the running configuration "
+                "is kept",
+                idem_strerror(rc));
+        return;
+    }
+    log_settings(&g->cfg);
+    for (i = 0; i < app->nworkers; i++)
+        worker_set_gen(&app->workers[i], g);
+    resolver_set(app->resolver, &g->cfg);
+    tls_reload(app->tls, &g->cfg); /* a bad one keeps the old serving */
+    gen_unref(app->gen);
+    app->gen = g;
+    app->cfg = &g->cfg;
+    log_msg(LOG_INFO, "reloaded the configuration");
+}
+
+static void on_hangup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    service_reloading();
+    reopen_log();
+    reload(arg);
+    service_ready("reloaded");
 }
 
 /* Say, at most once a minute, that records younger than an hour were
@@ -343,10 +417,14 @@ static void warn_young_evictions(struct app *app)
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     static unsigned ticks;
+    struct app *app = arg;
+    size_t n, i;
+    struct idem_engine *const *all = engines_all(app->engines, &n);
 
     (void)fd;
     (void)what;
-    idem_engine_tick(((struct app *)arg)->engine);
+    for (i = 0; i < n; i++)
+        idem_engine_tick(all[i]);
     if (++ticks % TRIM_TICKS == 0)
         malloc_trim(0);
     if (ticks % EVICT_CHECK_TICKS == 0)
@@ -360,7 +438,7 @@ static void join_workers(struct app *app)
     unsigned i;
 
     clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += app->cfg.shutdown_timeout_ms / 1000;
+    deadline.tv_sec += app->cfg->shutdown_timeout_ms / 1000;
     for (i = 0; i < app->nworkers; i++)
         if (app->workers[i].started)
             worker_stop(&app->workers[i]); /* again is harmless */
@@ -390,7 +468,7 @@ static int run(struct app *app)
 
     evs[0] = evsignal_new(app->base, SIGTERM, on_stop, app);
     evs[1] = evsignal_new(app->base, SIGINT, on_stop, app);
-    evs[2] = evsignal_new(app->base, SIGHUP, on_reopen, app);
+    evs[2] = evsignal_new(app->base, SIGHUP, on_hangup, app);
     evs[3] = evsignal_new(app->base, SIGUSR1, on_reopen, app);
     evs[4] = event_new(app->base, -1, EV_PERSIST, on_watchdog, app);
     evs[NEVS - 1] = event_new(app->base, -1, EV_PERSIST, on_tick, app);
@@ -416,7 +494,7 @@ static int run(struct app *app)
 static int start(struct app *app)
 {
     struct idem_store *redis =
-        config_store_is_memory(&app->cfg) ? NULL : app->store;
+        config_store_is_memory(app->cfg) ? NULL : app->store;
     int *fds = calloc(app->nworkers, sizeof(int)), admin_fd;
     unsigned i;
     int rc = -1;
@@ -424,17 +502,28 @@ static int start(struct app *app)
     if (!fds || start_listening(app, fds, &admin_fd) != 0)
         goto out;
     if (admin_fd >= 0 &&
-        !(app->admin = admin_listen(app->base, admin_fd, app->engine)))
+        !(app->admin = admin_listen(app->base, admin_fd, app->engines,
+                                    app->store, &app->cfg)))
         goto out;
     for (i = 0; i < app->nworkers; i++) {
-        bool ok =
-            worker_init(&app->workers[i], i, fds[i], &app->cfg, app->engine,
-                        redis, &app->upstream, app->upstream_len) == 0;
-
-        app->workers[i].tls = app->tls;
-        if (!ok || worker_start(&app->workers[i]) != 0) {
+        if (worker_init(&app->workers[i], i, fds[i], app->gen, redis,
+                        app->first) != 0) {
             log_msg(LOG_ERROR, "cannot start worker %u", i);
             goto out; /* a real deployment gets all workers or none */
+        }
+    }
+    app->resolver =
+        resolver_start(app->cfg, app->first, app->workers, app->nworkers);
+    if (!app->resolver) {
+        log_msg(LOG_ERROR, "cannot start the resolver");
+        goto out;
+    }
+    for (i = 0; i < app->nworkers; i++) {
+        app->workers[i].resolver = app->resolver;
+        app->workers[i].tls = app->tls;
+        if (worker_start(&app->workers[i]) != 0) {
+            log_msg(LOG_ERROR, "cannot start worker %u", i);
+            goto out;
         }
     }
     rc = 0;
@@ -463,29 +552,39 @@ static void on_libevent_log(int severity, const char *msg)
 int main(int argc, char **argv)
 {
     struct app app = { .nworkers = 0 };
+    struct config cfg;
     unsigned i;
-    int rc = config_parse(&app.cfg, argc - 1, argv + 1, stdout, stderr);
+    int rc = config_parse(&cfg, argc - 1, argv + 1, stdout, stderr);
 
     if (rc != 0)
         return rc == 1 ? 0 : 2;
-    if (log_open(&app.cfg) != 0) {
+    if (log_open(&cfg) != 0) {
         fprintf(stderr, "idemproxy: cannot open the log: %s\n",
                 strerror(errno));
+        config_free(&cfg);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     event_set_log_callback(on_libevent_log);
     evthread_use_pthreads();
-    app.nworkers = app.cfg.workers;
+    app.argc = argc - 1;
+    app.argv = argv + 1;
+    app.nworkers = cfg.workers;
     app.workers = calloc(app.nworkers, sizeof(*app.workers));
     app.base = event_base_new();
-    rc = 1;
-    if (resolve_upstream(&app) != 0)
-        log_msg(LOG_ERROR, "cannot resolve the upstream %s",
-                app.cfg.upstream.host);
-    else if (tls_new(&app.cfg, &app.tls) != 0)
+    if (app.workers && app.base) {
+        rc = make_engines(&app, &cfg);
+    } else {
+        config_free(&cfg);
+        rc = -1;
+    }
+    if (rc == 0 && !(app.first = resolve_first(app.cfg)))
+        rc = -1;
+    if (rc == 0 && tls_new(app.cfg, &app.tls) != 0) {
         log_msg(LOG_ERROR, "cannot set up TLS");
-    else if (app.workers && app.base && (rc = make_engine(&app)) == 0) {
+        rc = 1;
+    }
+    if (rc == 0) {
         rc = 1;
         load_snapshot(&app);
         if (start(&app) == 0 && run(&app) == 0)
@@ -493,17 +592,19 @@ int main(int argc, char **argv)
         join_workers(&app);
         save_snapshot(&app);
     }
+    resolver_stop(app.resolver); /* before the workers it hands sets to */
+    upaddrs_unref(app.first);
     for (i = 0; app.workers && i < app.nworkers; i++)
         worker_deinit(&app.workers[i]);
     admin_close(app.admin);
     if (app.base)
         event_base_free(app.base);
-    idem_engine_free(app.engine);
+    gen_unref(app.gen);
+    engines_free(app.engines);
     idem_store_free(app.store);
     tls_free(app.tls);
     free(app.workers);
     log_msg(LOG_INFO, "stopped");
     log_close();
-    config_free(&app.cfg);
     return rc == -2 ? 2 : rc != 0;
 }

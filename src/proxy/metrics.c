@@ -293,14 +293,33 @@ static uint64_t load(atomic_uint_fast64_t *a)
     return atomic_load_explicit(a, memory_order_relaxed);
 }
 
-static void take_snap(struct idem_engine *e, struct snap *s)
+_Static_assert(sizeof(struct idem_engine_stats) % sizeof(uint64_t) == 0,
+               "engine stats are uint64_t figures, summed as such");
+
+/* The figures of every engine, summed (their store is one). */
+static void sum_engines(struct idem_engine *const *engines, size_t n,
+                        struct idem_engine_stats *sum)
 {
-    struct idem_store *store = idem_engine_store(e);
+    struct idem_engine_stats one;
+    uint64_t *to = (uint64_t *)sum, *from = (uint64_t *)&one;
+    size_t i, k;
+
+    for (i = 0; i < n; i++) {
+        idem_engine_stats(engines[i], &one);
+        for (k = 0; k < sizeof(one) / sizeof(uint64_t); k++)
+            to[k] += from[k];
+    }
+}
+
+static void take_snap(struct idem_engine *const *engines, size_t n,
+                      struct snap *s)
+{
+    struct idem_store *store = n ? idem_engine_store(engines[0]) : NULL;
     int_fast64_t open;
     int i;
 
     memset(s, 0, sizeof(*s));
-    idem_engine_stats(e, &s->e);
+    sum_engines(engines, n, &s->e);
     if (store)
         idem_store_stats(store, &s->s);
     idem_store_redis_stats(store, &s->r);
@@ -435,16 +454,14 @@ static void render_redis_policy(struct text *t, const struct snap *s)
 
 /* The connections up to each Redis node (Cluster: one per node per
  * worker), labelled by its address. */
-static void render_redis_nodes(struct text *t, struct idem_engine *e)
+static void render_redis_nodes(struct text *t, struct idem_store *store)
 {
     static const struct family f = { "idem_redis_node_connections", "gauge",
                                      "Redis connections up, per node" };
     struct idem_store_redis_node nodes[64];
     size_t n = 0, i;
 
-    if (idem_store_redis_nodes(idem_engine_store(e), nodes, 64, &n) !=
-            IDEM_OK ||
-        n == 0)
+    if (idem_store_redis_nodes(store, nodes, 64, &n) != IDEM_OK || n == 0)
         return;
     family(t, &f);
     for (i = 0; i < n && i < 64; i++)
@@ -635,7 +652,8 @@ static void render_process(struct text *t)
     }
 }
 
-char *metrics_render(struct idem_engine *e, size_t *len_out)
+char *metrics_render(struct idem_engine *const *engines, size_t n,
+                     size_t *len_out)
 {
     struct text t = { .cap = 4096 };
     struct snap s;
@@ -643,14 +661,14 @@ char *metrics_render(struct idem_engine *e, size_t *len_out)
     t.p = malloc(t.cap);
     if (!t.p)
         return NULL;
-    take_snap(e, &s);
+    take_snap(engines, n, &s);
     render_requests(&t, &s);
     render_samples(&t, &s);
     render_latency(&t);
     render_requests_duration(&t);
     render_eviction_ages(&t, &s);
     render_redis_policy(&t, &s);
-    render_redis_nodes(&t, e);
+    render_redis_nodes(&t, n ? idem_engine_store(engines[0]) : NULL);
     render_process(&t);
     if (t.failed) {
         free(t.p);

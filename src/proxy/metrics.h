@@ -84,6 +84,7 @@ static inline void metrics_bytes(atomic_uint_fast64_t *counter, size_t n)
  * idem_redis_timeouts_total, idem_redis_redirects_total,
  * idem_redis_failovers_total, idem_redis_wait_timeouts_total,
  * idem_redis_slot_map_refreshes_total and idem_redis_node_connections. */
-char *metrics_render(struct idem_engine *e, size_t *len_out);
+char *metrics_render(struct idem_engine *const *engines, size_t n,
+                     size_t *len_out);
 
 #endif

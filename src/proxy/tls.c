@@ -131,8 +131,11 @@ static bool is_ip(const char *s)
 int tls_new(const struct config *cfg, struct tls **tls_out)
 {
     struct tls *t;
-    const char *name =
-        cfg->upstream_sni ? cfg->upstream_sni : cfg->upstream.host;
+    /* the first upstream's host: with several, they share a certificate
+     * name (or --upstream-sni says which) */
+    const char *name = cfg->upstream_sni ? cfg->upstream_sni
+                       : cfg->nupstreams ? cfg->upstreams[0].addr.host
+                                         : "";
 
     *tls_out = NULL;
     if (!cfg->tls_cert && !cfg->upstream_tls)

@@ -52,8 +52,8 @@ static void say_failed(const struct upstream *u, const char *what, int err)
 {
     static struct log_limit limit;
 
-    log_limited(&limit, LOG_WARN, "upstream %s: %s%s%s", u->w->upstream_name,
-                what, err ? ": " : "", err ? strerror(err) : "");
+    log_limited(&limit, LOG_WARN, "upstream %s: %s%s%s", u->name, what,
+                err ? ": " : "", err ? strerror(err) : "");
 }
 
 static bool connect_done(struct upstream *u)
@@ -69,6 +69,63 @@ static bool connect_done(struct upstream *u)
     if (!u->ssl) /* TLS: the deadline bounds the handshake too */
         event_del(&u->connect);
     atomic_fetch_add(&metrics.upstream_connects, 1);
+    upstream_ok_ms = resolve_now_ms();
+    return true;
+}
+
+/* a failed to connect: skip it for a while, and have the names looked
+ * up again (the upstream may have moved). */
+static void mark_down(struct worker *w, const struct upaddr *a)
+{
+    size_t i, n = w->addrs ? w->addrs->n : 0;
+
+    for (i = 0; i < n; i++)
+        if (w->addrs->a[i].len == a->len &&
+            memcmp(&w->addrs->a[i].sa, &a->sa, a->len) == 0)
+            w->down_until[i] = resolve_now_ms() + UPSTREAM_DOWN_MS;
+    if (w->resolver)
+        resolver_poke(w->resolver);
+}
+
+/* The next address in turn not marked down (all down: the next one). -1:
+ * there is none. */
+static ssize_t pick(struct worker *w)
+{
+    size_t n = w->addrs ? w->addrs->n : 0, k, i;
+    int64_t now = resolve_now_ms();
+
+    if (n == 0)
+        return -1;
+    for (k = 0; k < n; k++) {
+        i = (w->rr + k) % n;
+        if (w->down_until[i] <= now) {
+            w->rr = i + 1;
+            return (ssize_t)i;
+        }
+    }
+    i = w->rr++ % n;
+    return (ssize_t)i;
+}
+
+static struct upstream *upstream_new(struct worker *w, unsigned tries);
+
+/* u's connect failed under c's request: try the next address if one is
+ * left (nothing was sent, so the request may go there). Whether it did. */
+static bool reconnect(struct conn *c, struct upstream *u)
+{
+    struct worker *w = u->w;
+    struct upstream *next;
+
+    mark_down(w, &u->addr);
+    if (u->connected || u->tries + 1 >= (w->addrs ? w->addrs->n : 0) ||
+        !(next = upstream_new(w, u->tries + 1)))
+        return false;
+    next->conn = c;
+    next->reused = false;
+    c->up = next;
+    c->ex.up_addr = next->name;
+    u->conn = NULL;
+    upstream_free(u);
     return true;
 }
 
@@ -111,7 +168,8 @@ static void on_upstream(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (!u->connected && !connect_done(u)) {
-        closed(c, u);
+        if (!reconnect(c, u))
+            closed(c, u);
         conn_sync(c);
         return;
     }
@@ -130,13 +188,15 @@ static void on_connect_deadline(evutil_socket_t fd, short what, void *arg)
         return;
     }
     say_failed(u, "connect timed out (--connect-timeout)", 0);
-    closed(c, u);
+    if (!reconnect(c, u))
+        closed(c, u);
     conn_sync(c);
 }
 
-static struct upstream *upstream_new(struct worker *w)
+/* A socket connecting to a; NULL if it failed at once. */
+static struct upstream *connect_to(struct worker *w, const struct upaddr *a)
 {
-    const struct sockaddr *sa = (const struct sockaddr *)&w->upstream_addr;
+    const struct sockaddr *sa = (const struct sockaddr *)&a->sa;
     struct upstream *u = calloc(1, sizeof(*u));
     int64_t ms = w->cfg->connect_timeout_ms;
     struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
@@ -144,6 +204,8 @@ static struct upstream *upstream_new(struct worker *w)
     if (!u)
         return NULL;
     u->w = w;
+    u->addr = *a;
+    proxy_address(sa, u->name, sizeof(u->name));
     u->fd =
         socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (u->fd < 0) {
@@ -155,13 +217,36 @@ static struct upstream *upstream_new(struct worker *w)
                  on_upstream, u);
     event_assign(&u->connect, w->base, -1, 0, on_connect_deadline, u);
     if ((tls_upstream(w->tls) && !(u->ssl = tls_connect_new(w->tls, u->fd))) ||
-        (connect(u->fd, sa, w->upstream_addrlen) != 0 &&
-         errno != EINPROGRESS) ||
+        (connect(u->fd, sa, a->len) != 0 && errno != EINPROGRESS &&
+         errno != EAGAIN) ||
         event_add(&u->ev, NULL) != 0 || event_add(&u->connect, &tv) != 0) {
         upstream_free(u);
         return NULL;
     }
     return u;
+}
+
+/* A new connection to the next address in turn, tries made already for
+ * this request: one that fails at once is marked down and the next one
+ * tried. */
+static struct upstream *upstream_new(struct worker *w, unsigned tries)
+{
+    size_t n = w->addrs ? w->addrs->n : 0;
+    struct upstream *u;
+    ssize_t i;
+
+    for (; tries < (n ? n : 1); tries++) {
+        i = pick(w);
+        if (i < 0)
+            return NULL;
+        u = connect_to(w, &w->addrs->a[i]);
+        if (u) {
+            u->tries = tries;
+            return u;
+        }
+        mark_down(w, &w->addrs->a[i]);
+    }
+    return NULL;
 }
 
 int upstream_open(struct conn *c)
@@ -174,13 +259,13 @@ int upstream_open(struct conn *c)
         w->nidle--;
         u->pooled = false;
         u->reused = true;
-    } else if (!(u = upstream_new(w))) {
+    } else if (!(u = upstream_new(w, 0))) {
         return -1;
     }
     u->conn = c;
     u->sent = false;
     c->up = u;
-    c->ex.up_addr = w->upstream_name;
+    c->ex.up_addr = u->name;
     return 0;
 }
 
@@ -281,6 +366,7 @@ bool upstream_sync(struct conn *c, bool read)
     if (empty && !u->peer_closed)
         u->readable = false; /* as conn.c's read_client */
     metrics_bytes(&metrics.upstream_bytes_in, (size_t)n);
+    upstream_ok_ms = resolve_now_ms(); /* for /readyz */
     ex_upstream_data(&c->ex, scratch, (size_t)n);
     return true;
 }

@@ -12,7 +12,11 @@
 #include <sys/queue.h>
 
 #include "exchange.h"
+#include "resolve.h"
 #include "tls.h"
+
+/* How long an address that failed to connect is skipped. */
+#define UPSTREAM_DOWN_MS 5000
 
 struct worker;
 struct conn;
@@ -23,6 +27,9 @@ struct upstream {
     struct conn *conn; /* the request it serves; NULL when idle */
     int fd;
     SSL *ssl;             /* TLS over fd, or NULL */
+    struct upaddr addr;   /* where it connects */
+    char name[72];        /* addr as "ip:port" ("[v6]:port"), for logs */
+    unsigned tries;       /* addresses tried for this request before it */
     struct event ev;      /* as a client conn's */
     struct event connect; /* the connect deadline (and the handshake's) */
     bool connected;
@@ -37,7 +44,11 @@ struct upstream {
 };
 
 /* c's exchange asks for an upstream connection for its queued request
- * (exchange_io.upstream_open). 0 or -1. */
+ * (exchange_io.upstream_open): a pooled one, or a new one to the next
+ * address in turn that is not marked down. A connect that fails marks
+ * its address down for UPSTREAM_DOWN_MS and moves to the next address,
+ * unseen by the exchange (nothing was sent), until each was tried once.
+ * 0 or -1. */
 int upstream_open(struct conn *c);
 /* Return c's upstream connection to the pool, or close it. */
 void upstream_release(struct conn *c, bool reusable);

@@ -119,10 +119,65 @@ void worker_log_pending(struct worker *w)
         event_active(w->log_flush, 0, 0); /* after this pass's events */
 }
 
+/* Serve with g (the reference is the worker's) and let the old one go:
+ * between callbacks, so no exchange is reading it. */
+static void use_gen(struct worker *w, struct gen *g)
+{
+    struct gen *old = w->gen;
+
+    w->gen = g;
+    w->cfg = w->ctx.cfg = &g->cfg;
+    w->ctx.engine = g->engine;
+    w->ctx.route_engines = g->engines;
+    gen_unref(old);
+}
+
+/* Connect to the addresses of s from now on (the reference is the
+ * worker's); none is marked down. */
+static void use_addrs(struct worker *w, struct upaddrs *s)
+{
+    int64_t *down = s && s->n ? calloc(s->n, sizeof(*down)) : NULL;
+
+    if (s && s->n && !down) { /* out of memory: keep the old set */
+        upaddrs_unref(s);
+        return;
+    }
+    upaddrs_unref(w->addrs);
+    free(w->down_until);
+    w->addrs = s;
+    w->down_until = down;
+}
+
+void worker_set_addrs(struct worker *w, struct upaddrs *s)
+{
+    struct upaddrs *old;
+
+    pthread_mutex_lock(&w->mu);
+    old = w->next_addrs;
+    w->next_addrs = upaddrs_ref(s);
+    pthread_mutex_unlock(&w->mu);
+    upaddrs_unref(old);
+    event_active(w->wake, 0, 0);
+}
+
+void worker_set_gen(struct worker *w, struct gen *gen)
+{
+    struct gen *old;
+
+    pthread_mutex_lock(&w->mu);
+    old = w->next_gen;
+    w->next_gen = gen_ref(gen);
+    pthread_mutex_unlock(&w->mu);
+    gen_unref(old);
+    event_active(w->wake, 0, 0);
+}
+
 static void on_wake(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
     struct conn *c, *next;
+    struct gen *g;
+    struct upaddrs *a;
     bool stop;
 
     (void)fd;
@@ -131,7 +186,15 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     c = w->woken;
     w->woken = w->woken_tail = NULL;
     stop = w->stop_requested && !w->stopping;
+    g = w->next_gen;
+    w->next_gen = NULL;
+    a = w->next_addrs;
+    w->next_addrs = NULL;
     pthread_mutex_unlock(&w->mu);
+    if (g)
+        use_gen(w, g);
+    if (a)
+        use_addrs(w, a);
     for (; c; c = next) {
         next = c->woken_next;
         c->woken_next = NULL;
@@ -183,22 +246,17 @@ void worker_wake_conn(struct worker *w, struct conn *c)
     event_active(w->wake, 0, 0);
 }
 
-int worker_init(struct worker *w, unsigned id, int fd, const struct config *cfg,
-                struct idem_engine *engine, struct idem_store *redis,
-                const struct sockaddr_storage *up, int uplen)
+int worker_init(struct worker *w, unsigned id, int fd, struct gen *gen,
+                struct idem_store *redis, struct upaddrs *addrs)
 {
     struct event_config *ec = event_config_new();
 
     memset(w, 0, sizeof(*w));
     w->id = id;
-    w->cfg = cfg;
-    w->ctx.cfg = cfg;
-    w->ctx.engine = engine;
+    use_gen(w, gen_ref(gen));
     w->redis = redis;
-    w->upstream_addr = *up;
-    w->upstream_addrlen = (socklen_t)uplen;
-    proxy_address((const struct sockaddr *)up, w->upstream_name,
-                  sizeof(w->upstream_name));
+    if (addrs)
+        use_addrs(w, upaddrs_ref(addrs));
     LIST_INIT(&w->conns);
     TAILQ_INIT(&w->idle);
     pthread_mutex_init(&w->mu, NULL);
@@ -284,5 +342,10 @@ void worker_deinit(struct worker *w)
         event_free(w->wake);
     if (w->base)
         event_base_free(w->base);
+    gen_unref(w->next_gen);
+    gen_unref(w->gen);
+    upaddrs_unref(w->next_addrs);
+    upaddrs_unref(w->addrs);
+    free(w->down_until);
     pthread_mutex_destroy(&w->mu);
 }

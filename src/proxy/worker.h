@@ -17,6 +17,8 @@
 
 #include "config.h"
 #include "exchange.h"
+#include "gen.h"
+#include "resolve.h"
 #include "idem/engine.h"
 #include "idem/store.h"
 
@@ -49,21 +51,25 @@ struct worker {
     struct event *log_flush; /* writes this thread's buffered log lines */
     pthread_mutex_t mu;      /* guards the wake queue and stopping */
     struct conn *woken, *woken_tail; /* decided, to act on (FIFO) */
-    bool stop_requested;      /* under mu: another thread asked to stop */
-    bool stopping;            /* the worker's own: no more requests */
-    struct event *beat;       /* every WORKER_BEAT_MS: the loop turns */
-    _Atomic uint64_t beat_ms; /* when it last did (worker_now_ms) */
+    bool stop_requested;        /* under mu: another thread asked to stop */
+    struct gen *next_gen;       /* under mu: the generation to take next */
+    struct gen *gen;            /* the worker's: the one it serves with */
+    struct upaddrs *next_addrs; /* under mu: the addresses to take next */
+    struct upaddrs *addrs;      /* the worker's: the upstream's addresses */
+    int64_t *down_until;        /* per addrs->a[i]: skipped until then */
+    size_t rr;                  /* the next address in turn */
+    struct resolver *resolver;  /* poked when a connect fails */
+    bool stopping;              /* the worker's own: no more requests */
+    struct event *beat;         /* every WORKER_BEAT_MS: the loop turns */
+    _Atomic uint64_t beat_ms;   /* when it last did (worker_now_ms) */
     struct conn_list conns;
     unsigned nconns;
     struct upstream_list idle;
     unsigned nidle;
-    const struct config *cfg;
-    struct ex_ctx ctx;        /* what its exchanges share */
-    struct idem_store *redis; /* the Redis store to attach, or NULL */
-    struct tls *tls;          /* TLS contexts (main's), or NULL: none */
-    struct sockaddr_storage upstream_addr;
-    socklen_t upstream_addrlen;
-    char upstream_name[72];        /* "ip:port" ("[v6]:port"), for logs */
+    const struct config *cfg;      /* gen's */
+    struct ex_ctx ctx;             /* what its exchanges share */
+    struct idem_store *redis;      /* the Redis store to attach, or NULL */
+    struct tls *tls;               /* TLS contexts (main's), or NULL: none */
     char scratch[WORKER_READ_MAX]; /* every read lands here first */
 };
 
@@ -91,12 +97,19 @@ struct bufferevent *proxy_bev_new(struct event_base *base, evutil_socket_t fd);
 void proxy_accept_failed(struct evconnlistener *l, struct event *resume,
                          const char *name);
 
-/* Create worker w bound to fd (a listening socket it takes over). redis:
- * the engine's store if it is Redis (the worker's thread attaches its
- * loop to it), else NULL. */
-int worker_init(struct worker *w, unsigned id, int fd, const struct config *cfg,
-                struct idem_engine *engine, struct idem_store *redis,
-                const struct sockaddr_storage *up, int uplen);
+/* Create worker w bound to fd (a listening socket it takes over),
+ * serving with gen (it takes a reference) and the upstream's addresses
+ * addrs (NULL: none yet; a reference is taken). redis: the engines' store
+ * if it is Redis (the worker's thread attaches its loop to it), else
+ * NULL. */
+int worker_init(struct worker *w, unsigned id, int fd, struct gen *gen,
+                struct idem_store *redis, struct upaddrs *addrs);
+/* From any thread: connect to the addresses of s (a reference is taken)
+ * from the worker's next wake on. */
+void worker_set_addrs(struct worker *w, struct upaddrs *s);
+/* From any thread: serve with gen (a reference is taken) from the
+ * worker's next wake on; the one it held is let go then. */
+void worker_set_gen(struct worker *w, struct gen *gen);
 int worker_start(struct worker *w);
 /* From any thread: stop accepting, finish open connections, then leave. */
 void worker_stop(struct worker *w);
