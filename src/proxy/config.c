@@ -1102,16 +1102,31 @@ void config_print_man(FILE *out, int section)
     else
         fputs(".SH NAME\nidemproxy.conf \\- idemproxy configuration file\n"
               ".SH DESCRIPTION\nRead with \\fB\\-\\-config\\fR "
-              "\\fIFILE\\fR. Each key is an option of idemproxy(1) without "
-              "its leading dashes; flags and files are read from left to "
-              "right, a later setting overriding an earlier one. "
-              "An unknown key or a bad value stops idemproxy with FILE:LINE "
-              "in the message.\n"
+              "\\fIFILE\\fR, an INI file: \\fIkey\\fR = \\fIvalue\\fR "
+              "lines, where each key is an option of idemproxy(1) without "
+              "its leading dashes, then \\fB[route\\fR \\fIPREFIX\\fB]"
+              "\\fR sections whose keys are rules for the paths under "
+              "PREFIX (the longest matching prefix wins). A line whose first "
+              "non-blank character is # or ; is a comment, as is anything "
+              "from a # or ; after a blank. Flags and files are read from "
+              "left to right, a later setting overriding an earlier one. "
+              "An unknown key or section, or a bad value, stops idemproxy "
+              "with FILE:LINE in the message; on SIGHUP, the file is read "
+              "again and a bad one is refused, the running configuration "
+              "kept.\n"
               ".SH KEYS\n",
               out);
     for (i = 0; i < NOPTIONS; i++)
         if (section == 1 || !options[i].flag_only)
             man_option(out, &options[i], section);
+    if (section == 5) {
+        fputs(".SH ROUTE KEYS\nIn a \\fB[route\\fR \\fIPREFIX\\fB]\\fR "
+              "section; a rule a route does not set is the global "
+              "option's.\n",
+              out);
+        for (i = 0; i < NROUTE_OPTIONS; i++)
+            man_option(out, &route_options[i], section);
+    }
     if (section == 1)
         fputs(".SH SIGNALS\n"
               ".TP\nSIGTERM, SIGINT\nStop accepting, let requests in flight "
