@@ -135,7 +135,7 @@ static void log_request(struct exchange *ex, int outcome, unsigned status)
         .outcome = metrics_outcome_name(outcome),
         .status = status,
         .bytes_sent = ex->client_out.added - ex->out_mark,
-        .upstream = ex->up_addr,
+        .upstream = ex->up_addr[0] ? ex->up_addr : NULL,
         .upstream_us = ex->t_upstream_us ? (int64_t)ex->t_upstream_us : -1,
         .total_us = now_us() - ex->t_start_us,
     };
@@ -559,6 +559,7 @@ static int on_message_begin(llhttp_t *p)
     ex->t_start_us = now_us();
     ex->t_upstream_us = 0;
     ex->out_mark = ex->client_out.added;
+    ex->up_addr[0] = '\0'; /* not asked yet */
     ex->request_done = false;
     return 0;
 }

@@ -213,9 +213,10 @@ struct exchange {
 
     char request_id[EX_REQUEST_ID_MAX + 1]; /* "": not chosen yet */
     uint64_t t_start_us, t_upstream_us;
-    uint64_t out_mark;   /* client_out.added when the request began */
-    const char *up_addr; /* the upstream's "ip:port" (the driver's), or
-                          * NULL: not asked */
+    uint64_t out_mark; /* client_out.added when the request began */
+    char up_addr[72];  /* the upstream's "ip:port" as the driver said it
+                        * (kept past the connection, for the log); "": not
+                        * asked */
     unsigned status_sent;
 };
 

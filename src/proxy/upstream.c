@@ -123,7 +123,7 @@ static bool reconnect(struct conn *c, struct upstream *u)
     next->conn = c;
     next->reused = false;
     c->up = next;
-    c->ex.up_addr = next->name;
+    memcpy(c->ex.up_addr, next->name, sizeof(c->ex.up_addr));
     u->conn = NULL;
     upstream_free(u);
     return true;
@@ -265,7 +265,7 @@ int upstream_open(struct conn *c)
     u->conn = c;
     u->sent = false;
     c->up = u;
-    c->ex.up_addr = u->name;
+    memcpy(c->ex.up_addr, u->name, sizeof(c->ex.up_addr));
     return 0;
 }
 
