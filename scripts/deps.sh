@@ -8,7 +8,7 @@ set -eu
 
 BUILD="cmake make pkg-config gcc clang libclang-rt-14-dev libevent-dev
 libhiredis-dev node-llhttp libxxhash-dev libssl-dev libcmocka-dev
-libsystemd-dev redis-server valgrind curl
+libsystemd-dev libnghttp2-dev nghttp2-client redis-server valgrind curl
 debhelper lintian dpkg-dev systemd"
 BENCH="wrk nginx-light gnuplot-nox"
 

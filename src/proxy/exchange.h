@@ -155,6 +155,9 @@ struct exchange {
     struct ex_ctx *ctx;
     void *data;      /* the driver's */
     char client[64]; /* "ip:port" */
+    /* The client's protocol for the log when the driver translates it
+     * ("HTTP/2"), or NULL: the request line's. */
+    const char *protocol;
 
     enum ex_phase phase;
     enum ex_response response;
