@@ -482,22 +482,6 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame,
     return 0;
 }
 
-/* The response went whole before the request did: the rest of the
- * request is not wanted (RFC 9113 §8.1). */
-static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame,
-                         void *ud)
-{
-    int32_t id = frame->hd.stream_id;
-
-    (void)ud;
-    if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
-        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
-        nghttp2_session_get_stream_remote_close(session, id) == 0)
-        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, id,
-                                  NGHTTP2_NO_ERROR);
-    return 0;
-}
-
 static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t code,
                            void *ud)
 {
@@ -735,7 +719,6 @@ static nghttp2_session *session_new(struct h2_session *s)
     nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data);
-    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_max_continuations(opt, H2_MAX_CONTINUATIONS);
