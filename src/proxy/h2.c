@@ -776,7 +776,7 @@ void h2_sniff(struct conn *c, const char *p, size_t n)
 {
     size_t k = c->sniffed, m = n < H2_PREFACE_LEN - k ? n : H2_PREFACE_LEN - k;
 
-    if (c->w->cfg->h2_max_streams == 0 || memcmp(p, H2_PREFACE + k, m) != 0) {
+    if (c->w->cfg->h2_max_streams == 0 || memcmp(p, &H2_PREFACE[k], m) != 0) {
         c->proto = CONN_HTTP1;
         if (k) /* the bytes held back */
             ex_client_data(&c->ex, H2_PREFACE, k);
