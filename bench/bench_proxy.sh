@@ -8,13 +8,16 @@
 # its ratio to nginx's. Counted, not guessed: system calls per request
 # (perf's raw_syscalls tracepoint, on a run of their own) and allocations
 # per request (tests/failalloc_shim.c preloaded, failing none); and the
-# first-execution rate with 2 workers over 1. Then idemproxy's first and
+# first-execution rate with 2 workers over 1. Then HTTP/2 (h2c): first
+# executions (bench/h2_keys, a new key per request) and passthrough
+# (h2load) against nginx's http2 on the same stub. Then idemproxy's first and
 # replay runs again on the Redis store (a redis-server started here),
-# with their ratio to the memory store's. Last, TLS: nginx and idemproxy
+# with their ratio to the memory store's; then TLS: nginx and idemproxy
 # each terminating TLS (one self-signed certificate made here with
 # openssl) in front of the same stub, wrk over https with unique keys,
-# and the CPU per request of each. Prints "name value [unit]"
-# lines, never pass/fail. Needs wrk and nginx: scripts/deps.sh bench;
+# and the CPU per request of each; last, a Redis Cluster. Prints "name
+# value [unit]" lines, never pass/fail. Needs wrk, nginx and h2load:
+# scripts/deps.sh bench;
 # perf for the system call counts.
 #   bench/bench_proxy.sh            5 s per run
 #   BENCH_DURATION=2s bench/bench_proxy.sh
@@ -307,6 +310,71 @@ count_allocs "" pass_allocs
 echo "proxy.passthrough.allocs $allocs per_req"
 count_allocs 16 replay_allocs
 echo "proxy.replay.allocs $allocs per_req"
+
+# ---------------------------------------------------------------------------
+# HTTP/2: clients speak h2c (prior knowledge) to idemproxy, whose upstream
+# side stays HTTP/1.1 to the same stub, and to nginx (`listen ... http2`
+# without ssl: h2c with prior knowledge on nginx 1.22), 32 connections of
+# 10 streams each. First executions need a new key per request, which
+# h2load cannot send: bench/h2_keys does (for both); h2load gives the
+# passthrough (GET) figures. Placed before the Redis runs, which end the
+# script early when their tools are missing.
+h2_secs=$(echo "$DURATION" | sed 's/s$//')
+h2_keys="$BUILD/bench/h2_keys"
+cmake --build "$BUILD" --target h2_keys >&2 || true
+# Run h2 load "$1" (keys or h2load) on port $2 as run $3: "requests rps".
+run_h2() {
+    if [ "$1" = keys ]; then
+        "$h2_keys" "$2" "$h2_secs" 32 10 "$3-$$" >"$tmp/$3.out" 2>&1
+        awk -v s="$h2_secs" '/^requests/ { printf "%d %.0f\n", $2, $2 / s
+            if ($4 > 0) print "bench_proxy: run h2: " $4 " errors" > "/dev/stderr" }' \
+            "$tmp/$3.out"
+    else
+        h2load -D "$h2_secs" -c 32 -m 10 -t $THREADS \
+            "http://127.0.0.1:$2/pay" >"$tmp/$3.out" 2>&1
+        awk -v s="$h2_secs" '/^requests:/ { printf "%d %.0f\n", $8, $8 / s }' \
+            "$tmp/$3.out"
+    fi
+}
+if command -v h2load >/dev/null 2>&1 && [ -x "$h2_keys" ]; then
+    h2front=$(free_port)
+    start_nginx h2front "upstream stub { server 127.0.0.1:$stub; keepalive 64; }
+        server { listen 127.0.0.1:$h2front http2; location / {
+            proxy_pass http://stub; proxy_http_version 1.1;
+            proxy_set_header Connection \"\"; } }"
+    wait_port "$h2front"
+    h2worker=$(nginx_worker "$nginx_pid")
+    for run in keys h2load; do
+        c0=$(cpu_us "$h2worker")
+        set -- $(run_h2 "$run" "$h2front" "h2_nginx_$run")
+        c1=$(cpu_us "$h2worker")
+        rps=$2
+        set -- $(per_req "$c0" "$c1" "$1")
+        eval "h2_nginx_$run=$1"
+        [ "$run" = keys ] && echo "proxy.h2.nginx.rps $rps" &&
+            echo "proxy.h2.nginx.cpu_us $1 us/req"
+        [ "$run" = h2load ] && echo "proxy.h2.nginx.passthrough.cpu_us $1 us/req"
+    done
+    for run in keys h2load; do
+        c0=$(cpu_us "$idem_pid")
+        set -- $(run_h2 "$run" "$idem" "h2_idem_$run")
+        c1=$(cpu_us "$idem_pid" 2>/dev/null || echo "$c0")
+        check_idem "h2_idem_$run"
+        rps=$2
+        set -- $(per_req "$c0" "$c1" "$1")
+        if [ "$run" = keys ]; then
+            echo "proxy.h2.idem.first.rps $rps"
+            echo "proxy.h2.idem.first.cpu_us $1 us/req"
+            echo "proxy.h2.first.cpu_ratio $(ratio "$1" "$h2_nginx_keys")"
+        else
+            echo "proxy.h2.idem.passthrough.rps $rps"
+            echo "proxy.h2.idem.passthrough.cpu_us $1 us/req"
+            echo "proxy.h2.passthrough.cpu_ratio $(ratio "$1" "$h2_nginx_h2load")"
+        fi
+    done
+else
+    echo "bench_proxy: h2load (nghttp2-client) or h2_keys missing: HTTP/2 runs skipped" >&2
+fi
 
 # The same first and replay runs on the Redis store (a redis-server of our
 # own, no persistence), against the memory store's figures of this run.

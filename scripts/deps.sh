@@ -8,7 +8,8 @@ set -eu
 
 BUILD="cmake make pkg-config gcc clang libclang-rt-14-dev libevent-dev
 libhiredis-dev libinih-dev node-llhttp libxxhash-dev libssl-dev openssl
-libcmocka-dev libsystemd-dev redis-server valgrind curl python3-websockets
+libcmocka-dev libsystemd-dev libnghttp2-dev nghttp2-client redis-server
+valgrind curl python3-websockets
 debhelper lintian dpkg-dev systemd"
 BENCH="wrk nginx-light gnuplot-nox"
 

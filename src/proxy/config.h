@@ -114,6 +114,10 @@ struct config {
     int64_t shutdown_timeout_ms; /* --shutdown-timeout, default 30s */
     unsigned upstream_idle;      /* --upstream-idle, idle keep-alive
                                     connections kept per worker, 64 */
+    unsigned h2_max_streams;     /* --h2-max-streams, concurrent streams
+                                    per HTTP/2 connection, 128; 0: no h2c */
+    unsigned h2_max_resets;      /* --h2-max-resets, client stream resets
+                                    a second per connection, 100 */
     enum log_level log_level;    /* --log-level error|warn|info|debug */
     enum log_format log_format;  /* --log-format text|json */
     char *log_file;              /* --log-file FILE, default stderr */

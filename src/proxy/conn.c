@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "h2.h"
 #include "log.h"
 #include "metrics.h"
 #include "upstream.h"
@@ -92,6 +93,8 @@ static void conn_free(struct conn *c)
     unsigned i;
 
     close_client(c);
+    if (c->h2)
+        h2_free(c);    /* and its streams */
     ex_deinit(&c->ex); /* releases the upstream connection */
     for (i = 0; i < EX_TIMERS; i++)
         event_del(&c->timers[i]);
@@ -165,7 +168,12 @@ static bool read_client(struct conn *c)
     if (empty && !c->peer_closed)
         c->readable = false;
     metrics_bytes(&metrics.client_bytes_in, (size_t)n);
-    ex_client_data(&c->ex, scratch, (size_t)n);
+    if (c->proto == CONN_HTTP2)
+        h2_recv(c, scratch, (size_t)n);
+    else if (c->proto == CONN_SNIFF)
+        h2_sniff(c, scratch, (size_t)n); /* HTTP/1.1 or the h2c preface */
+    else
+        ex_client_data(&c->ex, scratch, (size_t)n);
     return true;
 }
 
@@ -191,6 +199,10 @@ void conn_sync(struct conn *c)
     struct ex_wants want;
     unsigned reads = 0;
 
+    if (c->proto >= CONN_HTTP2) {
+        h2_sync(c); /* h2.c drives HTTP/2 connections and streams */
+        return;
+    }
     if (c->syncing)
         return; /* the running conn_sync looks again */
     c->syncing = true;
@@ -230,11 +242,17 @@ void conn_sync(struct conn *c)
                 close_client(c);
                 ex_client_gone(&c->ex);
             }
+            if (c->proto == CONN_HTTP2)
+                break; /* the preface came: h2.c takes over */
             continue;
         }
         break;
     }
     c->syncing = false;
+    if (c->proto == CONN_HTTP2) {
+        h2_sync(c);
+        return;
+    }
     worker_log_pending(c->w);
     if (want.end == EX_END_FREE)
         conn_free(c);
@@ -309,17 +327,18 @@ void conn_woken(struct conn *c)
     conn_sync(c);
 }
 
+static void (*const timer_cb[EX_TIMERS])(evutil_socket_t, short, void *) = {
+    [EX_TIMER_CLIENT] = on_client_timer,
+    [EX_TIMER_UPSTREAM] = on_upstream_timer,
+    [EX_TIMER_RENEW] = on_renew_timer,
+};
+
 void conn_accept(struct worker *w, evutil_socket_t fd,
                  const struct sockaddr *sa, int salen)
 {
     struct conn *c = calloc(1, sizeof(*c));
     char client[64];
     struct timeval tv = tv_of(w->cfg->client_timeout_ms);
-    static void (*const timer_cb[EX_TIMERS])(evutil_socket_t, short, void *) = {
-        [EX_TIMER_CLIENT] = on_client_timer,
-        [EX_TIMER_UPSTREAM] = on_upstream_timer,
-        [EX_TIMER_RENEW] = on_renew_timer,
-    };
     unsigned i;
 
     (void)salen;
@@ -359,7 +378,9 @@ void conn_close_idle(struct worker *w)
 
     for (c = LIST_FIRST(&w->conns); c; c = next) {
         next = LIST_NEXT(c, link);
-        if (ex_shutdown(&c->ex))
+        if (c->proto == CONN_HTTP2)
+            h2_shutdown(c);
+        else if (ex_shutdown(&c->ex))
             conn_sync(c);
     }
 }
@@ -367,4 +388,43 @@ void conn_close_idle(struct worker *w)
 void conn_discard(struct conn *c)
 {
     conn_free(c);
+}
+
+/* -- For h2.c ------------------------------------------------------------ */
+
+bool conn_flush(struct conn *c)
+{
+    return flush_client(c);
+}
+
+bool conn_read(struct conn *c)
+{
+    return read_client(c);
+}
+
+void conn_close(struct conn *c)
+{
+    close_client(c);
+}
+
+void conn_stream_init(struct conn *stream, struct conn *parent)
+{
+    struct worker *w = parent->w;
+    unsigned i;
+
+    stream->w = w;
+    stream->fd = -1;
+    stream->proto = CONN_STREAM;
+    ex_init(&stream->ex, &conn_io, &w->ctx, parent->ex.client, stream);
+    for (i = 0; i < EX_TIMERS; i++)
+        event_assign(&stream->timers[i], w->base, -1, 0, timer_cb[i], stream);
+}
+
+void conn_stream_deinit(struct conn *stream)
+{
+    unsigned i;
+
+    ex_deinit(&stream->ex); /* releases the upstream connection */
+    for (i = 0; i < EX_TIMERS; i++)
+        event_del(&stream->timers[i]);
 }

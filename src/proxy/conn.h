@@ -16,6 +16,11 @@
 
 struct worker;
 struct upstream;
+struct h2_session;
+
+/* What a conn speaks. A CONN_STREAM is an HTTP/2 stream (h2.h): no
+ * socket, its exchange driven by its connection's session. */
+enum conn_proto { CONN_SNIFF = 0, CONN_HTTP1, CONN_HTTP2, CONN_STREAM };
 
 struct conn {
     struct exchange ex;
@@ -35,6 +40,9 @@ struct conn {
     bool lingering;              /* writing is shut down; reading to drop */
     bool syncing;                /* inside conn_sync: it frees, not callees */
     struct conn *woken_next;     /* on its worker's wake queue */
+    unsigned char proto;         /* enum conn_proto */
+    unsigned char sniffed;       /* bytes of the HTTP/2 preface seen */
+    struct h2_session *h2;       /* HTTP/2: the session (h2.c) */
 };
 
 /* Take a new client socket: a conn, or the socket closed. */
@@ -49,5 +57,17 @@ void conn_sync(struct conn *c);
 void conn_close_idle(struct worker *w);
 /* Free c whatever it is doing (forced shutdown). */
 void conn_discard(struct conn *c);
+
+/* For h2.c, which drives HTTP/2 connections and streams itself. */
+/* Write c's client_out: false if the client is gone. */
+bool conn_flush(struct conn *c);
+/* Read once and hand the bytes over: false if the client is gone. */
+bool conn_read(struct conn *c);
+/* Close c's socket (the conn stays). */
+void conn_close(struct conn *c);
+/* Set up stream, a CONN_STREAM of HTTP/2 connection parent: its exchange
+ * and timers, no socket. conn_stream_deinit undoes it. */
+void conn_stream_init(struct conn *stream, struct conn *parent);
+void conn_stream_deinit(struct conn *stream);
 
 #endif

@@ -131,7 +131,9 @@ static void log_request(struct exchange *ex, int outcome, unsigned status)
         .method_len = h->method_len,
         .target = bytes + h->target_off,
         .target_len = h->target_len,
-        .protocol = ex->rd.parser.http_minor ? "HTTP/1.1" : "HTTP/1.0",
+        .protocol = ex->protocol               ? ex->protocol
+                    : ex->rd.parser.http_minor ? "HTTP/1.1"
+                                               : "HTTP/1.0",
         .outcome = metrics_outcome_name(outcome),
         .status = status,
         .bytes_sent = ex->client_out.added - ex->out_mark,

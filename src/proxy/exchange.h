@@ -171,6 +171,9 @@ struct exchange {
     char client[64]; /* "ip:port" */
     bool tls;        /* the client's connection is TLS (set by the driver
                       * before the first byte; X-Forwarded-Proto's fact) */
+    /* The client's protocol for the log when the driver translates it
+     * ("HTTP/2"), or NULL: the request line's. */
+    const char *protocol;
 
     enum ex_phase phase;
     enum ex_response response;

@@ -73,6 +73,26 @@ static int load_pair(SSL_CTX *ctx, const char *cert, const char *key,
     return -1;
 }
 
+/* ALPN (RFC 7301): "h2" when the client offers it and HTTP/2 is on,
+ * else "http/1.1"; a client offering neither goes on without ALPN. The
+ * connection then speaks what it chose: h2.c's sniffing sees the h2
+ * preface after the handshake as it does on plaintext. */
+static int select_alpn(SSL *ssl, const unsigned char **out,
+                       unsigned char *outlen, const unsigned char *in,
+                       unsigned inlen, void *arg)
+{
+    static const unsigned char both[] = "\x02h2\x08http/1.1";
+    static const unsigned char h1[] = "\x08http/1.1";
+    bool h2 = (uintptr_t)arg != 0;
+
+    (void)ssl;
+    if (SSL_select_next_proto((unsigned char **)out, outlen, h2 ? both : h1,
+                              h2 ? sizeof(both) - 1 : sizeof(h1) - 1, in,
+                              inlen) != OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK;
+    return SSL_TLSEXT_ERR_OK;
+}
+
 /* The listener's context from cfg's files, or NULL (logged). */
 static SSL_CTX *server_ctx(const struct config *cfg)
 {
@@ -82,6 +102,8 @@ static SSL_CTX *server_ctx(const struct config *cfg)
         log_msg(LOG_ERROR, "TLS: out of memory");
         return NULL;
     }
+    SSL_CTX_set_alpn_select_cb(ctx, select_alpn,
+                               (void *)(uintptr_t)(cfg->h2_max_streams > 0));
     if (load_pair(ctx, cfg->tls_cert, cfg->tls_key, "--tls-cert") != 0) {
         SSL_CTX_free(ctx);
         return NULL;

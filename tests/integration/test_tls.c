@@ -190,6 +190,74 @@ static void test_tls_listener_replays(void **state)
     assert_int_equal(h_upstream_count(up->http_port), 1);
 }
 
+/* A keyed POST with curl over TLS (--http2: ALPN offers h2 first, or
+ * --http1.1): the protocol curl says was used, in proto[16]; its status
+ * and whether it was a replay from the headers it wrote. */
+static int curl_post(uint16_t port, const char *version, const char *key,
+                     char proto[16], bool *replayed)
+{
+    char *ca = path_of("ca.pem"), *hdr = path_of("curl.hdr");
+    char *url = h_format("https://localhost:%u/orders", port);
+    char *keyh = h_format("Idempotency-Key: %s", key);
+    char *script =
+        h_format("/usr/bin/curl -s -o /dev/null -D %s -w '%%{http_version}' "
+                 "%s --cacert %s -X POST -H '%s' -d hi %s > %s/curl.ver",
+                 hdr, version, ca, keyh, url, h_tmpdir());
+    const char *argv[] = { "sh", "-c", script, NULL };
+    char *ver = path_of("curl.ver"), buf[4096] = "";
+    int status = -1;
+    size_t n;
+    FILE *f;
+
+    assert_int_equal(h_run("/bin/sh", argv, NULL, 0), 0);
+    f = fopen(ver, "r");
+    assert_non_null(f);
+    n = fread(proto, 1, 15, f);
+    proto[n] = '\0';
+    fclose(f);
+    f = fopen(hdr, "r");
+    assert_non_null(f);
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    sscanf(buf, "HTTP/%*s %d", &status);
+    *replayed = strcasestr(buf, "idempotent-replayed: true") != NULL;
+    free(ca);
+    free(hdr);
+    free(url);
+    free(keyh);
+    free(script);
+    free(ver);
+    return status;
+}
+
+/* ALPN: a client offering h2 gets HTTP/2 over TLS, with the same rules
+ * (the retry of a keyed POST is replayed, whichever protocol it comes
+ * over); one offering http/1.1 gets HTTP/1.1 on the same port. */
+static void test_alpn_h2_and_http11(void **state)
+{
+    struct h_proc *up = upstream_on("127.0.0.1:0"), *px;
+    char proto[16];
+    bool replayed;
+
+    (void)state;
+    certs();
+    px = tls_proxy(up->http_port, "srv", NULL);
+    assert_int_equal(
+        curl_post(px->http_port, "--http2", "k-alpn", proto, &replayed), 200);
+    assert_string_equal(proto, "2");
+    assert_false(replayed);
+    assert_int_equal(
+        curl_post(px->http_port, "--http1.1", "k-alpn", proto, &replayed), 200);
+    assert_string_equal(proto, "1.1");
+    assert_true(replayed);
+    assert_int_equal(
+        curl_post(px->http_port, "--http2", "k-alpn", proto, &replayed), 200);
+    assert_string_equal(proto, "2");
+    assert_true(replayed);
+    assert_int_equal(h_upstream_count(up->http_port), 1);
+}
+
 /* Plain HTTP to the TLS port: the connection closes, the proxy goes on. */
 static void test_plaintext_client_closed(void **state)
 {
@@ -453,6 +521,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         T(test_tls_listener_replays),
+        T(test_alpn_h2_and_http11),
         T(test_plaintext_client_closed),
         T(test_sighup_reloads_certificate),
         T(test_websocket_over_tls),

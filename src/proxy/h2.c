@@ -1,0 +1,820 @@
+/* h2.h: HTTP/2 connections and their streams. The session (nghttp2, fed
+ * and drained in memory) lives on the connection's conn; each stream is a
+ * conn of its own (CONN_STREAM) whose exchange gets the request as
+ * HTTP/1.1 bytes and whose HTTP/1.1 response is parsed back into frames.
+ * nghttp2's callbacks only collect and mark streams dirty; the streams
+ * run after nghttp2 returns, in session_sync, the one place that reads,
+ * writes, closes and frees. */
+#include "h2.h"
+
+#include <llhttp.h>
+#include <nghttp2/nghttp2.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "conn.h"
+#include "exchange.h"
+#include "http.h"
+#include "log.h"
+#include "upstream.h"
+#include "worker.h"
+
+/* Reads one session_sync does before letting other connections run. */
+#define H2_READS_PER_SYNC 16
+
+struct h2_stream;
+
+struct h2_session {
+    struct conn *conn;              /* the client connection */
+    nghttp2_session *session;       /* NULL once the client is gone */
+    LIST_HEAD(, h2_stream) streams; /* every live stream */
+    TAILQ_HEAD(, h2_stream) dirty;  /* streams to run */
+    unsigned nstreams;
+    struct event idle;     /* no stream for --client-timeout: GOAWAY */
+    uint64_t reset_ms;     /* when reset_tokens was last refilled */
+    unsigned reset_tokens; /* client resets allowed before GOAWAY */
+    bool dead;             /* a connection error: close once flushed */
+};
+
+struct h2_stream {
+    struct conn c; /* first: its exchange, upstream and timers */
+    struct h2_session *s;
+    LIST_ENTRY(h2_stream) link;
+    TAILQ_ENTRY(h2_stream) dirty_link;
+    int32_t id; /* 0 once the stream is over for the client */
+    bool dirty;
+    /* The request. */
+    struct buf pseudo; /* :method, :path, :authority values */
+    size_t m_off, m_len, p_off, p_len, a_off, a_len;
+    struct buf fields; /* "name: value\r\n" lines */
+    size_t head_bytes; /* what the exchange will count of the head */
+    unsigned nfields;
+    bool has_length;   /* a content-length came */
+    bool chunked;      /* the body goes to the exchange chunked */
+    bool head_only;    /* HEAD: the response has no body */
+    struct buf in;     /* HTTP/1.1 bytes for the exchange */
+    size_t unconsumed; /* DATA bytes in `in`: window to give back */
+    /* The response. */
+    llhttp_t rp;
+    struct http_head rhead;
+    struct buf out; /* body bytes for DATA frames */
+    bool complete;  /* the response was parsed whole */
+    bool deferred;  /* the data source waits for bytes */
+};
+
+static void session_sync(struct h2_session *s);
+
+static const struct config *cfg_of(const struct h2_session *s)
+{
+    return s->conn->w->cfg;
+}
+
+static void mark_dirty(struct h2_stream *st)
+{
+    if (st->dirty)
+        return;
+    st->dirty = true;
+    TAILQ_INSERT_TAIL(&st->s->dirty, st, dirty_link);
+}
+
+/* Whether the client can still be sent frames on st. */
+static bool attached(const struct h2_stream *st)
+{
+    return st->id != 0 && st->s->session;
+}
+
+/* End st for the client with an RST_STREAM. */
+static void stream_reset(struct h2_stream *st, uint32_t code)
+{
+    if (!attached(st))
+        return;
+    nghttp2_submit_rst_stream(st->s->session, NGHTTP2_FLAG_NONE, st->id, code);
+    nghttp2_session_set_stream_user_data(st->s->session, st->id, NULL);
+    st->id = 0;
+}
+
+static void stream_free(struct h2_stream *st)
+{
+    struct h2_session *s = st->s;
+
+    /* still open: a cut answer (or an exchange that gave up on it) */
+    stream_reset(st, st->complete ? NGHTTP2_CANCEL : NGHTTP2_INTERNAL_ERROR);
+    if (st->dirty)
+        TAILQ_REMOVE(&s->dirty, st, dirty_link);
+    LIST_REMOVE(st, link);
+    s->nstreams--;
+    conn_stream_deinit(&st->c);
+    buf_free(&st->pseudo);
+    buf_free(&st->fields);
+    buf_free(&st->in);
+    buf_free(&st->out);
+    http_head_deinit(&st->rhead);
+    free(st);
+}
+
+/* -- The response: HTTP/1.1 from the exchange, read back into frames ----- */
+
+static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *dst,
+                         size_t len, uint32_t *flags, nghttp2_data_source *src,
+                         void *ud)
+{
+    struct h2_stream *st = nghttp2_session_get_stream_user_data(session, id);
+    size_t n;
+
+    (void)src;
+    (void)ud;
+    if (!st)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    n = buf_len(&st->out) < len ? buf_len(&st->out) : len;
+    memcpy(dst, buf_bytes(&st->out), n);
+    buf_consume(&st->out, n);
+    if (n)
+        mark_dirty(st); /* room to read more of its response */
+    if (buf_len(&st->out) == 0 && st->complete) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+        return (ssize_t)n;
+    }
+    if (n == 0) {
+        st->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    return (ssize_t)n;
+}
+
+static void nv_set(nghttp2_nv *nv, const char *name, size_t nlen,
+                   const char *value, size_t vlen)
+{
+    nv->name = (uint8_t *)(uintptr_t)name;
+    nv->namelen = nlen;
+    nv->value = (uint8_t *)(uintptr_t)value;
+    nv->valuelen = vlen;
+    nv->flags = NGHTTP2_NV_FLAG_NONE; /* nghttp2 copies them */
+}
+
+/* HEADERS from the parsed response head: the status, then its fields
+ * minus the connection-specific ones (RFC 9113 §8.2.2), names in lower
+ * case; the body follows from st->out. */
+static int submit_response(struct h2_stream *st)
+{
+    struct http_head *h = &st->rhead;
+    nghttp2_nv nva[EX_RESPONSE_FIELDS_MAX + 1];
+    nghttp2_data_provider body = { .read_callback = read_body };
+    char status[8];
+    size_t n = 0, conn_len = 0, i, j;
+    const char *conn = http_head_get(h, "Connection", &conn_len);
+    const struct http_field *f;
+
+    snprintf(status, sizeof(status), "%u", st->rp.status_code % 1000);
+    nv_set(&nva[n++], ":status", 7, status, strlen(status));
+    for (i = 0; i < h->nfields && n < EX_RESPONSE_FIELDS_MAX + 1; i++) {
+        f = &h->fields[i];
+        if (http_hop_by_hop(h, f, conn, conn_len))
+            continue;
+        for (j = 0; j < f->name_len; j++)
+            if (h->bytes[f->name_off + j] >= 'A' &&
+                h->bytes[f->name_off + j] <= 'Z')
+                h->bytes[f->name_off + j] += 'a' - 'A';
+        nv_set(&nva[n++], h->bytes + f->name_off, f->name_len,
+               h->bytes + f->value_off, f->value_len);
+    }
+    return nghttp2_submit_response(st->s->session, st->id, nva, n, &body);
+}
+
+static int on_rfield(llhttp_t *p, const char *at, size_t len)
+{
+    struct h2_stream *st = p->data;
+
+    return http_head_field(&st->rhead, at, len) == 0 ? 0 : -1;
+}
+
+static int on_rvalue(llhttp_t *p, const char *at, size_t len)
+{
+    struct h2_stream *st = p->data;
+
+    return http_head_value(&st->rhead, at, len) == 0 ? 0 : -1;
+}
+
+static int on_rheaders_complete(llhttp_t *p)
+{
+    struct h2_stream *st = p->data;
+
+    if (p->status_code < 200)
+        return 0; /* interim (100, 103): not relayed over HTTP/2 */
+    if (submit_response(st) != 0)
+        return -1;
+    return st->head_only ? 1 : 0; /* 1: a HEAD response has no body */
+}
+
+static int on_rbody(llhttp_t *p, const char *at, size_t len)
+{
+    struct h2_stream *st = p->data;
+
+    return buf_add(&st->out, at, len) == 0 ? 0 : -1;
+}
+
+static int on_rmessage_complete(llhttp_t *p)
+{
+    struct h2_stream *st = p->data;
+
+    if (p->status_code < 200) {
+        http_head_reset(&st->rhead);
+        return 0; /* the final response follows */
+    }
+    st->complete = true;
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t response_settings = {
+    .on_header_field = on_rfield,
+    .on_header_value = on_rvalue,
+    .on_headers_complete = on_rheaders_complete,
+    .on_body = on_rbody,
+    .on_message_complete = on_rmessage_complete,
+};
+
+/* Parse what the exchange wrote for the client into st's frames, while
+ * st->out has room (so a client slower than the upstream leaves bytes in
+ * client_out, and the exchange's own backpressure stops the upstream).
+ * true if it did anything. */
+static bool pump_response(struct h2_stream *st)
+{
+    struct buf *o = &st->c.ex.client_out;
+    size_t n, room;
+    enum llhttp_errno err;
+    bool did = false;
+
+    while (buf_len(o) && !st->complete && attached(st) &&
+           buf_len(&st->out) < H2_STREAM_OUT) {
+        room = H2_STREAM_OUT - buf_len(&st->out);
+        n = buf_len(o) < room ? buf_len(o) : room;
+        err = llhttp_execute(&st->rp, buf_bytes(o), n);
+        did = true;
+        if (err == HPE_PAUSED) {
+            buf_clear(o); /* nothing follows the one response */
+        } else if (err != HPE_OK) {
+            log_msg(LOG_WARN, "HTTP/2: cannot relay a response: %s",
+                    llhttp_errno_name(err));
+            stream_reset(st, NGHTTP2_INTERNAL_ERROR);
+        } else {
+            buf_consume(o, n);
+        }
+    }
+    if (st->complete && buf_len(o))
+        buf_clear(o);
+    if (did && st->deferred && attached(st)) {
+        st->deferred = false;
+        nghttp2_session_resume_data(st->s->session, st->id);
+    }
+    return did;
+}
+
+/* -- The request: frames into HTTP/1.1 bytes for the exchange ----------- */
+
+/* Give the exchange the request bytes waiting, and the client the window
+ * they took. */
+static void feed_request(struct h2_stream *st)
+{
+    size_t n = st->unconsumed;
+
+    ex_client_data(&st->c.ex, buf_bytes(&st->in), buf_len(&st->in));
+    buf_trim(&st->in);
+    st->unconsumed = 0;
+    if (n && attached(st))
+        nghttp2_session_consume_stream(st->s->session, st->id, n);
+}
+
+/* The header block is whole: the request line, Host from :authority, the
+ * fields, how the body is framed (chunked when it has no length), and
+ * Connection: close (one request per stream: the exchange then ends it
+ * after its answer). */
+static int request_head(struct h2_stream *st, bool ended)
+{
+    const char *ps = buf_bytes(&st->pseudo);
+    struct buf *in = &st->in;
+    bool ok;
+
+    st->head_only = st->m_len == 4 && memcmp(ps + st->m_off, "HEAD", 4) == 0;
+    st->chunked = !ended && !st->has_length;
+    ok = buf_add(in, ps + st->m_off, st->m_len) == 0 &&
+         buf_addl(in, " ") == 0 &&
+         buf_add(in, ps + st->p_off, st->p_len) == 0 &&
+         buf_addl(in, " HTTP/1.1\r\n") == 0;
+    if (ok && st->a_len)
+        ok = buf_add_field(in, "Host", 4, ps + st->a_off, st->a_len) == 0;
+    ok =
+        ok && buf_add(in, buf_bytes(&st->fields), buf_len(&st->fields)) == 0 &&
+        (!st->chunked || buf_addl(in, "Transfer-Encoding: chunked\r\n") == 0) &&
+        buf_addl(in, "Connection: close\r\n\r\n") == 0;
+    buf_free(&st->fields);
+    buf_free(&st->pseudo);
+    mark_dirty(st);
+    return ok ? 0 : -1;
+}
+
+static void end_body(struct h2_stream *st)
+{
+    if (st->chunked && buf_addl(&st->in, "0\r\n\r\n") != 0)
+        stream_reset(st, NGHTTP2_INTERNAL_ERROR);
+    mark_dirty(st);
+}
+
+/* Whether a pseudo-header value can go into a request line: no control
+ * bytes, no spaces (nghttp2 checks too; this keeps the line whole). */
+static bool line_safe(const uint8_t *v, size_t len, bool space_ok)
+{
+    size_t i;
+
+    for (i = 0; i < len; i++)
+        if (v[i] < 0x20 || v[i] == 0x7f || (v[i] == ' ' && !space_ok))
+            return false;
+    return true;
+}
+
+static int pseudo(struct h2_stream *st, const uint8_t *name, size_t nlen,
+                  const uint8_t *value, size_t vlen)
+{
+    size_t off = buf_len(&st->pseudo);
+    size_t *o = NULL, *l = NULL;
+
+    if (nlen == 7 && memcmp(name, ":method", 7) == 0)
+        o = &st->m_off, l = &st->m_len;
+    else if (nlen == 5 && memcmp(name, ":path", 5) == 0)
+        o = &st->p_off, l = &st->p_len;
+    else if (nlen == 10 && memcmp(name, ":authority", 10) == 0)
+        o = &st->a_off, l = &st->a_len;
+    if (!o)
+        return 0; /* :scheme */
+    if (!line_safe(value, vlen, false) ||
+        buf_add(&st->pseudo, value, vlen) != 0)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    *o = off;
+    *l = vlen;
+    st->head_bytes += vlen + (o == &st->a_off ? 4 : 0); /* "Host" */
+    return 0;
+}
+
+static int on_header(nghttp2_session *session, const nghttp2_frame *frame,
+                     const uint8_t *name, size_t nlen, const uint8_t *value,
+                     size_t vlen, uint8_t flags, void *ud)
+{
+    struct h2_stream *st =
+        nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
+    const struct config *cfg = cfg_of(ud);
+
+    (void)flags;
+    if (!st || frame->hd.type != NGHTTP2_HEADERS ||
+        frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0; /* trailers are not forwarded */
+    /* past a limit the rest is dropped: what was kept already passes it,
+     * and the exchange answers 431 as it does over HTTP/1.1 */
+    if (st->head_bytes > cfg->max_header_bytes ||
+        st->nfields > cfg->max_headers)
+        return 0;
+    if (nlen && name[0] == ':')
+        return pseudo(st, name, nlen, value, vlen);
+    if (st->a_len && nlen == 4 && memcmp(name, "host", 4) == 0)
+        return 0; /* :authority is the Host (RFC 9113 §8.3.1) */
+    st->has_length = st->has_length ||
+                     (nlen == 14 && memcmp(name, "content-length", 14) == 0);
+    st->head_bytes += nlen + vlen;
+    st->nfields++;
+    if (buf_add_field(&st->fields, (const char *)name, nlen,
+                      (const char *)value, vlen) != 0)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    return 0;
+}
+
+static int on_begin_headers(nghttp2_session *session,
+                            const nghttp2_frame *frame, void *ud)
+{
+    struct h2_session *s = ud;
+    struct h2_stream *st;
+
+    if (frame->hd.type != NGHTTP2_HEADERS ||
+        frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    st = calloc(1, sizeof(*st));
+    if (!st)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    conn_stream_init(&st->c, s->conn);
+    st->c.ex.protocol = "HTTP/2";
+    st->s = s;
+    st->id = frame->hd.stream_id;
+    llhttp_init(&st->rp, HTTP_RESPONSE, &response_settings);
+    st->rp.data = st;
+    http_head_init(&st->rhead, EX_RESPONSE_HEAD_MAX, EX_RESPONSE_FIELDS_MAX);
+    LIST_INSERT_HEAD(&s->streams, st, link);
+    s->nstreams++;
+    nghttp2_session_set_stream_user_data(session, st->id, st);
+    return 0;
+}
+
+static int on_data(nghttp2_session *session, uint8_t flags, int32_t id,
+                   const uint8_t *data, size_t len, void *ud)
+{
+    struct h2_stream *st = nghttp2_session_get_stream_user_data(session, id);
+    struct buf *in;
+
+    (void)flags;
+    (void)ud;
+    /* the connection's window is given back at once: the streams' own
+     * windows bound what waits for the exchanges */
+    nghttp2_session_consume_connection(session, len);
+    if (!st || len == 0)
+        return 0;
+    in = &st->in;
+    if ((st->chunked && (buf_add_hex(in, len) || buf_addl(in, "\r\n"))) ||
+        buf_add(in, data, len) || (st->chunked && buf_addl(in, "\r\n")))
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    st->unconsumed += len;
+    mark_dirty(st);
+    return 0;
+}
+
+/* A client reset: one token of the rapid-reset budget (CVE-2023-44487),
+ * --h2-max-resets a second; spent, the connection ends with GOAWAY
+ * ENHANCE_YOUR_CALM. */
+static void count_reset(struct h2_session *s)
+{
+    unsigned rate = cfg_of(s)->h2_max_resets;
+    uint64_t now = worker_now_ms(), add = (now - s->reset_ms) * rate / 1000;
+
+    if (add) {
+        s->reset_tokens = s->reset_tokens + add > rate
+                              ? rate
+                              : s->reset_tokens + (unsigned)add;
+        s->reset_ms = now;
+    }
+    if (s->reset_tokens > 0) {
+        s->reset_tokens--;
+        return;
+    }
+    log_msg(LOG_WARN,
+            "HTTP/2 client %s: too many stream resets "
+            "(--h2-max-resets): GOAWAY",
+            s->conn->ex.client);
+    nghttp2_session_terminate_session(s->session, NGHTTP2_ENHANCE_YOUR_CALM);
+}
+
+static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame,
+                         void *ud)
+{
+    struct h2_stream *st =
+        nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
+    bool ended = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+
+    if (frame->hd.type == NGHTTP2_RST_STREAM) {
+        count_reset(ud);
+        return 0;
+    }
+    if (!st ||
+        (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA))
+        return 0;
+    if (frame->hd.type == NGHTTP2_HEADERS &&
+        frame->headers.cat == NGHTTP2_HCAT_REQUEST)
+        return request_head(st, ended) == 0
+                   ? 0
+                   : NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (ended)
+        end_body(st);
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t code,
+                           void *ud)
+{
+    struct h2_stream *st = nghttp2_session_get_stream_user_data(session, id);
+
+    (void)code;
+    (void)ud;
+    if (st) {
+        st->id = 0; /* the exchange hears it, and may go on for the store */
+        mark_dirty(st);
+    }
+    return 0;
+}
+
+/* -- A stream's exchange ------------------------------------------------- */
+
+/* conn_sync for a stream: act on what its exchange wants until nothing
+ * moves. Frees st when the exchange is done. */
+static void stream_run(struct h2_stream *st)
+{
+    struct conn *c = &st->c;
+    struct ex_wants want;
+
+    for (;;) {
+        want = ex_wants(&c->ex);
+        if (want.end == EX_END_FREE) {
+            stream_free(st);
+            return;
+        }
+        if (upstream_sync(c, want.read_upstream))
+            continue;
+        if (!attached(st)) {
+            if (c->ex.client_gone)
+                return; /* it goes on for the store, or ends on its own */
+            ex_client_gone(&c->ex);
+            continue;
+        }
+        if (want.end == EX_END_DROP) {
+            stream_reset(st, NGHTTP2_INTERNAL_ERROR); /* a cut answer */
+            continue;
+        }
+        if (pump_response(st))
+            continue;
+        if (c->ex.up_paused && buf_len(&c->ex.client_out) <= EX_LOW) {
+            ex_client_drained(&c->ex); /* the upstream may go on */
+            continue;
+        }
+        if (want.read_client && buf_len(&st->in)) {
+            feed_request(st);
+            continue;
+        }
+        if (want.end != EX_END_NONE && buf_len(&c->ex.client_out) == 0 &&
+            !st->complete) {
+            stream_reset(st, NGHTTP2_INTERNAL_ERROR); /* a cut answer */
+            continue;
+        }
+        return;
+    }
+}
+
+static bool run_dirty(struct h2_session *s)
+{
+    struct h2_stream *st;
+    bool did = false;
+
+    while ((st = TAILQ_FIRST(&s->dirty))) {
+        TAILQ_REMOVE(&s->dirty, st, dirty_link);
+        st->dirty = false;
+        stream_run(st);
+        did = true;
+    }
+    return did;
+}
+
+/* -- The connection ------------------------------------------------------ */
+
+/* Frames into client_out, up to H2_CONN_OUT queued. */
+static void produce(struct h2_session *s)
+{
+    struct buf *o = &s->conn->ex.client_out;
+    const uint8_t *p;
+    ssize_t n;
+
+    while (s->session && buf_len(o) < H2_CONN_OUT) {
+        n = nghttp2_session_mem_send(s->session, &p);
+        if (n <= 0 || buf_add(o, p, (size_t)n) != 0) {
+            if (n != 0)
+                s->dead = true;
+            return;
+        }
+    }
+}
+
+/* The client is gone (closed, failed, or the session ended): every
+ * stream's exchange hears it, and the session goes. */
+static void client_gone(struct h2_session *s)
+{
+    struct h2_stream *st;
+
+    conn_close(s->conn);
+    buf_clear(&s->conn->ex.client_out);
+    LIST_FOREACH(st, &s->streams, link)
+    {
+        st->id = 0;
+        mark_dirty(st);
+    }
+    nghttp2_session_del(s->session);
+    s->session = NULL;
+    event_del(&s->idle);
+}
+
+static bool may_read(const struct h2_session *s)
+{
+    return s->session && !s->dead && nghttp2_session_want_read(s->session) &&
+           buf_len(&s->conn->ex.client_out) < H2_CONN_OUT &&
+           /* streams the client reset go on for the store: they count */
+           s->nstreams < 2 * cfg_of(s)->h2_max_streams;
+}
+
+static bool session_over(const struct h2_session *s)
+{
+    return s->dead || (!nghttp2_session_want_read(s->session) &&
+                       !nghttp2_session_want_write(s->session));
+}
+
+static void idle_timer(struct h2_session *s)
+{
+    int64_t ms = cfg_of(s)->client_timeout_ms;
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    bool pending = event_pending(&s->idle, EV_TIMEOUT, NULL);
+
+    if (s->session && LIST_EMPTY(&s->streams) && !pending)
+        event_add(&s->idle, &tv);
+    else if ((!s->session || !LIST_EMPTY(&s->streams)) && pending)
+        event_del(&s->idle);
+}
+
+static void session_sync(struct h2_session *s)
+{
+    struct conn *c = s->conn;
+    unsigned reads = 0;
+
+    if (c->syncing)
+        return; /* the running one looks again */
+    c->syncing = true;
+    for (;;) {
+        if (c->fd < 0 && s->session) {
+            client_gone(s);
+            continue;
+        }
+        if (c->fd >= 0) {
+            produce(s);
+            if (!conn_flush(c)) {
+                client_gone(s);
+                continue;
+            }
+        }
+        if (run_dirty(s))
+            continue;
+        if (c->fd >= 0 && buf_len(&c->ex.client_out) == 0 && session_over(s)) {
+            client_gone(s);
+            continue;
+        }
+        if (c->fd >= 0 && c->readable && may_read(s)) {
+            if (++reads > H2_READS_PER_SYNC) {
+                event_active(&c->ev, EV_READ, 0); /* the others' turn */
+                break;
+            }
+            if (!conn_read(c))
+                client_gone(s);
+            continue;
+        }
+        break;
+    }
+    c->syncing = false;
+    idle_timer(s);
+    worker_log_pending(c->w);
+    if (c->fd < 0 && LIST_EMPTY(&s->streams))
+        conn_discard(c);
+}
+
+static void on_idle(evutil_socket_t fd, short what, void *arg)
+{
+    struct h2_session *s = arg;
+
+    (void)fd;
+    (void)what;
+    if (s->session)
+        nghttp2_session_terminate_session(s->session, NGHTTP2_NO_ERROR);
+    session_sync(s);
+}
+
+void h2_sync(struct conn *c)
+{
+    struct h2_stream *st;
+
+    if (c->proto == CONN_STREAM) {
+        st = (struct h2_stream *)(void *)c;
+        mark_dirty(st);
+        session_sync(st->s); /* runs it (and may free it) */
+        return;
+    }
+    if (!c->h2) { /* h2_start failed */
+        conn_discard(c);
+        return;
+    }
+    session_sync(c->h2);
+}
+
+/* -- Starting and ending --------------------------------------------------- */
+
+static nghttp2_session *session_new(struct h2_session *s)
+{
+    const struct config *cfg = cfg_of(s);
+    nghttp2_session_callbacks *cb;
+    nghttp2_option *opt;
+    nghttp2_session *session = NULL;
+    nghttp2_settings_entry iv[] = {
+        { NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, cfg->h2_max_streams },
+        { NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_WINDOW - 1 },
+        { NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE,
+          (uint32_t)(cfg->max_header_bytes > UINT32_MAX
+                         ? UINT32_MAX
+                         : cfg->max_header_bytes) },
+    };
+
+    if (nghttp2_session_callbacks_new(&cb) != 0)
+        return NULL;
+    if (nghttp2_option_new(&opt) != 0) {
+        nghttp2_session_callbacks_del(cb);
+        return NULL;
+    }
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb,
+                                                            on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_max_continuations(opt, H2_MAX_CONTINUATIONS);
+    if (nghttp2_session_server_new2(&session, cb, s, opt) == 0 &&
+        nghttp2_submit_settings(session, NGHTTP2_FLAG_NONE, iv,
+                                sizeof(iv) / sizeof(iv[0])) != 0) {
+        nghttp2_session_del(session);
+        session = NULL;
+    }
+    nghttp2_option_del(opt);
+    nghttp2_session_callbacks_del(cb);
+    return session;
+}
+
+int h2_start(struct conn *c, const char *already_read, size_t n)
+{
+    struct h2_session *s = calloc(1, sizeof(*s));
+
+    c->proto = CONN_HTTP2;
+    event_del(&c->timers[EX_TIMER_CLIENT]); /* the session's idle rules */
+    if (!s)
+        return -1;
+    s->conn = c;
+    LIST_INIT(&s->streams);
+    TAILQ_INIT(&s->dirty);
+    s->reset_ms = worker_now_ms();
+    s->reset_tokens = c->w->cfg->h2_max_resets;
+    evtimer_assign(&s->idle, c->w->base, on_idle, s);
+    s->session = session_new(s);
+    if (!s->session) {
+        free(s);
+        return -1;
+    }
+    c->h2 = s;
+    h2_recv(c, already_read, n);
+    return 0;
+}
+
+void h2_recv(struct conn *c, const char *p, size_t n)
+{
+    struct h2_session *s = c->h2;
+    ssize_t rv;
+
+    if (!s || !s->session || s->dead || n == 0)
+        return;
+    rv = nghttp2_session_mem_recv(s->session, (const uint8_t *)p, n);
+    if (rv < 0) {
+        log_msg(LOG_DEBUG, "HTTP/2 client %s: %s", c->ex.client,
+                nghttp2_strerror((int)rv));
+        s->dead = true;
+    }
+}
+
+void h2_sniff(struct conn *c, const char *p, size_t n)
+{
+    size_t k = c->sniffed, m = n < H2_PREFACE_LEN - k ? n : H2_PREFACE_LEN - k;
+
+    if (c->w->cfg->h2_max_streams == 0 || memcmp(p, &H2_PREFACE[k], m) != 0) {
+        c->proto = CONN_HTTP1;
+        if (k) /* the bytes held back */
+            ex_client_data(&c->ex, H2_PREFACE, k);
+        ex_client_data(&c->ex, p, n);
+        return;
+    }
+    c->sniffed = (unsigned char)(k + m);
+    if (c->sniffed < H2_PREFACE_LEN)
+        return; /* the preface so far: wait for the rest */
+    if (h2_start(c, H2_PREFACE, k) == 0)
+        h2_recv(c, p, n);
+}
+
+void h2_shutdown(struct conn *c)
+{
+    struct h2_session *s = c->h2;
+
+    if (s && s->session)
+        nghttp2_submit_goaway(
+            s->session, NGHTTP2_FLAG_NONE,
+            nghttp2_session_get_last_proc_stream_id(s->session),
+            NGHTTP2_NO_ERROR, NULL, 0);
+    h2_sync(c);
+}
+
+void h2_free(struct conn *c)
+{
+    struct h2_session *s = c->h2;
+    struct h2_stream *st;
+
+    if (!s)
+        return;
+    while ((st = LIST_FIRST(&s->streams))) {
+        st->id = 0;
+        stream_free(st);
+    }
+    nghttp2_session_del(s->session);
+    event_del(&s->idle);
+    free(s);
+    c->h2 = NULL;
+}
