@@ -239,11 +239,26 @@ static size_t escape(unsigned char ch, char buf[6])
 /* Append s escaped, at most max bytes of it and then "...". */
 static void put_escaped(struct line *l, const char *s, size_t n, size_t max)
 {
-    size_t i, used = 0, len;
+    size_t i = 0, used = 0, run, len;
     char buf[6];
 
-    for (i = 0; i < n; i++) {
-        len = escape((unsigned char)s[i], buf);
+    while (i < n) {
+        /* a run of bytes written as they are, copied at once */
+        for (run = 0; i + run < n && s[i + run] >= 0x20 && s[i + run] <= 0x7e &&
+                      s[i + run] != '"' && s[i + run] != '\\';
+             run++)
+            ;
+        if (run > max - used) {
+            put(l, s + i, max - used);
+            put(l, "...", 3);
+            return;
+        }
+        put(l, s + i, run);
+        used += run;
+        i += run;
+        if (i == n)
+            return;
+        len = escape((unsigned char)s[i++], buf);
         if (used + len > max) {
             put(l, "...", 3);
             return;
