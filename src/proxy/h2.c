@@ -33,6 +33,9 @@ struct h2_session {
     TAILQ_HEAD(, h2_stream) dirty;  /* streams to run */
     unsigned nstreams;
     struct event idle;     /* no stream for --client-timeout: GOAWAY */
+    struct event stall;    /* responses waiting, none read: close */
+    uint64_t progress_ms;  /* when response bytes last left (or began
+                            * to wait) */
     uint64_t reset_ms;     /* when reset_tokens was last refilled */
     unsigned reset_tokens; /* client resets allowed before GOAWAY */
     bool dead;             /* a connection error: close once flushed */
@@ -130,8 +133,10 @@ static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *dst,
     n = buf_len(&st->out) < len ? buf_len(&st->out) : len;
     memcpy(dst, buf_bytes(&st->out), n);
     buf_consume(&st->out, n);
-    if (n)
+    if (n) {
         mark_dirty(st); /* room to read more of its response */
+        st->s->progress_ms = worker_now_ms();
+    }
     if (buf_len(&st->out) == 0 && st->complete) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
         return (ssize_t)n;
@@ -591,6 +596,7 @@ static void client_gone(struct h2_session *s)
     nghttp2_session_del(s->session);
     s->session = NULL;
     event_del(&s->idle);
+    event_del(&s->stall);
 }
 
 static bool may_read(const struct h2_session *s)
@@ -617,6 +623,37 @@ static void idle_timer(struct h2_session *s)
         event_add(&s->idle, &tv);
     else if ((!s->session || !LIST_EMPTY(&s->streams)) && pending)
         event_del(&s->idle);
+}
+
+/* Whether a response waits for the client: bytes its windows keep. */
+static bool output_waits(const struct h2_session *s)
+{
+    const struct h2_stream *st;
+
+    LIST_FOREACH(st, &s->streams, link)
+    if (attached(st) && buf_len(&st->out))
+        return true;
+    return false;
+}
+
+/* A client that keeps its flow-control windows shut holds its streams
+ * and their upstream connections (paused: the backpressure) as long as
+ * it likes; the socket's write deadline never runs, the socket is not
+ * full. While responses wait, --client-timeout without a byte leaving
+ * closes the connection (the exchanges go on for the store). */
+static void stall_timer(struct h2_session *s)
+{
+    int64_t ms = cfg_of(s)->client_timeout_ms;
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    bool pending = event_pending(&s->stall, EV_TIMEOUT, NULL);
+    bool waits = s->session && output_waits(s);
+
+    if (waits && !pending) {
+        s->progress_ms = worker_now_ms();
+        event_add(&s->stall, &tv);
+    } else if (!waits && pending) {
+        event_del(&s->stall);
+    }
 }
 
 static void session_sync(struct h2_session *s)
@@ -658,6 +695,7 @@ static void session_sync(struct h2_session *s)
     }
     c->syncing = false;
     idle_timer(s);
+    stall_timer(s);
     worker_log_pending(c->w);
     if (c->fd < 0 && LIST_EMPTY(&s->streams))
         conn_discard(c);
@@ -671,6 +709,32 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (s->session)
         nghttp2_session_terminate_session(s->session, NGHTTP2_NO_ERROR);
+    session_sync(s);
+}
+
+static void on_stall(evutil_socket_t fd, short what, void *arg)
+{
+    static struct log_limit limit;
+    struct h2_session *s = arg;
+    int64_t ms = cfg_of(s)->client_timeout_ms;
+    uint64_t quiet = worker_now_ms() - s->progress_ms;
+    struct timeval tv;
+
+    (void)fd;
+    (void)what;
+    if (!s->session || !output_waits(s))
+        return;
+    if (quiet < (uint64_t)ms) { /* bytes left meanwhile: wait the rest */
+        tv.tv_sec = (ms - (int64_t)quiet) / 1000;
+        tv.tv_usec = ((ms - (int64_t)quiet) % 1000) * 1000;
+        event_add(&s->stall, &tv);
+        return;
+    }
+    log_limited(&limit, LOG_WARN,
+                "HTTP/2 client %s read no response for --client-timeout: "
+                "closing its connection",
+                s->conn->ex.client);
+    client_gone(s);
     session_sync(s);
 }
 
@@ -747,6 +811,7 @@ int h2_start(struct conn *c, const char *already_read, size_t n)
     s->reset_ms = worker_now_ms();
     s->reset_tokens = c->w->cfg->h2_max_resets;
     evtimer_assign(&s->idle, c->w->base, on_idle, s);
+    evtimer_assign(&s->stall, c->w->base, on_stall, s);
     s->session = session_new(s);
     if (!s->session) {
         free(s);
@@ -815,6 +880,7 @@ void h2_free(struct conn *c)
     }
     nghttp2_session_del(s->session);
     event_del(&s->idle);
+    event_del(&s->stall);
     free(s);
     c->h2 = NULL;
 }

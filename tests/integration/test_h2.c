@@ -472,6 +472,27 @@ static void test_h2_rapid_reset_gets_goaway(void **state)
     assert_int_equal(post_h2(px, "/after", "k-after", "x"), 200);
 }
 
+/* A client that never opens its stream windows (SETTINGS_INITIAL_WINDOW
+ * _SIZE 0) for a large response: after --client-timeout without a
+ * response byte leaving, the connection is closed; the proxy still
+ * serves. */
+static void test_h2_stalled_window_is_closed(void **state)
+{
+    struct h_proc *up, *px = pair(&up, FLAGS("--client-timeout", "1s"));
+    nghttp2_settings_entry shut = { NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 0 };
+    struct raw c;
+
+    (void)state;
+    raw_open(&c, px->http_port);
+    assert_int_equal(nghttp2_submit_settings(c.s, NGHTTP2_FLAG_NONE, &shut, 1),
+                     0);
+    raw_request(&c, "GET", "/big?size=1000000", NULL);
+    raw_run(&c, never, 6000);
+    assert_true(c.closed); /* cut, not left to hold the stream */
+    raw_free(&c);
+    assert_int_equal(post_h2(px, "/after-stall", "k-after-stall", "x"), 200);
+}
+
 static void put_frame(uint8_t *p, size_t len, uint8_t type, uint8_t flags,
                       uint32_t id)
 {
@@ -579,6 +600,7 @@ int main(void)
         T(test_h2_nghttp_and_log_line),
         T(test_h2_rapid_reset_gets_goaway),
         T(test_h2_continuation_flood_is_cut),
+        T(test_h2_stalled_window_is_closed),
         T(test_h2_and_http11_on_one_port),
         T(test_h2_off),
     };
