@@ -3,6 +3,7 @@
  * value (duration, size, address, list, ...) whose parser fills a field
  * of struct config; every refusal is one "idemproxy: ..." line on err. */
 #include "config.h"
+#include "config_value.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -40,10 +41,6 @@ struct parse {
 struct option;
 
 /* A number's unit: "ms" scales by 1, "s" by 1000. */
-struct unit {
-    const char *suffix;
-    uint64_t scale;
-};
 
 /* Whether a kind of value needs one: "--log-keys" takes one only after
  * '=', "--help" never. */
@@ -158,294 +155,6 @@ static int out_of_memory(struct parse *p)
     return fail(p, "out of memory");
 }
 
-/* -- Values ----------------------------------------------------------- */
-
-static const struct unit plain[] = { { "", 1 }, { NULL, 0 } };
-static const struct unit duration_units[] = {
-    { "ms", 1 },        { "s", 1000 },        { "", 1000 },
-    { "m", 60 * 1000 }, { "h", 3600 * 1000 }, { "d", 86400 * 1000 },
-    { NULL, 0 },
-};
-static const struct unit size_units[] = {
-    { "", 1 },        { "K", 1 << 10 }, { "k", 1 << 10 }, { "M", 1 << 20 },
-    { "m", 1 << 20 }, { "G", 1 << 30 }, { "g", 1 << 30 }, { NULL, 0 },
-};
-
-/* Digits, then one of units' suffixes; the product at most max. 0, -1
- * if malformed, -2 if too large. */
-static int scaled(const char *s, const struct unit *units, uint64_t max,
-                  uint64_t *out)
-{
-    const char *d;
-    uint64_t n = 0;
-
-    for (d = s; *d >= '0' && *d <= '9'; d++) {
-        uint64_t digit = (uint64_t)(*d - '0');
-
-        if (n > (max - digit) / 10)
-            return -2;
-        n = n * 10 + digit;
-    }
-    if (d == s)
-        return -1;
-    for (; units->suffix; units++) {
-        if (strcmp(d, units->suffix) == 0) {
-            if (n > max / units->scale)
-                return -2;
-            *out = n * units->scale;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-int config_duration_ms(const char *s, int64_t *ms_out)
-{
-    uint64_t ms;
-
-    if (!s || scaled(s, duration_units, INT64_MAX, &ms) != 0)
-        return -1;
-    *ms_out = (int64_t)ms;
-    return 0;
-}
-
-int config_size(const char *s, size_t *bytes_out)
-{
-    uint64_t n;
-
-    if (!s || scaled(s, size_units, SIZE_MAX, &n) != 0)
-        return -1;
-    *bytes_out = (size_t)n;
-    return 0;
-}
-
-static bool is_alnum(unsigned char ch)
-{
-    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
-           (ch >= 'A' && ch <= 'Z');
-}
-
-/* A host name or IPv4 literal: letters, digits, '.', '-', '_'. */
-static bool is_hostname(const char *s, size_t n)
-{
-    size_t i;
-
-    if (n == 0 || n >= sizeof(((struct addr *)0)->host))
-        return false;
-    for (i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-
-        if (!is_alnum(ch) && ch != '.' && ch != '-' && ch != '_')
-            return false;
-    }
-    return true;
-}
-
-static bool is_ipv6(const char *s, size_t n)
-{
-    char buf[INET6_ADDRSTRLEN];
-    struct in6_addr in6;
-
-    if (n == 0 || n >= sizeof(buf))
-        return false;
-    memcpy(buf, s, n);
-    buf[n] = '\0';
-    return inet_pton(AF_INET6, buf, &in6) == 1;
-}
-
-int config_addr(const char *s, struct addr *a)
-{
-    const char *host = s, *colon;
-    uint64_t port;
-    size_t n;
-
-    if (!s)
-        return -1;
-    if (*s == '[') {
-        host = s + 1;
-        colon = strchr(host, ']');
-        if (!colon || colon[1] != ':' || !is_ipv6(host, colon - host))
-            return -1;
-        n = (size_t)(colon++ - host);
-    } else {
-        colon = strrchr(s, ':');
-        if (!colon || !is_hostname(s, (size_t)(colon - s)))
-            return -1;
-        n = (size_t)(colon - s);
-    }
-    if (scaled(colon + 1, plain, UINT16_MAX, &port) != 0)
-        return -1;
-    memcpy(a->host, host, n);
-    a->host[n] = '\0';
-    a->port = (uint16_t)port;
-    return 0;
-}
-
-/* "http://" or "https://" and a host with an optional port ("[v6]"
- * for IPv6), nothing after it but an optional "/". */
-static int url_host(const char *s, struct upstream_url *u)
-{
-    char hp[300];
-    size_t n = strcspn(s, "/");
-    const char *close = memchr(s, ']', n);
-
-    if (n == 0 || n + 8 > sizeof(hp) || (s[n] && strcmp(s + n, "/") != 0))
-        return -1;
-    if (memchr(close ? close : s, ':', n - (size_t)((close ? close : s) - s)))
-        snprintf(hp, sizeof(hp), "%.*s", (int)n, s);
-    else
-        snprintf(hp, sizeof(hp), "%.*s:%u", (int)n, s, u->tls ? 443 : 80);
-    return config_addr(hp, &u->addr);
-}
-
-int config_upstream(const char *s, struct upstream_url *u)
-{
-    memset(u, 0, sizeof(*u));
-    if (!s)
-        return -1;
-    if (strncmp(s, "unix:", 5) == 0) {
-        if (s[5] != '/' || strlen(s + 5) >= sizeof(u->path) || !s[6])
-            return -1;
-        memcpy(u->path, s + 5, strlen(s + 5) + 1);
-        return 0;
-    }
-    if (strncmp(s, "http://", 7) == 0)
-        return url_host(s + 7, u);
-    if (strncmp(s, "https://", 8) == 0) {
-        u->tls = true;
-        return url_host(s + 8, u);
-    }
-    return config_addr(s, &u->addr);
-}
-
-int config_cidr(const char *s, struct cidr *c)
-{
-    char buf[INET6_ADDRSTRLEN];
-    const char *slash;
-    uint64_t bits;
-    size_t n;
-    bool v4;
-
-    if (!s)
-        return -1;
-    slash = strchr(s, '/');
-    n = slash ? (size_t)(slash - s) : strlen(s);
-    if (n == 0 || n >= sizeof(buf))
-        return -1;
-    memcpy(buf, s, n);
-    buf[n] = '\0';
-    memset(c->addr, 0, sizeof(c->addr));
-    v4 = inet_pton(AF_INET, buf, c->addr + 12) == 1;
-    if (v4)
-        c->addr[10] = c->addr[11] = 0xff; /* ::ffff:a.b.c.d */
-    else if (inet_pton(AF_INET6, buf, c->addr) != 1)
-        return -1;
-    if (!slash)
-        bits = v4 ? 32 : 128;
-    else if (scaled(slash + 1, plain, v4 ? 32 : 128, &bits) != 0)
-        return -1;
-    c->bits = (unsigned)bits + (v4 ? 96 : 0);
-    return 0;
-}
-
-static bool cidr_has(const struct cidr *c, const unsigned char a[16])
-{
-    unsigned full = c->bits / 8, rest = c->bits % 8;
-    unsigned char mask = (unsigned char)(0xff << (8 - rest));
-
-    return memcmp(c->addr, a, full) == 0 &&
-           (rest == 0 || ((c->addr[full] ^ a[full]) & mask) == 0);
-}
-
-bool config_trusted(const struct config *c, const unsigned char addr[16])
-{
-    size_t i;
-
-    for (i = 0; i < c->ntrusted; i++)
-        if (cidr_has(&c->trusted[i], addr))
-            return true;
-    return false;
-}
-
-/* An HTTP token (RFC 9110 5.6.2): a method or a header name. */
-static bool is_token(const char *s, size_t n)
-{
-    size_t i;
-
-    if (n == 0)
-        return false;
-    for (i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-
-        if (!is_alnum(ch) && (!ch || !strchr("!#$%&'*+-.^_`|~", ch)))
-            return false;
-    }
-    return true;
-}
-
-/* Non-empty printable ASCII without spaces. */
-static bool is_visible(const char *s)
-{
-    if (!*s)
-        return false;
-    for (; *s; s++) {
-        if ((unsigned char)*s <= 0x20 || (unsigned char)*s > 0x7e)
-            return false;
-    }
-    return true;
-}
-
-static void free_list(char **items, size_t n)
-{
-    while (n > 0)
-        free(items[--n]);
-    free(items);
-}
-
-/* Copy the item [q, end) of a list, spaces around it trimmed, into *out.
- * 0, -1 if it is not a token, -2 out of memory. */
-static int take_item(const char *q, const char *end, char **out)
-{
-    q += strspn(q, " \t");
-    while (end > q && (end[-1] == ' ' || end[-1] == '\t'))
-        end--;
-    if (!is_token(q, (size_t)(end - q)))
-        return -1;
-    *out = strndup(q, (size_t)(end - q));
-    return *out ? 0 : -2;
-}
-
-/* Split v at commas into fresh tokens; an all-blank v is an empty list.
- * 0, -1 if an item is not a token, or -2 out of memory. The array is
- * never NULL on success. */
-static int split_list(const char *v, char ***items_out, size_t *n_out)
-{
-    size_t n = 0, cap = 1;
-    const char *q, *end;
-    char **items;
-    int rc = 0;
-
-    for (q = v; *q; q++)
-        cap += *q == ',';
-    items = calloc(cap, sizeof(*items));
-    if (!items)
-        return -2;
-    for (q = v; rc == 0 && v[strspn(v, " \t")]; q = end + 1) {
-        end = strchrnul(q, ',');
-        rc = take_item(q, end, &items[n]);
-        n += rc == 0;
-        if (!*end)
-            break;
-    }
-    if (rc != 0) {
-        free_list(items, n);
-        return rc;
-    }
-    *items_out = items;
-    *n_out = n;
-    return 0;
-}
-
 /* -- Kinds ------------------------------------------------------------ */
 
 /* o's field in base: the struct config, or a struct route. */
@@ -471,7 +180,7 @@ static int parse_number(struct parse *p, const struct option *o, const char *v)
     const struct kind *k = o->kind;
     void *f = field(p->base, o);
     uint64_t x;
-    int rc = scaled(v, k->units, k->limit, &x);
+    int rc = config_scaled(v, k->units, k->limit, &x);
 
     if (rc == -2)
         return bad(p, o, v, "is too large");
@@ -539,13 +248,14 @@ static int parse_path(struct parse *p, const struct option *o, const char *v)
 
 static int parse_host(struct parse *p, const struct option *o, const char *v)
 {
-    return is_hostname(v, strlen(v)) ? keep_string(p, o, v)
-                                     : malformed(p, o, v);
+    return config_is_hostname(v, strlen(v)) ? keep_string(p, o, v)
+                                            : malformed(p, o, v);
 }
 
 static int parse_token(struct parse *p, const struct option *o, const char *v)
 {
-    return is_token(v, strlen(v)) ? keep_string(p, o, v) : malformed(p, o, v);
+    return config_is_token(v, strlen(v)) ? keep_string(p, o, v)
+                                         : malformed(p, o, v);
 }
 
 /* "memory", or a Redis URL the Redis store accepts. */
@@ -603,16 +313,16 @@ static int parse_list(struct parse *p, const struct option *o, const char *v)
     size_t *n = (size_t *)((char *)p->base + o->count_off);
     char **fresh;
     size_t nfresh;
-    int rc = split_list(v, &fresh, &nfresh);
+    int rc = config_split_list(v, &fresh, &nfresh);
 
     if (rc == -2)
         return out_of_memory(p);
     if (rc != 0 || nfresh < o->min) {
         if (rc == 0)
-            free_list(fresh, nfresh);
+            config_free_list(fresh, nfresh);
         return malformed(p, o, v);
     }
-    free_list(*items, *n);
+    config_free_list(*items, *n);
     *items = fresh;
     *n = nfresh;
     return 0;
@@ -625,7 +335,7 @@ static int parse_prefix(struct parse *p, const struct option *o, const char *v)
     size_t *n = (size_t *)((char *)p->base + o->count_off);
     char **grown = NULL, *copy;
 
-    if (v[0] != '/' || !is_visible(v))
+    if (v[0] != '/' || !config_is_visible(v))
         return malformed(p, o, v);
     copy = strdup(v);
     if (copy)
@@ -714,7 +424,7 @@ static void release_list(void *base, const struct option *o)
     char ***items = field(base, o);
     size_t *n = (size_t *)((char *)base + o->count_off);
 
-    free_list(*items, *n);
+    config_free_list(*items, *n);
     *items = NULL;
     *n = 0;
 }
@@ -785,14 +495,14 @@ static int read_file(struct parse *p, const struct option *o, const char *v);
 
 /* clang-format off */
 static const struct kind
-    k_duration = { .parse = parse_number, .units = duration_units,
+    k_duration = { .parse = parse_number, .units = config_duration_units,
                    .limit = INT64_MAX, .type = NUMBER_INT64,
                    .what = "a duration (e.g. 30s, 5m, 24h)" },
-    k_size = { .parse = parse_number, .units = size_units, .limit = SIZE_MAX,
+    k_size = { .parse = parse_number, .units = config_size_units, .limit = SIZE_MAX,
                .type = NUMBER_SIZE, .what = "a size (e.g. 512K, 64M, 1G)" },
-    k_uint = { .parse = parse_number, .units = plain, .limit = UINT_MAX,
+    k_uint = { .parse = parse_number, .units = config_plain_units, .limit = UINT_MAX,
                .type = NUMBER_UNSIGNED, .what = "a number" },
-    k_workers = { .parse = parse_workers, .units = plain, .limit = UINT_MAX,
+    k_workers = { .parse = parse_workers, .units = config_plain_units, .limit = UINT_MAX,
                   .type = NUMBER_UNSIGNED, .what = "a number or auto" },
     k_addr = { .parse = parse_addr,
                .what = "an address (host:port, [v6]:port)" },
@@ -1324,7 +1034,7 @@ static int enter_section(struct parse *p, const char *section)
     if (*section == '\0') {
         p->base = p->c;
     } else if (strncmp(section, "route ", 6) != 0 || path[0] != '/' ||
-               !is_visible(path)) {
+               !config_is_visible(path)) {
         prefix(p);
         fputs("unknown section [", p->err);
         put_escaped(p->err, section, strlen(section));
@@ -1437,8 +1147,8 @@ static int finish(struct parse *p)
      * the certificate's addresses and sends no SNI) */
     c->upstream_tls = c->upstream_tls || c->upstreams[0].tls;
     if (c->upstream_tls && !c->upstream_sni &&
-        !is_ipv6(c->upstreams[0].addr.host,
-                 strlen(c->upstreams[0].addr.host)) &&
+        !config_is_ipv6(c->upstreams[0].addr.host,
+                        strlen(c->upstreams[0].addr.host)) &&
         !(c->upstream_sni = strdup(c->upstreams[0].addr.host)))
         return out_of_memory(p);
     if (c->min_retention_ms > c->lifetime_ms) /* a record lives no longer */
@@ -1494,7 +1204,7 @@ void config_free(struct config *c)
     }
     for (i = 0; i < c->nroutes; i++) {
         free(c->routes[i].prefix);
-        free_list(c->routes[i].methods, c->routes[i].nmethods);
+        config_free_list(c->routes[i].methods, c->routes[i].nmethods);
     }
     free(c->routes);
     c->routes = NULL;
