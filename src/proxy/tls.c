@@ -55,6 +55,9 @@ static SSL_CTX *ctx_new(const SSL_METHOD *method)
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
                               SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
+    /* read what the socket holds, not one record header at a time: a
+     * short read then says the socket is empty (see read_seen) */
+    SSL_CTX_set_read_ahead(ctx, 1);
     return ctx;
 }
 
@@ -91,6 +94,33 @@ static int select_alpn(SSL *ssl, const unsigned char **out,
                               inlen) != OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_NOACK;
     return SSL_TLSEXT_ERR_OK;
+}
+
+/* What the socket reads inside one SSL_read did, on this thread: how
+ * many, and whether the last one got less than it asked for (the socket
+ * is empty: with edge triggering, no read that only says EAGAIN is
+ * needed to know it). */
+static _Thread_local unsigned reads_seen;
+static _Thread_local bool read_was_short;
+
+static long read_seen(BIO *b, int oper, const char *argp, size_t len, int argi,
+                      long argl, int ret, size_t *processed)
+{
+    (void)b;
+    (void)argp;
+    (void)argi;
+    (void)argl;
+    if (oper == (BIO_CB_READ | BIO_CB_RETURN)) {
+        reads_seen++;
+        read_was_short = ret > 0 && processed && *processed < len;
+    }
+    return ret;
+}
+
+/* Watch ssl's socket reads (read_seen). */
+static void watch_reads(SSL *ssl)
+{
+    BIO_set_callback_ex(SSL_get_rbio(ssl), read_seen);
 }
 
 /* The listener's context from cfg's files, or NULL (logged). */
@@ -234,6 +264,7 @@ SSL *tls_accept_new(struct tls *t, int fd)
         return NULL;
     }
     SSL_set_accept_state(ssl);
+    watch_reads(ssl);
     return ssl;
 }
 
@@ -242,6 +273,8 @@ SSL *tls_connect_new(struct tls *t, int fd)
     SSL *ssl = SSL_new(t->client);
     bool ok = ssl && SSL_set_fd(ssl, fd) == 1;
 
+    if (ok)
+        watch_reads(ssl);
     /* RFC 6066 3: no IP literal in SNI; the certificate names the IP */
     if (ok && t->name_is_ip)
         ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), t->name) == 1;
@@ -321,13 +354,19 @@ ssize_t tport_read(int fd, SSL *ssl, char *buf, size_t n, bool *empty_out)
     if (!ssl)
         return plain_read(fd, buf, n, empty_out);
     /* a record at a time: after one, more may wait in the socket with no
-     * new edge to say so, so read until full or told to wait */
+     * new edge to say so, so read until full, told to wait, or a socket
+     * read came back short with nothing left in OpenSSL's buffers */
     while (got < n) {
         ERR_clear_error();
+        reads_seen = 0;
         r = SSL_read(ssl, buf + got,
                      n - got > INT_MAX ? INT_MAX : (int)(n - got));
         if (r > 0) {
             got += (size_t)r;
+            if (reads_seen && read_was_short && !SSL_has_pending(ssl)) {
+                *empty_out = true;
+                break;
+            }
             continue;
         }
         rc = ssl_result(ssl, r);
