@@ -179,9 +179,9 @@ static const llhttp_settings_t response_settings;
 static int forward(struct exchange *ex)
 {
     buf_clear(&ex->up_out);
-    llhttp_init(&ex->rparser, HTTP_RESPONSE, &response_settings);
-    ex->rparser.data = ex;
-    http_head_reset(&ex->rhead);
+    llhttp_init(&ex->resp.parser, HTTP_RESPONSE, &response_settings);
+    ex->resp.parser.data = ex;
+    http_head_reset(&ex->resp.head);
     ex->up_got_bytes = ex->up_keep_alive = false;
     ex->up_head_only = method_is(ex, "HEAD");
     if (forward_write_request(ex) != 0) {
@@ -566,8 +566,8 @@ static bool relay_header(const struct http_head *h, const struct http_field *f,
  * proxy adds one). false: out of memory. */
 static bool put_head(struct buf *o, const struct exchange *ex)
 {
-    const struct http_head *h = &ex->rhead;
-    bool ok = http_status_line(o, ex->rparser.status_code) == 0;
+    const struct http_head *h = &ex->resp.head;
+    bool ok = http_status_line(o, ex->resp.parser.status_code) == 0;
     size_t len, conn_len = 0;
     const char *conn = http_head_get(h, "Connection", &conn_len);
     unsigned i;
@@ -586,7 +586,7 @@ static bool put_head(struct buf *o, const struct exchange *ex)
  * client cannot read interim responses). */
 static void relay_interim(struct exchange *ex)
 {
-    if (ex->rparser.status_code != 103 || !to_client(ex) ||
+    if (ex->resp.parser.status_code != 103 || !to_client(ex) ||
         ex->response != EX_RESP_NONE || ex->rd.parser.http_minor < 1)
         return;
     if (!put_head(&ex->client_out, ex) || buf_addl(&ex->client_out, "\r\n"))
@@ -596,8 +596,8 @@ static void relay_interim(struct exchange *ex)
 static void relay_head(struct exchange *ex)
 {
     struct buf *o = &ex->client_out;
-    unsigned status = ex->rparser.status_code;
-    bool sized = (ex->rparser.flags & F_CONTENT_LENGTH) != 0;
+    unsigned status = ex->resp.parser.status_code;
+    bool sized = (ex->resp.parser.flags & F_CONTENT_LENGTH) != 0;
     bool no_body = ex->up_head_only || status == 204 || status == 304;
     bool ok;
 
@@ -616,7 +616,7 @@ static void relay_head(struct exchange *ex)
     ok = put_head(o, ex);
     if (ok && sized)
         ok = buf_addl(o, "Content-Length: ") == 0 &&
-             buf_add_u64(o, ex->rparser.content_length) == 0 &&
+             buf_add_u64(o, ex->resp.parser.content_length) == 0 &&
              buf_addl(o, "\r\n") == 0;
     if (ok && ex->framing == EX_FRAME_CHUNKED)
         ok = buf_addl(o, "Transfer-Encoding: chunked\r\n") == 0;
@@ -681,8 +681,8 @@ static void complete_call(struct exchange *ex)
 {
     struct idem_response resp = {
         .status = ex->status_sent,
-        .headers = http_head_views(&ex->rhead),
-        .nheaders = ex->rhead.nfields,
+        .headers = http_head_views(&ex->resp.head),
+        .nheaders = ex->resp.head.nfields,
         .body = buf_bytes(&ex->stored),
         .body_len = buf_len(&ex->stored),
     };
@@ -768,20 +768,6 @@ static void upstream_failed(struct exchange *ex, unsigned status,
            METRICS_OUTCOME_ERROR);
 }
 
-static int on_rfield(llhttp_t *p, const char *at, size_t len)
-{
-    struct exchange *ex = p->data;
-
-    return http_head_field(&ex->rhead, at, len) == 0 ? 0 : HPE_USER;
-}
-
-static int on_rvalue(llhttp_t *p, const char *at, size_t len)
-{
-    struct exchange *ex = p->data;
-
-    return http_head_value(&ex->rhead, at, len) == 0 ? 0 : HPE_USER;
-}
-
 static int on_rheaders_complete(llhttp_t *p)
 {
     struct exchange *ex = p->data;
@@ -807,7 +793,7 @@ static int on_rmessage_complete(llhttp_t *p)
     struct exchange *ex = p->data;
 
     if (p->status_code < 200) {
-        http_head_reset(&ex->rhead);
+        http_head_reset(&ex->resp.head);
         return 0; /* the final response follows */
     }
     ex->up_keep_alive = llhttp_should_keep_alive(p);
@@ -815,8 +801,7 @@ static int on_rmessage_complete(llhttp_t *p)
 }
 
 static const llhttp_settings_t response_settings = {
-    .on_header_field = on_rfield,
-    .on_header_value = on_rvalue,
+    HTTP_RESPONSE_CALLBACKS,
     .on_headers_complete = on_rheaders_complete,
     .on_body = on_rbody,
     .on_message_complete = on_rmessage_complete,
@@ -834,15 +819,15 @@ void ex_upstream_data(struct exchange *ex, const char *p, size_t n)
         return;
     }
     ex->up_got_bytes = true;
-    err = llhttp_execute(&ex->rparser, p, n);
-    if (err == HPE_PAUSED && ex->rparser.status_code == 101) {
-        at = llhttp_get_error_pos(&ex->rparser); /* the tunnel's first */
+    err = llhttp_execute(&ex->resp.parser, p, n);
+    if (err == HPE_PAUSED && ex->resp.parser.status_code == 101) {
+        at = llhttp_get_error_pos(&ex->resp.parser); /* the tunnel's first */
         start_tunnel(ex, at, (size_t)(p + n - at));
         return;
     }
     if (err == HPE_PAUSED) {
         /* bytes after the response: the connection is not reusable */
-        if (llhttp_get_error_pos(&ex->rparser) != p + n)
+        if (llhttp_get_error_pos(&ex->resp.parser) != p + n)
             ex->up_keep_alive = false;
         upstream_done(ex);
         parse(ex);
@@ -881,7 +866,7 @@ void ex_upstream_closed(struct exchange *ex, struct ex_up_end how)
         tunnel_closed(ex);
         return;
     }
-    if (ex->up_got_bytes && llhttp_finish(&ex->rparser) == HPE_OK &&
+    if (ex->up_got_bytes && llhttp_finish(&ex->resp.parser) == HPE_OK &&
         ex->up == EX_UP_BODY) {
         ex->up_keep_alive = false; /* the body ended with the connection */
         upstream_done(ex);
@@ -944,7 +929,7 @@ static bool put_switch(struct exchange *ex)
 {
     struct buf *o = &ex->client_out;
     size_t len = 0;
-    const char *up = http_head_get(&ex->rhead, "Upgrade", &len);
+    const char *up = http_head_get(&ex->resp.head, "Upgrade", &len);
 
     if (!up)
         up = http_head_get(&ex->rd.head, "Upgrade", &len);
@@ -1247,7 +1232,8 @@ void ex_init(struct exchange *ex, const struct exchange_io *io,
     strncpy(ex->client, client, sizeof(ex->client) - 1);
     http_reader_init(&ex->rd, &request_settings, ctx->cfg->max_header_bytes,
                      ctx->cfg->max_headers, ex);
-    http_head_init(&ex->rhead, EX_RESPONSE_HEAD_MAX, EX_RESPONSE_FIELDS_MAX);
+    http_head_init(&ex->resp.head, EX_RESPONSE_HEAD_MAX,
+                   EX_RESPONSE_FIELDS_MAX);
     ex->phase = EX_HEAD;
 }
 
@@ -1256,7 +1242,7 @@ void ex_deinit(struct exchange *ex)
     release_upstream(ex, false);
     idem_call_free(ex->call);
     http_reader_deinit(&ex->rd);
-    http_head_deinit(&ex->rhead);
+    http_head_deinit(&ex->resp.head);
     buf_free(&ex->in);
     buf_free(&ex->body);
     buf_free(&ex->stored);

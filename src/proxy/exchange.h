@@ -207,9 +207,8 @@ struct exchange {
     size_t max_stored_body; /* the request's route's */
     struct buf stored;      /* the response body kept for the engine */
 
-    llhttp_t rparser; /* the upstream's response */
-    struct http_head rhead;
-    size_t up_queued; /* request bytes queued when it was sent */
+    struct http_response resp; /* the upstream's response */
+    size_t up_queued;          /* request bytes queued when it was sent */
 
     struct buf client_out; /* for the client */
     struct buf up_out;     /* for the upstream */

@@ -60,11 +60,10 @@ struct h2_stream {
     struct buf in;     /* HTTP/1.1 bytes for the exchange */
     size_t unconsumed; /* DATA bytes in `in`: window to give back */
     /* The response. */
-    llhttp_t rp;
-    struct http_head rhead;
-    struct buf out; /* body bytes for DATA frames */
-    bool complete;  /* the response was parsed whole */
-    bool deferred;  /* the data source waits for bytes */
+    struct http_response resp; /* the exchange's HTTP/1.1 answer */
+    struct buf out;            /* body bytes for DATA frames */
+    bool complete;             /* the response was parsed whole */
+    bool deferred;             /* the data source waits for bytes */
 };
 
 static void session_sync(struct h2_session *s);
@@ -113,7 +112,7 @@ static void stream_free(struct h2_stream *st)
     buf_free(&st->fields);
     buf_free(&st->in);
     buf_free(&st->out);
-    http_head_deinit(&st->rhead);
+    http_head_deinit(&st->resp.head);
     free(st);
 }
 
@@ -163,7 +162,7 @@ static void nv_set(nghttp2_nv *nv, const char *name, size_t nlen,
  * case; the body follows from st->out. */
 static int submit_response(struct h2_stream *st)
 {
-    struct http_head *h = &st->rhead;
+    struct http_head *h = &st->resp.head;
     nghttp2_nv nva[EX_RESPONSE_FIELDS_MAX + 1];
     nghttp2_data_provider body = { .read_callback = read_body };
     char status[8];
@@ -171,7 +170,7 @@ static int submit_response(struct h2_stream *st)
     const char *conn = http_head_get(h, "Connection", &conn_len);
     const struct http_field *f;
 
-    snprintf(status, sizeof(status), "%u", st->rp.status_code % 1000);
+    snprintf(status, sizeof(status), "%u", st->resp.parser.status_code % 1000);
     nv_set(&nva[n++], ":status", 7, status, strlen(status));
     for (i = 0; i < h->nfields && n < EX_RESPONSE_FIELDS_MAX + 1; i++) {
         f = &h->fields[i];
@@ -185,20 +184,6 @@ static int submit_response(struct h2_stream *st)
                h->bytes + f->value_off, f->value_len);
     }
     return nghttp2_submit_response(st->s->session, st->id, nva, n, &body);
-}
-
-static int on_rfield(llhttp_t *p, const char *at, size_t len)
-{
-    struct h2_stream *st = p->data;
-
-    return http_head_field(&st->rhead, at, len) == 0 ? 0 : -1;
-}
-
-static int on_rvalue(llhttp_t *p, const char *at, size_t len)
-{
-    struct h2_stream *st = p->data;
-
-    return http_head_value(&st->rhead, at, len) == 0 ? 0 : -1;
 }
 
 static int on_rheaders_complete(llhttp_t *p)
@@ -224,7 +209,7 @@ static int on_rmessage_complete(llhttp_t *p)
     struct h2_stream *st = p->data;
 
     if (p->status_code < 200) {
-        http_head_reset(&st->rhead);
+        http_head_reset(&st->resp.head);
         return 0; /* the final response follows */
     }
     st->complete = true;
@@ -232,8 +217,7 @@ static int on_rmessage_complete(llhttp_t *p)
 }
 
 static const llhttp_settings_t response_settings = {
-    .on_header_field = on_rfield,
-    .on_header_value = on_rvalue,
+    HTTP_RESPONSE_CALLBACKS,
     .on_headers_complete = on_rheaders_complete,
     .on_body = on_rbody,
     .on_message_complete = on_rmessage_complete,
@@ -254,7 +238,7 @@ static bool pump_response(struct h2_stream *st)
            buf_len(&st->out) < H2_STREAM_OUT) {
         room = H2_STREAM_OUT - buf_len(&st->out);
         n = buf_len(o) < room ? buf_len(o) : room;
-        err = llhttp_execute(&st->rp, buf_bytes(o), n);
+        err = llhttp_execute(&st->resp.parser, buf_bytes(o), n);
         did = true;
         if (err == HPE_PAUSED) {
             buf_clear(o); /* nothing follows the one response */
@@ -407,9 +391,10 @@ static int on_begin_headers(nghttp2_session *session,
     st->c.ex.protocol = "HTTP/2";
     st->s = s;
     st->id = frame->hd.stream_id;
-    llhttp_init(&st->rp, HTTP_RESPONSE, &response_settings);
-    st->rp.data = st;
-    http_head_init(&st->rhead, EX_RESPONSE_HEAD_MAX, EX_RESPONSE_FIELDS_MAX);
+    llhttp_init(&st->resp.parser, HTTP_RESPONSE, &response_settings);
+    st->resp.parser.data = st;
+    http_head_init(&st->resp.head, EX_RESPONSE_HEAD_MAX,
+                   EX_RESPONSE_FIELDS_MAX);
     LIST_INSERT_HEAD(&s->streams, st, link);
     s->nstreams++;
     nghttp2_session_set_stream_user_data(session, st->id, st);

@@ -304,6 +304,20 @@ unsigned http_reader_judge(struct http_reader *r, const char **why_out)
     return h->full ? 431 : 503;
 }
 
+int http_on_response_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_response *r = (struct http_response *)(void *)p;
+
+    return http_head_field(&r->head, at, len) == 0 ? 0 : HPE_USER;
+}
+
+int http_on_response_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_response *r = (struct http_response *)(void *)p;
+
+    return http_head_value(&r->head, at, len) == 0 ? 0 : HPE_USER;
+}
+
 const struct idem_header *http_head_views(struct http_head *h)
 {
     struct idem_header *v;

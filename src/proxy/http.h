@@ -100,6 +100,23 @@ static inline struct http_reader *http_reader_of(llhttp_t *p)
 enum llhttp_errno http_reader_execute(struct http_reader *r, const char *data,
                                       size_t len, size_t *used_out);
 
+/* An HTTP/1.1 response being read: llhttp (HTTP_RESPONSE) and the head
+ * its field callbacks fill (HTTP_RESPONSE_CALLBACKS). parser must stay
+ * the first member; parser.data is the owner's, for its own callbacks
+ * (headers complete, body, message complete). The exchange reads the
+ * upstream's responses with one, h2.c the exchange's. */
+struct http_response {
+    llhttp_t parser;
+    struct http_head head;
+};
+
+int http_on_response_field(llhttp_t *p, const char *at, size_t len);
+int http_on_response_value(llhttp_t *p, const char *at, size_t len);
+
+#define HTTP_RESPONSE_CALLBACKS                                                \
+    .on_header_field = http_on_response_field,                                 \
+    .on_header_value = http_on_response_value
+
 /* Judge the head of the request the reader just read (after its
  * headers, before the engine sees it; target.h says what is refused):
  * CONNECT; the target; no Host in HTTP/1.1, more than one Host, or a Host
