@@ -1,20 +1,24 @@
 #!/bin/sh
-# Allocation-failure sweep over idemproxy's HTTP/2 path (the shell twin of
-# test_failalloc.c's windows, for h2c). For each allocation N counted from
-# the first accepted connection, a proxy of its own with
-# tests/failalloc_shim.c preloaded to fail its Nth allocation serves three
-# h2c requests with curl --http2-prior-knowledge: a keyed POST (A), its
-# retry (A') and a POST with a fresh key (R). Every answer must be 200, a
-# 5xx or a closed connection (curl's 000; A' may also be 409), never a
-# hang; the proxy must
-# exit 0 on SIGTERM, holding no more blocks at exit than a run without a
-# failure; and R must succeed when the failure came before R's
-# connection. Sites past MAX_SITES are swept at an even stride.
-# Usage: h2_failalloc.sh BUILD_DIR
+# Allocation-failure sweep over idemproxy's HTTP/2 and TLS paths, the
+# shell twin of test_failalloc.c's windows. MODE: h2c (the default),
+# HTTP/2 with prior knowledge; tls, HTTP/1.1 over TLS; h2tls, HTTP/2 over
+# TLS by ALPN (TLS with a self-signed certificate made here by openssl).
+# For each allocation N counted from the first accepted connection (at
+# most FAILALLOC_PROTO_SITES of them, at an even stride), a proxy of its
+# own with tests/failalloc_shim.c preloaded to fail its Nth allocation
+# serves three requests with curl: a keyed POST (A), its retry (A') and a
+# POST with a fresh key (R). Every answer must be 200, a 5xx or a closed
+# connection (curl's 000; A' may also be 409), never a hang; the proxy
+# must exit 0 on SIGTERM, holding no more blocks at exit than a run
+# without a failure; and R must succeed when the failure came before R's
+# connection. FAILALLOC_PROTO_ONLY=N runs site N alone, with its log.
+# Usage: failalloc_proto.sh BUILD_DIR [h2c|tls|h2tls]
 set -eu
 build=$1
+mode=${2:-h2c}
 shim=$build/libfailalloc_shim.so
-max_sites=${H2_FAILALLOC_SITES:-200}
+max_sites=${FAILALLOC_PROTO_SITES:-200}
+only=${FAILALLOC_PROTO_ONLY:-}
 tmp=$(mktemp -d /tmp/idem-h2fa.XXXXXX)
 up_pid=""
 px_pid=""
@@ -27,11 +31,27 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() {
-    echo "h2_failalloc: $*" >&2
+    echo "failalloc_proto: $*" >&2
     exit 1
 }
 [ -f "$shim" ] || fail "no $shim"
 command -v curl >/dev/null || fail "curl missing"
+
+case $mode in
+h2c) scheme=http curl_proto=--http2-prior-knowledge tls_flags="" ;;
+tls | h2tls)
+    command -v openssl >/dev/null || fail "openssl missing"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+        -nodes -keyout "$tmp/k.pem" -out "$tmp/c.pem" -days 2 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+        >/dev/null 2>&1 || fail "openssl could not make a certificate"
+    scheme=https
+    curl_proto="--cacert $tmp/c.pem $([ "$mode" = tls ] && echo --http1.1 ||
+        echo --http2)"
+    tls_flags="--tls-cert $tmp/c.pem --tls-key $tmp/k.pem"
+    ;;
+*) fail "unknown mode $mode" ;;
+esac
 
 "$build/demo_upstream" --listen 127.0.0.1:0 >"$tmp/up" &
 up_pid=$!
@@ -43,10 +63,11 @@ until grep -q listening "$tmp/up" 2>/dev/null; do
 done
 upstream=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$tmp/up")
 
-# One keyed h2c POST: its status (000: closed, or no answer in 3 s).
+# One keyed POST: its status (000: closed, or no answer in 3 s).
 post() { # $1 port, $2 key, $3 path
-    curl -s -m 3 --http2-prior-knowledge -o /dev/null -w '%{http_code}' \
-        -X POST -H "Idempotency-Key: $2" -d x "http://127.0.0.1:$1$3" ||
+    # shellcheck disable=SC2086
+    curl -s -m 3 $curl_proto -o /dev/null -w '%{http_code}' \
+        -X POST -H "Idempotency-Key: $2" -d x "$scheme://localhost:$1$3" ||
         true
 }
 
@@ -56,7 +77,7 @@ run() {
     rm -f "$tmp/px" "$tmp/rep"
     IDEM_FAIL_ALLOC_AT=$1 IDEM_FAIL_ALLOC_REPORT=$tmp/rep LD_PRELOAD=$shim \
         "$build/idemproxy" --listen 127.0.0.1:0 --admin-listen off \
-        --upstream "$upstream" --workers 1 --log-level error \
+        --upstream "$upstream" --workers 1 --log-level error $tls_flags \
         >"$tmp/px" 2>"$tmp/err" &
     px_pid=$!
     w=0
@@ -98,6 +119,7 @@ base_live=$live
 stride=$(((sites + max_sites - 1) / max_sites))
 site=1
 swept=0
+[ -n "$only" ] && site=$only && sites=$only # one site, to reproduce it
 while [ "$site" -le "$sites" ]; do
     run "$site"
     # A' may also be 409: a completion the store could not take keeps
@@ -105,6 +127,7 @@ while [ "$site" -le "$sites" ]; do
     for s in "$a" "$r" "$([ "$a2" = 409 ] && echo 200 || echo "$a2")"; do
         ok_status "$s" || fail "site $site: answer $s (A $a, A' $a2, R $r)"
     done
+    [ -z "$only" ] || { echo "site $site: A $a A' $a2 R $r exit $rc counted $counted r_at $r_at"; cat "$tmp/err" >&2; }
     [ "$rc" = 0 ] || {
         tail -5 "$tmp/err" >&2
         fail "site $site: exit status $rc"
@@ -118,4 +141,4 @@ while [ "$site" -le "$sites" ]; do
     swept=$((swept + 1))
     site=$((site + stride))
 done
-echo "h2_failalloc: $swept of $sites sites swept: no crash, hang or leak"
+echo "failalloc_proto $mode: $swept of $sites sites swept: no crash, hang or leak"
