@@ -10,7 +10,7 @@ FUZZ_HTTP_SECS ?= 600
 CTEST      = ctest --output-on-failure -j $(JOBS)
 MAKEFLAGS += --no-print-directory
 
-.PHONY: all build deps run test asan tsan valgrind bench soak fuzz install deb \
+.PHONY: all build deps deps-run run test asan tsan valgrind bench soak fuzz install deb \
         lint clean help cluster
 
 all: build
@@ -39,6 +39,9 @@ help:
 deps:
 	@scripts/deps.sh
 
+deps-run:
+	@scripts/deps.sh run
+
 # configure DIR [cmake args]: configure once, then reuse.
 define configure
 	@test -f $(1)/CMakeCache.txt || cmake -S . -B $(1) -DCMAKE_INSTALL_PREFIX=$(PREFIX) $(2) >/dev/null
@@ -48,7 +51,7 @@ build:
 	$(call configure,build,-DCMAKE_C_COMPILER=gcc)
 	@cmake --build build -j $(JOBS)
 
-run: deps build
+run: deps-run build
 	@scripts/run.sh
 
 test: deps lint build

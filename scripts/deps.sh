@@ -1,24 +1,29 @@
 #!/bin/sh
 # Install the Debian packages idem needs, only those that are missing.
-#   scripts/deps.sh          build + test dependencies
+#   scripts/deps.sh          build + test dependencies (make test)
+#   scripts/deps.sh run      what building and running needs (make run)
 #   scripts/deps.sh bench    also what benchmarks and soaks use
 # Quiet when everything is present. Not root and something missing: says
 # exactly what to install and exits 1.
 set -eu
 
-BUILD="cmake make pkg-config gcc clang libclang-rt-14-dev libevent-dev
-libhiredis-dev libinih-dev node-llhttp libxxhash-dev libssl-dev openssl
-libcmocka-dev libsystemd-dev libnghttp2-dev nghttp2-client redis-server
-valgrind curl python3-websockets
-debhelper lintian dpkg-dev systemd"
+# Building (the configure step wants cmocka too) and running idemproxy.
+BUILD="cmake make pkg-config gcc libevent-dev libhiredis-dev libinih-dev
+node-llhttp libxxhash-dev libssl-dev libcmocka-dev libsystemd-dev
+libnghttp2-dev curl"
+# The tests: sanitizers, the servers and clients they start, the package
+# build and its checks.
+TEST="clang libclang-rt-14-dev redis-server valgrind openssl
+python3-websockets nghttp2-client debhelper lintian dpkg-dev systemd"
 BENCH="wrk nginx-light gnuplot-nox"
 
-want=$BUILD
+want="$BUILD $TEST"
 case "${1:-}" in
 "") ;;
-bench) want="$BUILD $BENCH" ;;
--h|--help) sed -n '2,6p' "$0"; exit 0 ;;
-*) echo "deps.sh: unknown group '$1' (try: bench)" >&2; exit 2 ;;
+run) want=$BUILD ;;
+bench) want="$BUILD $TEST $BENCH" ;;
+-h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+*) echo "deps.sh: unknown group '$1' (try: run, bench)" >&2; exit 2 ;;
 esac
 
 missing=""
