@@ -68,7 +68,7 @@ static const char *not_ready(const struct admin *ad)
         return "the store is unreachable\n";
     if (window < 3000)
         window = 3000;
-    if (!ok || resolve_now_ms() - ok > window)
+    if (!ok || worker_now_ms() - ok > window)
         return "the upstream is unreachable\n";
     return NULL;
 }

@@ -34,9 +34,9 @@ struct h2_session {
     unsigned nstreams;
     struct event idle;     /* no stream for --client-timeout: GOAWAY */
     struct event stall;    /* responses waiting, none read: close */
-    uint64_t progress_ms;  /* when response bytes last left (or began
+    int64_t progress_ms;   /* when response bytes last left (or began
                             * to wait) */
-    uint64_t reset_ms;     /* when reset_tokens was last refilled */
+    int64_t reset_ms;      /* when reset_tokens was last refilled */
     unsigned reset_tokens; /* client resets allowed before GOAWAY */
     bool dead;             /* a connection error: close once flushed */
 };
@@ -429,7 +429,8 @@ static int on_data(nghttp2_session *session, uint8_t flags, int32_t id,
 static void count_reset(struct h2_session *s)
 {
     unsigned rate = cfg_of(s)->h2_max_resets;
-    uint64_t now = worker_now_ms(), add = (now - s->reset_ms) * rate / 1000;
+    int64_t now = worker_now_ms();
+    uint64_t add = (uint64_t)(now - s->reset_ms) * rate / 1000;
 
     if (add) {
         s->reset_tokens = s->reset_tokens + add > rate
@@ -702,16 +703,16 @@ static void on_stall(evutil_socket_t fd, short what, void *arg)
     static struct log_limit limit;
     struct h2_session *s = arg;
     int64_t ms = cfg_of(s)->client_timeout_ms;
-    uint64_t quiet = worker_now_ms() - s->progress_ms;
+    int64_t quiet = worker_now_ms() - s->progress_ms;
     struct timeval tv;
 
     (void)fd;
     (void)what;
     if (!s->session || !output_waits(s))
         return;
-    if (quiet < (uint64_t)ms) { /* bytes left meanwhile: wait the rest */
-        tv.tv_sec = (ms - (int64_t)quiet) / 1000;
-        tv.tv_usec = ((ms - (int64_t)quiet) % 1000) * 1000;
+    if (quiet < ms) { /* bytes left meanwhile: wait the rest */
+        tv.tv_sec = (ms - quiet) / 1000;
+        tv.tv_usec = ((ms - quiet) % 1000) * 1000;
         event_add(&s->stall, &tv);
         return;
     }

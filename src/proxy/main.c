@@ -299,7 +299,8 @@ static void on_reopen(evutil_socket_t sig, short what, void *arg)
 static void on_watchdog(evutil_socket_t fd, short what, void *arg)
 {
     struct app *app = arg;
-    uint64_t now = worker_now_ms(), half = service_watchdog_ms() / 2;
+    int64_t now = worker_now_ms();
+    int64_t half = (int64_t)(service_watchdog_ms() / 2);
     bool alive = true;
     unsigned i;
 

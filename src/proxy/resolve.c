@@ -35,14 +35,6 @@ struct resolver {
     int64_t looked_ms;    /* the last look-up */
 };
 
-int64_t resolve_now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 struct upaddrs *upaddrs_ref(struct upaddrs *s)
 {
     atomic_fetch_add(&s->refs, 1);
@@ -142,7 +134,7 @@ static void refresh(struct resolver *r, const struct upstream_url *urls,
     struct upaddrs *s = look_up(urls, n, &all);
     unsigned i;
 
-    r->looked_ms = resolve_now_ms();
+    r->looked_ms = worker_now_ms();
     if (!s || (!all && r->last) || same(r->last, s)) {
         upaddrs_unref(s);
         return;
@@ -178,11 +170,11 @@ static void probe(struct resolver *r, int64_t interval, int64_t timeout)
 {
     size_t i;
 
-    if (!r->last || resolve_now_ms() - upstream_ok_ms < interval)
+    if (!r->last || worker_now_ms() - upstream_ok_ms < interval)
         return;
     for (i = 0; i < r->last->n; i++) {
         if (probe_one(&r->last->a[i], timeout)) {
-            upstream_ok_ms = resolve_now_ms();
+            upstream_ok_ms = worker_now_ms();
             return;
         }
     }
@@ -210,8 +202,8 @@ static void wait_next(struct resolver *r, int64_t interval)
     int64_t due;
 
     for (;;) {
-        due = r->looked_ms + (r->poke ? POKE_MIN_MS : interval) -
-              resolve_now_ms();
+        due =
+            r->looked_ms + (r->poke ? POKE_MIN_MS : interval) - worker_now_ms();
         if (r->stop || r->reload || due <= 0)
             break;
         clock_gettime(CLOCK_MONOTONIC, &until);
@@ -275,7 +267,7 @@ struct resolver *resolver_start(const struct config *c, struct upaddrs *first,
         return NULL;
     }
     r->last = first ? upaddrs_ref(first) : NULL;
-    r->looked_ms = resolve_now_ms();
+    r->looked_ms = worker_now_ms();
     r->workers = workers;
     r->nworkers = n;
     pthread_mutex_init(&r->mu, NULL);

@@ -33,10 +33,7 @@ struct upaddrs *upaddrs_ref(struct upaddrs *s);
 /* The last reference frees s. NULL is harmless. Thread-safe. */
 void upaddrs_unref(struct upaddrs *s);
 
-/* A monotonic millisecond clock (coarse: cheap enough per read). */
-int64_t resolve_now_ms(void);
-
-/* The last time (resolve_now_ms) an upstream connect or response
+/* The last time (worker.h's worker_now_ms) an upstream connect or response
  * succeeded, or 0. Written by workers and the probe. */
 extern atomic_int_fast64_t upstream_ok_ms;
 

@@ -69,7 +69,7 @@ static bool connect_done(struct upstream *u)
     if (!u->ssl) /* TLS: the deadline bounds the handshake too */
         event_del(&u->connect);
     atomic_fetch_add(&metrics.upstream_connects, 1);
-    upstream_ok_ms = resolve_now_ms();
+    upstream_ok_ms = worker_now_ms();
     return true;
 }
 
@@ -82,7 +82,7 @@ static void mark_down(struct worker *w, const struct upaddr *a)
     for (i = 0; i < n; i++)
         if (w->addrs->a[i].len == a->len &&
             memcmp(&w->addrs->a[i].sa, &a->sa, a->len) == 0)
-            w->down_until[i] = resolve_now_ms() + UPSTREAM_DOWN_MS;
+            w->down_until[i] = worker_now_ms() + UPSTREAM_DOWN_MS;
     if (w->resolver)
         resolver_poke(w->resolver);
 }
@@ -92,7 +92,7 @@ static void mark_down(struct worker *w, const struct upaddr *a)
 static ssize_t pick(struct worker *w)
 {
     size_t n = w->addrs ? w->addrs->n : 0, k, i;
-    int64_t now = resolve_now_ms();
+    int64_t now = worker_now_ms();
 
     if (n == 0)
         return -1;
@@ -366,7 +366,7 @@ bool upstream_sync(struct conn *c, bool read)
     if (empty && !u->peer_closed)
         u->readable = false; /* as conn.c's read_client */
     metrics_bytes(&metrics.upstream_bytes_in, (size_t)n);
-    upstream_ok_ms = resolve_now_ms(); /* for /readyz */
+    upstream_ok_ms = worker_now_ms(); /* for /readyz */
     ex_upstream_data(&c->ex, scratch, (size_t)n);
     return true;
 }

@@ -88,12 +88,12 @@ void proxy_address(const struct sockaddr *sa, char *out, size_t size)
     }
 }
 
-uint64_t worker_now_ms(void)
+int64_t worker_now_ms(void)
 {
     struct timespec ts;
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void on_beat(evutil_socket_t fd, short what, void *arg)

@@ -31,8 +31,9 @@ void proxy_address(const struct sockaddr *sa, char *out, size_t size);
 /* How often a worker says its loop turns (the watchdog's heartbeat). */
 #define WORKER_BEAT_MS 1000
 
-/* CLOCK_MONOTONIC in milliseconds, the heartbeat's clock. */
-uint64_t worker_now_ms(void);
+/* The proxy's monotonic millisecond clock (coarse: cheap enough per
+ * read): heartbeats, upstream health, HTTP/2's budgets and deadlines. */
+int64_t worker_now_ms(void);
 
 /* What one read takes at most: the worker's scratch buffer. */
 #define WORKER_READ_MAX (64u * 1024)
@@ -61,7 +62,7 @@ struct worker {
     struct resolver *resolver;  /* poked when a connect fails */
     bool stopping;              /* the worker's own: no more requests */
     struct event *beat;         /* every WORKER_BEAT_MS: the loop turns */
-    _Atomic uint64_t beat_ms;   /* when it last did (worker_now_ms) */
+    _Atomic int64_t beat_ms;    /* when it last did (worker_now_ms) */
     struct conn_list conns;
     unsigned nconns;
     struct upstream_list idle;
