@@ -26,22 +26,38 @@ static inline struct h_proc *upstream_on(const char *listen)
     return h_start(DEMO_UPSTREAM_PATH, argv);
 }
 
-/* idemproxy in front of 127.0.0.1:up_port, with extra flags (or NULL). */
-static inline struct h_proc *proxy(uint16_t up_port, const char *const *extra)
+/* idemproxy with its listener and admin on ports the kernel picks, started
+ * through the command words pre (e.g. prlimit ...; NULL: none), with the
+ * flags of flags and then of extra (either may be NULL). */
+static inline struct h_proc *proxy_start(const char *const *pre,
+                                         const char *const *flags,
+                                         const char *const *extra)
 {
-    const char *argv[ARGS_MAX] = {
-        IDEMPROXY_PATH, "--listen",  "127.0.0.1:0", "--admin-listen",
-        "127.0.0.1:0",  "--workers", "2",           "--upstream"
-    };
-    char up[32];
-    size_t n = 8;
+    const char *argv[ARGS_MAX];
+    size_t n = 0;
 
-    snprintf(up, sizeof(up), "127.0.0.1:%u", up_port);
-    argv[n++] = up;
+    while (pre && *pre && n + 1 < ARGS_MAX)
+        argv[n++] = *pre++;
+    argv[n++] = IDEMPROXY_PATH;
+    argv[n++] = "--listen";
+    argv[n++] = "127.0.0.1:0";
+    argv[n++] = "--admin-listen";
+    argv[n++] = "127.0.0.1:0";
+    while (flags && *flags && n + 1 < ARGS_MAX)
+        argv[n++] = *flags++;
     while (extra && *extra && n + 1 < ARGS_MAX)
         argv[n++] = *extra++;
     argv[n] = NULL;
-    return h_start(IDEMPROXY_PATH, argv);
+    return h_start(argv[0], argv);
+}
+
+/* idemproxy in front of 127.0.0.1:up_port, with extra flags (or NULL). */
+static inline struct h_proc *proxy(uint16_t up_port, const char *const *extra)
+{
+    char up[32];
+
+    snprintf(up, sizeof(up), "127.0.0.1:%u", up_port);
+    return proxy_start(NULL, FLAGS("--workers", "2", "--upstream", up), extra);
 }
 
 /* A fresh demo_upstream (*up) and idemproxy in front of it. */

@@ -18,9 +18,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
-
-#define ARGS_MAX 32
-#define FLAGS(...) ((const char *const[]){ __VA_ARGS__, NULL })
+#include "proxy_helpers.h"
 
 /* The EMFILE test: idemproxy's descriptor limit (prlimit's flag), the
  * connections opened against it, and how long it is watched. */
@@ -28,44 +26,22 @@
 #define FLOOD_CONNS 80
 #define WATCH_MS 2000
 
-static struct h_proc *upstream(void)
-{
-    const char *argv[] = { DEMO_UPSTREAM_PATH, "--listen", "127.0.0.1:0",
-                           NULL };
-
-    return h_start(DEMO_UPSTREAM_PATH, argv);
-}
-
 /* idemproxy (one worker) in front of up, with extra flags (or NULL),
  * started through the command words pre (e.g. prlimit ...; NULL: none). */
 static struct h_proc *proxy_via(const char *const *pre, struct h_proc *up,
                                 const char *const *extra)
 {
-    const char *argv[ARGS_MAX];
     char addr[32];
-    size_t n = 0;
 
-    while (pre && *pre)
-        argv[n++] = *pre++;
-    argv[n++] = IDEMPROXY_PATH;
     snprintf(addr, sizeof(addr), "127.0.0.1:%u", up->http_port);
-    argv[n++] = "--listen";
-    argv[n++] = "127.0.0.1:0";
-    argv[n++] = "--admin-listen";
-    argv[n++] = "127.0.0.1:0";
-    argv[n++] = "--workers";
-    argv[n++] = "1";
-    argv[n++] = "--upstream";
-    argv[n++] = addr;
-    while (extra && *extra && n + 1 < ARGS_MAX)
-        argv[n++] = *extra++;
-    argv[n] = NULL;
-    return h_start(argv[0], argv);
+    return proxy_start(pre, FLAGS("--workers", "1", "--upstream", addr), extra);
 }
 
-static struct h_proc *pair(struct h_proc **up, const char *const *extra)
+/* A fresh demo_upstream (*up) and one-worker idemproxy in front of it. */
+static struct h_proc *pair_one_worker(struct h_proc **up,
+                                      const char *const *extra)
 {
-    *up = upstream();
+    *up = upstream_on("127.0.0.1:0");
     return proxy_via(NULL, *up, extra);
 }
 
@@ -102,7 +78,7 @@ static void test_space_before_colon_is_400(void **state)
         "Content-Length: 1\r\n\r\nx",
         "GET /s HTTP/1.1\r\nHost : x\r\n\r\n",
     };
-    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_proc *up, *px = pair_one_worker(&up, NULL);
 
     (void)state;
     for (size_t i = 0; i < sizeof(raws) / sizeof(raws[0]); i++)
@@ -135,7 +111,8 @@ static void test_require_key_not_bypassed(void **state)
         "/x/;/../payments",
         "/pay%",
     };
-    struct h_proc *up, *px = pair(&up, FLAGS("--require-key", "/payments"));
+    struct h_proc *up,
+        *px = pair_one_worker(&up, FLAGS("--require-key", "/payments"));
     char *raw;
 
     (void)state;
@@ -155,7 +132,8 @@ static void test_require_key_not_bypassed(void **state)
  * origin-form. */
 static void test_absolute_form_forwarded_as_origin(void **state)
 {
-    struct h_proc *up, *px = pair(&up, FLAGS("--require-key", "/payments"));
+    struct h_proc *up,
+        *px = pair_one_worker(&up, FLAGS("--require-key", "/payments"));
     struct h_req q = { .method = "POST",
                        .target = "http://Example.com:81/payments/c?echo=1",
                        .key = "k-abs",
@@ -195,7 +173,7 @@ static void test_host_rules(void **state)
         "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
         "GET * HTTP/1.1\r\nHost: a\r\n\r\n",
     };
-    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_proc *up, *px = pair_one_worker(&up, NULL);
 
     (void)state;
     for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
@@ -274,7 +252,7 @@ static void assert_serves_again(struct h_proc *px)
 static void test_out_of_fds_backs_off(void **state)
 {
     static const char *const pre[] = { "prlimit", FD_LIMIT, NULL };
-    struct h_proc *up = upstream(), *px;
+    struct h_proc *up = upstream_on("127.0.0.1:0"), *px;
     struct h_conn *c[FLOOD_CONNS];
     long lines, ticks, tps = sysconf(_SC_CLK_TCK);
     char err[4096];
@@ -340,7 +318,7 @@ static void post_expect(struct h_proc *px, const char *target, const char *key,
 
 static void test_date_on_every_answer(void **state)
 {
-    struct h_proc *up, *px = pair(&up, NULL);
+    struct h_proc *up, *px = pair_one_worker(&up, NULL);
     struct h_req slow = { .method = "POST",
                           .target = "/slow?delay_ms=1500",
                           .key = "k-slow",
@@ -411,7 +389,7 @@ static void test_sigusr1_reopens_log(void **state)
 {
     char *log = h_format("%s/proxy.log", h_tmpdir());
     char *moved = h_format("%s/proxy.log.1", h_tmpdir());
-    struct h_proc *up, *px = pair(&up, FLAGS("--log-file", log));
+    struct h_proc *up, *px = pair_one_worker(&up, FLAGS("--log-file", log));
     bool reopened = false;
 
     (void)state;

@@ -18,24 +18,8 @@
 static struct h_proc *start_proxy(const char *const *pre,
                                   const char *const *extra)
 {
-    const char *argv[ARGS_MAX];
-    size_t n = 0;
-
-    while (pre && *pre)
-        argv[n++] = *pre++;
-    argv[n++] = IDEMPROXY_PATH;
-    argv[n++] = "--listen";
-    argv[n++] = "127.0.0.1:0";
-    argv[n++] = "--admin-listen";
-    argv[n++] = "127.0.0.1:0";
-    argv[n++] = "--workers";
-    argv[n++] = "1";
-    argv[n++] = "--upstream-idle";
-    argv[n++] = "0";
-    while (*extra && n + 1 < ARGS_MAX)
-        argv[n++] = *extra++;
-    argv[n] = NULL;
-    return h_start(argv[0], argv);
+    return proxy_start(pre, FLAGS("--workers", "1", "--upstream-idle", "0"),
+                       extra);
 }
 
 /* POST / with no key (forwarded as it is): the status. */
