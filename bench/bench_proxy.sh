@@ -54,10 +54,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+ephemeral_low=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range \
+    2>/dev/null || echo 32768)
 # A TCP port nothing listens on 127.0.0.1 right now.
 free_port() {
     while :; do
-        p=$(awk 'BEGIN { srand(); print 20000 + int(rand() * 30000) }')
+        # below the kernel's ephemeral range (an outgoing connection's
+        # local port is not a listener, yet takes the port), seeded by the
+        # nanosecond: srand() alone seeds by the second, and ports picked
+        # in one second (a Cluster's) would repeat
+        p=$(awk -v s="$(date +%N)" -v top="$ephemeral_low" \
+            'BEGIN { srand(s); print 10000 + int(rand() * (top - 10000)) }')
         [ -z "$(ss -Hltn "sport = :$p")" ] && echo "$p" && return
         sleep 0.01
     done
@@ -380,23 +387,29 @@ fi
 # own, no persistence), against the memory store's figures of this run.
 kill "$idem_pid"
 wait "$idem_pid" 2>/dev/null || true
+# idemproxy on store $2 (named $1 in the figures): first and replay runs,
+# and their ratios to the memory store's.
+store_runs() {
+    start_idem --store "$2"
+    set -- $(run_wrk "$idem" unique "$1_first") "$1"
+    check_idem "$3_first"
+    echo "proxy.idem_$3.first.rps $2"
+    store_first=$2
+    set -- $(run_wrk "$idem" 16 "$3_replay") "$3"
+    check_idem "$3_replay"
+    echo "proxy.idem_$3.replay.rps $2"
+    awk -v n="$3" -v a="$store_first" -v b="$mem_first" -v c="$2" \
+        -v d="$mem_replay" \
+        'BEGIN { printf "proxy.idem_%s.first_ratio %.2f\n", n, (b > 0 ? a / b : 0)
+                 printf "proxy.idem_%s.replay_ratio %.2f\n", n, (d > 0 ? c / d : 0) }'
+}
 redis_runs() {
     rport=$(free_port)
     redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
         --loglevel warning >"$tmp/redis.log" 2>&1 &
     pids="$pids $!"
     wait_port "$rport"
-    start_idem --store "redis://127.0.0.1:$rport"
-    set -- $(run_wrk "$idem" unique redis_first)
-    check_idem redis_first
-    echo "proxy.idem_redis.first.rps $2"
-    redis_first=$2
-    set -- $(run_wrk "$idem" 16 redis_replay)
-    check_idem redis_replay
-    echo "proxy.idem_redis.replay.rps $2"
-    awk -v a="$redis_first" -v b="$mem_first" -v c="$2" -v d="$mem_replay" \
-        'BEGIN { printf "proxy.idem_redis.first_ratio %.2f\n", (b > 0 ? a / b : 0)
-                 printf "proxy.idem_redis.replay_ratio %.2f\n", (d > 0 ? c / d : 0) }'
+    store_runs redis "redis://127.0.0.1:$rport"
 }
 if command -v redis-server >/dev/null 2>&1; then
     redis_runs
@@ -446,15 +459,14 @@ if ! command -v redis-cli >/dev/null 2>&1; then
 fi
 kill "$idem_pid"
 wait "$idem_pid" 2>/dev/null || true
-# Set p to a free port not in $used (free_port seeds by the second: six
-# ports in a row need a finer seed).
+# Set p to a free port not handed out already: six are picked before the
+# first server listens.
 used=""
 pick_port() {
     while :; do
-        p=$(awk -v s="$(date +%N)" \
-            'BEGIN { srand(s); print 20000 + int(rand() * 30000) }')
+        p=$(free_port)
         case " $used " in *" $p "*) continue ;; esac
-        [ -z "$(ss -Hltn "sport = :$p")" ] && break
+        break
     done
     used="$used $p"
 }
@@ -485,14 +497,4 @@ until redis-cli -p "$cport" cluster info | grep -q 'cluster_state:ok'; do
     sleep 0.05
 done
 seeds=$(echo $cluster_nodes | tr ' ' ',')
-start_idem --store "redis-cluster://$seeds"
-set -- $(run_wrk "$idem" unique cluster_first)
-check_idem cluster_first
-echo "proxy.idem_cluster.first.rps $2"
-cluster_first=$2
-set -- $(run_wrk "$idem" 16 cluster_replay)
-check_idem cluster_replay
-echo "proxy.idem_cluster.replay.rps $2"
-awk -v a="$cluster_first" -v b="$mem_first" -v c="$2" -v d="$mem_replay" \
-    'BEGIN { printf "proxy.idem_cluster.first_ratio %.2f\n", (b > 0 ? a / b : 0)
-             printf "proxy.idem_cluster.replay_ratio %.2f\n", (d > 0 ? c / d : 0) }'
+store_runs cluster "redis-cluster://$seeds"
