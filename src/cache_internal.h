@@ -169,7 +169,8 @@ struct idem__cache_shard {
     _Alignas(IDEM_CACHELINE) pthread_mutex_t mu;
     uint64_t seed; /* the cache's, for the table's rehash */
     struct idem__table table;
-    size_t hand; /* CLOCK: the next position eviction looks at */
+    size_t hand; /* CLOCK: eviction's count; the next position is
+                  * hand_at(hand, span) (cache_shard.c) */
     struct idem__cache_sweep sweep;
     size_t count;
     size_t entry_bytes;

@@ -368,3 +368,27 @@ int idem__table_foreach(const struct idem__table *t,
         rc = foreach_array(t->to, fn, ud);
     return rc;
 }
+
+double idem__table_mean_miss(const struct idem__table *t)
+{
+    const struct idem__table_array *a = head_of(t);
+    size_t i, k, run = 0, sum = 0, empty = a->n;
+
+    for (i = 0; i < a->n; i++) /* an empty slot to start behind */
+        if (atomic_load_explicit(&a->slots[i], memory_order_relaxed) ==
+            IDEM__TABLE_EMPTY)
+            empty = i;
+    if (empty == a->n)
+        return (double)a->n; /* never: an array keeps a free slot */
+    /* backwards from there, each slot's distance to the next empty one */
+    for (k = 1; k <= a->n; k++) {
+        i = (empty + a->n - k) % a->n;
+        if (atomic_load_explicit(&a->slots[i], memory_order_relaxed) ==
+            IDEM__TABLE_EMPTY)
+            run = 0;
+        else
+            run++;
+        sum += run;
+    }
+    return (double)sum / (double)a->n;
+}

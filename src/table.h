@@ -200,6 +200,11 @@ static inline void *idem__table_at(const struct idem__table *t, size_t p,
     return idem__table_item(s);
 }
 
+/* The mean length, in slots past the first, of a probe for a key that is
+ * absent (an insert's): from each slot of head's array, the slots to the
+ * next empty one (tests; O(slots)). */
+double idem__table_mean_miss(const struct idem__table *t);
+
 /* Call fn for each item (under the owner's lock); stops at fn's first
  * nonzero answer and returns it. fn must not change the table. */
 int idem__table_foreach(const struct idem__table *t,

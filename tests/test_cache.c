@@ -461,6 +461,34 @@ static void test_max_entries_clock(void **state)
     free_cache(c);
 }
 
+/* Eviction spreads its removals over the table: after a bounded cache has
+ * taken many times its size in new keys, a probe for a new key runs as
+ * far as uniform hashing makes it (a few slots; evicting in slot order
+ * measured hundreds). */
+static void test_eviction_keeps_probes_short(void **state)
+{
+    struct idem_cache *c = new_cache(
+        (struct idem_cache_opts){ .max_entries = 20000, .shards = 1 });
+    double miss, worst = 0;
+    char key[40];
+    long i;
+
+    (void)state;
+    for (i = 0; i < 400000; i++) {
+        assert_int_equal(
+            idem_cache_set(c, key, key_n(key, sizeof(key), "k", i), "v", 1, 0),
+            IDEM_OK);
+        if (i % 5000 == 4999) {
+            miss = idem__table_mean_miss(&c->shards[0].table);
+            worst = miss > worst ? miss : worst;
+        }
+    }
+    assert_int_equal(stats_of(c).entries, 20000);
+    print_message("a new key's probe: at worst %.1f slots on\n", worst);
+    assert_true(worst < 16.0);
+    free_cache(c);
+}
+
 /* An expired entry taken by the eviction hand counts as expired. */
 static void test_expired_victim_counts_as_expired(void **state)
 {
@@ -847,6 +875,7 @@ int main(void)
         cmocka_unit_test(test_tick_reclaims_without_reads),
         cmocka_unit_test(test_writes_reclaim_expired),
         cmocka_unit_test(test_max_entries_clock),
+        cmocka_unit_test(test_eviction_keeps_probes_short),
         cmocka_unit_test(test_expired_victim_counts_as_expired),
         cmocka_unit_test(test_pins),
         cmocka_unit_test(test_too_big),
