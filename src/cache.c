@@ -32,25 +32,35 @@ static bool bytes_ok(const void *p, size_t n)
     return (p || n == 0) && n <= UINT32_MAX;
 }
 
-static void op_begin(struct op *op, struct idem_cache *c, const void *key,
-                     size_t klen)
+static void op_begin_hashed(struct op *op, struct idem_cache *c, uint64_t h)
 {
     op->c = c;
-    op->h = idem__hash(key, klen, c->seed);
-    op->s = &c->shards[idem__stripe_of(op->h, c->shift)];
+    op->h = h;
+    op->s = &c->shards[idem__stripe_of(h, c->shift)];
     idem__cache_ready_init(&op->ready);
     pthread_mutex_lock(&op->s->mu);
     idem__cache_now_init(&op->t, &c->env);
 }
 
+static void op_begin(struct op *op, struct idem_cache *c, const void *key,
+                     size_t klen)
+{
+    op_begin_hashed(op, c, idem__hash(key, klen, c->seed));
+}
+
 /* op_begin for a write: also move a table resize on and reclaim expired
  * entries, boundedly. True if none is left. */
+static bool write_begin_hashed(struct op *op, struct idem_cache *c, uint64_t h)
+{
+    op_begin_hashed(op, c, h);
+    idem__cache_table_work_locked(c, op->s, TABLE_STEP);
+    return idem__cache_reclaim_locked(c, op->s, op->t.lo, WRITE_BUDGET);
+}
+
 static bool write_begin(struct op *op, struct idem_cache *c, const void *key,
                         size_t klen)
 {
-    op_begin(op, c, key, klen);
-    idem__cache_table_work_locked(c, op->s, TABLE_STEP);
-    return idem__cache_reclaim_locked(c, op->s, op->t.lo, WRITE_BUDGET);
+    return write_begin_hashed(op, c, idem__hash(key, klen, c->seed));
 }
 
 static void op_end(struct op *op)
@@ -79,6 +89,15 @@ static uint64_t expiry(struct idem__cache_now *t, int64_t ttl_ms)
     if (now > UINT64_MAX - (uint64_t)ttl_ms)
         return UINT64_MAX;
     return now + (uint64_t)ttl_ms;
+}
+
+/* Start loading the table slot where a write with hash h will probe, so
+ * that the miss overlaps building the entry and taking the lock (a new
+ * key's probe was most of a set). */
+static void warm(struct idem_cache *c, uint64_t h)
+{
+    __builtin_prefetch(
+        idem__table_hint(&c->shards[idem__stripe_of(h, c->shift)].table, h), 1);
 }
 
 /* -- Lifecycle ------------------------------------------------------- */
@@ -293,11 +312,12 @@ static int store_locked(struct op *op, struct idem__cache_entry *e,
 }
 
 static int store_cond(struct idem_cache *c, struct idem__cache_entry *e,
-                      int64_t ttl_ms, unsigned flags, const struct cond *cond,
+                      uint64_t h, int64_t ttl_ms, unsigned flags,
+                      const struct cond *cond,
                       struct idem_cache_value **ref_out)
 {
     struct op op;
-    bool caught_up = write_begin(&op, c, e->data, e->klen);
+    bool caught_up = write_begin_hashed(&op, c, h);
     int rc;
 
     if (ref_out) /* before it is published */
@@ -315,7 +335,8 @@ int idem__cache_store(struct idem_cache *c, struct idem__cache_entry *e,
                       int64_t ttl_ms, unsigned flags,
                       struct idem_cache_value **ref_out)
 {
-    return store_cond(c, e, ttl_ms, flags, NULL, ref_out);
+    return store_cond(c, e, idem__hash(e->data, e->klen, c->seed), ttl_ms,
+                      flags, NULL, ref_out);
 }
 
 /* Copy key and value into a new entry and store it. */
@@ -324,13 +345,16 @@ static int store_copy(struct idem_cache *c, const void *key, size_t klen,
                       unsigned flags, const struct cond *cond)
 {
     struct idem__cache_entry *e;
+    uint64_t h;
 
     if (!idem__cache_entry_fits(c, klen, vlen))
         return IDEM_E2BIG;
+    h = idem__hash(key, klen, c->seed);
+    warm(c, h);
     e = idem__cache_entry_new(c, key, klen, value, vlen);
     if (!e)
         return IDEM_ENOMEM;
-    return store_cond(c, e, ttl_ms, flags, cond, NULL);
+    return store_cond(c, e, h, ttl_ms, flags, cond, NULL);
 }
 
 int idem_cache_set_ex(struct idem_cache *c, const void *key, size_t klen,

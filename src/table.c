@@ -57,6 +57,7 @@ int idem__table_init(struct idem__table *t, const struct idem_env *env,
     if (!a)
         return IDEM_ENOMEM;
     atomic_init(&t->head, a);
+    atomic_init(&t->head_n, a->n);
     t->to = NULL;
     t->moved = 0;
     t->count = 0;
@@ -258,6 +259,7 @@ static void finish_resize(struct idem__table *t)
     struct idem__table_array *old = head_of(t);
 
     atomic_store_explicit(&t->head, t->to, memory_order_release);
+    atomic_store_explicit(&t->head_n, t->to->n, memory_order_relaxed);
     t->to = NULL;
     t->gen++;
     retire(t, old);
@@ -341,6 +343,7 @@ void idem__table_clear(struct idem__table *t)
         retire(t, t->to);
     t->to = NULL;
     atomic_store_explicit(&t->head, fresh, memory_order_release);
+    atomic_store_explicit(&t->head_n, fresh->n, memory_order_relaxed);
     retire(t, a);
 }
 

@@ -49,6 +49,7 @@ struct idem__table_ops {
  * being emptied (whose `next` is `to`). Everything else is for writers. */
 struct idem__table {
     _Atomic(struct idem__table_array *) head;
+    _Atomic size_t head_n;        /* head's n, for idem__table_hint */
     struct idem__table_array *to; /* NULL unless resizing */
     size_t moved;                 /* slots of head already moved */
     size_t count;                 /* items */
@@ -111,6 +112,22 @@ idem__table_find(const struct idem__table *t, uint64_t hash,
         }
     }
     return NULL;
+}
+
+/* The address of the slot where a probe for hash will start, to
+ * prefetch before taking the owner's lock: with no lock and no epoch, so
+ * computed from head's address and head_n as integers, never read
+ * through. A head retired meanwhile (or a size not yet its own) costs a
+ * wasted prefetch, never a read. */
+static inline const void *idem__table_hint(const struct idem__table *t,
+                                           uint64_t hash)
+{
+    uintptr_t a =
+        (uintptr_t)atomic_load_explicit(&t->head, memory_order_relaxed);
+    size_t n = atomic_load_explicit(&t->head_n, memory_order_relaxed);
+
+    return (const void *)(a + offsetof(struct idem__table_array, slots) +
+                          idem__table_index(hash, n) * sizeof(uint64_t));
 }
 
 /* An empty table of IDEM__TABLE_MIN slots. IDEM_OK or IDEM_ENOMEM. */
