@@ -7,9 +7,25 @@
 #include "idem/engine.h"
 #include "internal.h"
 
+/* c in lower case, for ASCII letters. */
+static inline unsigned char lower(unsigned char c)
+{
+    return c >= 'A' && c <= 'Z' ? (unsigned char)(c | 0x20) : c;
+}
+
+/* One pass, no strlen: most calls (a header against a name it is not)
+ * stop at the first byte. */
 bool idem__name_is(const char *name, size_t len, const char *want)
 {
-    return name && len == strlen(want) && strncasecmp(name, want, len) == 0;
+    size_t i;
+
+    if (!name)
+        return false;
+    for (i = 0; i < len; i++)
+        if (!want[i] ||
+            lower((unsigned char)name[i]) != lower((unsigned char)want[i]))
+            return false;
+    return want[len] == '\0';
 }
 
 bool idem__list_has(const char *value, size_t len, const char *token,

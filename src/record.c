@@ -17,8 +17,11 @@ static const uint8_t magic[2] = { 'I', 'K' };
 
 bool idem__is_tchar(unsigned char c)
 {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-           (c >= 'A' && c <= 'Z') || (c && strchr("!#$%&'*+-.^_`|~", c));
+    /* bit c of the 128: digits, letters and !#$%&'*+-.^_`|~ */
+    static const uint64_t tchar[2] = { 0x03ff6cfa00000000u,
+                                       0x57ffffffc7fffffeu };
+
+    return c < 128 && (tchar[c >> 6] >> (c & 63) & 1);
 }
 
 static bool value_byte_ok(unsigned char c)

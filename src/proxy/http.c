@@ -112,11 +112,13 @@ static int new_field(struct http_head *h)
 }
 
 /* Whether ch may be in a token (RFC 9110 §5.6.2). */
-static bool is_tchar(unsigned char ch)
+bool http_is_tchar(unsigned char ch)
 {
-    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
-           (ch >= 'A' && ch <= 'Z') ||
-           (ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch));
+    /* bit ch of the 128: digits, letters and !#$%&'*+-.^_`|~ */
+    static const uint64_t tchar[2] = { 0x03ff6cfa00000000u,
+                                       0x57ffffffc7fffffeu };
+
+    return ch < 128 && (tchar[ch >> 6] >> (ch & 63) & 1);
 }
 
 int http_head_field(struct http_head *h, const char *at, size_t len)
@@ -124,7 +126,7 @@ int http_head_field(struct http_head *h, const char *at, size_t len)
     size_t i;
 
     for (i = 0; i < len; i++) {
-        if (!is_tchar((unsigned char)at[i])) {
+        if (!http_is_tchar((unsigned char)at[i])) {
             h->bad_name = true;
             return -1;
         }

@@ -131,6 +131,9 @@ unsigned http_reader_judge(struct http_reader *r, const char **why_out);
  * NULL if out of memory (and nfields > 0). */
 const struct idem_header *http_head_views(struct http_head *h);
 
+/* Whether ch may be in a token (RFC 9110 §5.6.2). */
+bool http_is_tchar(unsigned char ch);
+
 /* The first value of header name, or NULL. */
 const char *http_head_get(const struct http_head *h, const char *name,
                           size_t *len_out);
