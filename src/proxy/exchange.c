@@ -1230,6 +1230,7 @@ void ex_init(struct exchange *ex, const struct exchange_io *io,
     ex->ctx = ctx;
     ex->data = data;
     strncpy(ex->client, client, sizeof(ex->client) - 1);
+    forward_peer_init(ex);
     http_reader_init(&ex->rd, &request_settings, ctx->cfg->max_header_bytes,
                      ctx->cfg->max_headers, ex);
     http_head_init(&ex->resp.head, EX_RESPONSE_HEAD_MAX,

@@ -169,8 +169,15 @@ struct exchange {
     struct ex_ctx *ctx;
     void *data;      /* the driver's */
     char client[64]; /* "ip:port" */
-    bool tls;        /* the client's connection is TLS (set by the driver
-                      * before the first byte; X-Forwarded-Proto's fact) */
+    /* The client's address, parsed once (forward_peer_init): without its
+     * port, as 16 bytes (IPv4 as ::ffff:a.b.c.d; peer_is_ip false for a
+     * name) and as Forwarded's node ("[v6]"). */
+    char peer_ip[64];
+    unsigned char peer_bin[16];
+    bool peer_is_ip;
+    char peer_node[66];
+    bool tls; /* the client's connection is TLS (set by the driver
+               * before the first byte; X-Forwarded-Proto's fact) */
     /* The client's protocol for the log when the driver translates it
      * ("HTTP/2"), or NULL: the request line's. */
     const char *protocol;

@@ -112,12 +112,31 @@ static int add_upgrade(struct exchange *ex, struct buf *o)
            buf_addl(o, "\r\nConnection: upgrade\r\n");
 }
 
-/* The client's address without its port ("[v6]" loses its brackets),
- * into ip[0..INET6_ADDRSTRLEN); its 16 bytes (IPv4 as ::ffff:a.b.c.d)
- * into bin. false if it is not an IP address (a test's name). */
-static bool client_ip(const struct exchange *ex, char *ip, unsigned char *bin)
+/* A Forwarded parameter value (RFC 7239 4): a token as it is, anything
+ * else quoted (an IPv6 node "[...]" always is). */
+static int add_forwarded_value(struct buf *o, const char *v, size_t n)
 {
-    const char *c = ex->client, *end;
+    bool token = n > 0;
+    size_t i;
+    int rc;
+
+    for (i = 0; token && i < n; i++)
+        token = http_is_tchar((unsigned char)v[i]);
+    if (token)
+        return buf_add(o, v, n);
+    rc = buf_addl(o, "\"");
+    for (i = 0; rc == 0 && i < n; i++)
+        rc = (v[i] == '"' || v[i] == '\\' ? buf_addl(o, "\\") : 0) ||
+             buf_add(o, v + i, 1);
+    return rc || buf_addl(o, "\"");
+}
+
+/* The client's address without its port ("[v6]" loses its brackets),
+ * into ip; its 16 bytes (IPv4 as ::ffff:a.b.c.d) into bin. false if it
+ * is not an IP address (a test's name). */
+static bool client_ip(const char *c, char ip[64], unsigned char *bin)
+{
+    const char *end;
     bool v6 = *c == '[';
     size_t n;
 
@@ -136,25 +155,11 @@ static bool client_ip(const struct exchange *ex, char *ip, unsigned char *bin)
     return v6 && inet_pton(AF_INET6, ip, bin) == 1;
 }
 
-/* A Forwarded parameter value (RFC 7239 4): a token as it is, anything
- * else quoted (an IPv6 node "[...]" always is). */
-static int add_forwarded_value(struct buf *o, const char *v, size_t n)
+void forward_peer_init(struct exchange *ex)
 {
-    static const char tchar[] = "!#$%&'*+-.^_`|~";
-    bool token = n > 0;
-    size_t i;
-    int rc;
-
-    for (i = 0; token && i < n; i++)
-        token = (v[i] >= '0' && v[i] <= '9') || (v[i] >= 'a' && v[i] <= 'z') ||
-                (v[i] >= 'A' && v[i] <= 'Z') || (v[i] && strchr(tchar, v[i]));
-    if (token)
-        return buf_add(o, v, n);
-    rc = buf_addl(o, "\"");
-    for (i = 0; rc == 0 && i < n; i++)
-        rc = (v[i] == '"' || v[i] == '\\' ? buf_addl(o, "\\") : 0) ||
-             buf_add(o, v + i, 1);
-    return rc || buf_addl(o, "\"");
+    ex->peer_is_ip = client_ip(ex->client, ex->peer_ip, ex->peer_bin);
+    snprintf(ex->peer_node, sizeof(ex->peer_node),
+             strchr(ex->peer_ip, ':') ? "[%s]" : "%s", ex->peer_ip);
 }
 
 /* One header: "Name: " and, from a trusted peer, what it sent, then
@@ -174,17 +179,15 @@ static int add_forwarding(struct exchange *ex, struct buf *o)
 {
     const struct http_head *h = &ex->rd.head;
     const char *proto = ex->tls ? "https" : "http", *host, *v;
-    char ip[INET6_ADDRSTRLEN], node[INET6_ADDRSTRLEN + 2];
-    unsigned char bin[16];
-    bool trusted = client_ip(ex, ip, bin) && config_trusted(ex->ctx->cfg, bin);
+    bool trusted = ex->peer_is_ip && config_trusted(ex->ctx->cfg, ex->peer_bin);
     size_t host_len = h->authority_len, len = 0;
     const char *id = forward_request_id(ex);
 
     host = h->authority_len ? h->bytes + h->authority_off
                             : http_head_get(h, "Host", &host_len);
     v = trusted ? http_head_get(h, "X-Forwarded-For", &len) : NULL;
-    if (add_chained(o, "X-Forwarded-For", v, len, ", ") || buf_adds(o, ip) ||
-        buf_addl(o, "\r\n"))
+    if (add_chained(o, "X-Forwarded-For", v, len, ", ") ||
+        buf_adds(o, ex->peer_ip) || buf_addl(o, "\r\n"))
         return -1;
     v = trusted ? http_head_get(h, "X-Forwarded-Proto", &len) : NULL;
     if (v ? buf_add_field(o, "X-Forwarded-Proto", 17, v, len)
@@ -194,11 +197,10 @@ static int add_forwarding(struct exchange *ex, struct buf *o)
     if (v ? buf_add_field(o, "X-Forwarded-Host", 16, v, len)
           : host && buf_add_field(o, "X-Forwarded-Host", 16, host, host_len))
         return -1;
-    snprintf(node, sizeof(node), strchr(ip, ':') ? "[%s]" : "%s", ip);
     v = trusted ? http_head_get(h, "Forwarded", &len) : NULL;
     if (add_chained(o, "Forwarded", v, len, ", ") || buf_addl(o, "for=") ||
-        add_forwarded_value(o, node, strlen(node)) || buf_addl(o, ";proto=") ||
-        buf_adds(o, proto) ||
+        add_forwarded_value(o, ex->peer_node, strlen(ex->peer_node)) ||
+        buf_addl(o, ";proto=") || buf_adds(o, proto) ||
         (host &&
          (buf_addl(o, ";host=") || add_forwarded_value(o, host, host_len))) ||
         buf_addl(o, "\r\n"))

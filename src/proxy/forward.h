@@ -10,6 +10,9 @@
 
 #include "exchange.h"
 
+/* Parse ex->client into ex->peer_*, once per connection. */
+void forward_peer_init(struct exchange *ex);
+
 /* Queue ex's request on its up_out: 0, or -1 out of memory (up_out then
  * holds a part). */
 int forward_write_request(struct exchange *ex);
