@@ -21,6 +21,9 @@
 # perf for the system call counts.
 #   bench/bench_proxy.sh            5 s per run
 #   BENCH_DURATION=2s bench/bench_proxy.sh
+#   BENCH_CORE=1 bench/bench_proxy.sh     the HTTP/1.1 CPU figures only
+#   BENCH_PERF=out.data bench/bench_proxy.sh  those, then a perf profile
+#                                         of a first-execution run
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -254,6 +257,18 @@ set -- $(run_idem "$idem" "" passthrough)
 echo "proxy.idem.passthrough.rps $2"
 echo "proxy.idem.passthrough.cpu_us $3 us/req"
 echo "proxy.passthrough.cpu_ratio $(ratio "$3" "$nginx_cpu")"
+# BENCH_CORE=1: only the CPU figures above (each change's quick check).
+[ -n "${BENCH_CORE:-}" ] && exit 0
+# BENCH_PERF=file: also profile a first-execution run (perf record).
+if [ -n "${BENCH_PERF:-}" ] && command -v perf >/dev/null 2>&1; then
+    perf record -g -o "$BENCH_PERF" -p "$idem_pid" >/dev/null 2>&1 &
+    perf_pid=$!
+    sleep 0.2
+    run_wrk "$idem" unique first_perf >/dev/null
+    kill -INT "$perf_pid"
+    wait "$perf_pid" 2>/dev/null || true
+    exit 0
+fi
 
 # System calls per request, counted by perf on a run of their own (the
 # tracepoint costs a little CPU: kept out of the runs above).
