@@ -20,40 +20,48 @@ static bool said_no_store(const struct idem_response *resp)
     for (i = 0; i < resp->nheaders; i++) {
         const struct idem_header *h = &resp->headers[i];
 
-        if (idem__name_is(h->name, h->name_len, "Idempotency-Policy") &&
+        if (IDEM__NAME_IS(h->name, h->name_len, "Idempotency-Policy") &&
             idem__list_has(h->value, h->value_len, "no-store", 8))
             return true;
     }
     return false;
 }
 
-/* Whether h is kept in a stored response: not hop-by-hop, not named by
- * Connection, not one the replay writes afresh, and encodable. */
-static bool keep_header(const struct idem_response *resp,
+/* Whether h is kept in a stored response: not hop-by-hop, not named by a
+ * Connection field (resp's from the first, conn), not one the replay
+ * writes afresh, and encodable. */
+static bool keep_header(const struct idem_response *resp, size_t conn,
                         const struct idem_header *h)
 {
-    static const char *const dropped[] = { "Content-Length", "Date",
-                                           "Idempotency-Policy" };
     struct idem_header probe = *h;
     size_t i;
 
-    if (idem_header_is_hop_by_hop(h->name, h->name_len))
+    if (idem_header_is_hop_by_hop(h->name, h->name_len) ||
+        IDEM__NAME_IS(h->name, h->name_len, "Content-Length") ||
+        IDEM__NAME_IS(h->name, h->name_len, "Date") ||
+        IDEM__NAME_IS(h->name, h->name_len, "Idempotency-Policy"))
         return false;
-    for (i = 0; i < sizeof(dropped) / sizeof(dropped[0]); i++)
-        if (idem__name_is(h->name, h->name_len, dropped[i]))
-            return false;
-    for (i = 0; i < resp->nheaders; i++) {
+    for (i = conn; i < resp->nheaders; i++) {
         const struct idem_header *c = &resp->headers[i];
 
-        if (idem__name_is(c->name, c->name_len, "Connection") &&
+        if (IDEM__NAME_IS(c->name, c->name_len, "Connection") &&
             idem__list_has(c->value, c->value_len, h->name, h->name_len))
             return false;
     }
     probe.value_len = h->value ? h->value_len : 0;
-    return idem__record_size(&(struct idem__record){ .state = IDEM__REC_DONE,
-                                                     .status = 200,
-                                                     .nheaders = 1,
-                                                     .headers = &probe }) != 0;
+    return idem__record_header_ok(&probe);
+}
+
+/* The index of resp's first Connection field, or nheaders. */
+static size_t first_connection(const struct idem_response *resp)
+{
+    size_t i;
+
+    for (i = 0; i < resp->nheaders; i++)
+        if (IDEM__NAME_IS(resp->headers[i].name, resp->headers[i].name_len,
+                          "Connection"))
+            break;
+    return i;
 }
 
 #define KEPT_INLINE 32     /* headers sorted on the stack */
@@ -73,14 +81,14 @@ static int encode_done(struct idem_call *call, const struct idem_response *resp,
                               .created_ms = wall,
                               .expires_ms = wall + (uint64_t)e->lifetime_ms };
     struct idem_header inline_kept[KEPT_INLINE], *kept = inline_kept;
-    size_t i, n = 0, size;
+    size_t i, n = 0, size, conn = first_connection(resp);
     int rc = IDEM_ENOMEM;
 
     if (resp->nheaders > KEPT_INLINE &&
         !(kept = idem__alloc(&e->env, resp->nheaders * sizeof(*kept))))
         return IDEM_ENOMEM;
     for (i = 0; i < resp->nheaders; i++)
-        if (keep_header(resp, &resp->headers[i]))
+        if (keep_header(resp, conn, &resp->headers[i]))
             kept[n++] = resp->headers[i];
     memcpy(r.fingerprint, call->fingerprint, IDEM_FP_LEN);
     r.headers = kept;
@@ -89,12 +97,15 @@ static int encode_done(struct idem_call *call, const struct idem_response *resp,
         r.flags = IDEM__REC_BODY_OMITTED;
     else
         r.body = resp->body, r.body_len = resp->body_len;
-    size = idem__record_size(&r);
+    size = idem__record_size_checked(&r); /* keep_header checked each */
     *buf_out = size <= RECORD_INLINE ? stack : idem__alloc(&e->env, size);
-    if (size == 0)
+    if (size == 0) {
         rc = IDEM_EINVAL;
-    else if (*buf_out)
-        rc = idem__record_encode(&r, *buf_out, size, len_out);
+    } else if (*buf_out) {
+        idem__record_write(&r, *buf_out, size);
+        *len_out = size;
+        rc = IDEM_OK;
+    }
     if (kept != inline_kept)
         idem__free(&e->env, kept);
     return rc;

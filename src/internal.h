@@ -51,6 +51,11 @@ static inline void idem__free(const struct idem_env *env, void *p)
  * headers.c. */
 bool idem__name_is(const char *name, size_t len, const char *want);
 
+/* Whether name[0..len) is lit, a string literal, ignoring ASCII case:
+ * the lengths first. */
+#define IDEM__NAME_IS(name, len, lit)                                          \
+    ((len) == sizeof(lit) - 1 && idem__name_is((name), (len), "" lit))
+
 /* Whether a comma-separated header value holds token, ignoring ASCII case;
  * elements are trimmed of spaces and tabs. headers.c. */
 bool idem__list_has(const char *value, size_t len, const char *token,

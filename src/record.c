@@ -26,10 +26,11 @@ bool idem__is_tchar(unsigned char c)
 
 static bool value_byte_ok(unsigned char c)
 {
-    return c != '\r' && c != '\n' && c != '\0';
+    /* all but NUL (bit 0), LF (bit 10) and CR (bit 13) */
+    return c > '\r' || !(0x2401u >> c & 1);
 }
 
-static bool header_ok(const struct idem_header *h)
+bool idem__record_header_ok(const struct idem_header *h)
 {
     size_t i;
 
@@ -100,7 +101,8 @@ static bool varint_get(const uint8_t **pp, const uint8_t *end, uint64_t *v)
     return true;
 }
 
-size_t idem__record_size(const struct idem__record *r)
+/* The encoded size, checking each header if check_headers. */
+static size_t size_of(const struct idem__record *r, bool check_headers)
 {
     size_t n, i;
 
@@ -113,12 +115,22 @@ size_t idem__record_size(const struct idem__record *r)
     for (i = 0; i < r->nheaders; i++) {
         const struct idem_header *h = &r->headers[i];
 
-        if (!header_ok(h))
+        if (check_headers && !idem__record_header_ok(h))
             return 0;
         n += varint_len(h->name_len) + h->name_len + varint_len(h->value_len) +
              h->value_len;
     }
     return n + varint_len(r->body_len) + r->body_len;
+}
+
+size_t idem__record_size(const struct idem__record *r)
+{
+    return size_of(r, true);
+}
+
+size_t idem__record_size_checked(const struct idem__record *r)
+{
+    return size_of(r, false);
 }
 
 static uint8_t *put_bytes(uint8_t *p, const void *src, size_t len)
@@ -128,14 +140,11 @@ static uint8_t *put_bytes(uint8_t *p, const void *src, size_t len)
     return p + len;
 }
 
-int idem__record_encode(const struct idem__record *r, uint8_t *buf, size_t cap,
-                        size_t *len_out)
+void idem__record_write(const struct idem__record *r, uint8_t *buf, size_t need)
 {
-    size_t need = idem__record_size(r), i;
     uint8_t *p = buf;
+    size_t i;
 
-    if (need == 0 || !buf || cap < need || !len_out)
-        return IDEM_EINVAL;
     p = put_bytes(p, magic, sizeof(magic));
     *p++ = IDEM__RECORD_VERSION;
     *p++ = r->state;
@@ -155,6 +164,17 @@ int idem__record_encode(const struct idem__record *r, uint8_t *buf, size_t cap,
     p = varint_put(p, r->body_len);
     p = put_bytes(p, r->body, r->body_len);
     assert((size_t)(p - buf) == need);
+    (void)need;
+}
+
+int idem__record_encode(const struct idem__record *r, uint8_t *buf, size_t cap,
+                        size_t *len_out)
+{
+    size_t need = idem__record_size(r);
+
+    if (need == 0 || !buf || cap < need || !len_out)
+        return IDEM_EINVAL;
+    idem__record_write(r, buf, need);
     *len_out = need;
     return IDEM_OK;
 }
@@ -180,7 +200,8 @@ static bool take_headers(const uint8_t **pp, const uint8_t *end, uint64_t n)
 
     while (n--) {
         if (!take_bytes(pp, end, &h.name, &h.name_len) ||
-            !take_bytes(pp, end, &h.value, &h.value_len) || !header_ok(&h))
+            !take_bytes(pp, end, &h.value, &h.value_len) ||
+            !idem__record_header_ok(&h))
             return false;
     }
     return true;

@@ -62,10 +62,23 @@ struct idem__header_iter {
  * a value, pointers missing). */
 size_t idem__record_size(const struct idem__record *r);
 
+/* Whether h can be in a record: a token for its name, no CR/LF/NUL in its
+ * value. */
+bool idem__record_header_ok(const struct idem_header *h);
+
+/* idem__record_size for r whose headers each passed
+ * idem__record_header_ok: only the rest is checked. */
+size_t idem__record_size_checked(const struct idem__record *r);
+
 /* Encode r into buf (cap bytes, at least idem__record_size(r)).
  * IDEM_OK and *len_out; IDEM_EINVAL as for size 0 or cap too small. */
 int idem__record_encode(const struct idem__record *r, uint8_t *buf, size_t cap,
                         size_t *len_out);
+
+/* Encode r, whose size is need (not 0, from idem__record_size*), into
+ * buf[0..need). */
+void idem__record_write(const struct idem__record *r, uint8_t *buf,
+                        size_t need);
 
 /* Decode len bytes: IDEM_OK and *view_out, or IDEM_EINVAL for anything
  * malformed (wrong magic or version, truncated, overlong or non-minimal
