@@ -7,7 +7,7 @@
 
 #define BUF_MIN 1024u
 
-char *buf_reserve(struct buf *b, size_t n)
+char *buf_reserve_slow(struct buf *b, size_t n)
 {
     size_t cap;
     char *p;
@@ -41,19 +41,6 @@ char *buf_reserve(struct buf *b, size_t n)
     b->cap = cap;
     b->off = 0;
     return p + b->len;
-}
-
-int buf_add(struct buf *b, const void *p, size_t n)
-{
-    char *at;
-
-    if (n == 0)
-        return 0;
-    if (!(at = buf_reserve(b, n)))
-        return -1;
-    memcpy(at, p, n);
-    buf_commit(b, n);
-    return 0;
 }
 
 int buf_adds(struct buf *b, const char *s)

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* What buf_trim keeps allocated: a connection idle after a large body
  * holds no more than this per buffer. */
@@ -32,10 +33,18 @@ static inline size_t buf_len(const struct buf *b)
     return b->len;
 }
 
+/* buf_reserve when the room is not there already. */
+char *buf_reserve_slow(struct buf *b, size_t n);
+
 /* Make room for n more bytes at the end (moving the unconsumed bytes to
  * the front or growing). Returns where they go, or NULL (out of memory,
  * nothing changed). buf_commit(b, k) then adds the k <= n written. */
-char *buf_reserve(struct buf *b, size_t n);
+static inline char *buf_reserve(struct buf *b, size_t n)
+{
+    if (b->data && b->cap - b->off - b->len >= n)
+        return b->data + b->off + b->len;
+    return buf_reserve_slow(b, n);
+}
 
 static inline void buf_commit(struct buf *b, size_t n)
 {
@@ -43,8 +52,20 @@ static inline void buf_commit(struct buf *b, size_t n)
     b->added += n;
 }
 
-/* Append n bytes: 0, or -1 out of memory (nothing appended). */
-int buf_add(struct buf *b, const void *p, size_t n);
+/* Append n bytes: 0, or -1 out of memory (nothing appended). Inline: most
+ * appends are a few bytes into room already there. */
+static inline int buf_add(struct buf *b, const void *p, size_t n)
+{
+    char *at;
+
+    if (n == 0)
+        return 0;
+    if (!(at = buf_reserve(b, n)))
+        return -1;
+    memcpy(at, p, n);
+    buf_commit(b, n);
+    return 0;
+}
 /* Append a NUL-terminated string; buf_addl a string literal (its length
  * known at compile time). */
 int buf_adds(struct buf *b, const char *s);

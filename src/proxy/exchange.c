@@ -557,8 +557,8 @@ static bool relay_header(const struct http_head *h, const struct http_field *f,
     const char *name = h->bytes + f->name_off;
 
     return !http_hop_by_hop(h, f, conn, conn_len) &&
-           !idem_header_name_is(name, f->name_len, "Content-Length") &&
-           !idem_header_name_is(name, f->name_len, "Idempotency-Policy");
+           !HTTP_NAME_IS(name, f->name_len, "Content-Length") &&
+           !HTTP_NAME_IS(name, f->name_len, "Idempotency-Policy");
 }
 
 /* The status line and the fields of the response head that go to the

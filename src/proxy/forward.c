@@ -66,17 +66,27 @@ static bool forward_header(const struct http_head *h,
                            const struct http_field *f, const char *conn,
                            size_t conn_len)
 {
-    static const char *const own[] = {
-        "Content-Length",   "Expect",    "X-Forwarded-For", "X-Forwarded-Proto",
-        "X-Forwarded-Host", "Forwarded", "X-Request-ID",
+#define OWN(lit)                                                               \
+    {                                                                          \
+        "" lit, sizeof(lit) - 1                                                \
+    }
+    static const struct {
+        const char *name;
+        size_t len;
+    } own[] = {
+        OWN("Content-Length"),   OWN("Expect"),
+        OWN("X-Forwarded-For"),  OWN("X-Forwarded-Proto"),
+        OWN("X-Forwarded-Host"), OWN("Forwarded"),
+        OWN("X-Request-ID"),
     };
+#undef OWN
     const char *name = h->bytes + f->name_off;
     size_t i;
 
-    if (h->authority_len && idem_header_name_is(name, f->name_len, "Host"))
+    if (h->authority_len && HTTP_NAME_IS(name, f->name_len, "Host"))
         return false;
     for (i = 0; i < sizeof(own) / sizeof(own[0]); i++)
-        if (idem_header_name_is(name, f->name_len, own[i]))
+        if (http_name_is(name, f->name_len, own[i].name, own[i].len))
             return false;
     return !http_hop_by_hop(h, f, conn, conn_len);
 }

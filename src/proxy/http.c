@@ -111,16 +111,6 @@ static int new_field(struct http_head *h)
     return 0;
 }
 
-/* Whether ch may be in a token (RFC 9110 §5.6.2). */
-bool http_is_tchar(unsigned char ch)
-{
-    /* bit ch of the 128: digits, letters and !#$%&'*+-.^_`|~ */
-    static const uint64_t tchar[2] = { 0x03ff6cfa00000000u,
-                                       0x57ffffffc7fffffeu };
-
-    return ch < 128 && (tchar[ch >> 6] >> (ch & 63) & 1);
-}
-
 int http_head_field(struct http_head *h, const char *at, size_t len)
 {
     size_t i;
@@ -360,11 +350,12 @@ const char *http_head_get(const struct http_head *h, const char *name,
 
 unsigned http_head_count(const struct http_head *h, const char *name)
 {
+    size_t len = strlen(name);
     unsigned i, n = 0;
 
     for (i = 0; i < h->nfields; i++)
-        n += idem_header_name_is(h->bytes + h->fields[i].name_off,
-                                 h->fields[i].name_len, name);
+        n += http_name_is(h->bytes + h->fields[i].name_off,
+                          h->fields[i].name_len, name, len);
     return n;
 }
 

@@ -132,7 +132,26 @@ unsigned http_reader_judge(struct http_reader *r, const char **why_out);
 const struct idem_header *http_head_views(struct http_head *h);
 
 /* Whether ch may be in a token (RFC 9110 §5.6.2). */
-bool http_is_tchar(unsigned char ch);
+static inline bool http_is_tchar(unsigned char ch)
+{
+    /* bit ch of the 128: digits, letters and !#$%&'*+-.^_`|~ */
+    static const uint64_t tchar[2] = { 0x03ff6cfa00000000u,
+                                       0x57ffffffc7fffffeu };
+
+    return ch < 128 && (tchar[ch >> 6] >> (ch & 63) & 1);
+}
+
+/* Whether header name name[0..len) is want[0..want_len), ignoring ASCII
+ * case: the lengths first (most names differ in length). */
+static inline bool http_name_is(const char *name, size_t len, const char *want,
+                                size_t want_len)
+{
+    return len == want_len && idem_header_name_is(name, len, want);
+}
+
+/* http_name_is against a string literal. */
+#define HTTP_NAME_IS(name, len, lit)                                           \
+    http_name_is((name), (len), "" lit, sizeof(lit) - 1)
 
 /* The first value of header name, or NULL. */
 const char *http_head_get(const struct http_head *h, const char *name,

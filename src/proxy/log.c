@@ -197,12 +197,30 @@ static void put_int(struct line *l, int64_t v)
 }
 
 /* Append ' name=' (text) or ',"name":' (JSON). */
-static void put_name(struct line *l, const char *name)
+static void put_name(struct line *l, const char *name, size_t len)
 {
     put(l, log_fmt == LOG_JSON ? ",\"" : " ", log_fmt == LOG_JSON ? 2 : 1);
-    puts_(l, name);
+    put(l, name, len);
     put(l, log_fmt == LOG_JSON ? "\":" : "=", log_fmt == LOG_JSON ? 2 : 1);
 }
+
+/* What a byte needs in a value: PLAIN, written as it is (printable ASCII
+ * but '"' and '\\'), and BARE, also needing no quotes in text (and not
+ * ' ' or '='). */
+enum { PLAIN = 1, BARE = 2 };
+static const unsigned char byte_kind[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 1, 3, 0, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 1, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 2, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
 
 /* The escape for one byte, in buf: quotes, backslashes, \n \r \t, and
  * any other byte outside printable ASCII as \xNN (text) or \u00NN (JSON,
@@ -244,8 +262,8 @@ static void put_escaped(struct line *l, const char *s, size_t n, size_t max)
 
     while (i < n) {
         /* a run of bytes written as they are, copied at once */
-        for (run = 0; i + run < n && s[i + run] >= 0x20 && s[i + run] <= 0x7e &&
-                      s[i + run] != '"' && s[i + run] != '\\';
+        for (run = 0;
+             i + run < n && (byte_kind[(unsigned char)s[i + run]] & PLAIN);
              run++)
             ;
         if (run > max - used) {
@@ -274,7 +292,7 @@ static bool needs_quotes(const char *s, size_t n)
     size_t i;
 
     for (i = 0; i < n; i++) {
-        if (s[i] <= ' ' || s[i] > '~' || s[i] == '"' || s[i] == '=')
+        if (!(byte_kind[(unsigned char)s[i]] & BARE))
             return true;
     }
     return n == 0;
@@ -282,12 +300,12 @@ static bool needs_quotes(const char *s, size_t n)
 
 /* Append a string field: ' name=value' (quoted if need be) in text,
  * ',"name":"value"' in JSON. */
-static void field_str(struct line *l, const char *name, const char *s, size_t n,
-                      size_t max)
+static void field_str(struct line *l, const char *name, size_t name_len,
+                      const char *s, size_t n, size_t max)
 {
     bool quote = log_fmt == LOG_JSON || needs_quotes(s, n);
 
-    put_name(l, name);
+    put_name(l, name, name_len);
     if (quote)
         put(l, "\"", 1);
     put_escaped(l, s, n, max);
@@ -295,11 +313,17 @@ static void field_str(struct line *l, const char *name, const char *s, size_t n,
         put(l, "\"", 1);
 }
 
-static void field_int(struct line *l, const char *name, int64_t v)
+static void field_int(struct line *l, const char *name, size_t name_len,
+                      int64_t v)
 {
-    put_name(l, name);
+    put_name(l, name, name_len);
     put_int(l, v);
 }
+
+/* field_str and field_int with a literal name. */
+#define FIELD_STR(l, lit, s, n, max)                                           \
+    field_str((l), "" lit, sizeof(lit) - 1, (s), (n), (max))
+#define FIELD_INT(l, lit, v) field_int((l), "" lit, sizeof(lit) - 1, (v))
 
 /* The line's start: the time (UTC, milliseconds), level and message. */
 static void start(struct line *l, enum log_level level, const char *msg,
@@ -465,30 +489,30 @@ void log_decision(const struct log_decision *d)
     if (!enabled(LOG_INFO))
         return;
     start(&l, LOG_INFO, "decision", 8);
-    field_str(&l, "client", client, strlen(client), SHORT_MAX);
-    field_str(&l, "method", d->method, d->method ? d->method_len : 0,
+    FIELD_STR(&l, "client", client, strlen(client), SHORT_MAX);
+    FIELD_STR(&l, "method", d->method, d->method ? d->method_len : 0,
               SHORT_MAX);
-    field_str(&l, "target", d->target, d->target ? d->target_len : 0,
+    FIELD_STR(&l, "target", d->target, d->target ? d->target_len : 0,
               TARGET_MAX);
     if (d->protocol)
-        field_str(&l, "protocol", d->protocol, strlen(d->protocol), SHORT_MAX);
+        FIELD_STR(&l, "protocol", d->protocol, strlen(d->protocol), SHORT_MAX);
     if (d->key && log_clear_keys) {
-        field_str(&l, "key", d->key, d->key_len, KEY_MAX);
+        FIELD_STR(&l, "key", d->key, d->key_len, KEY_MAX);
     } else if (d->key) {
         key_digest(d->key, d->key_len, digest);
-        field_str(&l, "key", digest, strlen(digest), KEY_MAX);
+        FIELD_STR(&l, "key", digest, strlen(digest), KEY_MAX);
     }
     if (d->request_id)
-        field_str(&l, "request_id", d->request_id, d->request_id_len, RID_MAX);
-    field_str(&l, "outcome", outcome, strlen(outcome), SHORT_MAX);
-    field_int(&l, "status", d->status);
-    field_int(&l, "bytes_sent", (int64_t)d->bytes_sent);
+        FIELD_STR(&l, "request_id", d->request_id, d->request_id_len, RID_MAX);
+    FIELD_STR(&l, "outcome", outcome, strlen(outcome), SHORT_MAX);
+    FIELD_INT(&l, "status", d->status);
+    FIELD_INT(&l, "bytes_sent", (int64_t)d->bytes_sent);
     if (d->upstream)
-        field_str(&l, "upstream", d->upstream, strlen(d->upstream), SHORT_MAX);
-    field_int(&l, "upstream_us", d->upstream_us);
-    field_int(&l, "total_us", (int64_t)d->total_us);
+        FIELD_STR(&l, "upstream", d->upstream, strlen(d->upstream), SHORT_MAX);
+    FIELD_INT(&l, "upstream_us", d->upstream_us);
+    FIELD_INT(&l, "total_us", (int64_t)d->total_us);
     if (d->user_agent)
-        field_str(&l, "user_agent", d->user_agent, d->user_agent_len,
+        FIELD_STR(&l, "user_agent", d->user_agent, d->user_agent_len,
                   AGENT_MAX);
     finish(&l);
 }
