@@ -30,7 +30,13 @@ struct conn {
     int fd;              /* -1 once the client is closed */
     SSL *ssl;            /* TLS over fd, or NULL */
     struct event ev; /* fd: read, write, closed; edge-triggered, persistent */
+    /* The exchange's timers, lazily: due is when each expires (0: not
+     * set), armed when its event fires (0: not pending). Moving a
+     * deadline later, or clearing it, leaves the event alone; it fires,
+     * finds the deadline later or gone, and is armed again or dropped. */
     struct event timers[EX_TIMERS];
+    int64_t timer_due[EX_TIMERS];
+    int64_t timer_armed[EX_TIMERS];
     struct event write_deadline; /* output waiting on a stalled client */
     bool readable;               /* the socket may hold unread bytes */
     bool peer_closed;            /* a FIN came: read until recv says 0 */
@@ -57,6 +63,9 @@ void conn_sync(struct conn *c);
 void conn_close_idle(struct worker *w);
 /* Free c whatever it is doing (forced shutdown). */
 void conn_discard(struct conn *c);
+
+/* Stop c's timer t for good (its event too). */
+void conn_timer_stop(struct conn *c, enum ex_timer t);
 
 /* For h2.c, which drives HTTP/2 connections and streams itself. */
 /* Write c's client_out: false if the client is gone. */

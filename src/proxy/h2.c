@@ -788,7 +788,7 @@ int h2_start(struct conn *c, const char *already_read, size_t n)
     struct h2_session *s = calloc(1, sizeof(*s));
 
     c->proto = CONN_HTTP2;
-    event_del(&c->timers[EX_TIMER_CLIENT]); /* the session's idle rules */
+    conn_timer_stop(c, EX_TIMER_CLIENT); /* the session's idle rules */
     if (!s)
         return -1;
     s->conn = c;
