@@ -52,15 +52,19 @@ static bool keep_header(const struct idem_response *resp, size_t conn,
     return idem__record_header_ok(&probe);
 }
 
-/* The index of resp's first Connection field, or nheaders. */
+/* The index of resp's first Connection field that may name a field not
+ * hop-by-hop anyway (not only "keep-alive"), or nheaders. */
 static size_t first_connection(const struct idem_response *resp)
 {
     size_t i;
 
-    for (i = 0; i < resp->nheaders; i++)
-        if (IDEM__NAME_IS(resp->headers[i].name, resp->headers[i].name_len,
-                          "Connection"))
+    for (i = 0; i < resp->nheaders; i++) {
+        const struct idem_header *c = &resp->headers[i];
+
+        if (IDEM__NAME_IS(c->name, c->name_len, "Connection") &&
+            !idem__list_only(c->value, c->value_len, "keep-alive", 10))
             break;
+    }
     return i;
 }
 

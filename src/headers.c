@@ -28,25 +28,54 @@ bool idem__name_is(const char *name, size_t len, const char *want)
     return want[len] == '\0';
 }
 
+/* The list element after *at in value[0..len), spaces and tabs trimmed,
+ * as [*start, *end); false at the list's end. Empty elements are skipped
+ * where they lead; a trailing one comes back empty. */
+static bool next_element(const char *value, size_t len, size_t *at,
+                         size_t *start, size_t *end)
+{
+    size_t i = *at;
+
+    if (i >= len)
+        return false;
+    while (i < len && (value[i] == ' ' || value[i] == '\t' || value[i] == ','))
+        i++;
+    *start = i;
+    while (i < len && value[i] != ',')
+        i++;
+    *end = i;
+    while (*end > *start && (value[*end - 1] == ' ' || value[*end - 1] == '\t'))
+        (*end)--;
+    *at = i;
+    return true;
+}
+
+static bool element_is(const char *value, size_t start, size_t end,
+                       const char *token, size_t tlen)
+{
+    return end - start == tlen && strncasecmp(value + start, token, tlen) == 0;
+}
+
 bool idem__list_has(const char *value, size_t len, const char *token,
                     size_t tlen)
 {
-    size_t i = 0, start, end;
+    size_t at = 0, start, end;
 
-    while (i < len) {
-        while (i < len &&
-               (value[i] == ' ' || value[i] == '\t' || value[i] == ','))
-            i++;
-        start = i;
-        while (i < len && value[i] != ',')
-            i++;
-        end = i;
-        while (end > start && (value[end - 1] == ' ' || value[end - 1] == '\t'))
-            end--;
-        if (end - start == tlen && strncasecmp(value + start, token, tlen) == 0)
+    while (next_element(value, len, &at, &start, &end))
+        if (element_is(value, start, end, token, tlen))
             return true;
-    }
     return false;
+}
+
+bool idem__list_only(const char *value, size_t len, const char *token,
+                     size_t tlen)
+{
+    size_t at = 0, start, end;
+
+    while (next_element(value, len, &at, &start, &end))
+        if (end > start && !element_is(value, start, end, token, tlen))
+            return false;
+    return true;
 }
 
 bool idem_header_is_hop_by_hop(const char *name, size_t len)
@@ -84,4 +113,11 @@ bool idem_header_list_has(const char *value, size_t len, const char *token,
 {
     return (value || !len) && (token || !tlen) &&
            idem__list_has(value, len, token, tlen);
+}
+
+bool idem_header_list_only(const char *value, size_t len, const char *token,
+                           size_t tlen)
+{
+    return (value || !len) && (token || !tlen) &&
+           idem__list_only(value, len, token, tlen);
 }

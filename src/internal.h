@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "idem/env.h"
 
@@ -54,12 +55,19 @@ bool idem__name_is(const char *name, size_t len, const char *want);
 /* Whether name[0..len) is lit, a string literal, ignoring ASCII case:
  * the lengths first. */
 #define IDEM__NAME_IS(name, len, lit)                                          \
-    ((len) == sizeof(lit) - 1 && idem__name_is((name), (len), "" lit))
+    ((len) == sizeof(lit) - 1 &&                                               \
+     (memcmp((name), "" lit, sizeof(lit) - 1) == 0 ||                          \
+      idem__name_is((name), (len), "" lit)))
 
 /* Whether a comma-separated header value holds token, ignoring ASCII case;
  * elements are trimmed of spaces and tabs. headers.c. */
 bool idem__list_has(const char *value, size_t len, const char *token,
                     size_t tlen);
+
+/* Whether every element of the list value[0..len) is token (an empty
+ * list: true). */
+bool idem__list_only(const char *value, size_t len, const char *token,
+                     size_t tlen);
 
 /* A random 64-bit seed for keyed hashing (getrandom, else clock bits). */
 uint64_t idem__random_seed(void);

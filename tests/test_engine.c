@@ -610,10 +610,37 @@ static void test_allocation_failure_sweep(void **state)
     assert_true(n > 10);
 }
 
+/* The public header helpers idemproxy builds on. */
+static void test_header_helpers(void **state)
+{
+    (void)state;
+    assert_true(idem_header_name_is("content-LENGTH", 14, "Content-Length"));
+    assert_false(idem_header_name_is("Content-Lengt", 13, "Content-Length"));
+    assert_false(idem_header_name_is("Content-Lengths", 15, "Content-Length"));
+    assert_false(idem_header_name_is("Content_Length", 14, "Content-Length"));
+    assert_false(idem_header_name_is("X~", 2, "X^")); /* not letters */
+    assert_false(idem_header_name_is(NULL, 0, "A"));
+    assert_true(idem_header_name_is("", 0, ""));
+    assert_true(idem_header_is_hop_by_hop("keep-alive", 10));
+    assert_true(idem_header_is_hop_by_hop("TE", 2));
+    assert_false(idem_header_is_hop_by_hop("Date", 4));
+    assert_true(idem_header_list_has(" close ,Upgrade", 15, "upgrade", 7));
+    assert_false(idem_header_list_has("keep-alive", 10, "keep", 4));
+    assert_true(idem_header_list_only("Keep-Alive", 10, "keep-alive", 10));
+    assert_true(idem_header_list_only(" keep-alive, ,keep-alive ", 25,
+                                      "keep-alive", 10));
+    assert_true(idem_header_list_only("", 0, "keep-alive", 10));
+    assert_false(
+        idem_header_list_only("keep-alive, X-Secret", 20, "keep-alive", 10));
+    assert_false(idem_header_list_only("close", 5, "keep-alive", 10));
+    assert_false(idem_header_list_only(NULL, 3, "keep-alive", 10));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_what_is_subject),
+        cmocka_unit_test(test_header_helpers),
         cmocka_unit_test(test_invalid_keys),
         cmocka_unit_test(test_alternative_key_header),
         cmocka_unit_test(test_proceed_complete_replay),

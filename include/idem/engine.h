@@ -318,6 +318,12 @@ IDEM_API bool idem_header_name_is(const char *name, size_t len,
 IDEM_API bool idem_header_list_has(const char *value, size_t len,
                                    const char *token, size_t tlen);
 
+/* Whether every element of such a value is token, ignoring ASCII case
+ * and empty elements (true for an empty value): e.g. whether a
+ * Connection value names nothing but "keep-alive". */
+IDEM_API bool idem_header_list_only(const char *value, size_t len,
+                                    const char *token, size_t tlen);
+
 /* The name of an outcome ("proceed", "replay", ...), for logs and metrics. */
 IDEM_API const char *idem_outcome_name(enum idem_outcome o);
 

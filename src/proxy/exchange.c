@@ -569,7 +569,7 @@ static bool put_head(struct buf *o, const struct exchange *ex)
     const struct http_head *h = &ex->resp.head;
     bool ok = http_status_line(o, ex->resp.parser.status_code) == 0;
     size_t len, conn_len = 0;
-    const char *conn = http_head_get(h, "Connection", &conn_len);
+    const char *conn = http_connection(h, &conn_len);
     unsigned i;
 
     for (i = 0; ok && i < h->nfields; i++)

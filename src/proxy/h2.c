@@ -167,7 +167,7 @@ static int submit_response(struct h2_stream *st)
     nghttp2_data_provider body = { .read_callback = read_body };
     char status[8];
     size_t n = 0, conn_len = 0, i, j;
-    const char *conn = http_head_get(h, "Connection", &conn_len);
+    const char *conn = http_connection(h, &conn_len);
     const struct http_field *f;
 
     snprintf(status, sizeof(status), "%u", st->resp.parser.status_code % 1000);

@@ -330,10 +330,9 @@ const struct idem_header *http_head_views(struct http_head *h)
     return v;
 }
 
-const char *http_head_get(const struct http_head *h, const char *name,
-                          size_t *len_out)
+const char *http_head_getn(const struct http_head *h, const char *name,
+                           size_t len, size_t *len_out)
 {
-    size_t len = strlen(name);
     unsigned i;
 
     for (i = 0; i < h->nfields; i++) {
@@ -357,6 +356,13 @@ unsigned http_head_count(const struct http_head *h, const char *name)
         n += http_name_is(h->bytes + h->fields[i].name_off,
                           h->fields[i].name_len, name, len);
     return n;
+}
+
+const char *http_connection(const struct http_head *h, size_t *len_out)
+{
+    const char *v = http_head_get(h, "Connection", len_out);
+
+    return v && idem_header_list_only(v, *len_out, "keep-alive", 10) ? NULL : v;
 }
 
 bool http_hop_by_hop(const struct http_head *h, const struct http_field *f,

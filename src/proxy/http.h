@@ -7,6 +7,7 @@
 #include <llhttp.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
 
 #include "buf.h"
 #include "idem/engine.h"
@@ -146,19 +147,34 @@ static inline bool http_is_tchar(unsigned char ch)
 static inline bool http_name_is(const char *name, size_t len, const char *want,
                                 size_t want_len)
 {
-    return len == want_len && idem_header_name_is(name, len, want);
+    /* the same bytes (the usual spelling) first, inline for a literal */
+    return len == want_len && (memcmp(name, want, len) == 0 ||
+                               idem_header_name_is(name, len, want));
 }
 
 /* http_name_is against a string literal. */
 #define HTTP_NAME_IS(name, len, lit)                                           \
     http_name_is((name), (len), "" lit, sizeof(lit) - 1)
 
-/* The first value of header name, or NULL. */
-const char *http_head_get(const struct http_head *h, const char *name,
-                          size_t *len_out);
+/* The first value of header name (name_len bytes), or NULL. */
+const char *http_head_getn(const struct http_head *h, const char *name,
+                           size_t name_len, size_t *len_out);
+
+/* http_head_getn for a NUL-terminated name (a literal's length is known
+ * at compile time). */
+static inline const char *http_head_get(const struct http_head *h,
+                                        const char *name, size_t *len_out)
+{
+    return http_head_getn(h, name, strlen(name), len_out);
+}
 
 /* How many fields of h are called name. */
 unsigned http_head_count(const struct http_head *h, const char *name);
+
+/* h's Connection value as http_hop_by_hop's conn: NULL when it names no
+ * field that is not hop-by-hop anyway (none, or only "keep-alive", which
+ * names Keep-Alive), so that no field costs a scan of the list. */
+const char *http_connection(const struct http_head *h, size_t *len_out);
 
 /* Whether field f of h is hop-by-hop: a hop-by-hop name, or one the
  * head's Connection header (conn, conn_len: its value, looked up once
