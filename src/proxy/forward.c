@@ -21,20 +21,31 @@ static bool good_request_id(const char *v, size_t len)
     return true;
 }
 
-/* 32 hex digits: this thread's random 64 bits, then a count. */
-static void fresh_request_id(char out[33])
+/* v's 16 hex digits into out. */
+static void hex16(uint64_t v, char out[16])
 {
-    static _Thread_local uint64_t seed, count;
     static const char hex[] = "0123456789abcdef";
-    uint64_t halves[2];
     int i;
 
-    if (!seed && getrandom(&seed, sizeof(seed), 0) != sizeof(seed))
-        seed = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&seed;
-    halves[0] = seed;
-    halves[1] = ++count;
-    for (i = 0; i < 32; i++)
-        out[i] = hex[(halves[i / 16] >> (60 - 4 * (i % 16))) & 15];
+    for (i = 15; i >= 0; i--, v >>= 4)
+        out[i] = hex[v & 15];
+}
+
+/* 32 hex digits: this thread's random 64 bits (written out once), then a
+ * count. */
+static void fresh_request_id(char out[33])
+{
+    static _Thread_local char seed_hex[16];
+    static _Thread_local uint64_t count;
+    uint64_t seed;
+
+    if (!seed_hex[0]) {
+        if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed))
+            seed = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&count;
+        hex16(seed, seed_hex);
+    }
+    memcpy(out, seed_hex, 16);
+    hex16(++count, out + 16);
     out[32] = '\0';
 }
 
@@ -234,7 +245,7 @@ int forward_write_request(struct exchange *ex)
     if (ok && h->authority_len)
         ok = buf_add_field(o, "Host", 4, h->bytes + h->authority_off,
                            h->authority_len) == 0;
-    conn = http_head_get(h, "Connection", &conn_len);
+    conn = http_connection(h, &conn_len);
     for (i = 0; ok && i < h->nfields; i++)
         if (forward_header(h, &h->fields[i], conn, conn_len))
             ok = http_add_field(o, h, &h->fields[i]) == 0;

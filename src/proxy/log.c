@@ -199,9 +199,18 @@ static void put_int(struct line *l, int64_t v)
 /* Append ' name=' (text) or ',"name":' (JSON). */
 static void put_name(struct line *l, const char *name, size_t len)
 {
-    put(l, log_fmt == LOG_JSON ? ",\"" : " ", log_fmt == LOG_JSON ? 2 : 1);
-    put(l, name, len);
-    put(l, log_fmt == LOG_JSON ? "\":" : "=", log_fmt == LOG_JSON ? 2 : 1);
+    if (log_fmt == LOG_JSON) {
+        put(l, ",\"", 2);
+        put(l, name, len);
+        put(l, "\":", 2);
+        return;
+    }
+    if (len + 2 > sizeof(l->b) - 2 - l->n)
+        return;
+    l->b[l->n] = ' ';
+    memcpy(l->b + l->n + 1, name, len);
+    l->b[l->n + 1 + len] = '=';
+    l->n += len + 2;
 }
 
 /* What a byte needs in a value: PLAIN, written as it is (printable ASCII
@@ -303,9 +312,21 @@ static bool needs_quotes(const char *s, size_t n)
 static void field_str(struct line *l, const char *name, size_t name_len,
                       const char *s, size_t n, size_t max)
 {
-    bool quote = log_fmt == LOG_JSON || needs_quotes(s, n);
+    bool quote;
+    size_t i;
 
     put_name(l, name, name_len);
+    if (log_fmt == LOG_TEXT && n > 0 && n <= max) {
+        /* the usual value: nothing to quote or escape, one pass */
+        for (i = 0; i < n && byte_kind[(unsigned char)s[i]] == (PLAIN | BARE);
+             i++)
+            ;
+        if (i == n) {
+            put(l, s, n);
+            return;
+        }
+    }
+    quote = log_fmt == LOG_JSON || needs_quotes(s, n);
     if (quote)
         put(l, "\"", 1);
     put_escaped(l, s, n, max);
