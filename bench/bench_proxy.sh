@@ -251,6 +251,8 @@ set -- $(run_idem "$idem" 16 replay)
 mem_replay=$2
 echo "proxy.idem.replay.rps $2"
 echo "proxy.idem.replay.cpu_us $3 us/req"
+echo "proxy.idem.replay.cpu_user_us $4 us/req"
+echo "proxy.idem.replay.cpu_sys_us $5 us/req"
 echo "proxy.replay.cpu_ratio $(ratio "$3" "$nginx_cpu")"
 echo "proxy.idem.replay.rps_vs_nginx $(ratio "$mem_replay" "$nginx_rps")"
 set -- $(run_idem "$idem" "" passthrough)
