@@ -317,10 +317,14 @@ const struct idem_header *http_head_views(struct http_head *h)
 
     if (h->nfields == 0)
         return NULL;
-    v = realloc(h->views, h->nfields * sizeof(*v));
-    if (!v)
-        return NULL;
-    h->views = v;
+    if (h->nfields > h->views_cap) {
+        v = realloc(h->views, h->fields_cap * sizeof(*v));
+        if (!v)
+            return NULL;
+        h->views = v;
+        h->views_cap = h->fields_cap;
+    }
+    v = h->views;
     for (i = 0; i < h->nfields; i++) {
         const struct http_field *f = &h->fields[i];
 

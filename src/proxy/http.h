@@ -33,6 +33,7 @@ struct http_head {
     bool full;                 /* a limit was passed */
     bool bad_name;             /* a field name is not a token */
     struct idem_header *views; /* for the engine, built on demand */
+    unsigned views_cap;        /* kept across requests, as fields are */
     /* A request's target as judged (http_reader_judge): what the engine
      * and the upstream get, and an absolute-form's authority (length 0
      * otherwise), the upstream's Host. */
