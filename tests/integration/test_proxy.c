@@ -672,6 +672,35 @@ static void test_idle_half_heads_are_dropped(void **state)
     assert_int_equal(closed, N);
 }
 
+/* The idle timeout counts from a connection's last request, not from its
+ * accept: requests 0.6 s apart on one connection with --client-timeout
+ * 1s all pass (the deadline set at accept moved later each time), and
+ * once idle the connection is closed after the timeout, not before. */
+static void test_idle_timeout_counts_from_last_request(void **state)
+{
+    struct h_proc *up, *px = pair(&up, FLAGS("--client-timeout", "1s"));
+    struct h_conn *c = h_connect(px->http_port);
+    struct h_resp r = { 0 };
+    int i;
+
+    (void)state;
+    assert_non_null(c);
+    for (i = 0; i < 4; i++) {
+        if (i)
+            h_sleep_ms(600);
+        assert_int_equal(h_send_str(c, "GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"),
+                         0);
+        assert_int_equal(h_read(c, &r, false), 0);
+        assert_int_equal(r.status, 200);
+        h_resp_free(&r);
+    }
+    h_set_timeout(c, 500); /* open half a second into the idle second */
+    assert_false(h_closed(c));
+    h_set_timeout(c, 3000); /* and closed well before 3 s more */
+    assert_true(h_closed(c));
+    h_close(c);
+}
+
 /* The upstream dies in the middle of the body: the client sees the cut
  * (the response was already on its way). With --unknown-outcome release
  * the key is released, so the retry executes again rather than replaying
@@ -945,6 +974,7 @@ int main(void)
         T(test_keyless_bodies_stream),
         T(test_slow_reader_backpressure),
         T(test_idle_half_heads_are_dropped),
+        T(test_idle_timeout_counts_from_last_request),
         T(test_upstream_cut_mid_body_releases_key),
         T(test_headers_too_large_431),
         T(test_smuggling_is_400_and_closed),
