@@ -848,7 +848,11 @@ void config_print_man(FILE *out, int section)
               ".TP\nSIGTERM, SIGINT\nStop accepting, let requests in flight "
               "finish (up to \\-\\-shutdown\\-timeout), save the snapshot, "
               "exit 0.\n"
-              ".TP\nSIGHUP, SIGUSR1\nReopen the log file.\n"
+              ".TP\nSIGUSR1\nReopen the log file (after rotation).\n"
+              ".TP\nSIGHUP\nReopen the log file, then read the flags and "
+              "\\-\\-config file again and serve with the result, the TLS "
+              "certificates included; a bad configuration is refused and "
+              "the running one kept.\n"
               ".SH EXIT STATUS\n0 after a clean stop; 1 when it cannot run "
               "(no memory, cannot listen); 2 for a bad option or "
               "configuration.\n",
