@@ -1,18 +1,17 @@
 /* idemproxy's configuration: one table of options drives the flags, the
  * config file keys, the defaults and --help. Each option names a kind of
  * value (duration, size, address, list, ...) whose parser fills a field
- * of struct config; every refusal is one "idemproxy: ..." line on err. */
-#include "config.h"
-#include "config_value.h"
+ * of struct config; every refusal is one "idemproxy: ..." line on err.
+ * Here: the messages, the kinds, the table and config_parse; reading argv
+ * and files is config_read.c, --help and the manual pages config_doc.c. */
+#include "config_internal.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <ini.h>
 #include <unistd.h>
 
 #include "idem/idem.h"
@@ -23,61 +22,11 @@
 #define DEFAULT_WAIT_MS 10000
 #define QUOTE_MAX 64 /* bytes of a bad value quoted in a message */
 
-/* One run of config_parse: where values come from, where messages go. */
-struct parse {
-    struct config *c;
-    void *base; /* where fields are: c, or the section's struct route */
-    FILE *out;
-    FILE *err;
-    const char *file; /* the config file being read; NULL: the flags */
-    unsigned line;
-    char *section;      /* the file's section being read ("": none) */
-    const char *up_src; /* the file (or NULL: the flags) --upstream
-                           values were last taken from */
-    bool up_any;        /* an --upstream was given */
-    bool stop;          /* a file line failed: read no further */
-};
-
-struct option;
-
-/* A number's unit: "ms" scales by 1, "s" by 1000. */
-
-/* Whether a kind of value needs one: "--log-keys" takes one only after
- * '=', "--help" never. */
-enum value_rule { VALUE_REQUIRED = 0, VALUE_OPTIONAL, VALUE_NONE };
-
-/* A kind of value. parse returns 0; -1 after a message on err; 1 after
- * --help or --version printed on out. release frees what parse kept. */
-struct kind {
-    int (*parse)(struct parse *p, const struct option *o, const char *v);
-    void (*release)(void *base, const struct option *o);
-    enum value_rule value;
-    const char *what; /* "is not <what>" for malformed values */
-    /* Numbers: their units, the most the field holds, its type. */
-    const struct unit *units;
-    uint64_t limit;
-    enum number_type { NUMBER_UNSIGNED, NUMBER_INT64, NUMBER_SIZE } type;
-};
-
-struct option {
-    const char *name; /* the flag without "--", and the file key */
-    const struct kind *kind;
-    size_t off;               /* the field in struct config */
-    size_t count_off;         /* lists: their count field */
-    uint64_t min, max;        /* numbers: bounds; max 0 needs min <= 1 */
-    const char *const *names; /* enums: the values, in enum order */
-    const char *arg;          /* the value's name in --help */
-    const char *def;          /* the default, parsed as a value; or NULL */
-    const char *unset;        /* what --help says when def is NULL */
-    const char *help;
-    bool flag_only; /* not a config file key */
-};
-
 /* -- Messages --------------------------------------------------------- */
 
 /* Write n bytes of s with quotes, backslashes and every byte outside
  * printable ASCII escaped, so a message stays one line. */
-static void put_escaped(FILE *f, const char *s, size_t n)
+void config_put_escaped(FILE *f, const char *s, size_t n)
 {
     size_t i;
 
@@ -96,22 +45,18 @@ static void put_escaped(FILE *f, const char *s, size_t n)
 }
 
 /* "idemproxy: ", and "FILE:LINE: " while a config file is read. */
-static void prefix(struct parse *p)
+void config_prefix(struct parse *p)
 {
     fputs("idemproxy: ", p->err);
     if (p->file)
         fprintf(p->err, "%s:%u: ", p->file, p->line);
 }
 
-/* One line on err after the prefix. -1. */
-static int fail(struct parse *p, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static int fail(struct parse *p, const char *fmt, ...)
+int config_fail(struct parse *p, const char *fmt, ...)
 {
     va_list ap;
 
-    prefix(p);
+    config_prefix(p);
     va_start(ap, fmt);
     vfprintf(p->err, fmt, ap);
     va_end(ap);
@@ -120,7 +65,7 @@ static int fail(struct parse *p, const char *fmt, ...)
 }
 
 /* "--name" on the command line, "name" in a file. */
-static const char *dashes(const struct parse *p)
+const char *config_dashes(const struct parse *p)
 {
     return p->file ? "" : "--";
 }
@@ -134,9 +79,9 @@ static int bad(struct parse *p, const struct option *o, const char *v,
 {
     va_list ap;
 
-    prefix(p);
-    fprintf(p->err, "%s%s: \"", dashes(p), o->name);
-    put_escaped(p->err, v, strlen(v));
+    config_prefix(p);
+    fprintf(p->err, "%s%s: \"", config_dashes(p), o->name);
+    config_put_escaped(p->err, v, strlen(v));
     fputs("\" ", p->err);
     va_start(ap, fmt);
     vfprintf(p->err, fmt, ap);
@@ -150,9 +95,9 @@ static int malformed(struct parse *p, const struct option *o, const char *v)
     return bad(p, o, v, "is not %s", o->kind->what);
 }
 
-static int out_of_memory(struct parse *p)
+int config_out_of_memory(struct parse *p)
 {
-    return fail(p, "out of memory");
+    return config_fail(p, "out of memory");
 }
 
 /* -- Kinds ------------------------------------------------------------ */
@@ -235,7 +180,7 @@ static int keep_string(struct parse *p, const struct option *o, const char *v)
     char *copy = strdup(v);
 
     if (!copy)
-        return out_of_memory(p);
+        return config_out_of_memory(p);
     free(*s);
     *s = copy;
     return 0;
@@ -278,7 +223,7 @@ static int parse_store(struct parse *p, const struct option *o, const char *v)
                    "is not memory, redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] "
                    "or unix:///PATH[?db=N]");
     if (rc != IDEM_OK)
-        return fail(p, "--store: %s", idem_strerror(rc));
+        return config_fail(p, "--store: %s", idem_strerror(rc));
     return keep_string(p, o, v);
 }
 
@@ -316,7 +261,7 @@ static int parse_list(struct parse *p, const struct option *o, const char *v)
     int rc = config_split_list(v, &fresh, &nfresh);
 
     if (rc == -2)
-        return out_of_memory(p);
+        return config_out_of_memory(p);
     if (rc != 0 || nfresh < o->min) {
         if (rc == 0)
             config_free_list(fresh, nfresh);
@@ -342,7 +287,7 @@ static int parse_prefix(struct parse *p, const struct option *o, const char *v)
         grown = realloc(*items, (*n + 1) * sizeof(**items));
     if (!grown) {
         free(copy);
-        return out_of_memory(p);
+        return config_out_of_memory(p);
     }
     grown[(*n)++] = copy;
     *items = grown;
@@ -365,7 +310,7 @@ static int parse_upstream(struct parse *p, const struct option *o,
     p->up_src = p->file;
     grown = realloc(c->upstreams, (c->nupstreams + 1) * sizeof(*grown));
     if (!grown)
-        return out_of_memory(p);
+        return config_out_of_memory(p);
     grown[c->nupstreams++] = u;
     c->upstreams = grown;
     return 0;
@@ -392,7 +337,7 @@ static int parse_cidrs(struct parse *p, const struct option *o, const char *v)
     const char *q;
 
     if (!list)
-        return out_of_memory(p);
+        return config_out_of_memory(p);
     for (q = v + strspn(v, " \t"); *q; q += strspn(q, ", \t")) {
         len = strcspn(q, ", \t");
         if (len >= sizeof(item) ||
@@ -481,8 +426,6 @@ static int parse_bool(struct parse *p, const struct option *o, const char *v)
     return 0;
 }
 
-static int print_help(struct parse *p, const struct option *o, const char *v);
-
 static int print_version(struct parse *p, const struct option *o, const char *v)
 {
     (void)o;
@@ -490,8 +433,6 @@ static int print_version(struct parse *p, const struct option *o, const char *v)
     fprintf(p->out, "idemproxy %s\n", IDEM_VERSION_STRING);
     return 1;
 }
-
-static int read_file(struct parse *p, const struct option *o, const char *v);
 
 /* clang-format off */
 static const struct kind
@@ -532,9 +473,9 @@ static const struct kind
                    .what = "reject, wait or wait:DURATION (e.g. wait:5s)" },
     k_bool = { .parse = parse_bool, .value = VALUE_OPTIONAL,
                .what = "true or false" },
-    k_help = { .parse = print_help, .value = VALUE_NONE },
+    k_help = { .parse = config_print_help, .value = VALUE_NONE },
     k_version = { .parse = print_version, .value = VALUE_NONE },
-    k_config = { .parse = read_file };
+    k_config = { .parse = config_read_file };
 /* clang-format on */
 
 /* -- The options ------------------------------------------------------ */
@@ -549,7 +490,7 @@ static const char *const fulls[] = { "refuse", "evict", NULL };
 
 /* The options, in --help's order. Kept one per two lines by hand. */
 /* clang-format off */
-static const struct option options[] = {
+const struct option config_options[] = {
     { .name = "listen", .kind = &k_addr, .off = AT(listen), .arg = "HOST:PORT",
       .def = "127.0.0.1:8080", .help = "where clients connect" },
     { .name = "upstream", .kind = &k_upstream, .arg = "URL",
@@ -687,14 +628,15 @@ static const struct option options[] = {
 };
 /* clang-format on */
 
-#define NOPTIONS (sizeof(options) / sizeof(options[0]))
+const size_t config_noptions =
+    sizeof(config_options) / sizeof(config_options[0]);
 
 #define IN_ROUTE(f) offsetof(struct route, f)
 
 /* The keys of a [route PREFIX] section: each one a rule of the global
  * option of the same name, for the paths under PREFIX. */
 /* clang-format off */
-static const struct option route_options[] = {
+const struct option config_route_options[] = {
     { .name = "methods", .kind = &k_list, .off = IN_ROUTE(methods),
       .count_off = IN_ROUTE(nmethods), .min = 1, .arg = "LIST",
       .help = "methods that honour keys here" },
@@ -711,7 +653,8 @@ static const struct option route_options[] = {
 };
 /* clang-format on */
 
-#define NROUTE_OPTIONS (sizeof(route_options) / sizeof(route_options[0]))
+const size_t config_nroute_options =
+    sizeof(config_route_options) / sizeof(config_route_options[0]);
 
 _Static_assert(sizeof(enum log_level) == sizeof(int), "enum fields as int");
 _Static_assert(sizeof(enum log_format) == sizeof(int), "enum fields as int");
@@ -723,403 +666,6 @@ _Static_assert(sizeof(enum idem_unknown_policy) == sizeof(int) &&
                    IDEM_UNKNOWN_HOLD == 0 && IDEM_UNKNOWN_RELEASE == 1,
                "enum fields as int, in the order of unknowns[]");
 
-static int print_help(struct parse *p, const struct option *o, const char *v)
-{
-    char flag[40];
-    size_t i;
-
-    (void)o;
-    (void)v;
-    fprintf(p->out, "usage: idemproxy --upstream URL [OPTION...]\n"
-                    "Every option is also a config file key (no \"--\").\n");
-    for (i = 0; i < NOPTIONS; i++) {
-        o = &options[i];
-        snprintf(flag, sizeof(flag), "--%s%s%s", o->name, o->arg ? " " : "",
-                 o->arg ? o->arg : "");
-        fprintf(p->out, "  %-27s %s", flag, o->help);
-        if (o->def || o->unset)
-            fprintf(p->out, " (default: %s)", o->def ? o->def : o->unset);
-        fputc('\n', p->out);
-    }
-    fprintf(p->out, "In a config file, a [route PREFIX] section sets for "
-                    "the paths under PREFIX:\n");
-    for (i = 0; i < NROUTE_OPTIONS; i++) {
-        o = &route_options[i];
-        snprintf(flag, sizeof(flag), "%s %s", o->name, o->arg);
-        fprintf(p->out, "    %-25s %s\n", flag, o->help);
-    }
-    return 1;
-}
-
-/* -- Manual pages ------------------------------------------------------ */
-
-/* s with roff's special characters escaped: a leading dot or quote, and
- * backslashes and hyphens (which man would otherwise break or render as
- * typographic dashes). */
-static void man_text(FILE *out, const char *s)
-{
-    if (*s == '.' || *s == '\'')
-        fputs("\\&", out);
-    for (; *s; s++) {
-        if (*s == '\\')
-            fputs("\\e", out);
-        else if (*s == '-')
-            fputs("\\-", out);
-        else
-            fputc(*s, out);
-    }
-}
-
-/* One option as a tagged paragraph: "--name ARG" (section 1) or "name
- * ARG" (section 5), its help and default. */
-static void man_option(FILE *out, const struct option *o, int section)
-{
-    fputs(".TP\n\\fB", out);
-    if (section == 1)
-        fputs("\\-\\-", out);
-    man_text(out, o->name);
-    fputs("\\fR", out);
-    if (o->arg) {
-        fputs(" \\fI", out);
-        man_text(out, o->arg);
-        fputs("\\fR", out);
-    }
-    fputc('\n', out);
-    man_text(out, o->help);
-    if (o->def || o->unset) {
-        fputs(" (default: ", out);
-        man_text(out, o->def ? o->def : o->unset);
-        fputc(')', out);
-    }
-    fputs(".\n", out);
-}
-
-void config_print_man(FILE *out, int section)
-{
-    size_t i;
-
-    fprintf(out, ".TH %s %d \"\" \"idemproxy %s\" \"idem\"\n",
-            section == 1 ? "IDEMPROXY" : "IDEMPROXY.CONF", section,
-            IDEM_VERSION_STRING);
-    if (section == 1)
-        fputs(".SH NAME\nidemproxy \\- a reverse proxy that executes each "
-              "HTTP request once\n"
-              ".SH SYNOPSIS\n\\fBidemproxy\\fR \\-\\-upstream "
-              "\\fIHOST:PORT\\fR [\\fIOPTION\\fR...]\n"
-              ".SH DESCRIPTION\nidemproxy sits in front of an HTTP API and "
-              "honours the Idempotency\\-Key header: the first request with "
-              "a key is forwarded, its response stored, and a retry with the "
-              "same key and the same request gets the stored response instead "
-              "of a second execution. A key is released only when the request "
-              "provably did not execute. Every option is also a key of the "
-              "configuration file, idemproxy.conf(5).\n"
-              ".SH OPTIONS\n",
-              out);
-    else
-        fputs(".SH NAME\nidemproxy.conf \\- idemproxy configuration file\n"
-              ".SH DESCRIPTION\nRead with \\fB\\-\\-config\\fR "
-              "\\fIFILE\\fR, an INI file: \\fIkey\\fR = \\fIvalue\\fR "
-              "lines, where each key is an option of idemproxy(1) without "
-              "its leading dashes, then \\fB[route\\fR \\fIPREFIX\\fB]"
-              "\\fR sections whose keys are rules for the paths under "
-              "PREFIX (the longest matching prefix wins). A line whose first "
-              "non-blank character is # or ; is a comment, as is anything "
-              "from a # or ; after a blank. Flags and files are read from "
-              "left to right, a later setting overriding an earlier one. "
-              "An unknown key or section, or a bad value, stops idemproxy "
-              "with FILE:LINE in the message; on SIGHUP, the file is read "
-              "again and a bad one is refused, the running configuration "
-              "kept.\n"
-              ".SH KEYS\n",
-              out);
-    for (i = 0; i < NOPTIONS; i++)
-        if (section == 1 || !options[i].flag_only)
-            man_option(out, &options[i], section);
-    if (section == 5) {
-        fputs(".SH ROUTE KEYS\nIn a \\fB[route\\fR \\fIPREFIX\\fB]\\fR "
-              "section; a rule a route does not set is the global "
-              "option's.\n",
-              out);
-        for (i = 0; i < NROUTE_OPTIONS; i++)
-            man_option(out, &route_options[i], section);
-    }
-    if (section == 1)
-        fputs(".SH SIGNALS\n"
-              ".TP\nSIGTERM, SIGINT\nStop accepting, let requests in flight "
-              "finish (up to \\-\\-shutdown\\-timeout), save the snapshot, "
-              "exit 0.\n"
-              ".TP\nSIGUSR1\nReopen the log file (after rotation).\n"
-              ".TP\nSIGHUP\nReopen the log file, then read the flags and "
-              "\\-\\-config file again and serve with the result, the TLS "
-              "certificates included; a bad configuration is refused and "
-              "the running one kept.\n"
-              ".SH EXIT STATUS\n0 after a clean stop; 1 when it cannot run "
-              "(no memory, cannot listen); 2 for a bad option or "
-              "configuration.\n",
-              out);
-    fputs(".SH SEE ALSO\n", out);
-    fputs(section == 1 ? "idemproxy.conf(5)" : "idemproxy(1)", out);
-    fputs(", /usr/share/doc/idemproxy/\n", out);
-}
-
-/* -- Walking argv and files ------------------------------------------- */
-
-static const struct option *find_in(const struct option *table, size_t n,
-                                    const char *name, size_t len)
-{
-    size_t i;
-
-    for (i = 0; i < n; i++) {
-        if (strlen(table[i].name) == len &&
-            memcmp(table[i].name, name, len) == 0)
-            return &table[i];
-    }
-    return NULL;
-}
-
-/* -h and -V: --help and --version. */
-static const struct option *find_short(const char *arg)
-{
-    if (strcmp(arg, "-h") == 0)
-        return find_in(options, NOPTIONS, "help", 4);
-    if (strcmp(arg, "-V") == 0)
-        return find_in(options, NOPTIONS, "version", 7);
-    return NULL;
-}
-
-/* Parse v (NULL: none given) for o. */
-static int apply(struct parse *p, const struct option *o, const char *v)
-{
-    if (p->file && o->flag_only)
-        return fail(p, "%s is not a config file key", o->name);
-    if (v && o->kind->value == VALUE_NONE)
-        return fail(p, "%s%s takes no value", dashes(p), o->name);
-    if (!v && o->kind->value == VALUE_REQUIRED)
-        return fail(p, "%s%s needs a value", dashes(p), o->name);
-    return o->kind->parse(p, o, v);
-}
-
-/* "unknown option --name" or, in a file, "unknown key "name"". */
-static int unknown(struct parse *p, const char *name, size_t len)
-{
-    prefix(p);
-    fputs(p->file ? "unknown key \"" : "unknown option ", p->err);
-    put_escaped(p->err, name, len);
-    fputs(p->file ? "\"\n" : " (see --help)\n", p->err);
-    return -1;
-}
-
-/* "--name VALUE", "--name=VALUE" or "--name"; *i moves past what it
- * took. */
-static int parse_flag(struct parse *p, int argc, char **argv, int *i)
-{
-    const char *arg = argv[*i], *v = NULL;
-    size_t len = strcspn(arg, "=");
-    const struct option *o;
-
-    if (arg[0] != '-') {
-        prefix(p);
-        fputs("unexpected argument \"", p->err);
-        put_escaped(p->err, arg, strlen(arg));
-        fputs("\" (see --help)\n", p->err);
-        return -1;
-    }
-    o = strncmp(arg, "--", 2) == 0
-            ? find_in(options, NOPTIONS, arg + 2, len - 2)
-            : find_short(arg);
-    if (!o)
-        return unknown(p, arg, len);
-    if (arg[len] == '=')
-        v = arg + len + 1;
-    else if (o->kind->value == VALUE_REQUIRED && *i + 1 < argc)
-        v = argv[++*i]; /* NULL if argv ends early: "needs a value" */
-    return apply(p, o, v);
-}
-
-/* -- Config files (INI, read by libinih) ------------------------------ */
-
-/* A config file as libinih reads it, one line per ini_reader call. */
-struct ini_src {
-    struct parse *p;
-    FILE *f;
-    char *line;
-    size_t cap;
-};
-
-/* Cut a comment (" #" or " ;" outside double quotes, or # or ; first)
- * and the blanks around what is left; returns its start. */
-static char *strip_line(char *s)
-{
-    bool quoted = false;
-    char *q, *end;
-
-    s += strspn(s, " \t");
-    for (q = s; *q; q++) {
-        if (*q == '"')
-            quoted = !quoted;
-        else if (!quoted && (*q == '#' || *q == ';') &&
-                 (q == s || q[-1] == ' ' || q[-1] == '\t'))
-            break;
-    }
-    end = q;
-    while (end > s && strchr(" \t\r\n", end[-1]))
-        end--;
-    *end = '\0';
-    return s;
-}
-
-/* Write the line for libinih into out[0..cap): a section as it is, and
- * "key = value" for "key = value", "key: value", the flat "key value"
- * of older files, and a key alone ("key =": no value). 0, or -1 (too
- * long, or a section not closed) after a message. */
-static int ini_line(struct parse *p, const char *s, char *out, size_t cap)
-{
-    size_t klen = strcspn(s, " \t=:");
-    const char *rest = s + klen + strspn(s + klen, " \t");
-    int n;
-
-    if (*s == '[' && s[strlen(s) - 1] != ']')
-        return fail(p, "a section is written [route PREFIX]");
-    if (*s == '\0' || *s == '[' || *rest == '=' || *rest == ':')
-        n = snprintf(out, cap, "%s", s);
-    else
-        n = snprintf(out, cap, "%.*s = %s", (int)klen, s, rest);
-    if (n < 0 || (size_t)n >= cap)
-        return fail(p, "the line is longer than %zu bytes", cap - 1);
-    return 0;
-}
-
-static char *read_ini_line(char *out, int num, void *stream)
-{
-    struct ini_src *src = stream;
-    struct parse *p = src->p;
-
-    if (p->stop || getline(&src->line, &src->cap, src->f) < 0)
-        return NULL;
-    p->line++;
-    if (ini_line(p, strip_line(src->line), out, (size_t)num) != 0) {
-        p->stop = true;
-        return NULL;
-    }
-    return out;
-}
-
-/* The route for prefix, added (its rules unset) if new; NULL out of
- * memory. */
-static struct route *route_for(struct config *c, const char *prefix)
-{
-    struct route *grown, *r;
-    size_t i;
-
-    for (i = 0; i < c->nroutes; i++)
-        if (strcmp(c->routes[i].prefix, prefix) == 0)
-            return &c->routes[i];
-    grown = realloc(c->routes, (c->nroutes + 1) * sizeof(*grown));
-    if (!grown)
-        return NULL;
-    c->routes = grown;
-    r = &grown[c->nroutes];
-    memset(r, 0, sizeof(*r));
-    r->conflict = -1;
-    r->prefix = strdup(prefix);
-    if (!r->prefix)
-        return NULL;
-    c->nroutes++;
-    return r;
-}
-
-/* Enter section ("" or "route PREFIX"): where the keys that follow go. */
-static int enter_section(struct parse *p, const char *section)
-{
-    const char *path = section + 6;
-    struct route *r;
-    char *copy;
-
-    if (*section == '\0') {
-        p->base = p->c;
-    } else if (strncmp(section, "route ", 6) != 0 || path[0] != '/' ||
-               !config_is_visible(path)) {
-        prefix(p);
-        fputs("unknown section [", p->err);
-        put_escaped(p->err, section, strlen(section));
-        fputs("] (sections are [route PREFIX], PREFIX a path)\n", p->err);
-        return -1;
-    } else if (!(r = route_for(p->c, path))) {
-        return out_of_memory(p);
-    } else {
-        p->base = r;
-    }
-    copy = strdup(section);
-    if (!copy)
-        return out_of_memory(p);
-    free(p->section);
-    p->section = copy;
-    return 0;
-}
-
-/* One "key = value" of section. A value in double quotes loses them
- * ("" is the empty value); no value at all is none. */
-static int on_ini(void *user, const char *section, const char *name,
-                  const char *value)
-{
-    struct parse *p = user;
-    const struct option *o;
-    char *v = NULL;
-    size_t n = strlen(value);
-    int rc;
-
-    if (p->stop)
-        return 0;
-    rc = strcmp(section, p->section) ? enter_section(p, section) : 0;
-    o = p->base == p->c
-            ? find_in(options, NOPTIONS, name, strlen(name))
-            : find_in(route_options, NROUTE_OPTIONS, name, strlen(name));
-    if (rc == 0 && !o)
-        rc = unknown(p, name, strlen(name));
-    if (rc == 0 && n && !(v = strdup(value)))
-        rc = out_of_memory(p);
-    if (rc == 0 && n >= 2 && v[0] == '"' && v[n - 1] == '"') {
-        memmove(v, v + 1, n - 2);
-        v[n - 2] = '\0';
-    }
-    if (rc == 0)
-        rc = apply(p, o, v);
-    free(v);
-    p->stop = rc != 0;
-    return rc == 0;
-}
-
-/* --config FILE: read as if its global keys were flags given here; its
- * sections add routes. */
-static int read_file(struct parse *p, const struct option *o, const char *path)
-{
-    struct ini_src src = { .p = p };
-    int rc;
-
-    (void)o;
-    src.f = fopen(path, "r");
-    if (!src.f)
-        return fail(p, "--config: cannot open \"%s\": %s", path,
-                    strerror(errno));
-    p->file = path;
-    p->line = 0;
-    p->stop = false;
-    rc = enter_section(p, "");
-    if (rc == 0)
-        rc = ini_parse_stream(read_ini_line, &src, on_ini, p);
-    if (rc > 0 && !p->stop)
-        rc = fail(p, "not a key = value line, a [section] or a comment");
-    else if (rc == 0 && ferror(src.f) && ++p->line)
-        rc = fail(p, "read error: %s", strerror(errno));
-    else if (p->stop)
-        rc = -1;
-    p->file = NULL;
-    p->base = p->c;
-    free(src.line);
-    fclose(src.f);
-    return rc;
-}
-
 /* After every flag and file: each --require-key prefix is a route that
  * requires a key; the https:// upstream's name is the TLS server name. */
 static int finish(struct parse *p)
@@ -1129,22 +675,23 @@ static int finish(struct parse *p)
     size_t i;
 
     if (c->nupstreams == 0)
-        return fail(p, "--upstream is required");
+        return config_fail(p, "--upstream is required");
     if (c->snapshot && !config_store_is_memory(c))
-        return fail(p, "--snapshot applies to the memory store only");
+        return config_fail(p, "--snapshot applies to the memory store only");
     if (!c->tls_cert != !c->tls_key)
-        return fail(p, "--tls-cert and --tls-key go together");
+        return config_fail(p, "--tls-cert and --tls-key go together");
     if (!c->upstream_cert != !c->upstream_key)
-        return fail(p, "--upstream-cert and --upstream-key go together");
+        return config_fail(p, "--upstream-cert and --upstream-key go together");
     for (i = 0; i < c->nrequire_key; i++) {
-        if (!(r = route_for(c, c->require_key[i])))
-            return out_of_memory(p);
+        if (!(r = config_route_for(c, c->require_key[i])))
+            return config_out_of_memory(p);
         r->require_key = true;
     }
     for (i = 0; i < c->nupstreams; i++) {
         if (c->upstreams[i].tls != c->upstreams[0].tls)
-            return fail(p, "--upstream: http and https upstreams cannot be "
-                           "mixed");
+            return config_fail(p,
+                               "--upstream: http and https upstreams cannot be "
+                               "mixed");
     }
     /* https:// (or --upstream-tls); the name checked is --upstream-sni or
      * the first upstream's host (tls.c: an IP literal is checked against
@@ -1154,7 +701,7 @@ static int finish(struct parse *p)
         !config_is_ipv6(c->upstreams[0].addr.host,
                         strlen(c->upstreams[0].addr.host)) &&
         !(c->upstream_sni = strdup(c->upstreams[0].addr.host)))
-        return out_of_memory(p);
+        return config_out_of_memory(p);
     if (c->min_retention_ms > c->lifetime_ms) /* a record lives no longer */
         c->min_retention_ms = c->lifetime_ms;
     return 0;
@@ -1184,12 +731,13 @@ int config_parse(struct config *c, int argc, char **argv, FILE *out, FILE *err)
     size_t k;
 
     memset(c, 0, sizeof(*c));
-    for (k = 0; rc == 0 && k < NOPTIONS; k++) {
-        if (options[k].def)
-            rc = options[k].kind->parse(&p, &options[k], options[k].def);
+    for (k = 0; rc == 0 && k < config_noptions; k++) {
+        if (config_options[k].def)
+            rc = config_options[k].kind->parse(&p, &config_options[k],
+                                               config_options[k].def);
     }
     for (i = 0; rc == 0 && i < argc && argv[i]; i++)
-        rc = parse_flag(&p, argc, argv, &i);
+        rc = config_read_flag(&p, argc, argv, &i);
     if (rc == 0)
         rc = finish(&p);
     free(p.section);
@@ -1202,9 +750,9 @@ void config_free(struct config *c)
 {
     size_t i;
 
-    for (i = 0; i < NOPTIONS; i++) {
-        if (options[i].kind->release)
-            options[i].kind->release(c, &options[i]);
+    for (i = 0; i < config_noptions; i++) {
+        if (config_options[i].kind->release)
+            config_options[i].kind->release(c, &config_options[i]);
     }
     for (i = 0; i < c->nroutes; i++) {
         free(c->routes[i].prefix);
