@@ -6,6 +6,7 @@
  * run after nghttp2 returns, in session_sync, the one place that reads,
  * writes, closes and frees. */
 #include "h2.h"
+#include "h2_internal.h"
 
 #include <llhttp.h>
 #include <nghttp2/nghttp2.h>
@@ -24,85 +25,14 @@
 /* Reads one session_sync does before letting other connections run. */
 #define H2_READS_PER_SYNC 16
 
-struct h2_stream;
-
-struct h2_session {
-    struct conn *conn;              /* the client connection */
-    nghttp2_session *session;       /* NULL once the client is gone */
-    LIST_HEAD(, h2_stream) streams; /* every live stream */
-    TAILQ_HEAD(, h2_stream) dirty;  /* streams to run */
-    unsigned nstreams;
-    struct event idle;     /* no stream for --client-timeout: GOAWAY */
-    struct event stall;    /* responses waiting, none read: close */
-    int64_t progress_ms;   /* when response bytes last left (or began
-                            * to wait) */
-    int64_t reset_ms;      /* when reset_tokens was last refilled */
-    unsigned reset_tokens; /* client resets allowed before GOAWAY */
-    bool dead;             /* a connection error: close once flushed */
-};
-
-struct h2_stream {
-    struct conn c; /* first: its exchange, upstream and timers */
-    struct h2_session *s;
-    LIST_ENTRY(h2_stream) link;
-    TAILQ_ENTRY(h2_stream) dirty_link;
-    int32_t id; /* 0 once the stream is over for the client */
-    bool dirty;
-    /* The request. */
-    struct buf pseudo; /* :method, :path, :authority values */
-    size_t m_off, m_len, p_off, p_len, a_off, a_len;
-    struct buf fields; /* "name: value\r\n" lines */
-    size_t head_bytes; /* what the exchange will count of the head */
-    unsigned nfields;
-    bool has_length;   /* a content-length came */
-    bool chunked;      /* the body goes to the exchange chunked */
-    bool head_only;    /* HEAD: the response has no body */
-    struct buf in;     /* HTTP/1.1 bytes for the exchange */
-    size_t unconsumed; /* DATA bytes in `in`: window to give back */
-    /* The response. */
-    struct http_response resp; /* the exchange's HTTP/1.1 answer */
-    struct buf out;            /* body bytes for DATA frames */
-    bool complete;             /* the response was parsed whole */
-    bool deferred;             /* the data source waits for bytes */
-};
-
 static void session_sync(struct h2_session *s);
-
-static const struct config *cfg_of(const struct h2_session *s)
-{
-    return s->conn->w->cfg;
-}
-
-static void mark_dirty(struct h2_stream *st)
-{
-    if (st->dirty)
-        return;
-    st->dirty = true;
-    TAILQ_INSERT_TAIL(&st->s->dirty, st, dirty_link);
-}
-
-/* Whether the client can still be sent frames on st. */
-static bool attached(const struct h2_stream *st)
-{
-    return st->id != 0 && st->s->session;
-}
-
-/* End st for the client with an RST_STREAM. */
-static void stream_reset(struct h2_stream *st, uint32_t code)
-{
-    if (!attached(st))
-        return;
-    nghttp2_submit_rst_stream(st->s->session, NGHTTP2_FLAG_NONE, st->id, code);
-    nghttp2_session_set_stream_user_data(st->s->session, st->id, NULL);
-    st->id = 0;
-}
 
 static void stream_free(struct h2_stream *st)
 {
     struct h2_session *s = st->s;
 
     /* still open: a cut answer (or an exchange that gave up on it) */
-    stream_reset(st, st->complete ? NGHTTP2_CANCEL : NGHTTP2_INTERNAL_ERROR);
+    h2_stream_reset(st, st->complete ? NGHTTP2_CANCEL : NGHTTP2_INTERNAL_ERROR);
     if (st->dirty)
         TAILQ_REMOVE(&s->dirty, st, dirty_link);
     LIST_REMOVE(st, link);
@@ -133,7 +63,7 @@ static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *dst,
     memcpy(dst, buf_bytes(&st->out), n);
     buf_consume(&st->out, n);
     if (n) {
-        mark_dirty(st); /* room to read more of its response */
+        h2_mark_dirty(st); /* room to read more of its response */
         st->s->progress_ms = worker_now_ms();
     }
     if (buf_len(&st->out) == 0 && st->complete) {
@@ -234,7 +164,7 @@ static bool pump_response(struct h2_stream *st)
     enum llhttp_errno err;
     bool did = false;
 
-    while (buf_len(o) && !st->complete && attached(st) &&
+    while (buf_len(o) && !st->complete && h2_attached(st) &&
            buf_len(&st->out) < H2_STREAM_OUT) {
         room = H2_STREAM_OUT - buf_len(&st->out);
         n = buf_len(o) < room ? buf_len(o) : room;
@@ -245,182 +175,18 @@ static bool pump_response(struct h2_stream *st)
         } else if (err != HPE_OK) {
             log_msg(LOG_WARN, "HTTP/2: cannot relay a response: %s",
                     llhttp_errno_name(err));
-            stream_reset(st, NGHTTP2_INTERNAL_ERROR);
+            h2_stream_reset(st, NGHTTP2_INTERNAL_ERROR);
         } else {
             buf_consume(o, n);
         }
     }
     if (st->complete && buf_len(o))
         buf_clear(o);
-    if (did && st->deferred && attached(st)) {
+    if (did && st->deferred && h2_attached(st)) {
         st->deferred = false;
         nghttp2_session_resume_data(st->s->session, st->id);
     }
     return did;
-}
-
-/* -- The request: frames into HTTP/1.1 bytes for the exchange ----------- */
-
-/* Give the exchange the request bytes waiting, and the client the window
- * they took. */
-static void feed_request(struct h2_stream *st)
-{
-    size_t n = st->unconsumed;
-
-    ex_client_data(&st->c.ex, buf_bytes(&st->in), buf_len(&st->in));
-    buf_trim(&st->in);
-    st->unconsumed = 0;
-    if (n && attached(st))
-        nghttp2_session_consume_stream(st->s->session, st->id, n);
-}
-
-/* The header block is whole: the request line, Host from :authority, the
- * fields, how the body is framed (chunked when it has no length), and
- * Connection: close (one request per stream: the exchange then ends it
- * after its answer). */
-static int request_head(struct h2_stream *st, bool ended)
-{
-    const char *ps = buf_bytes(&st->pseudo);
-    struct buf *in = &st->in;
-    bool ok;
-
-    st->head_only = st->m_len == 4 && memcmp(ps + st->m_off, "HEAD", 4) == 0;
-    st->chunked = !ended && !st->has_length;
-    ok = buf_add(in, ps + st->m_off, st->m_len) == 0 &&
-         buf_addl(in, " ") == 0 &&
-         buf_add(in, ps + st->p_off, st->p_len) == 0 &&
-         buf_addl(in, " HTTP/1.1\r\n") == 0;
-    if (ok && st->a_len)
-        ok = buf_add_field(in, "Host", 4, ps + st->a_off, st->a_len) == 0;
-    ok =
-        ok && buf_add(in, buf_bytes(&st->fields), buf_len(&st->fields)) == 0 &&
-        (!st->chunked || buf_addl(in, "Transfer-Encoding: chunked\r\n") == 0) &&
-        buf_addl(in, "Connection: close\r\n\r\n") == 0;
-    buf_free(&st->fields);
-    buf_free(&st->pseudo);
-    mark_dirty(st);
-    return ok ? 0 : -1;
-}
-
-static void end_body(struct h2_stream *st)
-{
-    if (st->chunked && buf_addl(&st->in, "0\r\n\r\n") != 0)
-        stream_reset(st, NGHTTP2_INTERNAL_ERROR);
-    mark_dirty(st);
-}
-
-/* Whether a pseudo-header value can go into a request line: no control
- * bytes, no spaces (nghttp2 checks too; this keeps the line whole). */
-static bool line_safe(const uint8_t *v, size_t len, bool space_ok)
-{
-    size_t i;
-
-    for (i = 0; i < len; i++)
-        if (v[i] < 0x20 || v[i] == 0x7f || (v[i] == ' ' && !space_ok))
-            return false;
-    return true;
-}
-
-static int pseudo(struct h2_stream *st, const uint8_t *name, size_t nlen,
-                  const uint8_t *value, size_t vlen)
-{
-    size_t off = buf_len(&st->pseudo);
-    size_t *o = NULL, *l = NULL;
-
-    if (nlen == 7 && memcmp(name, ":method", 7) == 0)
-        o = &st->m_off, l = &st->m_len;
-    else if (nlen == 5 && memcmp(name, ":path", 5) == 0)
-        o = &st->p_off, l = &st->p_len;
-    else if (nlen == 10 && memcmp(name, ":authority", 10) == 0)
-        o = &st->a_off, l = &st->a_len;
-    if (!o)
-        return 0; /* :scheme */
-    if (!line_safe(value, vlen, false) ||
-        buf_add(&st->pseudo, value, vlen) != 0)
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    *o = off;
-    *l = vlen;
-    st->head_bytes += vlen + (o == &st->a_off ? 4 : 0); /* "Host" */
-    return 0;
-}
-
-static int on_header(nghttp2_session *session, const nghttp2_frame *frame,
-                     const uint8_t *name, size_t nlen, const uint8_t *value,
-                     size_t vlen, uint8_t flags, void *ud)
-{
-    struct h2_stream *st =
-        nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
-    const struct config *cfg = cfg_of(ud);
-
-    (void)flags;
-    if (!st || frame->hd.type != NGHTTP2_HEADERS ||
-        frame->headers.cat != NGHTTP2_HCAT_REQUEST)
-        return 0; /* trailers are not forwarded */
-    /* past a limit the rest is dropped: what was kept already passes it,
-     * and the exchange answers 431 as it does over HTTP/1.1 */
-    if (st->head_bytes > cfg->max_header_bytes ||
-        st->nfields > cfg->max_headers)
-        return 0;
-    if (nlen && name[0] == ':')
-        return pseudo(st, name, nlen, value, vlen);
-    if (st->a_len && nlen == 4 && memcmp(name, "host", 4) == 0)
-        return 0; /* :authority is the Host (RFC 9113 §8.3.1) */
-    st->has_length = st->has_length ||
-                     (nlen == 14 && memcmp(name, "content-length", 14) == 0);
-    st->head_bytes += nlen + vlen;
-    st->nfields++;
-    if (buf_add_field(&st->fields, (const char *)name, nlen,
-                      (const char *)value, vlen) != 0)
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    return 0;
-}
-
-static int on_begin_headers(nghttp2_session *session,
-                            const nghttp2_frame *frame, void *ud)
-{
-    struct h2_session *s = ud;
-    struct h2_stream *st;
-
-    if (frame->hd.type != NGHTTP2_HEADERS ||
-        frame->headers.cat != NGHTTP2_HCAT_REQUEST)
-        return 0;
-    st = calloc(1, sizeof(*st));
-    if (!st)
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    conn_stream_init(&st->c, s->conn);
-    st->c.ex.protocol = "HTTP/2";
-    st->s = s;
-    st->id = frame->hd.stream_id;
-    llhttp_init(&st->resp.parser, HTTP_RESPONSE, &response_settings);
-    st->resp.parser.data = st;
-    http_head_init(&st->resp.head, EX_RESPONSE_HEAD_MAX,
-                   EX_RESPONSE_FIELDS_MAX);
-    LIST_INSERT_HEAD(&s->streams, st, link);
-    s->nstreams++;
-    nghttp2_session_set_stream_user_data(session, st->id, st);
-    return 0;
-}
-
-static int on_data(nghttp2_session *session, uint8_t flags, int32_t id,
-                   const uint8_t *data, size_t len, void *ud)
-{
-    struct h2_stream *st = nghttp2_session_get_stream_user_data(session, id);
-    struct buf *in;
-
-    (void)flags;
-    (void)ud;
-    /* the connection's window is given back at once: the streams' own
-     * windows bound what waits for the exchanges */
-    nghttp2_session_consume_connection(session, len);
-    if (!st || len == 0)
-        return 0;
-    in = &st->in;
-    if ((st->chunked && (buf_add_hex(in, len) || buf_addl(in, "\r\n"))) ||
-        buf_add(in, data, len) || (st->chunked && buf_addl(in, "\r\n")))
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    st->unconsumed += len;
-    mark_dirty(st);
-    return 0;
 }
 
 /* A client reset: one token of the rapid-reset budget (CVE-2023-44487),
@@ -428,7 +194,7 @@ static int on_data(nghttp2_session *session, uint8_t flags, int32_t id,
  * ENHANCE_YOUR_CALM. */
 static void count_reset(struct h2_session *s)
 {
-    unsigned rate = cfg_of(s)->h2_max_resets;
+    unsigned rate = h2_cfg_of(s)->h2_max_resets;
     int64_t now = worker_now_ms();
     uint64_t add = (uint64_t)(now - s->reset_ms) * rate / 1000;
 
@@ -465,11 +231,11 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame,
         return 0;
     if (frame->hd.type == NGHTTP2_HEADERS &&
         frame->headers.cat == NGHTTP2_HCAT_REQUEST)
-        return request_head(st, ended) == 0
+        return h2_request_head(st, ended) == 0
                    ? 0
                    : NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     if (ended)
-        end_body(st);
+        h2_end_body(st);
     return 0;
 }
 
@@ -482,7 +248,7 @@ static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t code,
     (void)ud;
     if (st) {
         st->id = 0; /* the exchange hears it, and may go on for the store */
-        mark_dirty(st);
+        h2_mark_dirty(st);
     }
     return 0;
 }
@@ -504,14 +270,14 @@ static void stream_run(struct h2_stream *st)
         }
         if (upstream_sync(c, want.read_upstream))
             continue;
-        if (!attached(st)) {
+        if (!h2_attached(st)) {
             if (c->ex.client_gone)
                 return; /* it goes on for the store, or ends on its own */
             ex_client_gone(&c->ex);
             continue;
         }
         if (want.end == EX_END_DROP) {
-            stream_reset(st, NGHTTP2_INTERNAL_ERROR); /* a cut answer */
+            h2_stream_reset(st, NGHTTP2_INTERNAL_ERROR); /* a cut answer */
             continue;
         }
         if (pump_response(st))
@@ -521,12 +287,12 @@ static void stream_run(struct h2_stream *st)
             continue;
         }
         if (want.read_client && buf_len(&st->in)) {
-            feed_request(st);
+            h2_feed_request(st);
             continue;
         }
         if (want.end != EX_END_NONE && buf_len(&c->ex.client_out) == 0 &&
             !st->complete) {
-            stream_reset(st, NGHTTP2_INTERNAL_ERROR); /* a cut answer */
+            h2_stream_reset(st, NGHTTP2_INTERNAL_ERROR); /* a cut answer */
             continue;
         }
         return;
@@ -577,7 +343,7 @@ static void client_gone(struct h2_session *s)
     LIST_FOREACH(st, &s->streams, link)
     {
         st->id = 0;
-        mark_dirty(st);
+        h2_mark_dirty(st);
     }
     nghttp2_session_del(s->session);
     s->session = NULL;
@@ -590,7 +356,7 @@ static bool may_read(const struct h2_session *s)
     return s->session && !s->dead && nghttp2_session_want_read(s->session) &&
            buf_len(&s->conn->ex.client_out) < H2_CONN_OUT &&
            /* streams the client reset go on for the store: they count */
-           s->nstreams < 2 * cfg_of(s)->h2_max_streams;
+           s->nstreams < 2 * h2_cfg_of(s)->h2_max_streams;
 }
 
 static bool session_over(const struct h2_session *s)
@@ -601,7 +367,7 @@ static bool session_over(const struct h2_session *s)
 
 static void idle_timer(struct h2_session *s)
 {
-    int64_t ms = cfg_of(s)->client_timeout_ms;
+    int64_t ms = h2_cfg_of(s)->client_timeout_ms;
     struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
     bool pending = event_pending(&s->idle, EV_TIMEOUT, NULL);
 
@@ -617,7 +383,7 @@ static bool output_waits(const struct h2_session *s)
     const struct h2_stream *st;
 
     LIST_FOREACH(st, &s->streams, link)
-    if (attached(st) && buf_len(&st->out))
+    if (h2_attached(st) && buf_len(&st->out))
         return true;
     return false;
 }
@@ -629,7 +395,7 @@ static bool output_waits(const struct h2_session *s)
  * closes the connection (the exchanges go on for the store). */
 static void stall_timer(struct h2_session *s)
 {
-    int64_t ms = cfg_of(s)->client_timeout_ms;
+    int64_t ms = h2_cfg_of(s)->client_timeout_ms;
     struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
     bool pending = event_pending(&s->stall, EV_TIMEOUT, NULL);
     bool waits = s->session && output_waits(s);
@@ -702,7 +468,7 @@ static void on_stall(evutil_socket_t fd, short what, void *arg)
 {
     static struct log_limit limit;
     struct h2_session *s = arg;
-    int64_t ms = cfg_of(s)->client_timeout_ms;
+    int64_t ms = h2_cfg_of(s)->client_timeout_ms;
     int64_t quiet = worker_now_ms() - s->progress_ms;
     struct timeval tv;
 
@@ -730,7 +496,7 @@ void h2_sync(struct conn *c)
 
     if (c->proto == CONN_STREAM) {
         st = (struct h2_stream *)(void *)c;
-        mark_dirty(st);
+        h2_mark_dirty(st);
         session_sync(st->s); /* runs it (and may free it) */
         return;
     }
@@ -741,11 +507,38 @@ void h2_sync(struct conn *c)
     session_sync(c->h2);
 }
 
+/* A new request stream: a conn of its own, its response parser ready. */
+static int on_begin_headers(nghttp2_session *session,
+                            const nghttp2_frame *frame, void *ud)
+{
+    struct h2_session *s = ud;
+    struct h2_stream *st;
+
+    if (frame->hd.type != NGHTTP2_HEADERS ||
+        frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    st = calloc(1, sizeof(*st));
+    if (!st)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    conn_stream_init(&st->c, s->conn);
+    st->c.ex.protocol = "HTTP/2";
+    st->s = s;
+    st->id = frame->hd.stream_id;
+    llhttp_init(&st->resp.parser, HTTP_RESPONSE, &response_settings);
+    st->resp.parser.data = st;
+    http_head_init(&st->resp.head, EX_RESPONSE_HEAD_MAX,
+                   EX_RESPONSE_FIELDS_MAX);
+    LIST_INSERT_HEAD(&s->streams, st, link);
+    s->nstreams++;
+    nghttp2_session_set_stream_user_data(session, st->id, st);
+    return 0;
+}
+
 /* -- Starting and ending --------------------------------------------------- */
 
 static nghttp2_session *session_new(struct h2_session *s)
 {
-    const struct config *cfg = cfg_of(s);
+    const struct config *cfg = h2_cfg_of(s);
     nghttp2_session_callbacks *cb;
     nghttp2_option *opt;
     nghttp2_session *session = NULL;
@@ -766,9 +559,9 @@ static nghttp2_session *session_new(struct h2_session *s)
     }
     nghttp2_session_callbacks_set_on_begin_headers_callback(cb,
                                                             on_begin_headers);
-    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_header_callback(cb, h2_on_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, h2_on_data);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_max_continuations(opt, H2_MAX_CONTINUATIONS);
