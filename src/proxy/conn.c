@@ -219,6 +219,62 @@ static void end_client(struct conn *c, enum ex_end end)
     }
 }
 
+/* The client's side of a conn_sync step: write its output; then, once
+ * written, let a paused upstream go on, or close or start lingering as
+ * the exchange says. true: something was done (look again). */
+static bool sync_client_out(struct conn *c, enum ex_end end)
+{
+    if (!flush_client(c)) {
+        close_client(c);
+        ex_client_gone(&c->ex);
+        return true;
+    }
+    if (c->ex.up_paused && buf_len(&c->ex.client_out) <= EX_LOW) {
+        ex_client_drained(&c->ex); /* the upstream may go on */
+        return true;
+    }
+    if (buf_len(&c->ex.client_out) == 0 &&
+        (end == EX_END_CLOSE || (end == EX_END_LINGER && !c->lingering))) {
+        end_client(c, end);
+        return true;
+    }
+    return false;
+}
+
+/* Read the client once, at most READS_PER_SYNC times a conn_sync (then
+ * the event is made active again: the other connections' turn). true:
+ * look again; false: stop (the turn is over, or the HTTP/2 preface came
+ * and h2.c takes over). */
+static bool sync_client_in(struct conn *c, unsigned *reads)
+{
+    if (++*reads > READS_PER_SYNC) {
+        event_active(&c->ev, EV_READ, 0);
+        return false;
+    }
+    if (!read_client(c)) {
+        close_client(c);
+        ex_client_gone(&c->ex);
+    }
+    return c->proto != CONN_HTTP2;
+}
+
+/* One step of conn_sync for what the exchange wants: true if something
+ * was done (its wants may have changed), false when nothing can be. */
+static bool sync_step(struct conn *c, struct ex_wants want, unsigned *reads)
+{
+    if (upstream_sync(c, want.read_upstream))
+        return true;
+    if (c->fd >= 0 && want.end == EX_END_DROP) {
+        close_client(c);
+        return true;
+    }
+    if (c->fd < 0)
+        return false;
+    if (sync_client_out(c, want.end))
+        return true;
+    return want.read_client && c->readable && sync_client_in(c, reads);
+}
+
 void conn_sync(struct conn *c)
 {
     struct ex_wants want;
@@ -231,48 +287,9 @@ void conn_sync(struct conn *c)
     if (c->syncing)
         return; /* the running conn_sync looks again */
     c->syncing = true;
-    for (;;) {
+    do {
         want = ex_wants(&c->ex);
-        if (want.end == EX_END_FREE)
-            break;
-        if (upstream_sync(c, want.read_upstream))
-            continue;
-        if (c->fd >= 0 && want.end == EX_END_DROP) {
-            close_client(c);
-            continue;
-        }
-        if (c->fd < 0)
-            break;
-        if (!flush_client(c)) {
-            close_client(c);
-            ex_client_gone(&c->ex);
-            continue;
-        }
-        if (c->ex.up_paused && buf_len(&c->ex.client_out) <= EX_LOW) {
-            ex_client_drained(&c->ex); /* the upstream may go on */
-            continue;
-        }
-        if (buf_len(&c->ex.client_out) == 0 &&
-            (want.end == EX_END_CLOSE ||
-             (want.end == EX_END_LINGER && !c->lingering))) {
-            end_client(c, want.end);
-            continue;
-        }
-        if (want.read_client && c->readable) {
-            if (++reads > READS_PER_SYNC) {
-                event_active(&c->ev, EV_READ, 0); /* the others' turn */
-                break;
-            }
-            if (!read_client(c)) {
-                close_client(c);
-                ex_client_gone(&c->ex);
-            }
-            if (c->proto == CONN_HTTP2)
-                break; /* the preface came: h2.c takes over */
-            continue;
-        }
-        break;
-    }
+    } while (want.end != EX_END_FREE && sync_step(c, want, &reads));
     c->syncing = false;
     if (c->proto == CONN_HTTP2) {
         h2_sync(c);
