@@ -408,6 +408,41 @@ static void stall_timer(struct h2_session *s)
     }
 }
 
+/* One step of session_sync: the client gone, frames produced and
+ * written, the dirty streams run, the session over, or one read (at most
+ * H2_READS_PER_SYNC a sync). true: something was done (look again). */
+static bool session_step(struct h2_session *s, unsigned *reads)
+{
+    struct conn *c = s->conn;
+
+    if (c->fd < 0 && s->session) {
+        client_gone(s);
+        return true;
+    }
+    if (c->fd >= 0) {
+        produce(s);
+        if (!conn_flush(c)) {
+            client_gone(s);
+            return true;
+        }
+    }
+    if (run_dirty(s))
+        return true;
+    if (c->fd >= 0 && buf_len(&c->ex.client_out) == 0 && session_over(s)) {
+        client_gone(s);
+        return true;
+    }
+    if (c->fd < 0 || !c->readable || !may_read(s))
+        return false;
+    if (++*reads > H2_READS_PER_SYNC) {
+        event_active(&c->ev, EV_READ, 0); /* the others' turn */
+        return false;
+    }
+    if (!conn_read(c))
+        client_gone(s);
+    return true;
+}
+
 static void session_sync(struct h2_session *s)
 {
     struct conn *c = s->conn;
@@ -416,35 +451,8 @@ static void session_sync(struct h2_session *s)
     if (c->syncing)
         return; /* the running one looks again */
     c->syncing = true;
-    for (;;) {
-        if (c->fd < 0 && s->session) {
-            client_gone(s);
-            continue;
-        }
-        if (c->fd >= 0) {
-            produce(s);
-            if (!conn_flush(c)) {
-                client_gone(s);
-                continue;
-            }
-        }
-        if (run_dirty(s))
-            continue;
-        if (c->fd >= 0 && buf_len(&c->ex.client_out) == 0 && session_over(s)) {
-            client_gone(s);
-            continue;
-        }
-        if (c->fd >= 0 && c->readable && may_read(s)) {
-            if (++reads > H2_READS_PER_SYNC) {
-                event_active(&c->ev, EV_READ, 0); /* the others' turn */
-                break;
-            }
-            if (!conn_read(c))
-                client_gone(s);
-            continue;
-        }
-        break;
-    }
+    while (session_step(s, &reads))
+        continue;
     c->syncing = false;
     idle_timer(s);
     stall_timer(s);
