@@ -470,6 +470,33 @@ static void render_redis_nodes(struct text *t, struct idem_store *store)
 }
 
 /* Client requests by outcome and status class; only the pairs seen. */
+/* One outcome and status class of the request durations: its buckets
+ * (cumulative), sum and count; nothing if it never happened. */
+static void render_duration_series(struct text *t, const char *name, int o,
+                                   const char *class_name, int c)
+{
+    uint64_t total = 0, sum;
+    size_t i;
+
+    for (i = 0; i <= METRICS_LATENCY_BUCKETS; i++)
+        total += load(&metrics.request_bucket[o][c][i]);
+    if (total == 0)
+        return;
+    total = 0;
+    for (i = 0; i <= METRICS_LATENCY_BUCKETS; i++) {
+        total += load(&metrics.request_bucket[o][c][i]);
+        add(t, "%s_bucket{outcome=\"%s\",class=\"%s\",le=\"%s\"} %" PRIu64 "\n",
+            name, metrics_outcome_name(o), class_name,
+            i < METRICS_LATENCY_BUCKETS ? buckets[i].le : "+Inf", total);
+    }
+    sum = load(&metrics.request_sum_us[o][c]);
+    add(t, "%s_sum{outcome=\"%s\",class=\"%s\"} %" PRIu64 ".%06" PRIu64 "\n",
+        name, metrics_outcome_name(o), class_name, sum / 1000000,
+        sum % 1000000);
+    add(t, "%s_count{outcome=\"%s\",class=\"%s\"} %" PRIu64 "\n", name,
+        metrics_outcome_name(o), class_name, total);
+}
+
 static void render_requests_duration(struct text *t)
 {
     static const struct family f = {
@@ -479,39 +506,14 @@ static void render_requests_duration(struct text *t)
     };
     static const char *const classes[METRICS_CLASSES] = { "1xx", "2xx", "3xx",
                                                           "4xx", "5xx" };
-    uint64_t total, sum;
     int o, c;
-    size_t i;
 
     family(t, &f);
     for (o = 0; o < METRICS_OUTCOMES; o++) {
-        for (c = 0; c < METRICS_CLASSES; c++) {
-            if (o == IDEM_OUTCOME_PENDING || o == 0)
-                continue; /* a step, never an answer; 0 is no outcome */
-            total = 0;
-            for (i = 0; i <= METRICS_LATENCY_BUCKETS; i++)
-                total += load(&metrics.request_bucket[o][c][i]);
-            if (total == 0)
-                continue;
-            total = 0;
-            for (i = 0; i <= METRICS_LATENCY_BUCKETS; i++) {
-                total += load(&metrics.request_bucket[o][c][i]);
-                add(t,
-                    "%s_bucket{outcome=\"%s\",class=\"%s\",le=\"%s\"} "
-                    "%" PRIu64 "\n",
-                    f.name, metrics_outcome_name(o), classes[c],
-                    i < METRICS_LATENCY_BUCKETS ? buckets[i].le : "+Inf",
-                    total);
-            }
-            sum = load(&metrics.request_sum_us[o][c]);
-            add(t,
-                "%s_sum{outcome=\"%s\",class=\"%s\"} %" PRIu64 ".%06" PRIu64
-                "\n",
-                f.name, metrics_outcome_name(o), classes[c], sum / 1000000,
-                sum % 1000000);
-            add(t, "%s_count{outcome=\"%s\",class=\"%s\"} %" PRIu64 "\n",
-                f.name, metrics_outcome_name(o), classes[c], total);
-        }
+        if (o == IDEM_OUTCOME_PENDING || o == 0)
+            continue; /* a step, never an answer; 0 is no outcome */
+        for (c = 0; c < METRICS_CLASSES; c++)
+            render_duration_series(t, f.name, o, classes[c], c);
     }
 }
 
@@ -602,6 +604,15 @@ static void metrics_process(struct process_figures *p)
 /* idem_build_info, and the process_* family every Prometheus client
  * exports (from /proc/self, getrusage and getrlimit); a figure that
  * cannot be read is left out. */
+/* A process gauge's family and value, if the value is known (>= 0). */
+static void gauge_known(struct text *t, const struct family *f, int64_t v)
+{
+    if (v < 0)
+        return;
+    family(t, f);
+    add(t, "%s %" PRId64 "\n", f->name, v);
+}
+
 static void render_process(struct text *t)
 {
     static const struct family f_build = { "idem_build_info", "gauge",
@@ -632,24 +643,11 @@ static void render_process(struct text *t)
         add(t, "%s %" PRId64 ".%06" PRId64 "\n", f_cpu.name, p.cpu_us / 1000000,
             p.cpu_us % 1000000);
     }
-    if (p.open_fds >= 0) {
-        family(t, &f_fds);
-        add(t, "%s %" PRId64 "\n", f_fds.name, p.open_fds);
-    }
-    if (p.max_fds >= 0) {
-        family(t, &f_max);
-        add(t, "%s %" PRId64 "\n", f_max.name, p.max_fds);
-    }
-    if (p.start_s >= 0) {
-        family(t, &f_start);
-        add(t, "%s %" PRId64 "\n", f_start.name, p.start_s);
-    }
-    if (p.rss >= 0) {
-        family(t, &f_rss);
-        add(t, "%s %" PRId64 "\n", f_rss.name, p.rss);
-        family(t, &f_virt);
-        add(t, "%s %" PRId64 "\n", f_virt.name, p.vsize);
-    }
+    gauge_known(t, &f_fds, p.open_fds);
+    gauge_known(t, &f_max, p.max_fds);
+    gauge_known(t, &f_start, p.start_s);
+    gauge_known(t, &f_rss, p.rss);
+    gauge_known(t, &f_virt, p.vsize); /* known with rss */
 }
 
 char *metrics_render(struct idem_engine *const *engines, size_t n,
