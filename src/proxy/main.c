@@ -332,32 +332,41 @@ static void warn_fixed(const struct config *old, const struct config *c)
 /* Parse the flags and the config file again, then serve with them: a new
  * generation for the workers (each takes it at its next wake). A bad
  * file is refused and the running configuration kept. */
-static void reload(struct app *app)
+/* The configuration as SIGHUP reads it again, into *cfg: true, or false
+ * after logging why it is refused (the running one is kept). */
+static bool reparse(struct app *app, struct config *cfg)
 {
-    struct config cfg;
-    struct gen *g;
     char *msg = NULL;
-    size_t len = 0, i;
+    size_t len = 0;
     FILE *err = open_memstream(&msg, &len);
     int rc =
-        config_parse(&cfg, app->argc, app->argv, stdout, err ? err : stderr);
+        config_parse(cfg, app->argc, app->argv, stdout, err ? err : stderr);
 
     if (err)
         fclose(err);
-    if (rc == 0 && !record_fits(app, &cfg)) {
-        config_free(&cfg);
+    if (rc == 0 && !record_fits(app, cfg)) {
+        config_free(cfg);
         rc = 2;
     }
-    if (rc != 0) {
+    if (rc != 0)
         log_msg(LOG_ERROR,
                 "reload refused: %.*s; the running configuration "
                 "is kept",
                 (int)(len && msg[len - 1] == '\n' ? len - 1 : len),
                 msg ? msg : "");
-        free(msg);
-        return;
-    }
     free(msg);
+    return rc == 0;
+}
+
+static void reload(struct app *app)
+{
+    struct config cfg;
+    struct gen *g;
+    size_t i;
+    int rc;
+
+    if (!reparse(app, &cfg))
+        return;
     warn_fixed(app->cfg, &cfg);
     rc = gen_new(app->engines, &cfg, &g);
     if (rc != IDEM_OK) {
@@ -550,11 +559,45 @@ static void on_libevent_log(int severity, const char *msg)
     log_limited(&limits[severity], levels[severity], "libevent: %s", msg);
 }
 
+/* The app around a parsed cfg (which it takes): its arguments for
+ * reloads, the workers' array, the loop and the engines. 0, or -1 (-2:
+ * a record cannot fit, as make_engines says). */
+static int app_init(struct app *app, int argc, char **argv, struct config *cfg)
+{
+    app->argc = argc;
+    app->argv = argv;
+    app->nworkers = cfg->workers;
+    app->workers = calloc(app->nworkers, sizeof(*app->workers));
+    app->base = event_base_new();
+    if (app->workers && app->base)
+        return make_engines(app, cfg);
+    config_free(cfg);
+    return -1;
+}
+
+/* Everything app_init and the run made, in reverse order of need. */
+static void app_free(struct app *app)
+{
+    unsigned i;
+
+    resolver_stop(app->resolver); /* before the workers it hands sets to */
+    upaddrs_unref(app->first);
+    for (i = 0; app->workers && i < app->nworkers; i++)
+        worker_deinit(&app->workers[i]);
+    admin_close(app->admin);
+    if (app->base)
+        event_base_free(app->base);
+    gen_unref(app->gen);
+    engines_free(app->engines);
+    idem_store_free(app->store);
+    tls_free(app->tls);
+    free(app->workers);
+}
+
 int main(int argc, char **argv)
 {
     struct app app = { .nworkers = 0 };
     struct config cfg;
-    unsigned i;
     int rc = config_parse(&cfg, argc - 1, argv + 1, stdout, stderr);
 
     if (rc != 0)
@@ -568,17 +611,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     event_set_log_callback(on_libevent_log);
     evthread_use_pthreads();
-    app.argc = argc - 1;
-    app.argv = argv + 1;
-    app.nworkers = cfg.workers;
-    app.workers = calloc(app.nworkers, sizeof(*app.workers));
-    app.base = event_base_new();
-    if (app.workers && app.base) {
-        rc = make_engines(&app, &cfg);
-    } else {
-        config_free(&cfg);
-        rc = -1;
-    }
+    rc = app_init(&app, argc - 1, argv + 1, &cfg);
     if (rc == 0 && !(app.first = resolve_first(app.cfg)))
         rc = -1;
     if (rc == 0 && tls_new(app.cfg, &app.tls) != 0) {
@@ -593,18 +626,7 @@ int main(int argc, char **argv)
         join_workers(&app);
         save_snapshot(&app);
     }
-    resolver_stop(app.resolver); /* before the workers it hands sets to */
-    upaddrs_unref(app.first);
-    for (i = 0; app.workers && i < app.nworkers; i++)
-        worker_deinit(&app.workers[i]);
-    admin_close(app.admin);
-    if (app.base)
-        event_base_free(app.base);
-    gen_unref(app.gen);
-    engines_free(app.engines);
-    idem_store_free(app.store);
-    tls_free(app.tls);
-    free(app.workers);
+    app_free(&app);
     log_msg(LOG_INFO, "stopped");
     log_close();
     return rc == -2 ? 2 : rc != 0;
