@@ -76,6 +76,51 @@ static void man_option(FILE *out, const struct option *o, int section)
     fputs(".\n", out);
 }
 
+/* The pages' fixed text: idemproxy(1)'s name, synopsis and description,
+ * idemproxy.conf(5)'s, and idemproxy(1)'s signals and exit status. */
+static const char man_intro_1[] =
+    ".SH NAME\nidemproxy \\- a reverse proxy that executes each "
+    "HTTP request once\n"
+    ".SH SYNOPSIS\n\\fBidemproxy\\fR \\-\\-upstream "
+    "\\fIHOST:PORT\\fR [\\fIOPTION\\fR...]\n"
+    ".SH DESCRIPTION\nidemproxy sits in front of an HTTP API and "
+    "honours the Idempotency\\-Key header: the first request with "
+    "a key is forwarded, its response stored, and a retry with the "
+    "same key and the same request gets the stored response instead "
+    "of a second execution. A key is released only when the request "
+    "provably did not execute. Every option is also a key of the "
+    "configuration file, idemproxy.conf(5).\n"
+    ".SH OPTIONS\n";
+static const char man_intro_5[] =
+    ".SH NAME\nidemproxy.conf \\- idemproxy configuration file\n"
+    ".SH DESCRIPTION\nRead with \\fB\\-\\-config\\fR "
+    "\\fIFILE\\fR, an INI file: \\fIkey\\fR = \\fIvalue\\fR "
+    "lines, where each key is an option of idemproxy(1) without "
+    "its leading dashes, then \\fB[route\\fR \\fIPREFIX\\fB]"
+    "\\fR sections whose keys are rules for the paths under "
+    "PREFIX (the longest matching prefix wins). A line whose first "
+    "non-blank character is # or ; is a comment, as is anything "
+    "from a # or ; after a blank. Flags and files are read from "
+    "left to right, a later setting overriding an earlier one. "
+    "An unknown key or section, or a bad value, stops idemproxy "
+    "with FILE:LINE in the message; on SIGHUP, the file is read "
+    "again and a bad one is refused, the running configuration "
+    "kept.\n"
+    ".SH KEYS\n";
+static const char man_signals[] =
+    ".SH SIGNALS\n"
+    ".TP\nSIGTERM, SIGINT\nStop accepting, let requests in flight "
+    "finish (up to \\-\\-shutdown\\-timeout), save the snapshot, "
+    "exit 0.\n"
+    ".TP\nSIGUSR1\nReopen the log file (after rotation).\n"
+    ".TP\nSIGHUP\nReopen the log file, then read the flags and "
+    "\\-\\-config file again and serve with the result, the TLS "
+    "certificates included; a bad configuration is refused and "
+    "the running one kept.\n"
+    ".SH EXIT STATUS\n0 after a clean stop; 1 when it cannot run "
+    "(no memory, cannot listen); 2 for a bad option or "
+    "configuration.\n";
+
 void config_print_man(FILE *out, int section)
 {
     size_t i;
@@ -83,37 +128,7 @@ void config_print_man(FILE *out, int section)
     fprintf(out, ".TH %s %d \"\" \"idemproxy %s\" \"idem\"\n",
             section == 1 ? "IDEMPROXY" : "IDEMPROXY.CONF", section,
             IDEM_VERSION_STRING);
-    if (section == 1)
-        fputs(".SH NAME\nidemproxy \\- a reverse proxy that executes each "
-              "HTTP request once\n"
-              ".SH SYNOPSIS\n\\fBidemproxy\\fR \\-\\-upstream "
-              "\\fIHOST:PORT\\fR [\\fIOPTION\\fR...]\n"
-              ".SH DESCRIPTION\nidemproxy sits in front of an HTTP API and "
-              "honours the Idempotency\\-Key header: the first request with "
-              "a key is forwarded, its response stored, and a retry with the "
-              "same key and the same request gets the stored response instead "
-              "of a second execution. A key is released only when the request "
-              "provably did not execute. Every option is also a key of the "
-              "configuration file, idemproxy.conf(5).\n"
-              ".SH OPTIONS\n",
-              out);
-    else
-        fputs(".SH NAME\nidemproxy.conf \\- idemproxy configuration file\n"
-              ".SH DESCRIPTION\nRead with \\fB\\-\\-config\\fR "
-              "\\fIFILE\\fR, an INI file: \\fIkey\\fR = \\fIvalue\\fR "
-              "lines, where each key is an option of idemproxy(1) without "
-              "its leading dashes, then \\fB[route\\fR \\fIPREFIX\\fB]"
-              "\\fR sections whose keys are rules for the paths under "
-              "PREFIX (the longest matching prefix wins). A line whose first "
-              "non-blank character is # or ; is a comment, as is anything "
-              "from a # or ; after a blank. Flags and files are read from "
-              "left to right, a later setting overriding an earlier one. "
-              "An unknown key or section, or a bad value, stops idemproxy "
-              "with FILE:LINE in the message; on SIGHUP, the file is read "
-              "again and a bad one is refused, the running configuration "
-              "kept.\n"
-              ".SH KEYS\n",
-              out);
+    fputs(section == 1 ? man_intro_1 : man_intro_5, out);
     for (i = 0; i < config_noptions; i++)
         if (section == 1 || !config_options[i].flag_only)
             man_option(out, &config_options[i], section);
@@ -126,19 +141,7 @@ void config_print_man(FILE *out, int section)
             man_option(out, &config_route_options[i], section);
     }
     if (section == 1)
-        fputs(".SH SIGNALS\n"
-              ".TP\nSIGTERM, SIGINT\nStop accepting, let requests in flight "
-              "finish (up to \\-\\-shutdown\\-timeout), save the snapshot, "
-              "exit 0.\n"
-              ".TP\nSIGUSR1\nReopen the log file (after rotation).\n"
-              ".TP\nSIGHUP\nReopen the log file, then read the flags and "
-              "\\-\\-config file again and serve with the result, the TLS "
-              "certificates included; a bad configuration is refused and "
-              "the running one kept.\n"
-              ".SH EXIT STATUS\n0 after a clean stop; 1 when it cannot run "
-              "(no memory, cannot listen); 2 for a bad option or "
-              "configuration.\n",
-              out);
+        fputs(man_signals, out);
     fputs(".SH SEE ALSO\n", out);
     fputs(section == 1 ? "idemproxy.conf(5)" : "idemproxy(1)", out);
     fputs(", /usr/share/doc/idemproxy/\n", out);
