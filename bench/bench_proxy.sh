@@ -43,15 +43,12 @@ if ! cmake --build "$BUILD" --target idemproxy demo_upstream failalloc_shim \
     echo "bench_proxy: build failed; idemproxy runs skipped if absent" >&2
 fi
 
+. tests/lib.sh
 tmp=$(mktemp -d /tmp/bench_proxy.XXXXXX)
 pids=""
 cleanup() {
-    for p in $pids; do
-        kill "$p" 2>/dev/null || true
-    done
-    for p in $pids; do
-        wait "$p" 2>/dev/null || true
-    done
+    # shellcheck disable=SC2086
+    stop_pids $pids
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -199,17 +196,12 @@ start_idem() {
         >"$tmp/idem.out" 2>"$tmp/idem.err" &
     idem_pid=$!
     pids="$pids $idem_pid"
-    i=0
-    until grep -q '^listening ' "$tmp/idem.out" 2>/dev/null; do
-        i=$((i + 1))
-        if [ $i -gt 200 ] || ! kill -0 "$idem_pid" 2>/dev/null; then
-            echo "bench_proxy: idemproxy did not start:" >&2
-            cat "$tmp/idem.err" >&2
-            exit 1
-        fi
-        sleep 0.05
-    done
-    idem=$(sed -n 's/^listening http=[^ ]*:\([0-9]*\).*/\1/p' "$tmp/idem.out")
+    if ! wait_line "$tmp/idem.out" '^listening ' 200 0.05 "$idem_pid"; then
+        echo "bench_proxy: idemproxy did not start:" >&2
+        cat "$tmp/idem.err" >&2
+        exit 1
+    fi
+    idem=$(listening_port "$tmp/idem.out")
 }
 
 start_idem

@@ -9,15 +9,12 @@
 set -eu
 src=$1
 build=$2
+. "$src/tests/lib.sh"
 tmp=$(mktemp -d /tmp/idem-deb.XXXXXX)
 pids=""
 cleanup() {
-    for p in $pids; do
-        kill "$p" 2>/dev/null || true
-    done
-    for p in $pids; do
-        wait "$p" 2>/dev/null || true
-    done
+    # shellcheck disable=SC2086
+    stop_pids $pids
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -87,23 +84,15 @@ LD_LIBRARY_PATH=$libs ldd "$proxy" | grep -q "$libs/libidem.so.0" ||
 pids="$pids $!"
 LD_LIBRARY_PATH=$libs "$proxy" --version | grep -q '^idemproxy ' ||
     fail "idemproxy --version"
-i=0
-until grep -q listening "$tmp/up" 2>/dev/null; do
-    i=$((i + 1))
-    [ $i -gt 100 ] && fail "the demo upstream did not start"
-    sleep 0.05
-done
+wait_line "$tmp/up" listening 100 0.05 ||
+    fail "the demo upstream did not start"
 upstream=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$tmp/up")
 LD_LIBRARY_PATH=$libs "$proxy" --listen 127.0.0.1:0 --admin-listen off \
     --upstream "$upstream" >"$tmp/proxy.out" 2>"$tmp/proxy.err" &
 pids="$pids $!"
-i=0
-until grep -q '^listening ' "$tmp/proxy.out" 2>/dev/null; do
-    i=$((i + 1))
-    [ $i -gt 100 ] && { cat "$tmp/proxy.err" >&2; fail "idemproxy did not start"; }
-    sleep 0.05
-done
-port=$(sed -n 's/^listening http=[^ ]*:\([0-9]*\).*/\1/p' "$tmp/proxy.out")
+wait_line "$tmp/proxy.out" '^listening ' 100 0.05 ||
+    { cat "$tmp/proxy.err" >&2; fail "idemproxy did not start"; }
+port=$(listening_port "$tmp/proxy.out")
 for n in 1 2; do
     curl -s -D "$tmp/h$n" -o "$tmp/b$n" -X POST -H 'Idempotency-Key: deb-1' \
         -d '{"n":1}' "http://127.0.0.1:$port/orders" ||

@@ -19,14 +19,14 @@ mode=${2:-h2c}
 shim=$build/libfailalloc_shim.so
 max_sites=${FAILALLOC_PROTO_SITES:-200}
 only=${FAILALLOC_PROTO_ONLY:-}
+# shellcheck disable=SC1091 # tests/lib.sh, beside this directory
+. "$(dirname "$0")/../lib.sh"
 tmp=$(mktemp -d /tmp/idem-h2fa.XXXXXX)
 up_pid=""
 px_pid=""
 cleanup() {
-    for p in $px_pid $up_pid; do
-        kill "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
+    # shellcheck disable=SC2086
+    stop_pids $px_pid $up_pid
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -55,12 +55,8 @@ esac
 
 "$build/demo_upstream" --listen 127.0.0.1:0 >"$tmp/up" &
 up_pid=$!
-n=0
-until grep -q listening "$tmp/up" 2>/dev/null; do
-    n=$((n + 1))
-    [ $n -gt 100 ] && fail "the demo upstream did not start"
-    sleep 0.05
-done
+wait_line "$tmp/up" listening 100 0.05 ||
+    fail "the demo upstream did not start"
 upstream=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$tmp/up")
 
 # One keyed POST: its status (000: closed, or no answer in 3 s).
@@ -80,13 +76,9 @@ run() {
         --upstream "$upstream" --workers 1 --log-level error $tls_flags \
         >"$tmp/px" 2>"$tmp/err" &
     px_pid=$!
-    w=0
-    until grep -q '^listening ' "$tmp/px" 2>/dev/null; do
-        w=$((w + 1))
-        [ $w -gt 200 ] && fail "site $1: idemproxy did not start"
-        sleep 0.02
-    done
-    port=$(sed -n 's/^listening http=[^ ]*:\([0-9]*\).*/\1/p' "$tmp/px")
+    wait_line "$tmp/px" '^listening ' 200 0.02 ||
+        fail "site $1: idemproxy did not start"
+    port=$(listening_port "$tmp/px")
     t0=$(date +%s)
     a=$(post "$port" "a-$1" /a)
     a2=$(post "$port" "a-$1" /a)
