@@ -18,14 +18,20 @@ static void value_release(void *ctx)
     idem_cache_value_release(ctx);
 }
 
+/* Whether rec (rlen bytes) is in flight, by its state byte alone. */
+static bool in_flight(const void *rec, size_t rlen)
+{
+    return rlen > IDEM__RECORD_STATE_OFF &&
+           ((const uint8_t *)rec)[IDEM__RECORD_STATE_OFF] == IDEM__REC_INFLIGHT;
+}
+
 /* Whether rec (rlen bytes) is an in-flight record whose lease ended by
  * wall_ms. */
 static bool lapsed(const void *rec, size_t rlen, uint64_t wall_ms)
 {
     struct idem__record_view view;
 
-    if (rlen <= IDEM__RECORD_STATE_OFF ||
-        ((const uint8_t *)rec)[IDEM__RECORD_STATE_OFF] != IDEM__REC_INFLIGHT)
+    if (!in_flight(rec, rlen))
         return false; /* done or unknown: no lease; spare the decode */
     return idem__record_decode(rec, rlen, &view) == IDEM_OK &&
            view.rec.state == IDEM__REC_INFLIGHT &&
@@ -49,9 +55,7 @@ static bool is_owned(const void *cur, size_t len, void *ud)
 {
     const uint8_t *token = idem__record_token(cur, len);
 
-    return token &&
-           ((const uint8_t *)cur)[IDEM__RECORD_STATE_OFF] ==
-               IDEM__REC_INFLIGHT &&
+    return token && in_flight(cur, len) &&
            memcmp(token, ud, IDEM__TOKEN_LEN) == 0;
 }
 
@@ -123,8 +127,7 @@ static int ms_begin(struct idem_store *s, const void *key, size_t klen,
      * miss figures stay those of get_or_insert) */
     if (idem__cache_get(ms->cache, key, klen, false, &v) == IDEM_OK) {
         if (idem_cache_value_len(v) > IDEM__RECORD_STATE_OFF &&
-            ((const uint8_t *)idem_cache_value_data(
-                v))[IDEM__RECORD_STATE_OFF] != IDEM__REC_INFLIGHT) {
+            !in_flight(idem_cache_value_data(v), idem_cache_value_len(v))) {
             *existing_out = (struct idem__blob){ idem_cache_value_data(v),
                                                  idem_cache_value_len(v),
                                                  value_release, v };
@@ -152,7 +155,7 @@ static int settle(struct idem_store *s, const void *key, size_t klen,
                   int64_t ttl_ms)
 {
     struct idem__memory_store *ms = (struct idem__memory_store *)s;
-    bool leaves = !rec || rec[IDEM__RECORD_STATE_OFF] != IDEM__REC_INFLIGHT;
+    bool leaves = !rec || !in_flight(rec, rlen);
 
     return idem_cache_replace_if(ms->cache, key, klen, is_owned, (void *)token,
                                  rec, rlen, ttl_ms,
