@@ -2,7 +2,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include "http.h"
@@ -342,8 +341,7 @@ const char *http_head_getn(const struct http_head *h, const char *name,
     for (i = 0; i < h->nfields; i++) {
         const struct http_field *f = &h->fields[i];
 
-        if (f->name_len == len &&
-            strncasecmp(h->bytes + f->name_off, name, len) == 0) {
+        if (http_name_is(h->bytes + f->name_off, f->name_len, name, len)) {
             *len_out = f->value_len;
             return h->bytes + f->value_off;
         }

@@ -143,8 +143,8 @@ static inline bool http_is_tchar(unsigned char ch)
     return ch < 128 && (tchar[ch >> 6] >> (ch & 63) & 1);
 }
 
-/* Whether header name name[0..len) is want[0..want_len), ignoring ASCII
- * case: the lengths first (most names differ in length). */
+/* Whether header name name[0..len) is want[0..want_len) (NUL-terminated),
+ * ignoring ASCII case: the lengths first (most names differ in length). */
 static inline bool http_name_is(const char *name, size_t len, const char *want,
                                 size_t want_len)
 {
@@ -157,7 +157,8 @@ static inline bool http_name_is(const char *name, size_t len, const char *want,
 #define HTTP_NAME_IS(name, len, lit)                                           \
     http_name_is((name), (len), "" lit, sizeof(lit) - 1)
 
-/* The first value of header name (name_len bytes), or NULL. */
+/* The first value of header name (name_len bytes, then a NUL, as
+ * http_name_is wants), or NULL. */
 const char *http_head_getn(const struct http_head *h, const char *name,
                            size_t name_len, size_t *len_out);
 
