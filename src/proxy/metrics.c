@@ -375,21 +375,34 @@ static void render_samples(struct text *t, const struct snap *s)
  * bounds le, and the sum of what was observed in microseconds. Buckets
  * are cumulative; _count is their total, so it always equals the +Inf
  * bucket even while workers observe concurrently. */
+/* One histogram series of family name: cumulative buckets (counts[i]
+ * under le[i]), sum (microseconds, written in seconds) and count.
+ * labels: its label set ("outcome=\"x\",..."), or "" for none. */
+static void histogram_series(struct text *t, const char *name,
+                             const char *labels, const char *const *le,
+                             const uint64_t *counts, size_t n, uint64_t sum_us)
+{
+    const char *sep = *labels ? "," : "";
+    uint64_t total = 0;
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        total += counts[i];
+        add(t, "%s_bucket{%s%sle=\"%s\"} %" PRIu64 "\n", name, labels, sep,
+            le[i], total);
+    }
+    add(t, "%s_sum%s%s%s %" PRIu64 ".%06" PRIu64 "\n", name, *labels ? "{" : "",
+        labels, *labels ? "}" : "", sum_us / 1000000, sum_us % 1000000);
+    add(t, "%s_count%s%s%s %" PRIu64 "\n", name, *labels ? "{" : "", labels,
+        *labels ? "}" : "", total);
+}
+
 static void histogram(struct text *t, const struct family *f,
                       const char *const *le, const uint64_t *counts, size_t n,
                       uint64_t sum_us)
 {
-    uint64_t total = 0;
-    size_t i;
-
     family(t, f);
-    for (i = 0; i < n; i++) {
-        total += counts[i];
-        add(t, "%s_bucket{le=\"%s\"} %" PRIu64 "\n", f->name, le[i], total);
-    }
-    add(t, "%s_sum %" PRIu64 ".%06" PRIu64 "\n", f->name, sum_us / 1000000,
-        sum_us % 1000000);
-    add(t, "%s_count %" PRIu64 "\n", f->name, total);
+    histogram_series(t, f->name, "", le, counts, n, sum_us);
 }
 
 static void render_latency(struct text *t)
@@ -470,31 +483,27 @@ static void render_redis_nodes(struct text *t, struct idem_store *store)
 }
 
 /* Client requests by outcome and status class; only the pairs seen. */
-/* One outcome and status class of the request durations: its buckets
- * (cumulative), sum and count; nothing if it never happened. */
+/* One outcome and status class of the request durations, if it ever
+ * happened. */
 static void render_duration_series(struct text *t, const char *name, int o,
                                    const char *class_name, int c)
 {
-    uint64_t total = 0, sum;
+    const char *le[METRICS_LATENCY_BUCKETS + 1];
+    uint64_t counts[METRICS_LATENCY_BUCKETS + 1], total = 0;
+    char labels[64];
     size_t i;
 
-    for (i = 0; i <= METRICS_LATENCY_BUCKETS; i++)
-        total += load(&metrics.request_bucket[o][c][i]);
+    for (i = 0; i <= METRICS_LATENCY_BUCKETS; i++) {
+        le[i] = i < METRICS_LATENCY_BUCKETS ? buckets[i].le : "+Inf";
+        counts[i] = load(&metrics.request_bucket[o][c][i]);
+        total += counts[i];
+    }
     if (total == 0)
         return;
-    total = 0;
-    for (i = 0; i <= METRICS_LATENCY_BUCKETS; i++) {
-        total += load(&metrics.request_bucket[o][c][i]);
-        add(t, "%s_bucket{outcome=\"%s\",class=\"%s\",le=\"%s\"} %" PRIu64 "\n",
-            name, metrics_outcome_name(o), class_name,
-            i < METRICS_LATENCY_BUCKETS ? buckets[i].le : "+Inf", total);
-    }
-    sum = load(&metrics.request_sum_us[o][c]);
-    add(t, "%s_sum{outcome=\"%s\",class=\"%s\"} %" PRIu64 ".%06" PRIu64 "\n",
-        name, metrics_outcome_name(o), class_name, sum / 1000000,
-        sum % 1000000);
-    add(t, "%s_count{outcome=\"%s\",class=\"%s\"} %" PRIu64 "\n", name,
-        metrics_outcome_name(o), class_name, total);
+    snprintf(labels, sizeof(labels), "outcome=\"%s\",class=\"%s\"",
+             metrics_outcome_name(o), class_name);
+    histogram_series(t, name, labels, le, counts, METRICS_LATENCY_BUCKETS + 1,
+                     load(&metrics.request_sum_us[o][c]));
 }
 
 static void render_requests_duration(struct text *t)
