@@ -21,12 +21,7 @@ static const char *const default_scope[] = { "Authorization" };
 
 static bool is_token(const char *s)
 {
-    if (!s || !*s)
-        return false;
-    for (; *s; s++)
-        if (!idem__is_tchar((unsigned char)*s))
-            return false;
-    return true;
+    return s && *s && idem__is_token(s, strlen(s));
 }
 
 /* Copy n tokens into one allocation: the pointers, then the bytes. NULL

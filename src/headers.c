@@ -6,6 +6,7 @@
 
 #include "idem/engine.h"
 #include "internal.h"
+#include "record.h"
 
 /* c in lower case, for ASCII letters. */
 static inline unsigned char lower(unsigned char c)
@@ -120,4 +121,9 @@ bool idem_header_list_only(const char *value, size_t len, const char *token,
 {
     return (value || !len) && (token || !tlen) &&
            idem__list_only(value, len, token, tlen);
+}
+
+bool idem_header_is_token(const char *s, size_t len)
+{
+    return (s || !len) && idem__is_token(s, len);
 }

@@ -15,7 +15,7 @@
 
 static const uint8_t magic[2] = { 'I', 'K' };
 
-bool idem__is_tchar(unsigned char c)
+static bool is_tchar(unsigned char c)
 {
     /* bit c of the 128: digits, letters and !#$%&'*+-.^_`|~ */
     static const uint64_t tchar[2] = { 0x03ff6cfa00000000u,
@@ -30,15 +30,24 @@ static bool value_byte_ok(unsigned char c)
     return c > '\r' || !(0x2401u >> c & 1);
 }
 
+bool idem__is_token(const char *s, size_t len)
+{
+    size_t i;
+
+    for (i = 0; i < len; i++)
+        if (!is_tchar((unsigned char)s[i]))
+            return false;
+    return true;
+}
+
 bool idem__record_header_ok(const struct idem_header *h)
 {
     size_t i;
 
     if (!h->name || h->name_len == 0 || (!h->value && h->value_len))
         return false;
-    for (i = 0; i < h->name_len; i++)
-        if (!idem__is_tchar((unsigned char)h->name[i]))
-            return false;
+    if (!idem__is_token(h->name, h->name_len))
+        return false;
     for (i = 0; i < h->value_len; i++)
         if (!value_byte_ok((unsigned char)h->value[i]))
             return false;

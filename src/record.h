@@ -96,7 +96,8 @@ bool idem__header_next(struct idem__header_iter *it, struct idem_header *h);
  * the same at this offset), or NULL if buf is too short. */
 const uint8_t *idem__record_token(const void *buf, size_t len);
 
-/* RFC 9110 token (header name) characters. */
-bool idem__is_tchar(unsigned char c);
+/* Whether s[0..len) is all RFC 9110 token (header name) characters; true
+ * for len 0. */
+bool idem__is_token(const char *s, size_t len);
 
 #endif

@@ -621,6 +621,13 @@ static void test_header_helpers(void **state)
     assert_false(idem_header_name_is("X~", 2, "X^")); /* not letters */
     assert_false(idem_header_name_is(NULL, 0, "A"));
     assert_true(idem_header_name_is("", 0, ""));
+    assert_true(idem_header_is_token("X-Request-ID", 12));
+    assert_true(idem_header_is_token("!#$%&'*+-.^_`|~09azAZ", 21));
+    assert_true(idem_header_is_token("", 0));
+    assert_false(idem_header_is_token("Name ", 5));
+    assert_false(idem_header_is_token("a:b", 3));
+    assert_false(idem_header_is_token("\x80", 1));
+    assert_false(idem_header_is_token(NULL, 1));
     assert_true(idem_header_is_hop_by_hop("keep-alive", 10));
     assert_true(idem_header_is_hop_by_hop("TE", 2));
     assert_false(idem_header_is_hop_by_hop("Date", 4));

@@ -307,6 +307,10 @@ IDEM_API int idem_call_renew(struct idem_call *call, idem_finish_cb cb,
  * Trailer, Transfer-Encoding, Upgrade. Case-insensitive. */
 IDEM_API bool idem_header_is_hop_by_hop(const char *name, size_t len);
 
+/* Whether s (len bytes) is all token characters (RFC 9110 5.6.2: what a
+ * header name is made of); true for len 0. */
+IDEM_API bool idem_header_is_token(const char *s, size_t len);
+
 /* Whether the header name (len bytes) is want, ignoring ASCII case, as
  * HTTP field names compare (RFC 9110 5.1). want is NUL-terminated. */
 IDEM_API bool idem_header_name_is(const char *name, size_t len,

@@ -137,13 +137,10 @@ static int add_upgrade(struct exchange *ex, struct buf *o)
  * else quoted (an IPv6 node "[...]" always is). */
 static int add_forwarded_value(struct buf *o, const char *v, size_t n)
 {
-    bool token = n > 0;
     size_t i;
     int rc;
 
-    for (i = 0; token && i < n; i++)
-        token = http_is_tchar((unsigned char)v[i]);
-    if (token)
+    if (n > 0 && idem_header_is_token(v, n))
         return buf_add(o, v, n);
     rc = buf_addl(o, "\"");
     for (i = 0; rc == 0 && i < n; i++)

@@ -112,13 +112,9 @@ static int new_field(struct http_head *h)
 
 int http_head_field(struct http_head *h, const char *at, size_t len)
 {
-    size_t i;
-
-    for (i = 0; i < len; i++) {
-        if (!http_is_tchar((unsigned char)at[i])) {
-            h->bad_name = true;
-            return -1;
-        }
+    if (!idem_header_is_token(at, len)) {
+        h->bad_name = true;
+        return -1;
     }
     if ((h->in_value || h->nfields == 0) && new_field(h) != 0)
         return -1;

@@ -133,16 +133,6 @@ unsigned http_reader_judge(struct http_reader *r, const char **why_out);
  * NULL if out of memory (and nfields > 0). */
 const struct idem_header *http_head_views(struct http_head *h);
 
-/* Whether ch may be in a token (RFC 9110 §5.6.2). */
-static inline bool http_is_tchar(unsigned char ch)
-{
-    /* bit ch of the 128: digits, letters and !#$%&'*+-.^_`|~ */
-    static const uint64_t tchar[2] = { 0x03ff6cfa00000000u,
-                                       0x57ffffffc7fffffeu };
-
-    return ch < 128 && (tchar[ch >> 6] >> (ch & 63) & 1);
-}
-
 /* Whether header name name[0..len) is want[0..want_len) (NUL-terminated),
  * ignoring ASCII case: the lengths first (most names differ in length). */
 static inline bool http_name_is(const char *name, size_t len, const char *want,
