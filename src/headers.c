@@ -81,27 +81,25 @@ bool idem__list_only(const char *value, size_t len, const char *token,
 
 bool idem_header_is_hop_by_hop(const char *name, size_t len)
 {
-    /* by length first: most names match none, after one comparison */
-    static const struct {
-        const char *name;
-        size_t len;
-    } hop[] = {
-        { "TE", 2 },
-        { "Trailer", 7 },
-        { "Upgrade", 7 },
-        { "Connection", 10 },
-        { "Keep-Alive", 10 },
-        { "Proxy-Connection", 16 },
-        { "Transfer-Encoding", 17 },
-    };
-    size_t i;
-
+    /* by length first: most names match none, with no comparison */
     if (!name)
         return false;
-    for (i = 0; i < sizeof(hop) / sizeof(hop[0]) && hop[i].len <= len; i++)
-        if (hop[i].len == len && strncasecmp(name, hop[i].name, len) == 0)
-            return true;
-    return false;
+    switch (len) {
+    case 2:
+        return IDEM__NAME_IS(name, len, "TE");
+    case 7:
+        return IDEM__NAME_IS(name, len, "Trailer") ||
+               IDEM__NAME_IS(name, len, "Upgrade");
+    case 10:
+        return IDEM__NAME_IS(name, len, "Connection") ||
+               IDEM__NAME_IS(name, len, "Keep-Alive");
+    case 16:
+        return IDEM__NAME_IS(name, len, "Proxy-Connection");
+    case 17:
+        return IDEM__NAME_IS(name, len, "Transfer-Encoding");
+    default:
+        return false;
+    }
 }
 
 bool idem_header_name_is(const char *name, size_t len, const char *want)

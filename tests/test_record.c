@@ -234,6 +234,39 @@ static void test_crafted_inputs_refused(void **state)
     assert_int_equal(idem__record_decode(buf, n, NULL), IDEM_EINVAL);
 }
 
+/* Every byte, at every place of names and values 1 to 9 bytes long (the
+ * checks take four bytes at a time, then the rest): a name takes the
+ * RFC 9110 tchar only, a value all but NUL, LF and CR. */
+static void test_every_byte_classified(void **state)
+{
+    static const char tchar[] = "!#$%&'*+-.^_`|~0123456789"
+                                "abcdefghijklmnopqrstuvwxyz"
+                                "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    char name[9], value[9];
+    size_t len, at;
+    int c;
+
+    (void)state;
+    for (c = 0; c < 256; c++) {
+        bool is_tchar = c != 0 && strchr(tchar, c) != NULL;
+        bool value_ok = c != 0 && c != '\n' && c != '\r';
+
+        for (len = 1; len <= sizeof(name); len++)
+            for (at = 0; at < len; at++) {
+                struct idem_header h = { name, len, value, len };
+
+                memset(name, 'a', sizeof(name));
+                memset(value, 'v', sizeof(value));
+                name[at] = (char)c;
+                assert_int_equal(idem__is_token(name, len), is_tchar);
+                assert_int_equal(idem__record_header_ok(&h), is_tchar);
+                memset(name, 'a', sizeof(name));
+                value[at] = (char)c;
+                assert_int_equal(idem__record_header_ok(&h), value_ok);
+            }
+    }
+}
+
 static void test_unencodable_records(void **state)
 {
     static const struct idem_header bad_name[] = { { S("Bad Name"), S("v") } };
@@ -281,6 +314,7 @@ int main(void)
         cmocka_unit_test(test_body_omitted_flag),
         cmocka_unit_test(test_crafted_inputs_refused),
         cmocka_unit_test(test_unencodable_records),
+        cmocka_unit_test(test_every_byte_classified),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
