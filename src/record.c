@@ -23,6 +23,8 @@ enum {
     VCHAR = 2  /* allowed in a stored value: all but NUL, LF and CR */
 };
 
+/* A row per 16 bytes. */
+/* clang-format off */
 static const unsigned char byte_class[256] = {
     0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 0, 2, 2, 0, 2, 2, /* NUL LF CR */
     2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
@@ -32,7 +34,7 @@ static const unsigned char byte_class[256] = {
     3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 3, 3, /* P-Z [\]^_ */
     3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, /* ` a-o */
     3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 2, 3, 2, 3, 2, /* p-z {|}~ DEL */
-    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, /* 0x80-0xff */
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, /* 0x80-0xff: values only */
     2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
     2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
     2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
@@ -41,6 +43,7 @@ static const unsigned char byte_class[256] = {
     2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
     2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
 };
+/* clang-format on */
 
 /* Whether every byte of s[0..len) is in class cls. */
 static bool all_in(const char *s, size_t len, unsigned cls)
@@ -50,8 +53,8 @@ static bool all_in(const char *s, size_t len, unsigned cls)
     size_t i = 0;
 
     for (; i + 4 <= len; i += 4)
-        in &= byte_class[p[i]] & byte_class[p[i + 1]] &
-              byte_class[p[i + 2]] & byte_class[p[i + 3]];
+        in &= byte_class[p[i]] & byte_class[p[i + 1]] & byte_class[p[i + 2]] &
+              byte_class[p[i + 3]];
     for (; i < len; i++)
         in &= byte_class[p[i]];
     return in == cls;

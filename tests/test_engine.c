@@ -613,14 +613,15 @@ static void test_allocation_failure_sweep(void **state)
 /* The public header helpers idemproxy builds on. */
 static void test_header_helpers(void **state)
 {
-    static const char *const hop[] = { "te", "Trailer", "UPGRADE",
-                                       "connection", "Keep-Alive",
-                                       "Proxy-Connection",
-                                       "transfer-encoding" };
+    static const char *const hop[] = {
+        "te",         "Trailer",          "UPGRADE",          "connection",
+        "Keep-Alive", "Proxy-Connection", "transfer-encoding"
+    };
     /* end-to-end, some of a hop-by-hop name's length */
-    static const char *const end_to_end[] = { "Date", "Tr", "Trailers",
-                                              "User-Agent", "Keep-Alivf",
-                                              "Content-Length", "" };
+    static const char *const end_to_end[] = {
+        "Date",           "Tr", "Trailers", "User-Agent", "Keep-Alivf",
+        "Content-Length", ""
+    };
     size_t i;
 
     (void)state;
