@@ -307,24 +307,33 @@ static bool needs_quotes(const char *s, size_t n)
     return n == 0;
 }
 
+/* Whether every byte of s[0..n) is PLAIN and BARE: the kinds of four
+ * bytes are AND-ed per step, with no branch per byte. */
+static bool all_bare(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    unsigned kind = PLAIN | BARE;
+    size_t i = 0;
+
+    for (; i + 4 <= n; i += 4)
+        kind &= byte_kind[p[i]] & byte_kind[p[i + 1]] & byte_kind[p[i + 2]] &
+                byte_kind[p[i + 3]];
+    for (; i < n; i++)
+        kind &= byte_kind[p[i]];
+    return kind == (PLAIN | BARE);
+}
+
 /* Append a string field: ' name=value' (quoted if need be) in text,
  * ',"name":"value"' in JSON. */
 static void field_str(struct line *l, const char *name, size_t name_len,
                       const char *s, size_t n, size_t max)
 {
     bool quote;
-    size_t i;
 
     put_name(l, name, name_len);
-    if (log_fmt == LOG_TEXT && n > 0 && n <= max) {
-        /* the usual value: nothing to quote or escape, one pass */
-        for (i = 0; i < n && byte_kind[(unsigned char)s[i]] == (PLAIN | BARE);
-             i++)
-            ;
-        if (i == n) {
-            put(l, s, n);
-            return;
-        }
+    if (log_fmt == LOG_TEXT && n > 0 && n <= max && all_bare(s, n)) {
+        put(l, s, n); /* the usual value: nothing to quote or escape */
+        return;
     }
     quote = log_fmt == LOG_JSON || needs_quotes(s, n);
     if (quote)
