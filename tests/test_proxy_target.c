@@ -291,6 +291,50 @@ static void test_field_name_not_a_token(void **state)
     http_reader_deinit(&r);
 }
 
+/* Looking fields up by name: pieces of one name (as llhttp may give
+ * them) make one field; a name is found whatever its case, whatever its
+ * length (64 and past); a name no field has, of a length some field has
+ * or none has, is not; and a reset head holds nothing. */
+static void test_head_lookup(void **state)
+{
+    static const char long_name[] = "X-Long-Name-Of-Seventy-Bytes-"
+                                    "Xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+    struct http_head h;
+    const char *v;
+    size_t len;
+
+    (void)state;
+    assert_int_equal(strlen(long_name), 70);
+    http_head_init(&h, 4096, 16);
+    assert_int_equal(http_head_method(&h, "POST", 4), 0);
+    assert_int_equal(http_head_target(&h, "/pay", 4), 0);
+    assert_int_equal(http_head_field(&h, "Idem", 4), 0);
+    assert_int_equal(http_head_field(&h, "potency-Key", 11), 0);
+    assert_int_equal(http_head_value(&h, "k1", 2), 0);
+    assert_int_equal(http_head_field(&h, long_name, 70), 0);
+    assert_int_equal(http_head_value(&h, "long", 4), 0);
+    assert_int_equal(http_head_field(&h, "Host", 4), 0);
+    assert_int_equal(http_head_value(&h, "h", 1), 0);
+    assert_int_equal(h.nfields, 3);
+    v = http_head_get(&h, "IDEMPOTENCY-KEY", &len);
+    assert_non_null(v);
+    assert_memory_equal(v, "k1", len);
+    v = http_head_get(&h, long_name, &len);
+    assert_non_null(v);
+    assert_memory_equal(v, "long", len);
+    assert_non_null(http_head_get(&h, "host", &len));
+    assert_null(http_head_get(&h, "Idem", &len));   /* a piece, not a name */
+    assert_null(http_head_get(&h, "Date", &len));   /* Host's length */
+    assert_null(http_head_get(&h, "Expect", &len)); /* 6: 70 % 64 */
+    assert_null(http_head_get(&h, "X", &len));      /* no name of length 1 */
+    assert_int_equal(http_head_count(&h, "host"), 1);
+    assert_int_equal(http_head_count(&h, "Upgrade"), 0);
+    http_head_reset(&h);
+    assert_null(http_head_get(&h, "Host", &len));
+    assert_int_equal(http_head_count(&h, "Host"), 0);
+    http_head_deinit(&h);
+}
+
 static void test_date_is_imf_fixdate(void **state)
 {
     const char *d = http_date();
@@ -320,6 +364,7 @@ int main(void)
         cmocka_unit_test(test_judge_rewrites_absolute_form),
         cmocka_unit_test(test_judge_host),
         cmocka_unit_test(test_field_name_not_a_token),
+        cmocka_unit_test(test_head_lookup),
         cmocka_unit_test(test_date_is_imf_fixdate),
     };
 

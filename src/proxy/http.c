@@ -23,6 +23,7 @@ void http_head_reset(struct http_head *h)
     h->in_value = false;
     h->full = false;
     h->bad_name = false;
+    h->name_lens = 0;
     h->origin_off = h->origin_len = 0;
     h->authority_off = h->authority_len = 0;
 }
@@ -88,6 +89,12 @@ int http_head_target(struct http_head *h, const char *at, size_t len)
     return 0;
 }
 
+/* A name length's bit in name_lens. */
+static uint64_t len_bit(size_t len)
+{
+    return (uint64_t)1 << (len & 63);
+}
+
 /* Start a new field: -1 past max_fields or without memory. */
 static int new_field(struct http_head *h)
 {
@@ -123,6 +130,7 @@ int http_head_field(struct http_head *h, const char *at, size_t len)
         return -1;
     h->fields[h->nfields - 1].name_len += len;
     h->fields[h->nfields - 1].value_off = h->len;
+    h->name_lens |= len_bit(h->fields[h->nfields - 1].name_len);
     return 0;
 }
 
@@ -334,6 +342,8 @@ const char *http_head_getn(const struct http_head *h, const char *name,
 {
     unsigned i;
 
+    if (!(h->name_lens & len_bit(len)))
+        return NULL;
     for (i = 0; i < h->nfields; i++) {
         const struct http_field *f = &h->fields[i];
 
@@ -350,6 +360,8 @@ unsigned http_head_count(const struct http_head *h, const char *name)
     size_t len = strlen(name);
     unsigned i, n = 0;
 
+    if (!(h->name_lens & len_bit(len)))
+        return 0;
     for (i = 0; i < h->nfields; i++)
         n += http_name_is(h->bytes + h->fields[i].name_off,
                           h->fields[i].name_len, name, len);

@@ -6,6 +6,7 @@
 
 #include <llhttp.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -32,6 +33,9 @@ struct http_head {
     bool in_value;             /* the last piece was a value */
     bool full;                 /* a limit was passed */
     bool bad_name;             /* a field name is not a token */
+    uint64_t name_lens;        /* bit len % 64 set for each name's length (and
+                                * for each piece's, harmlessly): a lookup for a
+                                * length no name has answers at once */
     struct idem_header *views; /* for the engine, built on demand */
     unsigned views_cap;        /* kept across requests, as fields are */
     /* A request's target as judged (http_reader_judge): what the engine
