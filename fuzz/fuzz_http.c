@@ -1,5 +1,5 @@
 /* libFuzzer target: request bytes through idemproxy's real exchange
- * (src/proxy/exchange.c), with no sockets: a driver of its own feeds the
+ * (src/proxy/exchange*.c), with no sockets: a driver of its own feeds the
  * input in pieces, plays the upstream (a fixed response, a timeout or a
  * cut), fires the timers the exchange armed, and collects what the
  * exchange writes. Each input has an engine and memory store of its own.

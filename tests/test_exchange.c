@@ -1,4 +1,4 @@
-/* The HTTP/1.1 exchange (src/proxy/exchange.c) without sockets: a test
+/* The HTTP/1.1 exchange (src/proxy/exchange*.c) without sockets: a test
  * driver feeds client and upstream bytes, fires timers, and reads what
  * the exchange writes and wants. Pipelining, 100-continue, early
  * refusals, backpressure both ways, an upstream cut, and the client and
