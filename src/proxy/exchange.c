@@ -5,14 +5,12 @@
  * side is exchange_response.c; a tunnel after a 101, exchange_tunnel.c. */
 #include "exchange.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 #include "exchange_internal.h"
 #include "forward.h"
 #include "log.h"
 #include "metrics.h"
-#include "target.h"
 
 static struct exchange *ex_of(llhttp_t *p)
 {

@@ -1,4 +1,4 @@
-/* h2_internal.h: an HTTP/2 request as the exchange reads it. HEADERS
+/* h2_request: an HTTP/2 request as the exchange reads it. HEADERS
  * become an HTTP/1.1 head (pseudo-headers checked and turned into the
  * request line and Host, fields joined into lines) and DATA its body,
  * chunked when no content-length came; each piece marks its stream dirty
