@@ -2,7 +2,6 @@
  * thread owns the engine, the admin listener, the engine's timer and the
  * signals; workers own client traffic. */
 #include <errno.h>
-#include <event2/thread.h>
 #include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -460,7 +459,7 @@ static void join_workers(struct app *app)
                 "worker %u: shutdown timeout, closing its "
                 "connections",
                 i);
-        event_base_loopbreak(app->workers[i].base);
+        worker_break(&app->workers[i]);
         worker_join(&app->workers[i]);
     }
 }
@@ -610,7 +609,6 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
     event_set_log_callback(on_libevent_log);
-    evthread_use_pthreads();
     rc = app_init(&app, argc - 1, argv + 1, &cfg);
     if (rc == 0 && !(app.first = resolve_first(app.cfg)))
         rc = -1;

@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "conn.h"
 #include "log.h"
@@ -148,28 +150,61 @@ static void use_addrs(struct worker *w, struct upaddrs *s)
     w->down_until = down;
 }
 
+/* The worker whose loop this thread runs (NULL: not a worker's). */
+static _Thread_local struct worker *worker_self;
+
+/* Called with w->mu held, after news was queued: have the worker look.
+ * Its own thread makes the wake event active (no lock, no system call);
+ * another thread writes the eventfd, once until the worker has read it.
+ * True: the caller writes it, after dropping the lock. */
+static bool raise_locked(struct worker *w)
+{
+    if (worker_self == w) {
+        event_active(w->wake, 0, 0);
+        return false;
+    }
+    if (w->signalled)
+        return false;
+    w->signalled = true;
+    return true;
+}
+
+static void raise_unlocked(struct worker *w, bool write_efd)
+{
+    uint64_t one = 1;
+
+    /* it cannot fail: the counter would have to reach 2^64 - 1 */
+    if (write_efd && write(w->wake_efd, &one, sizeof(one)) != sizeof(one))
+        log_msg(LOG_ERROR, "worker %u: cannot wake it: %s", w->id,
+                strerror(errno));
+}
+
 void worker_set_addrs(struct worker *w, struct upaddrs *s)
 {
     struct upaddrs *old;
+    bool write_efd;
 
     pthread_mutex_lock(&w->mu);
     old = w->next_addrs;
     w->next_addrs = upaddrs_ref(s);
+    write_efd = raise_locked(w);
     pthread_mutex_unlock(&w->mu);
+    raise_unlocked(w, write_efd);
     upaddrs_unref(old);
-    event_active(w->wake, 0, 0);
 }
 
 void worker_set_gen(struct worker *w, struct gen *gen)
 {
     struct gen *old;
+    bool write_efd;
 
     pthread_mutex_lock(&w->mu);
     old = w->next_gen;
     w->next_gen = gen_ref(gen);
+    write_efd = raise_locked(w);
     pthread_mutex_unlock(&w->mu);
+    raise_unlocked(w, write_efd);
     gen_unref(old);
-    event_active(w->wake, 0, 0);
 }
 
 static void on_wake(evutil_socket_t fd, short what, void *arg)
@@ -178,7 +213,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     struct conn *c, *next;
     struct gen *g;
     struct upaddrs *a;
-    bool stop;
+    bool stop, leave;
 
     (void)fd;
     (void)what;
@@ -186,6 +221,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     c = w->woken;
     w->woken = w->woken_tail = NULL;
     stop = w->stop_requested && !w->stopping;
+    leave = w->break_requested;
     g = w->next_gen;
     w->next_gen = NULL;
     a = w->next_addrs;
@@ -202,6 +238,24 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     }
     if (stop)
         begin_stop(w);
+    if (leave)
+        event_base_loopbreak(w->base);
+}
+
+/* The eventfd is readable: read it first, then clear `signalled`, so
+ * news queued after the read writes it again; then look at the queue. */
+static void on_wake_fd(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    uint64_t n;
+
+    if (read(fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+        log_msg(LOG_ERROR, "worker %u: reading its eventfd: %s", w->id,
+                strerror(errno));
+    pthread_mutex_lock(&w->mu);
+    w->signalled = false;
+    pthread_mutex_unlock(&w->mu);
+    on_wake(fd, what, arg);
 }
 
 /* libevent (2.1 and master) ignores a failed evbuffer_add_cb() inside
@@ -235,6 +289,8 @@ struct bufferevent *proxy_bev_new(struct event_base *base, evutil_socket_t fd)
  * per request), so waking allocates nothing and cannot fail. */
 void worker_wake_conn(struct worker *w, struct conn *c)
 {
+    bool write_efd;
+
     pthread_mutex_lock(&w->mu);
     c->woken_next = NULL;
     if (w->woken_tail)
@@ -242,8 +298,9 @@ void worker_wake_conn(struct worker *w, struct conn *c)
     else
         w->woken = c;
     w->woken_tail = c;
+    write_efd = raise_locked(w);
     pthread_mutex_unlock(&w->mu);
-    event_active(w->wake, 0, 0);
+    raise_unlocked(w, write_efd);
 }
 
 int worker_init(struct worker *w, unsigned id, int fd, struct gen *gen,
@@ -252,6 +309,8 @@ int worker_init(struct worker *w, unsigned id, int fd, struct gen *gen,
     struct event_config *ec = event_config_new();
 
     memset(w, 0, sizeof(*w));
+    w->inited = true;
+    w->wake_efd = -1;
     w->id = id;
     use_gen(w, gen_ref(gen));
     w->redis = redis;
@@ -261,11 +320,17 @@ int worker_init(struct worker *w, unsigned id, int fd, struct gen *gen,
     TAILQ_INIT(&w->idle);
     pthread_mutex_init(&w->mu, NULL);
     if (ec)
-        event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+        event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST |
+                                      EVENT_BASE_FLAG_NOLOCK);
     w->base = ec ? event_base_new_with_config(ec) : NULL;
     if (ec)
         event_config_free(ec);
-    if (!w->base || !(w->wake = event_new(w->base, -1, 0, on_wake, w)) ||
+    w->wake_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (!w->base || w->wake_efd < 0 ||
+        !(w->wake = event_new(w->base, -1, 0, on_wake, w)) ||
+        !(w->wake_fd = event_new(w->base, w->wake_efd, EV_READ | EV_PERSIST,
+                                 on_wake_fd, w)) ||
+        event_add(w->wake_fd, NULL) != 0 ||
         !(w->accept_resume = evtimer_new(w->base, on_accept_resume, w)) ||
         !(w->log_flush = event_new(w->base, -1, 0, on_log_flush, w)) ||
         !(w->beat = event_new(w->base, -1, EV_PERSIST, on_beat, w)))
@@ -288,6 +353,7 @@ static void *worker_main(void *arg)
     struct timeval beat = { WORKER_BEAT_MS / 1000,
                             (WORKER_BEAT_MS % 1000) * 1000 };
 
+    worker_self = w;
     idem_redis_libevent(w->base, &loop);
     if (w->redis && idem_store_redis_attach(w->redis, &loop) != IDEM_OK)
         log_msg(LOG_ERROR, "worker %u: cannot attach to Redis", w->id);
@@ -311,10 +377,24 @@ int worker_start(struct worker *w)
 
 void worker_stop(struct worker *w)
 {
+    bool write_efd;
+
     pthread_mutex_lock(&w->mu);
     w->stop_requested = true;
+    write_efd = raise_locked(w);
     pthread_mutex_unlock(&w->mu);
-    event_active(w->wake, 0, 0);
+    raise_unlocked(w, write_efd);
+}
+
+void worker_break(struct worker *w)
+{
+    bool write_efd;
+
+    pthread_mutex_lock(&w->mu);
+    w->break_requested = true;
+    write_efd = raise_locked(w);
+    pthread_mutex_unlock(&w->mu);
+    raise_unlocked(w, write_efd);
 }
 
 void worker_join(struct worker *w)
@@ -326,6 +406,8 @@ void worker_join(struct worker *w)
  * connections open). */
 void worker_deinit(struct worker *w)
 {
+    if (!w->inited)
+        return;
     w->stopping = false; /* conn_free must not touch the dead loop */
     while (!LIST_EMPTY(&w->conns))
         conn_discard(LIST_FIRST(&w->conns));
@@ -340,6 +422,10 @@ void worker_deinit(struct worker *w)
         event_free(w->beat);
     if (w->wake)
         event_free(w->wake);
+    if (w->wake_fd)
+        event_free(w->wake_fd);
+    if (w->wake_efd >= 0)
+        close(w->wake_efd);
     if (w->base)
         event_base_free(w->base);
     gen_unref(w->next_gen);

@@ -1,6 +1,8 @@
 /* worker: one thread, one event loop, one SO_REUSEPORT listener each.
- * Other threads talk to a worker only through its wake event: wait-mode
- * decisions for its connections, and the request to stop. */
+ * Other threads talk to a worker only through its wake queue and eventfd:
+ * wait-mode decisions for its connections, new generations and upstream
+ * addresses, and the requests to stop. The loop itself is the worker's
+ * alone, so it takes no locks (EVENT_BASE_FLAG_NOLOCK). */
 #ifndef IDEMPROXY_WORKER_H
 #define IDEMPROXY_WORKER_H
 
@@ -43,16 +45,21 @@ LIST_HEAD(conn_list, conn);
 
 struct worker {
     unsigned id;
+    bool inited; /* worker_init ran (a zeroed worker has nothing to free) */
     pthread_t thread;
     bool started; /* the thread runs (worker_start succeeded) */
     struct event_base *base;
     struct evconnlistener *listener;
     struct event *accept_resume; /* re-enables it after an accept pause */
-    struct event *wake; /* other threads' news: wait-mode decisions, stop */
-    struct event *log_flush; /* writes this thread's buffered log lines */
-    pthread_mutex_t mu;      /* guards the wake queue and stopping */
+    struct event *wake;          /* the queue's news, raised by this thread */
+    struct event *wake_fd;       /* the same, raised by others: wake_efd */
+    int wake_efd;                /* eventfd; -1 before worker_init */
+    struct event *log_flush;     /* writes this thread's buffered log lines */
+    pthread_mutex_t mu;          /* guards the wake queue and stopping */
     struct conn *woken, *woken_tail; /* decided, to act on (FIFO) */
+    bool signalled;                  /* under mu: wake_efd written, not read */
     bool stop_requested;        /* under mu: another thread asked to stop */
+    bool break_requested;       /* under mu: leave the loop now */
     struct gen *next_gen;       /* under mu: the generation to take next */
     struct gen *gen;            /* the worker's: the one it serves with */
     struct upaddrs *next_addrs; /* under mu: the addresses to take next */
@@ -114,6 +121,9 @@ void worker_set_gen(struct worker *w, struct gen *gen);
 int worker_start(struct worker *w);
 /* From any thread: stop accepting, finish open connections, then leave. */
 void worker_stop(struct worker *w);
+/* From any thread: leave the loop now, open connections or not (a
+ * shutdown past its timeout); worker_deinit() closes what is left. */
+void worker_break(struct worker *w);
 void worker_join(struct worker *w);
 void worker_deinit(struct worker *w);
 /* From any thread: have conn_woken(c) run on c's worker. */

@@ -227,15 +227,12 @@ static void *race(void *arg)
     return NULL;
 }
 
-static void test_parallel_same_key_executes_once(void **state)
+/* RACERS clients at once, each on its own connection, through px. */
+static void run_racers(struct h_proc *px, struct racer *racers)
 {
-    struct h_proc *up, *px = pair(&up, NULL);
-    static struct racer racers[RACERS];
     pthread_t threads[RACERS];
     pthread_barrier_t go;
-    int executed = 0;
 
-    (void)state;
     pthread_barrier_init(&go, NULL, RACERS);
     for (int i = 0; i < RACERS; i++) {
         racers[i] = (struct racer){ .port = px->http_port, .go = &go };
@@ -245,11 +242,41 @@ static void test_parallel_same_key_executes_once(void **state)
     for (int i = 0; i < RACERS; i++)
         pthread_join(threads[i], NULL);
     pthread_barrier_destroy(&go);
+}
+
+static void test_parallel_same_key_executes_once(void **state)
+{
+    struct h_proc *up, *px = pair(&up, NULL);
+    static struct racer racers[RACERS];
+    int executed = 0;
+
+    (void)state;
+    run_racers(px, racers);
     for (int i = 0; i < RACERS; i++) {
         if (racers[i].status == 200 && !racers[i].replayed)
             executed++;
         else if (racers[i].status != 409 && !racers[i].replayed)
             fail_msg("client %d: status %d, not a replay", i, racers[i].status);
+    }
+    assert_int_equal(executed, 1);
+    assert_int_equal(h_upstream_count(up->http_port), 1);
+}
+
+/* In wait mode every racer but the one that executes waits and gets the
+ * replay. Their 50 connections spread over both workers, so most of the
+ * waiters are woken by the other worker's thread (its eventfd). */
+static void test_wait_wakes_across_workers(void **state)
+{
+    struct h_proc *up, *px = pair(&up, FLAGS("--conflict", "wait:10s"));
+    static struct racer racers[RACERS];
+    int executed = 0;
+
+    (void)state;
+    run_racers(px, racers);
+    for (int i = 0; i < RACERS; i++) {
+        if (racers[i].status != 200)
+            fail_msg("client %d: status %d", i, racers[i].status);
+        executed += !racers[i].replayed;
     }
     assert_int_equal(executed, 1);
     assert_int_equal(h_upstream_count(up->http_port), 1);
@@ -956,6 +983,7 @@ int main(void)
         T(test_conflict_409_while_in_flight),
         T(test_conflict_wait_gets_replay),
         T(test_parallel_same_key_executes_once),
+        T(test_wait_wakes_across_workers),
         T(test_client_abort_then_replay),
         T(test_upstream_down_502_releases_key),
         T(test_upstream_timeout_504_releases_key),
