@@ -448,6 +448,11 @@ static void join_workers(struct app *app)
 
     clock_gettime(CLOCK_REALTIME, &deadline);
     deadline.tv_sec += app->cfg->shutdown_timeout_ms / 1000;
+    deadline.tv_nsec += app->cfg->shutdown_timeout_ms % 1000 * 1000000;
+    if (deadline.tv_nsec >= 1000000000) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000;
+    }
     for (i = 0; i < app->nworkers; i++)
         if (app->workers[i].started)
             worker_stop(&app->workers[i]); /* again is harmless */

@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -871,6 +872,33 @@ static void test_graceful_shutdown_finishes_in_flight(void **state)
     assert_int_equal(h_stop(px), 0);
 }
 
+/* A request still in flight when the shutdown timeout ends is cut: the
+ * process leaves after the timeout (not the upstream's 10 s), exits 0,
+ * and the client's connection is closed unanswered. */
+static void test_shutdown_timeout_cuts(void **state)
+{
+    struct h_proc *up, *px = pair(&up, FLAGS("--shutdown-timeout", "1900ms"));
+    struct h_req q = { .method = "POST",
+                       .target = "/cut?delay_ms=10000",
+                       .key = "k-cut",
+                       .body = "x" };
+    struct h_conn *c = send_only(px, &q);
+    struct timespec t0, t1;
+    struct h_resp r;
+    long ms;
+
+    (void)state;
+    assert_int_equal(h_upstream_wait_count(up->http_port, 1), 1);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(h_stop(px), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    assert_true(ms >= 1800); /* the timeout's 900 ms count too */
+    assert_true(ms < 8000);
+    assert_int_not_equal(h_read(c, &r, false), 0);
+    h_close(c);
+}
+
 /* SIGTERM with 20 requests in flight: every one completes, the process
  * exits 0, and the snapshot it writes replays every one after a restart. */
 static void test_graceful_shutdown_under_load(void **state)
@@ -1009,6 +1037,7 @@ int main(void)
         T(test_admin_healthz_and_metrics),
         T(test_graceful_shutdown_finishes_in_flight),
         T(test_graceful_shutdown_under_load),
+        T(test_shutdown_timeout_cuts),
         T(test_large_response_replays_without_body),
         T(test_snapshot_survives_restart),
         T(test_bad_flags_exit_2),
