@@ -21,6 +21,10 @@
 # perf for the system call counts.
 #   bench/bench_proxy.sh            5 s per run
 #   BENCH_DURATION=2s bench/bench_proxy.sh
+#   BENCH_PAIRS=5 bench/bench_proxy.sh   nginx and idemproxy's first
+#                                         executions alternate 5 times
+#                                         (default 3): medians, and the
+#                                         ratio's lowest and highest
 #   BENCH_CORE=1 bench/bench_proxy.sh     the HTTP/1.1 CPU figures only
 #   BENCH_PERF=out.data bench/bench_proxy.sh  those, then a perf profile
 #                                         of a first-execution run
@@ -28,6 +32,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 DURATION=${BENCH_DURATION:-5s}
+PAIRS=${BENCH_PAIRS:-3}
 THREADS=2
 CONNS=32
 BUILD=${BUILD_DIR:-build}
@@ -170,18 +175,8 @@ front_master=$nginx_pid
 wait_port "$front"
 worker=$(nginx_worker "$front_master")
 
-c0=$(cpu_us "$worker")
-set -- $(run_wrk "$front" unique nginx)
-c1=$(cpu_us "$worker")
-echo "proxy.nginx.rps $2"
-nginx_rps=$2
-set -- $(per_req "$c0" "$c1" "$1")
-nginx_cpu=$1
-nginx_split="$2 $3"
-
 if [ ! -x "$BUILD/idemproxy" ]; then
-    echo "proxy.nginx.cpu_us $nginx_cpu us/req"
-    echo "bench_proxy: $BUILD/idemproxy missing: idemproxy runs skipped" >&2
+    echo "bench_proxy: $BUILD/idemproxy missing" >&2
     exit 1
 fi
 
@@ -228,17 +223,49 @@ ratio() {
     awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'
 }
 
+# The median of the numbers $@.
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END {
+        if (NR % 2) print a[(NR + 1) / 2]
+        else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# nginx and idemproxy's first executions, alternated PAIRS times, so a
+# change in the machine's speed falls on both (this VM's neighbours move
+# a run's CPU per request by up to a fifth): the medians of each figure,
+# and of the pairs' ratios.
+n_rps="" n_cpu="" n_user="" n_sys="" f_rps="" f_cpu="" f_user="" f_sys=""
+ratios=""
+k=0
+while [ $k -lt "$PAIRS" ]; do
+    k=$((k + 1))
+    c0=$(cpu_us "$worker")
+    set -- $(run_wrk "$front" unique "nginx$k")
+    c1=$(cpu_us "$worker")
+    n_rps="$n_rps $2"
+    set -- $(per_req "$c0" "$c1" "$1")
+    n_cpu="$n_cpu $1" n_user="$n_user $2" n_sys="$n_sys $3"
+    nginx_pair=$1
+    set -- $(run_idem "$idem" unique "first$k")
+    f_rps="$f_rps $2" f_cpu="$f_cpu $3" f_user="$f_user $4" f_sys="$f_sys $5"
+    ratios="$ratios $(ratio "$3" "$nginx_pair")"
+done
+nginx_rps=$(median $n_rps)
+nginx_cpu=$(median $n_cpu)
+echo "proxy.nginx.rps $nginx_rps"
 echo "proxy.nginx.cpu_us $nginx_cpu us/req"
-set -- $nginx_split
-echo "proxy.nginx.cpu_user_us $1 us/req"
-echo "proxy.nginx.cpu_sys_us $2 us/req"
-set -- $(run_idem "$idem" unique first)
-mem_first=$2
-echo "proxy.idem.first.rps $2"
-echo "proxy.idem.first.cpu_us $3 us/req"
-echo "proxy.idem.first.cpu_user_us $4 us/req"
-echo "proxy.idem.first.cpu_sys_us $5 us/req"
-echo "proxy.first.cpu_ratio $(ratio "$3" "$nginx_cpu")"
+echo "proxy.nginx.cpu_user_us $(median $n_user) us/req"
+echo "proxy.nginx.cpu_sys_us $(median $n_sys) us/req"
+mem_first=$(median $f_rps)
+echo "proxy.idem.first.rps $mem_first"
+echo "proxy.idem.first.cpu_us $(median $f_cpu) us/req"
+echo "proxy.idem.first.cpu_user_us $(median $f_user) us/req"
+echo "proxy.idem.first.cpu_sys_us $(median $f_sys) us/req"
+echo "proxy.first.cpu_ratio $(median $ratios)"
+set -- $(printf '%s\n' $ratios | sort -g)
+echo "proxy.first.cpu_ratio_lo $1"
+shift $(($# - 1))
+echo "proxy.first.cpu_ratio_hi $1"
 set -- $(run_idem "$idem" 16 replay)
 mem_replay=$2
 echo "proxy.idem.replay.rps $2"
