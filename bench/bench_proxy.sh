@@ -8,7 +8,10 @@
 # its ratio to nginx's. Counted, not guessed: system calls per request
 # (perf's raw_syscalls tracepoint, on a run of their own) and allocations
 # per request (tests/failalloc_shim.c preloaded, failing none); and the
-# first-execution rate with 2 workers over 1. Then HTTP/2 (h2c): first
+# first-execution rate with 2 workers over 1. nginx runs twice per pair:
+# without an access log (the goal's baseline) and with one, buffered
+# (proxy.nginx_log.*: idemproxy logs every request at its default level).
+# Then HTTP/2 (h2c): first
 # executions (bench/h2_keys, a new key per request) and passthrough
 # (h2load) against nginx's http2 on the same stub. Then idemproxy's first and
 # replay runs again on the Redis store (a redis-server started here),
@@ -175,6 +178,18 @@ front_master=$nginx_pid
 wait_port "$front"
 worker=$(nginx_worker "$front_master")
 
+# The same proxy_pass with nginx's access log on, buffered as idemproxy's
+# decision lines are (idemproxy logs every request at its default level;
+# the front above logs none): a second baseline, printed beside the first.
+logfront=$(free_port)
+start_nginx logfront "upstream stub { server 127.0.0.1:$stub; keepalive 64; }
+    server { listen 127.0.0.1:$logfront;
+        access_log $tmp/logfront/access.log combined buffer=64k flush=1s;
+        location / { proxy_pass http://stub; proxy_http_version 1.1;
+        proxy_set_header Connection \"\"; } }"
+wait_port "$logfront"
+logworker=$(nginx_worker "$nginx_pid")
+
 if [ ! -x "$BUILD/idemproxy" ]; then
     echo "bench_proxy: $BUILD/idemproxy missing" >&2
     exit 1
@@ -230,12 +245,13 @@ median() {
         else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
-# nginx and idemproxy's first executions, alternated PAIRS times, so a
+# nginx (without and with its access log) and idemproxy's first
+# executions, alternated PAIRS times, so a
 # change in the machine's speed falls on both (this VM's neighbours move
 # a run's CPU per request by up to a fifth): the medians of each figure,
 # and of the pairs' ratios.
 n_rps="" n_cpu="" n_user="" n_sys="" f_rps="" f_cpu="" f_user="" f_sys=""
-ratios=""
+ratios="" l_cpu="" l_ratios=""
 k=0
 while [ $k -lt "$PAIRS" ]; do
     k=$((k + 1))
@@ -246,9 +262,16 @@ while [ $k -lt "$PAIRS" ]; do
     set -- $(per_req "$c0" "$c1" "$1")
     n_cpu="$n_cpu $1" n_user="$n_user $2" n_sys="$n_sys $3"
     nginx_pair=$1
+    c0=$(cpu_us "$logworker")
+    set -- $(run_wrk "$logfront" unique "nginx_log$k")
+    c1=$(cpu_us "$logworker")
+    set -- $(per_req "$c0" "$c1" "$1")
+    l_cpu="$l_cpu $1"
+    log_pair=$1
     set -- $(run_idem "$idem" unique "first$k")
     f_rps="$f_rps $2" f_cpu="$f_cpu $3" f_user="$f_user $4" f_sys="$f_sys $5"
     ratios="$ratios $(ratio "$3" "$nginx_pair")"
+    l_ratios="$l_ratios $(ratio "$3" "$log_pair")"
 done
 nginx_rps=$(median $n_rps)
 nginx_cpu=$(median $n_cpu)
@@ -266,6 +289,8 @@ set -- $(printf '%s\n' $ratios | sort -g)
 echo "proxy.first.cpu_ratio_lo $1"
 shift $(($# - 1))
 echo "proxy.first.cpu_ratio_hi $1"
+echo "proxy.nginx_log.cpu_us $(median $l_cpu) us/req"
+echo "proxy.first.cpu_ratio_vs_nginx_log $(median $l_ratios)"
 set -- $(run_idem "$idem" 16 replay)
 mem_replay=$2
 echo "proxy.idem.replay.rps $2"
