@@ -1,12 +1,14 @@
 /* idemproxy's log lines (format, escaping, key digests, levels, rate limits,
  * reopen) and its Prometheus text (every family, histogram arithmetic,
  * figures read from a real engine). */
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -389,6 +391,64 @@ static void test_reopen_after_rotation(void **state)
     assert_int_equal(count_lines(text), 1);
     assert_non_null(strstr(text, " info after\n"));
     free(text);
+}
+
+/* Collected lines: to a regular file they wait until half of
+ * LOG_BATCH_BYTES is collected, then go out whole in one write; to a pipe
+ * they are due at once, and go out in writes of at most PIPE_BUF bytes
+ * that hold whole lines. */
+static void test_batched_lines(void **state)
+{
+    struct log_decision d = decision("/batch", 6, "k");
+    static char buf[1 << 16];
+    size_t lines = 0;
+    struct stat st;
+    char *text;
+    int fds[2], saved;
+    ssize_t got;
+
+    (void)state;
+    open_log("text", "info", false);
+    log_buffer_lines(true);
+    log_decision(&d);
+    assert_true(log_pending());
+    assert_false(log_flush_due());
+    assert_int_equal(stat(log_path, &st), 0);
+    assert_int_equal(st.st_size, 0); /* nothing written yet */
+    for (lines = 1; !log_flush_due(); lines++)
+        log_decision(&d);
+    assert_true(lines > LOG_BATCH_BYTES / 2 / PIPE_BUF);
+    log_flush();
+    assert_false(log_pending());
+    log_buffer_lines(false);
+    text = close_log();
+    assert_int_equal(count_lines(text), lines);
+    free(text);
+
+    /* stderr made a pipe: due after one line, written in PIPE_BUF windows */
+    assert_int_equal(pipe(fds), 0);
+    assert_int_equal(fcntl(fds[0], F_SETFL, O_NONBLOCK), 0);
+    saved = dup(STDERR_FILENO);
+    assert_true(saved >= 0);
+    assert_int_equal(dup2(fds[1], STDERR_FILENO), STDERR_FILENO);
+    assert_int_equal(log_open(&(struct config){ .log_level = LOG_INFO }), 0);
+    log_buffer_lines(true);
+    log_decision(&d);
+    assert_true(log_flush_due());
+    for (int i = 0; i < 40; i++)
+        log_decision(&d); /* some flushed as the window fills */
+    log_buffer_lines(false);
+    assert_int_equal(dup2(saved, STDERR_FILENO), STDERR_FILENO);
+    close(saved);
+    close(fds[1]);
+    got = read(fds[0], buf, sizeof(buf) - 1); /* all of it: < 64 KiB */
+    close(fds[0]);
+    assert_true(got > PIPE_BUF); /* more than one write */
+    buf[got] = '\0';
+    assert_int_equal(buf[got - 1], '\n');
+    assert_int_equal(count_lines(buf), 41);
+    for (char *line = buf; *line; line = strchr(line, '\n') + 1)
+        assert_non_null(strstr(line, " info decision ")); /* each whole */
 }
 
 static void test_open_failure_keeps_the_log(void **state)
@@ -793,6 +853,7 @@ int main(void)
         cmocka_unit_test(test_levels_filter),
         cmocka_unit_test(test_limited_lines),
         cmocka_unit_test(test_reopen_after_rotation),
+        cmocka_unit_test(test_batched_lines),
         cmocka_unit_test(test_open_failure_keeps_the_log),
         cmocka_unit_test(test_every_family),
         cmocka_unit_test(test_histogram),

@@ -1,9 +1,11 @@
 /* idemproxy's log: each line is built in a buffer of at most PIPE_BUF
  * bytes and written with one write(2), so lines from threads never mix.
- * A worker thread collects its lines in a buffer of the same size and
- * writes them together at the end of its loop's pass (log_flush), so a
- * busy worker makes one write for many requests. Every byte a client
- * chose is escaped: a line is always one line. */
+ * A worker thread collects its lines and writes them together (log_flush):
+ * to a pipe or socket in writes of at most PIPE_BUF bytes at the end of
+ * its loop's pass; to a regular file, where a write of any size lands
+ * whole, in writes of up to LOG_BATCH_BYTES when half of that is
+ * collected or LOG_BATCH_MS after the first line (worker.c). Every byte a
+ * client chose is escaped: a line is always one line. */
 #define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_Init: no provider lookup */
 #include "log.h"
 
@@ -16,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -43,6 +46,10 @@ _Static_assert(5 * SHORT_MAX + AGENT_MAX + TARGET_MAX + KEY_MAX + RID_MAX +
  * after that (log_reopen dup2()s over it), so writers need no lock. */
 static int log_fd = STDERR_FILENO;
 static char *log_path;
+/* Whether log_fd takes a batch of lines of any size in one write: a
+ * regular file. A pipe or socket (journald's stderr) splits writes past
+ * PIPE_BUF, and another thread's line could land inside ours. */
+static _Atomic bool log_batch;
 /* set at start and by a reload while workers log: atomic */
 static _Atomic enum log_level log_max = LOG_INFO;
 static _Atomic enum log_format log_fmt = LOG_TEXT;
@@ -58,6 +65,13 @@ static const char *const level_names[] = {
 static int open_path(const char *path)
 {
     return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+}
+
+static void note_kind(int fd)
+{
+    struct stat st;
+
+    log_batch = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
 }
 
 int log_open(const struct config *c)
@@ -78,6 +92,7 @@ int log_open(const struct config *c)
     log_close();
     log_fd = fd;
     log_path = path;
+    note_kind(fd);
     log_max = c->log_level;
     log_fmt = c->log_format;
     log_clear_keys = c->log_keys;
@@ -102,6 +117,7 @@ int log_reopen(void)
         return -1;
     rc = dup2(fd, log_fd) < 0 ? -1 : 0;
     close(fd);
+    note_kind(log_fd);
     return rc;
 }
 
@@ -117,10 +133,11 @@ void log_close(void)
 /* -- This thread's pending lines --------------------------------------- */
 
 struct pending {
-    char b[LINE_MAX_BYTES];
+    char b[LOG_BATCH_BYTES];
     size_t n;
     bool on; /* log_buffer_lines(true) */
 };
+_Static_assert(LOG_BATCH_BYTES >= LINE_MAX_BYTES, "a line fits a batch");
 
 static _Thread_local struct pending pending;
 
@@ -139,16 +156,38 @@ static void write_all(const char *p, size_t n)
     }
 }
 
+/* The most one write may carry now. */
+static size_t batch_cap(void)
+{
+    return log_batch ? sizeof(pending.b) : LINE_MAX_BYTES;
+}
+
 void log_flush(void)
 {
-    if (pending.n)
-        write_all(pending.b, pending.n);
+    size_t off = 0, n, cap = batch_cap();
+
+    /* whole lines, at most cap bytes a write: a line is never longer
+     * than LINE_MAX_BYTES, so each window ends a line (more than cap
+     * lines were collected only if the log became a pipe since) */
+    while (off < pending.n) {
+        n = pending.n - off;
+        if (n > cap)
+            for (n = cap; pending.b[off + n - 1] != '\n';)
+                n--;
+        write_all(pending.b + off, n);
+        off += n;
+    }
     pending.n = 0;
 }
 
 bool log_pending(void)
 {
     return pending.n != 0;
+}
+
+bool log_flush_due(void)
+{
+    return pending.n != 0 && (!log_batch || pending.n >= sizeof(pending.b) / 2);
 }
 
 void log_buffer_lines(bool on)
@@ -411,7 +450,7 @@ static void finish(struct line *l)
         write_all(l->b, l->n);
         return;
     }
-    if (l->n > sizeof(pending.b) - pending.n)
+    if (pending.n + l->n > batch_cap())
         log_flush();
     memcpy(pending.b + pending.n, l->b, l->n);
     pending.n += l->n;

@@ -27,12 +27,21 @@ void log_close(void);
 /* Whether lines of level are written. */
 bool log_enabled(enum log_level level);
 
+/* What a thread collects for a regular file, at most: written when half
+ * of it is, or LOG_BATCH_MS after the first line (for a pipe or socket:
+ * PIPE_BUF, written at the end of each loop pass). */
+#define LOG_BATCH_BYTES (32 * 1024)
+#define LOG_BATCH_MS 100
+
 /* Collect this thread's lines (on) and write them at log_flush, or (off:
  * flushing first) write each as it comes, the default. */
 void log_buffer_lines(bool on);
-/* Write this thread's collected lines; whether it has any. */
+/* Write this thread's collected lines; whether it has any; whether they
+ * should be written at the end of this loop pass (else within
+ * LOG_BATCH_MS). */
 void log_flush(void);
 bool log_pending(void);
+bool log_flush_due(void);
 
 /* An operational message at level: printf-style. */
 void log_msg(enum log_level level, const char *fmt, ...)

@@ -117,7 +117,12 @@ static void on_log_flush(evutil_socket_t fd, short what, void *arg)
 
 void worker_log_pending(struct worker *w)
 {
-    if (log_pending())
+    static const struct timeval later = { 0, LOG_BATCH_MS * 1000 };
+
+    if (!log_pending())
+        return;
+    if (log_flush_due() || (!evtimer_pending(w->log_later, NULL) &&
+                            evtimer_add(w->log_later, &later) != 0))
         event_active(w->log_flush, 0, 0); /* after this pass's events */
 }
 
@@ -333,6 +338,7 @@ int worker_init(struct worker *w, unsigned id, int fd, struct gen *gen,
         event_add(w->wake_fd, NULL) != 0 ||
         !(w->accept_resume = evtimer_new(w->base, on_accept_resume, w)) ||
         !(w->log_flush = event_new(w->base, -1, 0, on_log_flush, w)) ||
+        !(w->log_later = evtimer_new(w->base, on_log_flush, w)) ||
         !(w->beat = event_new(w->base, -1, EV_PERSIST, on_beat, w)))
         return -1;
     w->listener = evconnlistener_new(w->base, on_accept, w,
@@ -418,6 +424,8 @@ void worker_deinit(struct worker *w)
         event_free(w->accept_resume);
     if (w->log_flush)
         event_free(w->log_flush);
+    if (w->log_later)
+        event_free(w->log_later);
     if (w->beat)
         event_free(w->beat);
     if (w->wake)

@@ -55,6 +55,7 @@ struct worker {
     struct event *wake_fd;       /* the same, raised by others: wake_efd */
     int wake_efd;                /* eventfd; -1 before worker_init */
     struct event *log_flush;     /* writes this thread's buffered log lines */
+    struct event *log_later;     /* the same, LOG_BATCH_MS after the first */
     pthread_mutex_t mu;          /* guards the wake queue and stopping */
     struct conn *woken, *woken_tail; /* decided, to act on (FIFO) */
     bool signalled;                  /* under mu: wake_efd written, not read */
