@@ -9,6 +9,7 @@
 #include "http.h"
 #include "metrics.h"
 #include "resolve.h"
+#include "net.h"
 #include "worker.h"
 #include "idem/redis.h"
 
@@ -152,7 +153,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
 
     (void)sa;
     (void)salen;
-    if (!a || !(a->bev = proxy_bev_new(evconnlistener_get_base(l), fd))) {
+    if (!a || !(a->bev = net_bev_new(evconnlistener_get_base(l), fd))) {
         free(a);
         evutil_closesocket(fd);
         return;
@@ -166,7 +167,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
 
 static void on_accept_error(struct evconnlistener *l, void *arg)
 {
-    proxy_accept_failed(l, ((struct admin *)arg)->resume, "admin listener");
+    net_accept_failed(l, ((struct admin *)arg)->resume, "admin listener");
 }
 
 static void on_resume(evutil_socket_t fd, short what, void *arg)

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "upstream.h"
+#include "net.h"
 #include "worker.h"
 
 /* Reads one conn_sync does before letting other connections run. */
@@ -400,7 +401,7 @@ void conn_accept(struct worker *w, evutil_socket_t fd,
         evutil_closesocket(fd);
         return;
     }
-    proxy_address(sa, client, sizeof(client));
+    net_address(sa, client, sizeof(client));
     c->w = w;
     c->fd = fd;
     c->writable = true;

@@ -10,6 +10,7 @@
 #include "conn.h"
 #include "log.h"
 #include "metrics.h"
+#include "net.h"
 #include "worker.h"
 
 static void upstream_free(struct upstream *u)
@@ -205,7 +206,7 @@ static struct upstream *connect_to(struct worker *w, const struct upaddr *a)
         return NULL;
     u->w = w;
     u->addr = *a;
-    proxy_address(sa, u->name, sizeof(u->name));
+    net_address(sa, u->name, sizeof(u->name));
     u->fd =
         socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (u->fd < 0) {

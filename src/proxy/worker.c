@@ -1,7 +1,6 @@
 /* worker.h: the loop of each worker thread. */
 #include "worker.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,10 +11,9 @@
 
 #include "conn.h"
 #include "log.h"
+#include "net.h"
 #include "upstream.h"
 
-#include <event2/buffer.h>
-#include <event2/bufferevent_struct.h> /* ev_write: see proxy_bev_new */
 #include "idem/redis_libevent.h"
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
@@ -25,28 +23,11 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
     conn_accept(arg, fd, sa, salen);
 }
 
-void proxy_accept_failed(struct evconnlistener *l, struct event *resume,
-                         const char *name)
-{
-    static struct log_limit limit;
-    int err = EVUTIL_SOCKET_ERROR();
-    struct timeval tv = { 0, ACCEPT_PAUSE_MS * 1000 };
-
-    if ((err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) &&
-        evtimer_add(resume, &tv) == 0) {
-        evconnlistener_disable(l);
-        log_limited(&limit, LOG_WARN, "%s: accept: %s: pausing accepts", name,
-                    strerror(err));
-        return;
-    }
-    log_limited(&limit, LOG_WARN, "%s: accept: %s", name, strerror(err));
-}
-
 static void on_accept_error(struct evconnlistener *l, void *arg)
 {
     struct worker *w = arg;
 
-    proxy_accept_failed(l, w->accept_resume, "listener");
+    net_accept_failed(l, w->accept_resume, "listener");
 }
 
 static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
@@ -73,21 +54,6 @@ static void begin_stop(struct worker *w)
     conn_close_idle(w);
     if (w->nconns == 0)
         loop_exit(w->base);
-}
-
-void proxy_address(const struct sockaddr *sa, char *out, size_t size)
-{
-    char ip[INET6_ADDRSTRLEN] = "?";
-    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
-    const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
-
-    if (sa->sa_family == AF_INET6) {
-        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
-        snprintf(out, size, "[%s]:%u", ip, ntohs(s6->sin6_port));
-    } else {
-        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
-        snprintf(out, size, "%s:%u", ip, ntohs(s4->sin_port));
-    }
 }
 
 int64_t worker_now_ms(void)
@@ -261,33 +227,6 @@ static void on_wake_fd(evutil_socket_t fd, short what, void *arg)
     w->signalled = false;
     pthread_mutex_unlock(&w->mu);
     on_wake(fd, what, arg);
-}
-
-/* libevent (2.1 and master) ignores a failed evbuffer_add_cb() inside
- * bufferevent_socket_new(): such a bufferevent queues output and never
- * writes it. A hooked one makes its write event pending as a byte is
- * queued; the probe byte is then taken back. */
-struct bufferevent *proxy_bev_new(struct event_base *base, evutil_socket_t fd)
-{
-    struct bufferevent *bev =
-        bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
-    struct evbuffer *o;
-    bool hooked;
-
-    if (!bev)
-        return NULL;
-    o = bufferevent_get_output(bev);
-    hooked = evbuffer_add(o, "", 1) == 0 &&
-             event_pending(&bev->ev_write, EV_WRITE, NULL);
-    evbuffer_unfreeze(o, 1);
-    evbuffer_drain(o, evbuffer_get_length(o));
-    evbuffer_freeze(o, 1);
-    event_del(&bev->ev_write);
-    if (hooked)
-        return bev;
-    bufferevent_setfd(bev, -1); /* the caller still owns fd */
-    bufferevent_free(bev);
-    return NULL;
 }
 
 /* The queue is intrusive (each conn is on it at most once: one decision

@@ -27,9 +27,6 @@
 struct conn;
 struct upstream;
 
-/* An address as "ip:port", IPv6 in brackets ("[::1]:8080"). */
-void proxy_address(const struct sockaddr *sa, char *out, size_t size);
-
 /* How often a worker says its loop turns (the watchdog's heartbeat). */
 #define WORKER_BEAT_MS 1000
 
@@ -89,22 +86,6 @@ static inline void loop_exit(struct event_base *base)
     if (event_base_loopexit(base, NULL) != 0)
         event_base_loopbreak(base);
 }
-
-/* A socket bufferevent on base that can write, or NULL (out of memory);
- * the admin listener's. */
-struct bufferevent *proxy_bev_new(struct event_base *base, evutil_socket_t fd);
-
-/* How long a listener stops accepting when out of descriptors. */
-#define ACCEPT_PAUSE_MS 100
-
-/* For a listener's error callback (name: which listener, for the log):
- * accept() failed. Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
- * ENOMEM), the socket stays readable and the loop would spin on it, so l
- * is disabled and resume (a timer whose callback re-enables it) armed
- * for ACCEPT_PAUSE_MS. Logged at most once a second, all listeners
- * together. */
-void proxy_accept_failed(struct evconnlistener *l, struct event *resume,
-                         const char *name);
 
 /* Create worker w bound to fd (a listening socket it takes over),
  * serving with gen (it takes a reference) and the upstream's addresses
