@@ -91,7 +91,7 @@ char *h_format(const char *fmt, ...)
     return s;
 }
 
-static long now_ms(void)
+long h_now_ms(void)
 {
     struct timespec ts;
 
@@ -207,7 +207,7 @@ static int spawn(struct h_proc *p, const char *path, const char *const *argv)
 /* Wait up to ms for pid to exit; its decoded status, or -1 if running. */
 static int wait_exit(pid_t pid, long ms)
 {
-    long end = now_ms() + ms;
+    long end = h_now_ms() + ms;
     int st;
 
     for (;;) {
@@ -217,7 +217,7 @@ static int wait_exit(pid_t pid, long ms)
             return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
         if (r < 0 && errno != EINTR)
             return -1;
-        if (now_ms() >= end)
+        if (h_now_ms() >= end)
             return -1;
         h_sleep_ms(10);
     }
@@ -260,12 +260,12 @@ static void stderr_tail(struct h_proc *p, char *buf, size_t cap)
 /* Read one line from p's stdout within ms. 0, or -1 at EOF or timeout. */
 static int read_line(struct h_proc *p, char *line, size_t cap, long ms)
 {
-    long end = now_ms() + ms;
+    long end = h_now_ms() + ms;
     size_t n = 0;
 
     while (n + 1 < cap) {
         struct pollfd pfd = { .fd = p->out_fd, .events = POLLIN };
-        long left = end - now_ms();
+        long left = end - h_now_ms();
 
         if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
             return -1;
@@ -796,10 +796,10 @@ long h_upstream_count(uint16_t port)
 
 long h_upstream_wait_count(uint16_t port, long want)
 {
-    long end = now_ms() + H_IO_TIMEOUT_MS;
+    long end = h_now_ms() + H_IO_TIMEOUT_MS;
     long n;
 
-    while ((n = h_upstream_count(port)) != want && now_ms() < end)
+    while ((n = h_upstream_count(port)) != want && h_now_ms() < end)
         h_sleep_ms(20);
     return n;
 }

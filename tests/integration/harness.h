@@ -74,6 +74,9 @@ const char *h_tmpdir(void);
 /* Sleep ms milliseconds, whatever signals come. */
 void h_sleep_ms(long ms);
 
+/* CLOCK_MONOTONIC in milliseconds. */
+long h_now_ms(void);
+
 /* A port on 127.0.0.1 that was free a moment ago (bound, then closed). */
 uint16_t h_free_port(void);
 

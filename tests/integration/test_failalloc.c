@@ -30,7 +30,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -140,14 +139,6 @@ static struct test_redis redis; /* the group's redis-server; pid 0: none */
 static bool redis_wanted;       /* a window of the group runs on Redis */
 static unsigned long serial;    /* runs so far: keys are unique per run */
 
-static long now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
 /* -- Processes --------------------------------------------------------- */
 
 static struct h_proc *start_upstream(void)
@@ -250,9 +241,9 @@ static long record_state(redisContext *c, const char *key)
 static bool wait_stored(const char *key, long ms)
 {
     redisContext *c = test_redis_client(&redis);
-    long end = now_ms() + ms, state = -1;
+    long end = h_now_ms() + ms, state = -1;
 
-    while (c && (state = record_state(c, key)) == 1 && now_ms() < end)
+    while (c && (state = record_state(c, key)) == 1 && h_now_ms() < end)
         test_redis_sleep_ms(1);
     if (c)
         redisFree(c);
@@ -268,7 +259,7 @@ static bool wait_stored(const char *key, long ms)
 static int ask_raw(uint16_t port, const char *raw, size_t len, struct h_resp *r)
 {
     struct h_conn *c = h_connect(port);
-    long start = now_ms();
+    long start = h_now_ms();
     int rc = -1;
 
     *r = (struct h_resp){ 0 };
@@ -280,7 +271,7 @@ static int ask_raw(uint16_t port, const char *raw, size_t len, struct h_resp *r)
     h_close(c);
     if (rc == 0)
         return r->status;
-    return now_ms() - start >= REQ_TIMEOUT_MS ? HUNG : CLOSED;
+    return h_now_ms() - start >= REQ_TIMEOUT_MS ? HUNG : CLOSED;
 }
 
 static int post(uint16_t port, const char *target, const char *key,
@@ -325,7 +316,7 @@ static bool warm_up(const struct window *w, uint16_t port, unsigned long n)
 static void recover(const struct window *w, uint16_t port, unsigned long n,
                     struct run *run)
 {
-    long end = now_ms() + RECOVER_MS;
+    long end = h_now_ms() + RECOVER_MS;
     char *base = run_key('t', w, n), *key;
     struct h_resp r;
     int status;
@@ -336,7 +327,7 @@ static void recover(const struct window *w, uint16_t port, unsigned long n,
         status = post(port, "/t", key, &r);
         h_resp_free(&r);
         free(key);
-    } while (status != 200 && status != REFUSED && now_ms() < end);
+    } while (status != 200 && status != REFUSED && h_now_ms() < end);
     run->recovered = status == 200;
     free(base);
 }
