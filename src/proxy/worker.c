@@ -124,26 +124,20 @@ static void use_addrs(struct worker *w, struct upaddrs *s)
 /* The worker whose loop this thread runs (NULL: not a worker's). */
 static _Thread_local struct worker *worker_self;
 
-/* Called with w->mu held, after news was queued: have the worker look.
- * Its own thread makes the wake event active (no lock, no system call);
- * another thread writes the eventfd, once until the worker has read it.
- * True: the caller writes it, after dropping the lock. */
-static bool raise_locked(struct worker *w)
-{
-    if (worker_self == w) {
-        event_active(w->wake, 0, 0);
-        return false;
-    }
-    if (w->signalled)
-        return false;
-    w->signalled = true;
-    return true;
-}
-
-static void raise_unlocked(struct worker *w, bool write_efd)
+/* Called with w->mu held, after news was queued: drop the lock and have
+ * the worker look. Its own thread makes the wake event active (no system
+ * call); another thread writes the eventfd, once until the worker has
+ * read it (after dropping the lock: the worker's reader takes it). */
+static void wake_unlock(struct worker *w)
 {
     uint64_t one = 1;
+    bool write_efd = false;
 
+    if (worker_self == w)
+        event_active(w->wake, 0, 0);
+    else if (!w->signalled)
+        write_efd = w->signalled = true;
+    pthread_mutex_unlock(&w->mu);
     /* it cannot fail: the counter would have to reach 2^64 - 1 */
     if (write_efd && write(w->wake_efd, &one, sizeof(one)) != sizeof(one))
         log_msg(LOG_ERROR, "worker %u: cannot wake it: %s", w->id,
@@ -153,28 +147,22 @@ static void raise_unlocked(struct worker *w, bool write_efd)
 void worker_set_addrs(struct worker *w, struct upaddrs *s)
 {
     struct upaddrs *old;
-    bool write_efd;
 
     pthread_mutex_lock(&w->mu);
     old = w->next_addrs;
     w->next_addrs = upaddrs_ref(s);
-    write_efd = raise_locked(w);
-    pthread_mutex_unlock(&w->mu);
-    raise_unlocked(w, write_efd);
+    wake_unlock(w);
     upaddrs_unref(old);
 }
 
 void worker_set_gen(struct worker *w, struct gen *gen)
 {
     struct gen *old;
-    bool write_efd;
 
     pthread_mutex_lock(&w->mu);
     old = w->next_gen;
     w->next_gen = gen_ref(gen);
-    write_efd = raise_locked(w);
-    pthread_mutex_unlock(&w->mu);
-    raise_unlocked(w, write_efd);
+    wake_unlock(w);
     gen_unref(old);
 }
 
@@ -233,8 +221,6 @@ static void on_wake_fd(evutil_socket_t fd, short what, void *arg)
  * per request), so waking allocates nothing and cannot fail. */
 void worker_wake_conn(struct worker *w, struct conn *c)
 {
-    bool write_efd;
-
     pthread_mutex_lock(&w->mu);
     c->woken_next = NULL;
     if (w->woken_tail)
@@ -242,9 +228,7 @@ void worker_wake_conn(struct worker *w, struct conn *c)
     else
         w->woken = c;
     w->woken_tail = c;
-    write_efd = raise_locked(w);
-    pthread_mutex_unlock(&w->mu);
-    raise_unlocked(w, write_efd);
+    wake_unlock(w);
 }
 
 int worker_init(struct worker *w, unsigned id, int fd, struct gen *gen,
@@ -322,24 +306,16 @@ int worker_start(struct worker *w)
 
 void worker_stop(struct worker *w)
 {
-    bool write_efd;
-
     pthread_mutex_lock(&w->mu);
     w->stop_requested = true;
-    write_efd = raise_locked(w);
-    pthread_mutex_unlock(&w->mu);
-    raise_unlocked(w, write_efd);
+    wake_unlock(w);
 }
 
 void worker_break(struct worker *w)
 {
-    bool write_efd;
-
     pthread_mutex_lock(&w->mu);
     w->break_requested = true;
-    write_efd = raise_locked(w);
-    pthread_mutex_unlock(&w->mu);
-    raise_unlocked(w, write_efd);
+    wake_unlock(w);
 }
 
 void worker_join(struct worker *w)
