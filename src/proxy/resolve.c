@@ -206,13 +206,7 @@ static void wait_next(struct resolver *r, int64_t interval)
             r->looked_ms + (r->poke ? POKE_MIN_MS : interval) - worker_now_ms();
         if (r->stop || r->reload || due <= 0)
             break;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_sec += due / 1000;
-        until.tv_nsec += (due % 1000) * 1000000;
-        if (until.tv_nsec >= 1000000000) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000;
-        }
+        until = worker_deadline(CLOCK_MONOTONIC, due);
         pthread_cond_timedwait(&r->cond, &r->mu, &until);
     }
     r->poke = r->reload = false;

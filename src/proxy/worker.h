@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "config.h"
 #include "exchange.h"
@@ -33,6 +34,10 @@ struct upstream;
 /* The proxy's monotonic millisecond clock (coarse: cheap enough per
  * read): heartbeats, upstream health, HTTP/2's budgets and deadlines. */
 int64_t worker_now_ms(void);
+
+/* clock's time ms milliseconds from now, as pthread's timed waits want
+ * it (pthread_cond_timedwait, pthread_timedjoin_np). */
+struct timespec worker_deadline(clockid_t clock, int64_t ms);
 
 /* What one read takes at most: the worker's scratch buffer. */
 #define WORKER_READ_MAX (64u * 1024)
