@@ -328,9 +328,6 @@ static void warn_fixed(const struct config *old, const struct config *c)
         log_msg(LOG_WARN, "reload: the store's options %s", later);
 }
 
-/* Parse the flags and the config file again, then serve with them: a new
- * generation for the workers (each takes it at its next wake). A bad
- * file is refused and the running configuration kept. */
 /* The configuration as SIGHUP reads it again, into *cfg: true, or false
  * after logging why it is refused (the running one is kept). */
 static bool reparse(struct app *app, struct config *cfg)
@@ -357,6 +354,9 @@ static bool reparse(struct app *app, struct config *cfg)
     return rc == 0;
 }
 
+/* Parse the flags and the config file again, then serve with them: a new
+ * generation for the workers (each takes it at its next wake). A bad
+ * file is refused and the running configuration kept. */
 static void reload(struct app *app)
 {
     struct config cfg;
@@ -443,16 +443,10 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 /* Wait for the workers, at most the shutdown timeout; then cut. */
 static void join_workers(struct app *app)
 {
-    struct timespec deadline;
+    struct timespec deadline =
+        worker_deadline(CLOCK_REALTIME, app->cfg->shutdown_timeout_ms);
     unsigned i;
 
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += app->cfg->shutdown_timeout_ms / 1000;
-    deadline.tv_nsec += app->cfg->shutdown_timeout_ms % 1000 * 1000000;
-    if (deadline.tv_nsec >= 1000000000) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000;
-    }
     for (i = 0; i < app->nworkers; i++)
         if (app->workers[i].started)
             worker_stop(&app->workers[i]); /* again is harmless */
