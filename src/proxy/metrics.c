@@ -371,10 +371,6 @@ static void render_samples(struct text *t, const struct snap *s)
     }
 }
 
-/* A histogram from n per-bucket counts (the last one +Inf) with upper
- * bounds le, and the sum of what was observed in microseconds. Buckets
- * are cumulative; _count is their total, so it always equals the +Inf
- * bucket even while workers observe concurrently. */
 /* One histogram series of family name: cumulative buckets (counts[i]
  * under le[i]), sum (microseconds, written in seconds) and count.
  * labels: its label set ("outcome=\"x\",..."), or "" for none. */
@@ -397,6 +393,10 @@ static void histogram_series(struct text *t, const char *name,
         *labels ? "}" : "", total);
 }
 
+/* A histogram from n per-bucket counts (the last one +Inf) with upper
+ * bounds le, and the sum of what was observed in microseconds. Buckets
+ * are cumulative; _count is their total, so it always equals the +Inf
+ * bucket even while workers observe concurrently. */
 static void histogram(struct text *t, const struct family *f,
                       const char *const *le, const uint64_t *counts, size_t n,
                       uint64_t sum_us)
@@ -482,7 +482,6 @@ static void render_redis_nodes(struct text *t, struct idem_store *store)
             nodes[i].connections);
 }
 
-/* Client requests by outcome and status class; only the pairs seen. */
 /* One outcome and status class of the request durations, if it ever
  * happened. */
 static void render_duration_series(struct text *t, const char *name, int o,
@@ -506,6 +505,7 @@ static void render_duration_series(struct text *t, const char *name, int o,
                      load(&metrics.request_sum_us[o][c]));
 }
 
+/* Client requests by outcome and status class; only the pairs seen. */
 static void render_requests_duration(struct text *t)
 {
     static const struct family f = {
@@ -610,9 +610,6 @@ static void metrics_process(struct process_figures *p)
         fclose(f);
 }
 
-/* idem_build_info, and the process_* family every Prometheus client
- * exports (from /proc/self, getrusage and getrlimit); a figure that
- * cannot be read is left out. */
 /* A process gauge's family and value, if the value is known (>= 0). */
 static void gauge_known(struct text *t, const struct family *f, int64_t v)
 {
@@ -622,6 +619,9 @@ static void gauge_known(struct text *t, const struct family *f, int64_t v)
     add(t, "%s %" PRId64 "\n", f->name, v);
 }
 
+/* idem_build_info, and the process_* family every Prometheus client
+ * exports (from /proc/self, getrusage and getrlimit); a figure that
+ * cannot be read is left out. */
 static void render_process(struct text *t)
 {
     static const struct family f_build = { "idem_build_info", "gauge",
