@@ -32,35 +32,42 @@ static bool bytes_ok(const void *p, size_t n)
     return (p || n == 0) && n <= UINT32_MAX;
 }
 
-static void op_begin_hashed(struct op *op, struct idem_cache *c, uint64_t h)
+/* exact: the call will need the precise time (it sets a TTL), so that is
+ * read at once, before the lock, and serves as both bounds. */
+static void op_begin_hashed(struct op *op, struct idem_cache *c, uint64_t h,
+                            bool exact)
 {
     op->c = c;
     op->h = h;
     op->s = &c->shards[idem__stripe_of(h, c->shift)];
     idem__cache_ready_init(&op->ready);
+    if (exact)
+        idem__cache_now_init_exact(&op->t, &c->env);
     pthread_mutex_lock(&op->s->mu);
-    idem__cache_now_init(&op->t, &c->env);
+    if (!exact)
+        idem__cache_now_init(&op->t, &c->env);
 }
 
 static void op_begin(struct op *op, struct idem_cache *c, const void *key,
                      size_t klen)
 {
-    op_begin_hashed(op, c, idem__hash(key, klen, c->seed));
+    op_begin_hashed(op, c, idem__hash(key, klen, c->seed), false);
 }
 
 /* op_begin for a write: also move a table resize on and reclaim expired
  * entries, boundedly. True if none is left. */
-static bool write_begin_hashed(struct op *op, struct idem_cache *c, uint64_t h)
+static bool write_begin_hashed(struct op *op, struct idem_cache *c, uint64_t h,
+                               bool exact)
 {
-    op_begin_hashed(op, c, h);
+    op_begin_hashed(op, c, h, exact);
     idem__cache_table_work_locked(c, op->s, TABLE_STEP);
     return idem__cache_reclaim_locked(c, op->s, op->t.lo, WRITE_BUDGET);
 }
 
 static bool write_begin(struct op *op, struct idem_cache *c, const void *key,
-                        size_t klen)
+                        size_t klen, bool exact)
 {
-    return write_begin_hashed(op, c, idem__hash(key, klen, c->seed));
+    return write_begin_hashed(op, c, idem__hash(key, klen, c->seed), exact);
 }
 
 static void op_end(struct op *op)
@@ -317,7 +324,11 @@ static int store_cond(struct idem_cache *c, struct idem__cache_entry *e,
                       struct idem_cache_value **ref_out)
 {
     struct op op;
-    bool caught_up = write_begin_hashed(&op, c, h);
+    /* an NX store often finds the key (a replay's begin), and then needs
+     * no precise time */
+    bool caught_up = write_begin_hashed(
+        &op, c, h,
+        ttl_ms > 0 && !(flags & (IDEM__CACHE_UPDATE | IDEM_CACHE_NX)));
     int rc;
 
     if (ref_out) /* before it is published */
@@ -401,7 +412,7 @@ static int remove_if(struct idem_cache *c, const void *key, size_t klen,
     struct op op;
     int rc;
 
-    write_begin(&op, c, key, klen);
+    write_begin(&op, c, key, klen, false);
     e = op_find(&op, key, klen);
     rc = store_check(e, flags, cond);
     if (rc == IDEM_OK) {
@@ -445,7 +456,7 @@ int idem_cache_update_ttl(struct idem_cache *c, const void *key, size_t klen,
 
     if (!c || !bytes_ok(key, klen) || ttl_ms < 0)
         return IDEM_EINVAL;
-    write_begin(&op, c, key, klen);
+    write_begin(&op, c, key, klen, ttl_ms > 0);
     e = op_find(&op, key, klen);
     if (e) {
         idem__cache_set_expiry_locked(op.s, e, expiry(&op.t, ttl_ms));
@@ -463,7 +474,7 @@ int idem_cache_remove(struct idem_cache *c, const void *key, size_t klen)
 
     if (!c || !bytes_ok(key, klen))
         return IDEM_EINVAL;
-    write_begin(&op, c, key, klen);
+    write_begin(&op, c, key, klen, false);
     e = op_find(&op, key, klen);
     if (e) {
         idem__cache_unlink_locked(c, op.s, e, op.pos);

@@ -129,6 +129,14 @@ void idem__cache_now_init(struct idem__cache_now *t, const struct idem_env *env)
     t->lo = t->hi = t->now;
 }
 
+void idem__cache_now_init_exact(struct idem__cache_now *t,
+                                const struct idem_env *env)
+{
+    t->env = env;
+    t->now = env->now_ms(env->ud);
+    t->lo = t->hi = t->now;
+}
+
 uint64_t idem__cache_coarse_slack(const struct idem_env *env)
 {
     struct timespec res;

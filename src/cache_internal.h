@@ -298,6 +298,11 @@ bool idem__env_now_bounds(const struct idem_env *env, uint64_t *lo_out,
 void idem__cache_now_init(struct idem__cache_now *t,
                           const struct idem_env *env);
 
+/* As idem__cache_now_init for a call that will need the precise time
+ * anyway (it sets a TTL): that one read, lo = hi = now. */
+void idem__cache_now_init_exact(struct idem__cache_now *t,
+                                const struct idem_env *env);
+
 /* The precise time. */
 uint64_t idem__cache_now_exact(struct idem__cache_now *t);
 
