@@ -38,6 +38,7 @@ DURATION=${BENCH_DURATION:-5s}
 PAIRS=${BENCH_PAIRS:-3}
 THREADS=2
 CONNS=32
+CLIENT_PIN="" # "taskset -c CPUS" while the client has cores of its own
 BUILD=${BUILD_DIR:-build}
 
 for tool in wrk nginx; do
@@ -151,7 +152,7 @@ run_wrk() {
     script=""
     [ -n "$2" ] && script="-s bench/wrk_keys.lua"
     # shellcheck disable=SC2086
-    if ! BENCH_KEYS="$2" BENCH_NONCE="$3-$$" wrk -t$THREADS -c$CONNS \
+    if ! BENCH_KEYS="$2" BENCH_NONCE="$3-$$" $CLIENT_PIN wrk -t$THREADS -c$CONNS \
         -d"$DURATION" --timeout 10s $script "${SCHEME:-http}://127.0.0.1:$1/pay" \
         >"$tmp/$3.out"; then
         echo "bench_proxy: wrk failed in run $3" >&2
@@ -303,6 +304,45 @@ set -- $(run_idem "$idem" "" passthrough)
 echo "proxy.idem.passthrough.rps $2"
 echo "proxy.idem.passthrough.cpu_us $3 us/req"
 echo "proxy.passthrough.cpu_ratio $(ratio "$3" "$nginx_cpu")"
+# The request rates again with the client on cores of its own: every
+# server (the stub, nginx, idemproxy) pinned to CPU 0 and wrk to the
+# others. Above, wrk takes about half of the two cores' CPU, as much in
+# nginx's run as in idemproxy's replay, so the rate ratio says more of
+# wrk than of the servers; here each rate is what one server core gives.
+# Pinning is undone after. Needs taskset (util-linux) and 2 CPUs.
+ncpu=$(nproc 2>/dev/null || echo 1)
+if [ "$ncpu" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
+    all_cpus="0-$((ncpu - 1))"
+    servers=""
+    for m in $pids; do # each server and its children (nginx's workers)
+        servers="$servers $m $(pgrep -d ' ' -P "$m" || true)"
+    done
+    pin() {
+        for p in $servers; do
+            taskset -a -p -c "$1" "$p" >/dev/null 2>&1 || true
+        done
+    }
+    pin 0
+    CLIENT_PIN="taskset -c 1-$((ncpu - 1))"
+    c0=$(cpu_us "$worker")
+    set -- $(run_wrk "$front" unique nginx_pinned)
+    c1=$(cpu_us "$worker")
+    pinned_nginx=$2
+    set -- $(per_req "$c0" "$c1" "$1")
+    pinned_nginx_cpu=$1
+    set -- $(run_idem "$idem" 16 replay_pinned)
+    pinned_replay=$2
+    set -- $(run_idem "$idem" unique first_pinned)
+    pinned_first=$2 pinned_first_cpu=$3
+    CLIENT_PIN=""
+    pin "$all_cpus"
+    echo "proxy.nginx.rps_pinned $pinned_nginx"
+    echo "proxy.idem.first.rps_pinned $pinned_first"
+    echo "proxy.idem.replay.rps_pinned $pinned_replay"
+    echo "proxy.idem.first.rps_vs_nginx_pinned $(ratio "$pinned_first" "$pinned_nginx")"
+    echo "proxy.first.cpu_ratio_pinned $(ratio "$pinned_first_cpu" "$pinned_nginx_cpu")"
+    echo "proxy.idem.replay.rps_vs_nginx_pinned $(ratio "$pinned_replay" "$pinned_nginx")"
+fi
 # BENCH_CORE=1: only the CPU figures above (each change's quick check).
 [ -n "${BENCH_CORE:-}" ] && exit 0
 # BENCH_PERF=file: also profile a first-execution run (perf record).
