@@ -32,7 +32,7 @@ done
 if grep -nE '^#include "' src/proxy/*.c src/proxy/*.h |
     grep -vE '"(idem/[a-z_]+\.h|[a-z0-9_]+\.h)"' ||
     grep -nE '^#include "([a-z0-9_]+)\.h"' src/proxy/*.c src/proxy/*.h |
-    grep -vE '"(admin|buf|config|config_internal|config_value|conn|exchange|exchange_internal|forward|gen|h2|h2_internal|http|log|metrics|net|resolve|service|target|tls|upstream|worker)\.h"'; then
+    grep -vE '"(admin|buf|config|config_internal|config_value|conn|exchange|exchange_internal|forward|gen|h2|h2_internal|http|log|metrics|net|resolver|service|target|tls|upstream|worker)\.h"'; then
     echo "lint: src/proxy includes a library header that is not idem/*.h" >&2
     status=1
 fi

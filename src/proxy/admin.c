@@ -8,7 +8,7 @@
 #include "admin.h"
 #include "http.h"
 #include "metrics.h"
-#include "resolve.h"
+#include "resolver.h"
 #include "net.h"
 #include "worker.h"
 #include "idem/redis.h"
@@ -79,7 +79,7 @@ static void respond(struct admin_conn *a, struct buf *o, const char *line,
                     size_t len, bool *head)
 {
     size_t mlen = 0, n;
-    struct idem_engine *const *all = engines_all(a->ad->engines, &n);
+    struct idem_engine *const *all = gen_engines_all(a->ad->engines, &n);
     const char *why;
     char *text;
 

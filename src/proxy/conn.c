@@ -145,7 +145,7 @@ static bool flush_client(struct conn *c)
     ssize_t n;
 
     while (buf_len(o) && c->writable) {
-        n = tport_write(c->fd, c->ssl, buf_bytes(o), buf_len(o));
+        n = tls_io_write(c->fd, c->ssl, buf_bytes(o), buf_len(o));
         if (n == TPORT_WANT_WRITE || n == TPORT_WANT_READ) {
             c->writable = false;
             c->write_on_readable = n == TPORT_WANT_READ;
@@ -178,7 +178,7 @@ static bool read_client(struct conn *c)
 {
     char *scratch = c->w->scratch;
     bool empty;
-    ssize_t n = tport_read(c->fd, c->ssl, scratch, WORKER_READ_MAX, &empty);
+    ssize_t n = tls_io_read(c->fd, c->ssl, scratch, WORKER_READ_MAX, &empty);
 
     if (n == TPORT_WANT_READ || n == TPORT_WANT_WRITE) {
         c->readable = false;

@@ -19,12 +19,12 @@ struct engines {
     struct idem_env env;
     bool has_env;
     struct engine_entry *list;
-    struct idem_engine **all; /* list's engines, for engines_all */
+    struct idem_engine **all; /* list's engines, for gen_engines_all */
     size_t n;
 };
 
-struct engines *engines_new(struct idem_store *store,
-                            const struct idem_env *env)
+struct engines *gen_engines_new(struct idem_store *store,
+                                const struct idem_env *env)
 {
     struct engines *es = calloc(1, sizeof(*es));
 
@@ -38,7 +38,7 @@ struct engines *engines_new(struct idem_store *store,
     return es;
 }
 
-void engines_free(struct engines *es)
+void gen_engines_free(struct engines *es)
 {
     size_t i;
 
@@ -53,7 +53,8 @@ void engines_free(struct engines *es)
     free(es);
 }
 
-struct idem_engine *const *engines_all(const struct engines *es, size_t *n_out)
+struct idem_engine *const *gen_engines_all(const struct engines *es,
+                                           size_t *n_out)
 {
     *n_out = es->n;
     return es->all;

@@ -32,14 +32,15 @@ struct gen {
 
 /* A registry of engines over store (not owned), with env (copied; NULL:
  * the default). NULL out of memory. */
-struct engines *engines_new(struct idem_store *store,
-                            const struct idem_env *env);
+struct engines *gen_engines_new(struct idem_store *store,
+                                const struct idem_env *env);
 /* Free every engine (their calls all freed) and the registry. NULL is
  * harmless. */
-void engines_free(struct engines *es);
+void gen_engines_free(struct engines *es);
 /* The engines made so far: *n_out of them. Main thread only (engines are
  * added there). */
-struct idem_engine *const *engines_all(const struct engines *es, size_t *n_out);
+struct idem_engine *const *gen_engines_all(const struct engines *es,
+                                           size_t *n_out);
 
 /* A generation of cfg (taken: freed with the generation, or at once on
  * failure), one reference held, its engines from es (made when new).

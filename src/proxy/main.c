@@ -152,7 +152,7 @@ static int make_engines(struct app *app, struct config *cfg)
         return -2;
     }
     if (rc == IDEM_OK &&
-        !(app->engines = engines_new(app->store, redis ? &app->env : NULL)))
+        !(app->engines = gen_engines_new(app->store, redis ? &app->env : NULL)))
         rc = IDEM_ENOMEM;
     if (rc == IDEM_OK)
         rc = gen_new(app->engines, cfg, &app->gen);
@@ -428,7 +428,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     static unsigned ticks;
     struct app *app = arg;
     size_t n, i;
-    struct idem_engine *const *all = engines_all(app->engines, &n);
+    struct idem_engine *const *all = gen_engines_all(app->engines, &n);
 
     (void)fd;
     (void)what;
@@ -579,14 +579,14 @@ static void app_free(struct app *app)
     unsigned i;
 
     resolver_stop(app->resolver); /* before the workers it hands sets to */
-    upaddrs_unref(app->first);
+    resolver_addrs_unref(app->first);
     for (i = 0; app->workers && i < app->nworkers; i++)
         worker_deinit(&app->workers[i]);
     admin_close(app->admin);
     if (app->base)
         event_base_free(app->base);
     gen_unref(app->gen);
-    engines_free(app->engines);
+    gen_engines_free(app->engines);
     idem_store_free(app->store);
     tls_free(app->tls);
     free(app->workers);

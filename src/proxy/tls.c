@@ -393,7 +393,7 @@ static ssize_t plain_read(int fd, char *buf, size_t n, bool *empty_out)
     return got < 0 ? -1 : got;
 }
 
-ssize_t tport_read(int fd, SSL *ssl, char *buf, size_t n, bool *empty_out)
+ssize_t tls_io_read(int fd, SSL *ssl, char *buf, size_t n, bool *empty_out)
 {
     size_t got = 0;
     ssize_t rc;
@@ -427,7 +427,7 @@ ssize_t tport_read(int fd, SSL *ssl, char *buf, size_t n, bool *empty_out)
     return (ssize_t)got;
 }
 
-ssize_t tport_write(int fd, SSL *ssl, const char *p, size_t n)
+ssize_t tls_io_write(int fd, SSL *ssl, const char *p, size_t n)
 {
     ssize_t sent;
     int r;

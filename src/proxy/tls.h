@@ -50,10 +50,10 @@ SSL *tls_connect_new(struct tls *t, int fd);
  * -1 on an error, or a TPORT_WANT_*. TLS reads record after record until
  * buf is full or the socket is empty. *empty_out: the socket is known
  * empty (its next bytes bring an edge); false when more may be there. */
-ssize_t tport_read(int fd, SSL *ssl, char *buf, size_t n, bool *empty_out);
+ssize_t tls_io_read(int fd, SSL *ssl, char *buf, size_t n, bool *empty_out);
 /* Write up to n (> 0) bytes: how many went, -1 on an error, or a
  * TPORT_WANT_*. A plain write short of n filled the socket. */
-ssize_t tport_write(int fd, SSL *ssl, const char *p, size_t n);
+ssize_t tls_io_write(int fd, SSL *ssl, const char *p, size_t n);
 
 /* Whether ssl's handshake is over (application bytes may have left). */
 bool tls_handshake_done(const SSL *ssl);

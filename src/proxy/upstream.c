@@ -136,8 +136,8 @@ static bool idle_quiet(struct upstream *u)
 {
     bool empty;
 
-    if (!u->ssl || tport_read(u->fd, u->ssl, u->w->scratch, WORKER_READ_MAX,
-                              &empty) != TPORT_WANT_READ)
+    if (!u->ssl || tls_io_read(u->fd, u->ssl, u->w->scratch, WORKER_READ_MAX,
+                               &empty) != TPORT_WANT_READ)
         return false;
     u->readable = false;
     return true;
@@ -308,7 +308,7 @@ static int flush_upstream(struct conn *c, struct upstream *u)
     ssize_t n;
 
     while (buf_len(o) && u->writable) {
-        n = tport_write(u->fd, u->ssl, buf_bytes(o), buf_len(o));
+        n = tls_io_write(u->fd, u->ssl, buf_bytes(o), buf_len(o));
         if (u->ssl && tls_handshake_done(u->ssl))
             handshaken(u);
         if (n == TPORT_WANT_WRITE || n == TPORT_WANT_READ) {
@@ -351,7 +351,7 @@ bool upstream_sync(struct conn *c, bool read)
     }
     if (!read || !u->readable)
         return rc > 0;
-    n = tport_read(u->fd, u->ssl, scratch, WORKER_READ_MAX, &empty);
+    n = tls_io_read(u->fd, u->ssl, scratch, WORKER_READ_MAX, &empty);
     if (n == TPORT_WANT_READ || n == TPORT_WANT_WRITE) {
         u->readable = false;
         u->read_on_writable = n == TPORT_WANT_WRITE;

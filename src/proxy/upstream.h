@@ -12,7 +12,7 @@
 #include <sys/queue.h>
 
 #include "exchange.h"
-#include "resolve.h"
+#include "resolver.h"
 #include "tls.h"
 
 /* How long an address that failed to connect is skipped. */

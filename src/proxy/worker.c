@@ -126,10 +126,10 @@ static void use_addrs(struct worker *w, struct upaddrs *s)
     int64_t *down = s && s->n ? calloc(s->n, sizeof(*down)) : NULL;
 
     if (s && s->n && !down) { /* out of memory: keep the old set */
-        upaddrs_unref(s);
+        resolver_addrs_unref(s);
         return;
     }
-    upaddrs_unref(w->addrs);
+    resolver_addrs_unref(w->addrs);
     free(w->down_until);
     w->addrs = s;
     w->down_until = down;
@@ -164,9 +164,9 @@ void worker_set_addrs(struct worker *w, struct upaddrs *s)
 
     pthread_mutex_lock(&w->mu);
     old = w->next_addrs;
-    w->next_addrs = upaddrs_ref(s);
+    w->next_addrs = resolver_addrs_ref(s);
     wake_unlock(w);
-    upaddrs_unref(old);
+    resolver_addrs_unref(old);
 }
 
 void worker_set_gen(struct worker *w, struct gen *gen)
@@ -257,7 +257,7 @@ int worker_init(struct worker *w, unsigned id, int fd, struct gen *gen,
     use_gen(w, gen_ref(gen));
     w->redis = redis;
     if (addrs)
-        use_addrs(w, upaddrs_ref(addrs));
+        use_addrs(w, resolver_addrs_ref(addrs));
     LIST_INIT(&w->conns);
     TAILQ_INIT(&w->idle);
     pthread_mutex_init(&w->mu, NULL);
@@ -367,8 +367,8 @@ void worker_deinit(struct worker *w)
         event_base_free(w->base);
     gen_unref(w->next_gen);
     gen_unref(w->gen);
-    upaddrs_unref(w->next_addrs);
-    upaddrs_unref(w->addrs);
+    resolver_addrs_unref(w->next_addrs);
+    resolver_addrs_unref(w->addrs);
     free(w->down_until);
     pthread_mutex_destroy(&w->mu);
 }

@@ -21,7 +21,7 @@
 #include "config.h"
 #include "exchange.h"
 #include "gen.h"
-#include "resolve.h"
+#include "resolver.h"
 #include "idem/engine.h"
 #include "idem/store.h"
 

@@ -1,5 +1,5 @@
-/* resolve.h: the resolver thread and the address sets. */
-#include "resolve.h"
+/* resolver.h: the resolver thread and the address sets. */
+#include "resolver.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -35,13 +35,13 @@ struct resolver {
     int64_t looked_ms;    /* the last look-up */
 };
 
-struct upaddrs *upaddrs_ref(struct upaddrs *s)
+struct upaddrs *resolver_addrs_ref(struct upaddrs *s)
 {
     atomic_fetch_add(&s->refs, 1);
     return s;
 }
 
-void upaddrs_unref(struct upaddrs *s)
+void resolver_addrs_unref(struct upaddrs *s)
 {
     if (s && atomic_fetch_sub(&s->refs, 1) == 1)
         free(s);
@@ -136,12 +136,12 @@ static void refresh(struct resolver *r, const struct upstream_url *urls,
 
     r->looked_ms = worker_now_ms();
     if (!s || (!all && r->last) || same(r->last, s)) {
-        upaddrs_unref(s);
+        resolver_addrs_unref(s);
         return;
     }
     for (i = 0; i < r->nworkers; i++)
         worker_set_addrs(&r->workers[i], s);
-    upaddrs_unref(r->last);
+    resolver_addrs_unref(r->last);
     r->last = s;
 }
 
@@ -260,7 +260,7 @@ struct resolver *resolver_start(const struct config *c, struct upaddrs *first,
         free(r);
         return NULL;
     }
-    r->last = first ? upaddrs_ref(first) : NULL;
+    r->last = first ? resolver_addrs_ref(first) : NULL;
     r->looked_ms = worker_now_ms();
     r->workers = workers;
     r->nworkers = n;
@@ -309,7 +309,7 @@ void resolver_stop(struct resolver *r)
     pthread_join(r->thread, NULL);
     pthread_cond_destroy(&r->cond);
     pthread_mutex_destroy(&r->mu);
-    upaddrs_unref(r->last);
+    resolver_addrs_unref(r->last);
     free(r->urls);
     free(r);
 }

@@ -1,4 +1,4 @@
-/* resolve: the upstream's addresses. A resolver thread looks up every
+/* resolver: the upstream's addresses. A resolver thread looks up every
  * --upstream (getaddrinfo for names, never on a worker's loop) at start,
  * every --resolve-interval and when a worker says a connect failed, and
  * hands each changed set to the workers as an immutable, reference
@@ -6,8 +6,8 @@
  * generation). When no upstream connect or response has been seen for a
  * resolve interval, it probes: a connect to each address until one
  * answers, so readiness (/readyz) reflects an idle upstream too. */
-#ifndef IDEMPROXY_RESOLVE_H
-#define IDEMPROXY_RESOLVE_H
+#ifndef IDEMPROXY_RESOLVER_H
+#define IDEMPROXY_RESOLVER_H
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -29,9 +29,9 @@ struct upaddrs {
     struct upaddr a[]; /* in --upstream order, each name's in DNS order */
 };
 
-struct upaddrs *upaddrs_ref(struct upaddrs *s);
+struct upaddrs *resolver_addrs_ref(struct upaddrs *s);
 /* The last reference frees s. NULL is harmless. Thread-safe. */
-void upaddrs_unref(struct upaddrs *s);
+void resolver_addrs_unref(struct upaddrs *s);
 
 /* The last time (worker.h's worker_now_ms) an upstream connect or response
  * succeeded, or 0. Written by workers and the probe. */
