@@ -156,6 +156,28 @@ static void test_authority(void **state)
     assert_false(target_authority_ok("a\0b", 3));
 }
 
+/* Every byte, alone and between two allowed ones, against the rule: a
+ * letter, a digit, or one of "-._~:[]" (nothing else of userinfo, path,
+ * query or fragment). */
+static void test_authority_every_byte(void **state)
+{
+    static const char extra[] = "-._~:[]";
+    char s[3] = { 'a', 0, '9' };
+    int ch;
+
+    (void)state;
+    for (ch = 0; ch < 256; ch++) {
+        bool want = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
+                    (ch >= 'A' && ch <= 'Z') ||
+                    (ch != 0 && memchr(extra, ch, sizeof(extra) - 1));
+
+        s[1] = (char)ch;
+        if (target_authority_ok(s + 1, 1) != want ||
+            target_authority_ok(s, 3) != want)
+            fail_msg("byte 0x%02x: want %d", ch, want);
+    }
+}
+
 /* -- http_reader_judge and field names --------------------------------- */
 
 static int on_headers_complete(llhttp_t *p)
@@ -361,6 +383,7 @@ int main(void)
         cmocka_unit_test(test_asterisk_for_options_only),
         cmocka_unit_test(test_prefix_on_decoded_path),
         cmocka_unit_test(test_authority),
+        cmocka_unit_test(test_authority_every_byte),
         cmocka_unit_test(test_judge_rewrites_absolute_form),
         cmocka_unit_test(test_judge_host),
         cmocka_unit_test(test_field_name_not_a_token),

@@ -91,19 +91,31 @@ static bool path_ok(const char *p, size_t n)
     return true;
 }
 
+/* A letter, a digit or one of "-._~:[]". */
+static bool authority_byte(unsigned char ch)
+{
+    switch (ch) {
+    case '-':
+    case '.':
+    case '_':
+    case '~':
+    case ':':
+    case '[':
+    case ']':
+        return true;
+    default:
+        return (ch >= '0' && ch <= '9') ||
+               ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z');
+    }
+}
+
 bool target_authority_ok(const char *s, size_t len)
 {
-    static const char extra[] = "-._~:[]";
     size_t i;
 
-    for (i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        bool alnum = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
-                     (ch >= 'A' && ch <= 'Z');
-
-        if (!alnum && (ch == '\0' || !strchr(extra, ch)))
+    for (i = 0; i < len; i++)
+        if (!authority_byte((unsigned char)s[i]))
             return false;
-    }
     return true;
 }
 
