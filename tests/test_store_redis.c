@@ -789,6 +789,33 @@ static void test_redis_stopped_and_back(void **state)
     assert_true(st.errors >= 2);
 }
 
+/* Away long enough for the backoff to grow (its attempts at 50, 150, 350,
+ * 750 and 1550 ms; the next at 3150), each refused and none taken for a
+ * connection made; then back: the first call that finds the link down
+ * brings the attempt forward, so calls proceed again within a few of
+ * proceeds_again's 20 ms steps, not 1.5 s later. */
+static void test_redis_back_soon_after_long_absence(void **state)
+{
+    struct idem_engine *e = engine_on_redis((struct idem_engine_opts){ 0 });
+    struct idem_store_redis_stats st;
+    struct treq t;
+    uint64_t t0, connects;
+
+    (void)state;
+    treq_init(&t, "POST", "/o", "k", NULL, "{}");
+    idem_store_redis_stats(fx.store, &st);
+    connects = st.connects;
+    test_redis_stop(&server);
+    loop_for(1600);
+    idem_store_redis_stats(fx.store, &st);
+    assert_int_equal(st.connects, connects);
+    assert_int_equal(st.connections, 0);
+    assert_int_equal(test_redis_start_on(&server), 0);
+    t0 = mono_ms();
+    proceeds_again(e, &t);
+    assert_true(mono_ms() - t0 < 800);
+}
+
 /* Paused (SIGSTOP): commands time out, fail, and the link is remade. The
  * begin that timed out may still run when Redis resumes (it was sent):
  * its key then waits for its lease, so the check after uses another. */
@@ -1031,6 +1058,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cancel_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_noscript_falls_back_to_eval, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_redis_back_soon_after_long_absence,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_stopped_and_back, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_redis_paused_times_out, setup,
@@ -1043,5 +1072,6 @@ int main(void)
         cmocka_unit_test(test_allocation_failure_sweep),
     };
 
+    signal(SIGPIPE, SIG_IGN); /* as idem/redis.h asks of every process */
     return cmocka_run_group_tests(tests, setup_group, teardown_group);
 }

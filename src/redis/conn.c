@@ -17,6 +17,7 @@
 
 #define BACKOFF_FIRST_MS 50
 #define BACKOFF_MAX_MS 2000
+#define HURRY_MS 100 /* wanted while down: attempts no closer than this */
 
 /* The shared counter of connections up to host:port, or NULL (full). */
 static struct idem__rs_node_stat *node_stat(struct idem__rs_store *rs,
@@ -89,6 +90,22 @@ static void backoff(struct idem__rs_conn *c)
     set_timer(c, c->backoff_ms);
     c->backoff_ms =
         c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+}
+
+/* The backoff paces attempts while nothing needs the link; a command
+ * that finds it down because connecting failed (Redis away: said once,
+ * then quiet) brings the next attempt forward: the backoff timer, due
+ * now, makes it on the next loop pass. So once Redis is back, work
+ * resumes within HURRY_MS of the first command, not after up to
+ * BACKOFF_MAX_MS more of answers saying Redis is away, and a dead Redis
+ * sees at most one attempt per HURRY_MS from each thread. Other failures
+ * (a timeout, a refused AUTH) log each attempt: the backoff alone paces
+ * those. */
+void idem__rs_conn_hurry(struct idem__rs_conn *c)
+{
+    if (c->state == RC_DOWN && !c->ac && c->quiet &&
+        idem__rs_now(c->t->rs) - c->tried_ms >= HURRY_MS)
+        set_timer(c, 0);
 }
 
 /* Take the connection down now: hiredis fails every command in flight
@@ -261,6 +278,7 @@ void idem__rs_conn_start(struct idem__rs_conn *c)
                                     : redisAsyncConnectUnix(rs->addr.path);
 
     c->was_up = false;
+    c->tried_ms = idem__rs_now(rs);
     if (!ac || ac->err) {
         if (!c->quiet)
             idem__rs_say(rs, true, "redis: cannot connect: %s",

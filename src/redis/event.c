@@ -11,7 +11,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "event.h"
@@ -22,6 +21,8 @@ struct revents {
     void *rd, *wr; /* one-shot watches, as in hiredis's adapters */
     const struct idem_redis_loop *loop;
     const struct idem_env *env;
+    bool connecting; /* in on_writable's connect step: cleanup defers */
+    bool gone;       /* hiredis freed ac then: on_writable frees e */
 };
 
 static void arm(struct revents *e, void *ev)
@@ -61,7 +62,11 @@ static void cleanup(void *p)
         e->loop->free(e->loop->loop, e->rd);
     if (e->wr)
         e->loop->free(e->loop->loop, e->wr);
-    idem__free(e->env, e);
+    e->rd = e->wr = NULL;
+    if (e->connecting)
+        e->gone = true;
+    else
+        idem__free(e->env, e);
 }
 
 /* Write what hiredis queued on c; drop what went from the buffer, in
@@ -84,22 +89,16 @@ static ssize_t write_out(redisContext *c)
     return (ssize_t)(len - (size_t)n);
 }
 
-/* Whether the connect under way on fd succeeded. */
-static bool connect_ok(int fd)
-{
-    int err = 0;
-    socklen_t len = sizeof(err);
-
-    return getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0;
-}
-
 static void on_readable(void *arg)
 {
     redisAsyncHandleRead(((struct revents *)arg)->ac);
 }
 
-/* While connecting, hiredis takes the connection up (or reports it
- * failed) and would then write: it is shown an empty buffer. */
+/* While connecting, hiredis judges the connect by its socket's error
+ * (which only it reads: reading SO_ERROR clears it, and a refused connect
+ * would then pass for one made) and runs the connect callback; if it
+ * failed, it frees ac, and cleanup leaves e to be freed here. Either way
+ * it would then write: it is shown an empty buffer. */
 static void on_writable(void *arg)
 {
     struct revents *e = arg;
@@ -108,12 +107,14 @@ static void on_writable(void *arg)
     ssize_t left;
 
     if (!(c->flags & REDIS_CONNECTED)) {
-        if (!connect_ok(c->fd)) {
-            redisAsyncHandleWrite(e->ac); /* may free e */
+        sdssetlen(c->obuf, 0);
+        e->connecting = true;
+        redisAsyncHandleWrite(e->ac);
+        e->connecting = false;
+        if (e->gone) {
+            idem__free(e->env, e);
             return;
         }
-        sdssetlen(c->obuf, 0);
-        redisAsyncHandleWrite(e->ac); /* up: runs the connect callback */
         sdssetlen(c->obuf, len);
     }
     left = c->err ? -1 : write_out(c);

@@ -81,6 +81,8 @@ int idem__rs_dispatch(struct idem__rs_op *op)
     if (idem__rs_now(t->rs) >= op->deadline_ms)
         return -1;
     if (!c || !c->ac || c->state == RC_DOWN) {
+        if (c)
+            idem__rs_conn_hurry(c);
         if (mode(t) == IDEM__REDIS_SINGLE && !op->internal)
             return -1;
         if (!c)

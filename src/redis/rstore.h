@@ -61,6 +61,7 @@ struct idem__rs_conn {
     enum idem__rs_state state;
     void *timer;
     int64_t backoff_ms;
+    uint64_t tried_ms;     /* when the last connect began (idem__rs_now) */
     int setup_left;        /* setup replies to come; all well: backoff resets */
     bool quiet;            /* a failed connect was logged: not again until up */
     bool told_moved;       /* a redirection was logged (single mode) */
@@ -140,6 +141,10 @@ void idem__rs_conn_start(struct idem__rs_conn *c);
 void idem__rs_conn_drop(struct idem__rs_conn *c);
 /* Down, then free c. */
 void idem__rs_conn_free(struct idem__rs_conn *c);
+/* A command wants c, which is down: if connecting failed, connect again
+ * now rather than when the backoff ends, unless the last attempt began
+ * under HURRY_MS ago. */
+void idem__rs_conn_hurry(struct idem__rs_conn *c);
 /* Point c's timer at what its state waits for. */
 void idem__rs_conn_arm(struct idem__rs_conn *c);
 /* Move c to host:port and connect there now. 0, or -1 (no memory). */

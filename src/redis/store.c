@@ -285,6 +285,8 @@ static int run(struct idem_store *s, enum idem__rs_script script,
     if (!t || !done ||
         (rs->addr.mode == IDEM__REDIS_SINGLE &&
          (!t->main->ac || t->main->state == RC_DOWN))) {
+        if (t)
+            idem__rs_conn_hurry(t->main);
         atomic_fetch_add(&rs->errors, 1);
         return IDEM_EIO;
     }
