@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -328,6 +329,51 @@ static void warn_fixed(const struct config *old, const struct config *c)
         log_msg(LOG_WARN, "reload: the store's options %s", later);
 }
 
+/* Whether every route prefix of a is one of b's. */
+static bool prefixes_within(const struct config *a, const struct config *b)
+{
+    size_t i, j;
+
+    for (i = 0; i < a->nroutes; i++) {
+        for (j = 0; j < b->nroutes; j++)
+            if (strcmp(a->routes[i].prefix, b->routes[j].prefix) == 0)
+                break;
+        if (j == b->nroutes)
+            return false;
+    }
+    return true;
+}
+
+static bool same_scope_headers(const struct config *a, const struct config *b)
+{
+    size_t i;
+
+    if (a->nscope_headers != b->nscope_headers)
+        return false;
+    for (i = 0; i < a->nscope_headers; i++)
+        if (strcasecmp(a->scope_headers[i], b->scope_headers[i]) != 0)
+            return false;
+    return true;
+}
+
+/* A key's scope is its route's prefix and the scope headers' values: a
+ * reload that changes either moves keys stored before it out of reach of
+ * their retries, which then run again. Said, so an operator knows. */
+static void warn_rescoped(const struct config *old, const struct config *c)
+{
+    if (!prefixes_within(old, c) || !prefixes_within(c, old))
+        log_msg(LOG_WARN,
+                "reload: the route prefixes changed; a key's scope holds its "
+                "route's prefix, so a retry of a request made before the "
+                "reload whose route changed is not recognized, and runs "
+                "again");
+    if (!same_scope_headers(old, c))
+        log_msg(LOG_WARN,
+                "reload: --scope-headers changed; every key's scope did, so "
+                "a retry of a request made before the reload is not "
+                "recognized, and runs again");
+}
+
 /* The configuration as SIGHUP reads it again, into *cfg: true, or false
  * after logging why it is refused (the running one is kept). */
 static bool reparse(struct app *app, struct config *cfg)
@@ -367,6 +413,7 @@ static void reload(struct app *app)
     if (!reparse(app, &cfg))
         return;
     warn_fixed(app->cfg, &cfg);
+    warn_rescoped(app->cfg, &cfg);
     rc = gen_new(app->engines, &cfg, &g);
     if (rc != IDEM_OK) {
         log_msg(LOG_ERROR,

@@ -102,6 +102,20 @@ static void test_route_rules(void **state)
     free(path);
 }
 
+/* The times needle occurs in s. */
+static int count(const char *s, const char *needle)
+{
+    int n = 0;
+
+    while ((s = strstr(s, needle)) != NULL) {
+        n++;
+        s += strlen(needle);
+    }
+    return n;
+}
+
+static const char rescoped[] = "reload: the route prefixes changed";
+
 static void test_sighup_reload(void **state)
 {
     struct h_proc *up, *px;
@@ -130,10 +144,13 @@ static void test_sighup_reload(void **state)
     }
     assert_problem(&r, 400);
     h_resp_free(&r);
-    /* /strict is gone with the old file */
+    /* /strict is gone with the old file; keys under it are out of reach
+     * of their retries now, and the log says so */
     send_with(px, "PUT", "/strict/a", NULL, &r);
     assert_int_equal(r.status, 200);
     h_resp_free(&r);
+    h_stderr(px, err, sizeof(err));
+    assert_int_equal(count(err, rescoped), 1);
 
     /* a bad file: refused with FILE:LINE, the last good one serves */
     write_file(path, "[route /new]\nrequire-key = perhaps\n");
@@ -148,6 +165,26 @@ static void test_sighup_reload(void **state)
     send_with(px, "POST", "/new/a", NULL, &r);
     assert_problem(&r, 400);
     h_resp_free(&r);
+
+    /* the same prefixes with another rule: applied, no word of scopes */
+    text = h_format("upstream = 127.0.0.1:%u\n[route /new]\n"
+                    "require-key = false\n",
+                    up->http_port);
+    write_file(path, text);
+    free(text);
+    assert_int_equal(kill(px->pid, SIGHUP), 0);
+    for (int i = 0; i < 50; i++) {
+        send_with(px, "POST", "/new/a", NULL, &r);
+        if (r.status == 200)
+            break;
+        h_resp_free(&r);
+        h_sleep_ms(100);
+    }
+    assert_int_equal(r.status, 200);
+    h_resp_free(&r);
+    h_stderr(px, err, sizeof(err));
+    assert_int_equal(count(err, "reloaded the configuration"), 2);
+    assert_int_equal(count(err, rescoped), 1);
     free(want);
     free(path);
 }
