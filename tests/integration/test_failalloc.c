@@ -15,6 +15,10 @@
  * connection is down if a request after it succeeds, and a stop request
  * marks where the shutdown begins. "redis-noscript" makes Redis forget
  * the scripts after the warm-up (the EVAL retry) and sweeps A alone.
+ * "tls-warm" is "warm" with the upstream over TLS (https to a second
+ * idemproxy, not failed, terminating TLS in front of demo_upstream; a CA
+ * and its certificate made with the openssl command) and no idle upstream
+ * connections kept, so that A and R each make a TLS handshake.
  *
  * Runs with no failure first count the window's allocations (K). Windows
  * of more than MAX_SITES are swept at an even stride unless
@@ -88,6 +92,7 @@ struct window {
     bool redis;            /* on the Redis store */
     bool flush;            /* Redis forgets the scripts after the warm-up */
     bool a_only;           /* sweep A alone (to the replay's connection) */
+    bool tls;              /* the upstream over TLS, a handshake each */
     unsigned long count;   /* K: allocations of a run without failure */
     unsigned long least;   /* the fewest of those runs (K's variation) */
     unsigned long sites;   /* swept: K, or A's allocations (a_only) */
@@ -109,6 +114,7 @@ static struct window windows[] = {
       .redis = true,
       .flush = true,
       .a_only = true },
+    { .name = "tls-warm", .accepts = 2, .warm_up = true, .tls = true },
 };
 
 #define NWINDOWS (sizeof(windows) / sizeof(windows[0]))
@@ -141,12 +147,55 @@ static unsigned long serial;    /* runs so far: keys are unique per run */
 
 /* -- Processes --------------------------------------------------------- */
 
-static struct h_proc *start_upstream(void)
+/* A CA, and a certificate it signed for 127.0.0.1, in h_tmpdir(). */
+static const char make_certs[] =
+    "set -e\n"
+    "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:prime256v1 "
+    "-out ca.key 2>/dev/null\n"
+    "openssl req -x509 -key ca.key -out ca.pem -days 2 -subj /CN=ca "
+    "2>/dev/null\n"
+    "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:prime256v1 "
+    "-out srv.key 2>/dev/null\n"
+    "openssl req -new -key srv.key -out srv.csr -subj /CN=localhost "
+    "2>/dev/null\n"
+    "printf 'subjectAltName=IP:127.0.0.1\\n' >srv.ext\n"
+    "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key "
+    "-CAcreateserial -out srv.pem -days 2 -extfile srv.ext 2>/dev/null\n";
+
+static char *tmp_path(const char *name)
+{
+    return h_format("%s/%s", h_tmpdir(), name);
+}
+
+/* What w's proxies forward to: demo_upstream, or for a TLS window an
+ * idemproxy (never failed) terminating TLS in front of it, with the
+ * certificates made here. */
+static struct h_proc *start_upstream(const struct window *w)
 {
     const char *argv[] = { DEMO_UPSTREAM_PATH, "--listen", "127.0.0.1:0",
                            NULL };
+    struct h_proc *demo = h_start(DEMO_UPSTREAM_PATH, argv), *back;
+    char *script, *cert, *key, upstream[32], err[1024];
 
-    return h_start(DEMO_UPSTREAM_PATH, argv);
+    if (!w->tls)
+        return demo;
+    script = h_format("cd %s && %s", h_tmpdir(), make_certs);
+    cert = tmp_path("srv.pem");
+    key = tmp_path("srv.key");
+    assert_int_equal(h_run("/bin/sh",
+                           (const char *const[]){ "sh", "-c", script, NULL },
+                           err, sizeof(err)),
+                     0);
+    snprintf(upstream, sizeof(upstream), "127.0.0.1:%u", demo->http_port);
+    back = h_start(IDEMPROXY_PATH,
+                   (const char *const[]){
+                       IDEMPROXY_PATH, "--listen", "127.0.0.1:0", "--workers",
+                       "1", "--admin-listen", "off", "--upstream", upstream,
+                       "--tls-cert", cert, "--tls-key", key, NULL });
+    free(script);
+    free(cert);
+    free(key);
+    return back;
 }
 
 /* The shim's settings, for the next child only: it inherits them at
@@ -172,24 +221,35 @@ static void shim_env(const struct window *w, unsigned long n,
 static struct h_proc *start_proxy(const struct window *w, uint16_t up,
                                   unsigned long n, const char *report)
 {
-    char upstream[32], store[48];
+    char upstream[32], store[48], *ca = NULL;
     const char *argv[16] = {
         IDEMPROXY_PATH,   "--listen", "127.0.0.1:0", "--workers", "1",
         "--admin-listen", "off",      "--upstream",  upstream,    NULL
     };
+    size_t k = 9;
     struct h_proc *px;
 
     snprintf(upstream, sizeof(upstream), "127.0.0.1:%u", up);
     if (w->redis) {
         snprintf(store, sizeof(store), "redis://127.0.0.1:%u", redis.port);
-        argv[9] = "--store";
-        argv[10] = store;
-        argv[11] = "--redis-timeout";
-        argv[12] = REDIS_TIMEOUT;
+        argv[k++] = "--store";
+        argv[k++] = store;
+        argv[k++] = "--redis-timeout";
+        argv[k++] = REDIS_TIMEOUT;
     }
+    if (w->tls) {
+        ca = tmp_path("ca.pem");
+        argv[k++] = "--upstream-tls";
+        argv[k++] = "--upstream-ca";
+        argv[k++] = ca;
+        argv[k++] = "--upstream-idle";
+        argv[k++] = "0";
+    }
+    argv[k] = NULL;
     shim_env(w, n, report);
     px = h_start(IDEMPROXY_PATH, argv);
     shim_env(w, n, NULL);
+    free(ca);
     return px;
 }
 
@@ -621,7 +681,7 @@ static void note_run(struct window *w, const struct run *run, bool first)
 /* Runs without failure: every answer right, and the window's figures. */
 static void count_window(struct window *w)
 {
-    struct h_proc *up = start_upstream();
+    struct h_proc *up = start_upstream(w);
     struct run run;
     int i;
 
@@ -656,7 +716,7 @@ static void test_count(void **state)
 static void test_sweep(void **state)
 {
     const struct batch *b = *state;
-    struct h_proc *up = start_upstream();
+    struct h_proc *up = start_upstream(b->w);
     unsigned long i, n, bad = 0;
     struct run run;
 
