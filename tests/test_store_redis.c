@@ -816,6 +816,59 @@ static void test_redis_back_soon_after_long_absence(void **state)
     assert_true(mono_ms() - t0 < 800);
 }
 
+/* Decide wave calls with keys "<tag>-<i>" (kept in keys, the calls in
+ * calls, their answers in a), leaving the answers to the loop. */
+#define WAVE 16
+static void decide_wave(struct idem_engine *e, const char *tag, char keys[][16],
+                        struct treq *t, struct idem_call **calls,
+                        struct answer *a)
+{
+    struct idem_decision d;
+    int i, rc;
+
+    for (i = 0; i < WAVE; i++) {
+        snprintf(keys[i], 16, "%s-%d", tag, i);
+        treq_init(&t[i], "POST", "/o", keys[i], NULL, "{}");
+        a[i] = (struct answer){ 0 };
+        assert_true(start_call(e, &t[i], &calls[i], &d));
+        rc = idem_call_decide(calls[i], on_decided, &a[i], &d);
+        if (rc != IDEM_EINPROGRESS) { /* answered at once: the link down */
+            a[i].d = d;
+            a[i].done = true;
+        }
+    }
+}
+
+/* SIGKILLed with commands it has not read in its socket: the kernel
+ * resets the connection, and writes after that fail with EPIPE. SIGPIPE
+ * keeps its default action here (which ends the process; see main), yet
+ * every call is answered, unavailable: the store never raises it. */
+static void test_reset_raises_no_sigpipe(void **state)
+{
+    struct idem_engine *e = engine_on_redis((struct idem_engine_opts){ 0 });
+    struct idem_call *calls[2][WAVE];
+    struct answer a[2][WAVE];
+    char keys[2][WAVE][16];
+    struct treq t[2][WAVE];
+    int i, w, status;
+
+    (void)state;
+    assert_int_equal(kill(server.pid, SIGSTOP), 0);
+    decide_wave(e, "unread", keys[0], t[0], calls[0], a[0]);
+    loop_for(50); /* written, and never read */
+    assert_int_equal(kill(server.pid, SIGKILL), 0);
+    assert_int_equal(waitpid(server.pid, &status, 0), server.pid);
+    server.pid = 0;
+    decide_wave(e, "after", keys[1], t[1], calls[1], a[1]);
+    for (w = 0; w < 2; w++)
+        for (i = 0; i < WAVE; i++) {
+            loop_until(&a[w][i].done);
+            assert_int_equal(a[w][i].d.outcome, IDEM_OUTCOME_UNAVAILABLE);
+            idem_call_free(calls[w][i]);
+        }
+    assert_int_equal(test_redis_start_on(&server), 0);
+}
+
 /* Paused (SIGSTOP): commands time out, fail, and the link is remade. The
  * begin that timed out may still run when Redis resumes (it was sent):
  * its key then waits for its lease, so the check after uses another. */
@@ -1060,6 +1113,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_redis_back_soon_after_long_absence,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reset_raises_no_sigpipe, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_redis_stopped_and_back, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_redis_paused_times_out, setup,
@@ -1072,6 +1127,7 @@ int main(void)
         cmocka_unit_test(test_allocation_failure_sweep),
     };
 
-    signal(SIGPIPE, SIG_IGN); /* as idem/redis.h asks of every process */
+    /* SIGPIPE keeps its default action (which ends the process): the
+     * store never raises it (test_reset_raises_no_sigpipe) */
     return cmocka_run_group_tests(tests, setup_group, teardown_group);
 }

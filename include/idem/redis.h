@@ -6,10 +6,8 @@
  * and, like hiredis, brings no event loop: each thread that makes engine
  * calls attaches its own loop through struct idem_redis_loop (libevent's:
  * idem/redis_libevent.h) and gets a connection of its own; answers come on
- * that loop. As with hiredis, the process must ignore SIGPIPE
- * (signal(SIGPIPE, SIG_IGN)): a write to a Redis that has just gone away
- * raises it, and its default action ends the process.
- * docs/internals/redis.md. */
+ * that loop. It never raises SIGPIPE (its writes use MSG_NOSIGNAL), so
+ * a process need not ignore it. docs/internals/redis.md. */
 #ifndef IDEM_REDIS_H
 #define IDEM_REDIS_H
 

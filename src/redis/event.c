@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "event.h"
@@ -70,7 +71,8 @@ static void cleanup(void *p)
 }
 
 /* Write what hiredis queued on c; drop what went from the buffer, in
- * place. The bytes left, or -1 on an error (hiredis then meets it). */
+ * place. The bytes left, or -1 on an error. MSG_NOSIGNAL: a Redis that
+ * has just gone away makes it EPIPE, not SIGPIPE. */
 static ssize_t write_out(redisContext *c)
 {
     size_t len = sdslen(c->obuf);
@@ -78,7 +80,7 @@ static ssize_t write_out(redisContext *c)
 
     if (len == 0)
         return 0;
-    n = write(c->fd, c->obuf, len);
+    n = send(c->fd, c->obuf, len, MSG_NOSIGNAL);
     if (n < 0)
         return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR
                    ? (ssize_t)len
@@ -119,7 +121,11 @@ static void on_writable(void *arg)
     }
     left = c->err ? -1 : write_out(c);
     if (left < 0) {
-        redisAsyncHandleWrite(e->ac); /* meets the error: may free e */
+        /* hiredis meets the error reading, not by writing again (which
+         * would raise SIGPIPE): what was answered is read, then the end
+         * of the stream takes the connection down (may free e) */
+        shutdown(c->fd, SHUT_RDWR);
+        redisAsyncHandleRead(e->ac);
         return;
     }
     if (left > 0)
