@@ -11,6 +11,8 @@
 # first-execution rate with 2 workers over 1. nginx runs twice per pair:
 # without an access log (the goal's baseline) and with one, buffered
 # (proxy.nginx_log.*: idemproxy logs every request at its default level).
+# Then the rates again with the client on cores of its own (*_pinned:
+# the servers on CPU 0, wrk on the others; needs taskset and 2 CPUs).
 # Then HTTP/2 (h2c): first
 # executions (bench/h2_keys, a new key per request) and passthrough
 # (h2load) against nginx's http2 on the same stub. Then idemproxy's first and
