@@ -356,9 +356,56 @@ static bool same_scope_headers(const struct config *a, const struct config *b)
     return true;
 }
 
-/* A key's scope is its route's prefix and the scope headers' values: a
- * reload that changes either moves keys stored before it out of reach of
- * their retries, which then run again. Said, so an operator knows. */
+/* Whether every name of list a (n of them) is in list b (m), any case. */
+static bool names_within(char *const *a, size_t n, char *const *b, size_t m)
+{
+    size_t i, j;
+
+    for (i = 0; i < n; i++) {
+        for (j = 0; j < m && strcasecmp(a[i], b[j]) != 0; j++)
+            ;
+        if (j == m)
+            return false;
+    }
+    return true;
+}
+
+/* Whether c honours every method old did, globally and on each route
+ * both have (a route without its own list follows the global one). */
+static bool methods_kept(const struct config *old, const struct config *c)
+{
+    size_t i, j;
+
+    if (!names_within(old->methods, old->nmethods, c->methods, c->nmethods))
+        return false;
+    for (i = 0; i < old->nroutes; i++)
+        for (j = 0; j < c->nroutes; j++) {
+            const struct route *r = &old->routes[i], *s = &c->routes[j];
+
+            if (strcmp(r->prefix, s->prefix) == 0 &&
+                !names_within(r->methods ? r->methods : old->methods,
+                              r->methods ? r->nmethods : old->nmethods,
+                              s->methods ? s->methods : c->methods,
+                              s->methods ? s->nmethods : c->nmethods))
+                return false;
+        }
+    return true;
+}
+
+/* Whether c takes the key from every header old did. */
+static bool key_headers_kept(const struct config *old, const struct config *c)
+{
+    char *was[2] = { old->key_header, old->alt_key_header };
+    char *now[2] = { c->key_header, c->alt_key_header };
+
+    return names_within(was, was[1] ? 2 : 1, now, now[1] ? 2 : 1);
+}
+
+/* What a reload can do to requests made before it. A key's scope is its
+ * route's prefix and the scope headers' values: changing either moves
+ * keys stored before out of reach of their retries. A key header or a
+ * method no longer honoured sends such a retry on without the guarantee.
+ * Either way the retry runs again. Said, so an operator knows. */
 static void warn_rescoped(const struct config *old, const struct config *c)
 {
     if (!prefixes_within(old, c) || !prefixes_within(c, old))
@@ -372,6 +419,17 @@ static void warn_rescoped(const struct config *old, const struct config *c)
                 "reload: --scope-headers changed; every key's scope did, so "
                 "a retry of a request made before the reload is not "
                 "recognized, and runs again");
+    if (!key_headers_kept(old, c))
+        log_msg(LOG_WARN,
+                "reload: a key header is no longer honoured; a retry of a "
+                "request made before the reload that sends it is forwarded "
+                "without the guarantee, and runs again (keep the old name "
+                "as --alt-key-header while retries may come)");
+    if (!methods_kept(old, c))
+        log_msg(LOG_WARN,
+                "reload: a method no longer honours keys; a retry of a "
+                "request made before the reload with that method is "
+                "forwarded without the guarantee, and runs again");
 }
 
 /* The configuration as SIGHUP reads it again, into *cfg: true, or false

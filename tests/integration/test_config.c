@@ -115,6 +115,8 @@ static int count(const char *s, const char *needle)
 }
 
 static const char rescoped[] = "reload: the route prefixes changed";
+static const char unkeyed[] = "reload: a key header is no longer honoured";
+static const char unmethoded[] = "reload: a method no longer honours keys";
 
 static void test_sighup_reload(void **state)
 {
@@ -184,6 +186,25 @@ static void test_sighup_reload(void **state)
     h_resp_free(&r);
     h_stderr(px, err, sizeof(err));
     assert_int_equal(count(err, "reloaded the configuration"), 2);
+    assert_int_equal(count(err, rescoped), 1);
+    assert_int_equal(count(err, unkeyed), 0);
+    assert_int_equal(count(err, unmethoded), 0);
+
+    /* another key header and PUT alone: each said once */
+    text = h_format("upstream = 127.0.0.1:%u\nkey-header = X-Key\n"
+                    "methods = PUT\n[route /new]\nrequire-key = false\n",
+                    up->http_port);
+    write_file(path, text);
+    free(text);
+    assert_int_equal(kill(px->pid, SIGHUP), 0);
+    for (int i = 0; i < 50 && count(err, "reloaded the configuration") < 3;
+         i++) {
+        h_sleep_ms(100);
+        h_stderr(px, err, sizeof(err));
+    }
+    assert_int_equal(count(err, "reloaded the configuration"), 3);
+    assert_int_equal(count(err, unkeyed), 1);
+    assert_int_equal(count(err, unmethoded), 1);
     assert_int_equal(count(err, rescoped), 1);
     free(want);
     free(path);
