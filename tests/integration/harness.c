@@ -676,6 +676,19 @@ int h_expect_continue(struct h_conn *c, const char *head, const char *body,
     return h_read(c, final, false);
 }
 
+int h_recv_raw(struct h_conn *c, void *buf, size_t n)
+{
+    while (c->in.len < n && !c->eof)
+        if (recv_more(c) <= 0)
+            break;
+    if (c->in.len < n)
+        return -1;
+    memcpy(buf, c->in.p, n);
+    memmove(c->in.p, c->in.p + n, c->in.len - n);
+    c->in.len -= n;
+    return 0;
+}
+
 bool h_closed(struct h_conn *c)
 {
     if (c->in.len > 0)

@@ -126,6 +126,10 @@ int h_read_n(struct h_conn *c, struct h_resp *r, size_t n);
 int h_expect_continue(struct h_conn *c, const char *head, const char *body,
                       struct h_resp *interim, struct h_resp *final);
 
+/* Read exactly n raw bytes from c (what h_read left unparsed first), as
+ * after a 101: 0, or -1 (timeout, close, reset). */
+int h_recv_raw(struct h_conn *c, void *buf, size_t n);
+
 /* Whether the server closed c (EOF or reset) within the timeout; false if
  * data arrived (kept for h_read) or the timeout passed. */
 bool h_closed(struct h_conn *c);

@@ -19,6 +19,11 @@
  * idemproxy, not failed, terminating TLS in front of demo_upstream; a CA
  * and its certificate made with the openssl command) and no idle upstream
  * connections kept, so that A and R each make a TLS handshake.
+ * "tunnel-warm" sweeps Upgrade: A, A' and R are each a WebSocket tunnel
+ * to an echo server (tests/integration/ws_echo.py; skipped without
+ * python3-websockets), one masked frame sent and its echo read; a tunnel
+ * whose echo came back whole counts as a 200, one whose bytes came back
+ * wrong is never allowed.
  *
  * Runs with no failure first count the window's allocations (K). Windows
  * of more than MAX_SITES are swept at an even stride unless
@@ -84,6 +89,9 @@
 #define HIREDIS_ABORTS_AT_FREE (HIREDIS_MAJOR < 1)
 
 enum { CLOSED = -1, HUNG = -2, REFUSED = -3 }; /* no response */
+enum { BAD_ECHO = -4 }; /* a tunnel's bytes came back wrong */
+
+#define PYTHON "/usr/bin/python3" /* the one python3-websockets is for */
 
 struct window {
     const char *name;
@@ -93,6 +101,7 @@ struct window {
     bool flush;            /* Redis forgets the scripts after the warm-up */
     bool a_only;           /* sweep A alone (to the replay's connection) */
     bool tls;              /* the upstream over TLS, a handshake each */
+    bool tunnel;           /* A, A' and R are WebSocket tunnels */
     unsigned long count;   /* K: allocations of a run without failure */
     unsigned long least;   /* the fewest of those runs (K's variation) */
     unsigned long sites;   /* swept: K, or A's allocations (a_only) */
@@ -115,6 +124,7 @@ static struct window windows[] = {
       .flush = true,
       .a_only = true },
     { .name = "tls-warm", .accepts = 2, .warm_up = true, .tls = true },
+    { .name = "tunnel-warm", .accepts = 2, .warm_up = true, .tunnel = true },
 };
 
 #define NWINDOWS (sizeof(windows) / sizeof(windows[0]))
@@ -174,9 +184,13 @@ static struct h_proc *start_upstream(const struct window *w)
 {
     const char *argv[] = { DEMO_UPSTREAM_PATH, "--listen", "127.0.0.1:0",
                            NULL };
-    struct h_proc *demo = h_start(DEMO_UPSTREAM_PATH, argv), *back;
+    struct h_proc *demo, *back;
     char *script, *cert, *key, upstream[32], err[1024];
 
+    if (w->tunnel)
+        return h_start(PYTHON, (const char *const[]){ PYTHON, WS_ECHO_PATH,
+                                                      "server", NULL });
+    demo = h_start(DEMO_UPSTREAM_PATH, argv);
     if (!w->tls)
         return demo;
     script = h_format("cd %s && %s", h_tmpdir(), make_certs);
@@ -258,6 +272,16 @@ static struct h_proc *start_proxy(const struct window *w, uint16_t up,
 static bool have_redis(void)
 {
     return access(TEST_REDIS_BIN, X_OK) == 0;
+}
+
+/* Whether python3 can import websockets (for the tunnel window). */
+static bool have_websockets(void)
+{
+    const char *argv[] = { PYTHON, "-c", "import websockets", NULL };
+    char err[256];
+
+    return access(PYTHON, X_OK) == 0 &&
+           h_run(PYTHON, argv, err, sizeof(err)) == 0;
 }
 
 /* Start the group's redis-server if one of its windows needs it. A
@@ -348,6 +372,49 @@ static int post(uint16_t port, const char *target, const char *key,
     return status;
 }
 
+/* A WebSocket tunnel through the proxy on a fresh connection: the
+ * Upgrade, then one masked text frame, whose echo is read. 200 if the
+ * echo came back whole; the proxy's status if it answered other than
+ * 101; BAD_ECHO if other bytes came back; else as ask_raw. */
+static int tunnel(uint16_t port)
+{
+    static const char upgrade[] =
+        "GET /t HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n";
+    /* "hello" in a final text frame, masked with 1 2 3 4 (RFC 6455) */
+    static const unsigned char frame[] = { 0x81,    0x85,    1,       2,
+                                           3,       4,       'h' ^ 1, 'e' ^ 2,
+                                           'l' ^ 3, 'l' ^ 4, 'o' ^ 1 };
+    static const unsigned char echo[] = { 0x81, 5, 'h', 'e', 'l', 'l', 'o' };
+    unsigned char got[sizeof(echo)];
+    struct h_conn *c = h_connect(port);
+    long start = h_now_ms();
+    struct h_resp r = { 0 };
+    int status = CLOSED;
+
+    if (!c)
+        return REFUSED;
+    h_set_timeout(c, REQ_TIMEOUT_MS);
+    if (h_send(c, upgrade, sizeof(upgrade) - 1) == 0 &&
+        h_read(c, &r, false) == 0) {
+        status = r.status;
+        if (status == 101)
+            status = h_send(c, frame, sizeof(frame)) != 0 ||
+                             h_recv_raw(c, got, sizeof(got)) != 0
+                         ? CLOSED
+                     : memcmp(got, echo, sizeof(echo)) == 0 ? 200
+                                                            : BAD_ECHO;
+    }
+    h_resp_free(&r);
+    h_close(c);
+    if (status == CLOSED && h_now_ms() - start >= REQ_TIMEOUT_MS)
+        return HUNG;
+    return status;
+}
+
 /* A key unique to this run: "<what>-<window>-<N>-<serial>". */
 static char *run_key(char what, const struct window *w, unsigned long n)
 {
@@ -359,9 +426,14 @@ static char *run_key(char what, const struct window *w, unsigned long n)
  * the worker's connection up (and its record stored) before counting. */
 static bool warm_up(const struct window *w, uint16_t port, unsigned long n)
 {
-    char *key = run_key('w', w, n);
+    char *key;
     struct h_resp r;
-    bool ok = post(port, "/w?close=1", key, &r) == 200;
+    bool ok;
+
+    if (w->tunnel)
+        return tunnel(port) == 200;
+    key = run_key('w', w, n);
+    ok = post(port, "/w?close=1", key, &r) == 200;
 
     if (ok && w->redis)
         ok = wait_stored(key, COUNT_WAIT_MS);
@@ -408,9 +480,17 @@ static void stop_request(uint16_t port)
 static void exercise(const struct window *w, uint16_t port, unsigned long n,
                      struct run *run)
 {
-    char *ka = run_key('a', w, n), *kr = run_key('r', w, n);
+    char *ka, *kr;
     long wait = n ? STORE_WAIT_MS : COUNT_WAIT_MS;
 
+    if (w->tunnel) {
+        run->sa = tunnel(port);
+        run->sa2 = tunnel(port);
+        run->sr = tunnel(port);
+        return;
+    }
+    ka = run_key('a', w, n);
+    kr = run_key('r', w, n);
     run->sa = post(port, "/a", ka, &run->a);
     if (w->redis && run->sa == 200)
         run->stored = wait_stored(ka, wait);
@@ -488,6 +568,8 @@ static const char *answer(int status, char *buf, size_t cap)
         return "hung";
     if (status == REFUSED)
         return "refused";
+    if (status == BAD_ECHO)
+        return "bad echo";
     snprintf(buf, cap, "%d", status);
     return buf;
 }
@@ -648,7 +730,7 @@ static void assert_clean(const struct window *w, const struct run *run)
     assert_int_equal(run->sa, 200);
     assert_true(!w->redis || run->stored);
     assert_int_equal(run->sa2, 200);
-    assert_non_null(h_header(&run->a2, "Idempotent-Replayed"));
+    assert_true(w->tunnel || h_header(&run->a2, "Idempotent-Replayed"));
     assert_int_equal(run->sr, 200);
     assert_true(run->reported);
     assert_int_equal(run->failed, 0);
@@ -706,6 +788,10 @@ static void test_count(void **state)
 
     if (w->redis && !have_redis()) {
         print_message("%s window: skipped (no %s)\n", w->name, TEST_REDIS_BIN);
+        skip();
+    }
+    if (w->tunnel && !have_websockets()) {
+        print_message("%s window: skipped (no python3-websockets)\n", w->name);
         skip();
     }
     if (w->redis && !redis.pid)
