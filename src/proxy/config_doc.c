@@ -116,7 +116,10 @@ static const char man_signals[] =
     ".TP\nSIGHUP\nReopen the log file, then read the flags and "
     "\\-\\-config file again and serve with the result, the TLS "
     "certificates included; a bad configuration is refused and "
-    "the running one kept.\n"
+    "the running one kept. A reload that changes the route prefixes "
+    "or \\-\\-scope\\-headers, or stops honouring a key header or a "
+    "method, is applied with a warning: retries of requests made "
+    "before it are not recognized, and run again.\n"
     ".SH EXIT STATUS\n0 after a clean stop; 1 when it cannot run "
     "(no memory, cannot listen); 2 for a bad option or "
     "configuration.\n";
