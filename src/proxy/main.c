@@ -568,6 +568,21 @@ static void join_workers(struct app *app)
     }
 }
 
+/* Join the workers, stop the resolver (it hands them address sets), then
+ * free what a forced stop left on each: a request cut in flight is
+ * recorded as "outcome unknown" then (idem_call_free), before the
+ * snapshot is saved, so that its retry after a restart is not run again. */
+static void stop_workers(struct app *app)
+{
+    unsigned i;
+
+    join_workers(app);
+    resolver_stop(app->resolver);
+    app->resolver = NULL;
+    for (i = 0; i < app->nworkers; i++)
+        worker_deinit(&app->workers[i]);
+}
+
 /* The main loop's events: signals, the watchdog's (if systemd wants one)
  * and the engine's tick (the last). */
 static int run(struct app *app)
@@ -725,7 +740,7 @@ int main(int argc, char **argv)
         load_snapshot(&app);
         if (start(&app) == 0 && run(&app) == 0)
             rc = 0;
-        join_workers(&app);
+        stop_workers(&app);
         save_snapshot(&app);
     }
     app_free(&app);

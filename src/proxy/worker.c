@@ -371,4 +371,5 @@ void worker_deinit(struct worker *w)
     resolver_addrs_unref(w->addrs);
     free(w->down_until);
     pthread_mutex_destroy(&w->mu);
+    w->inited = false; /* a second call does nothing */
 }

@@ -957,6 +957,36 @@ static void test_large_response_replays_without_body(void **state)
     assert_int_equal(h_upstream_count(up->http_port), 1);
 }
 
+/* A request cut by the shutdown timeout may have run: the snapshot saved
+ * at exit holds its key as "outcome unknown", so after a restart its
+ * retry gets the 502 that says so and never reaches the upstream. */
+static void test_cut_request_unknown_after_restart(void **state)
+{
+    char *file = h_format("%s/snapshot", h_tmpdir());
+    struct h_proc *up,
+        *px =
+            pair(&up, FLAGS("--snapshot", file, "--shutdown-timeout", "500ms"));
+    struct h_req q = { .method = "POST",
+                       .target = "/cut?delay_ms=3000",
+                       .key = "k-cut-snap",
+                       .body = "x" };
+    struct h_conn *c = send_only(px, &q);
+    struct h_resp r;
+
+    (void)state;
+    assert_int_equal(h_upstream_wait_count(up->http_port, 1), 1);
+    assert_int_equal(h_stop(px), 0);
+    h_close(c);
+    px = proxy(up->http_port, FLAGS("--snapshot", file));
+    post(px, "/cut?delay_ms=3000", "k-cut-snap", "x", &r);
+    assert_problem(&r, 502);
+    assert_non_null(strstr(r.body, "outcome-unknown"));
+    h_resp_free(&r);
+    h_sleep_ms(3200); /* past the first execution's end */
+    assert_int_equal(h_upstream_count(up->http_port), 1);
+    free(file);
+}
+
 static void test_snapshot_survives_restart(void **state)
 {
     char *file = h_format("%s/snapshot", h_tmpdir());
@@ -1037,6 +1067,7 @@ int main(void)
         T(test_shutdown_timeout_cuts),
         T(test_large_response_replays_without_body),
         T(test_snapshot_survives_restart),
+        T(test_cut_request_unknown_after_restart),
         T(test_bad_flags_exit_2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
