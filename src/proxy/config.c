@@ -724,6 +724,16 @@ const struct route *config_route(const struct config *c, const char *path,
     return best;
 }
 
+const struct route *config_route_at(const struct config *c, const char *prefix)
+{
+    size_t i;
+
+    for (i = 0; i < c->nroutes; i++)
+        if (strcmp(c->routes[i].prefix, prefix) == 0)
+            return &c->routes[i];
+    return NULL;
+}
+
 int config_parse(struct config *c, int argc, char **argv, FILE *out, FILE *err)
 {
     struct parse p = { .c = c, .base = c, .out = out, .err = err };

@@ -152,6 +152,9 @@ static inline bool config_store_is_memory(const struct config *c)
 const struct route *config_route(const struct config *c, const char *path,
                                  size_t len);
 
+/* The route whose prefix is exactly prefix, or NULL. */
+const struct route *config_route_at(const struct config *c, const char *prefix);
+
 /* Whether the peer address (16 bytes, IPv4 as ::ffff:a.b.c.d) is in one of
  * the --trusted-proxies networks. */
 bool config_trusted(const struct config *c, const unsigned char addr[16]);

@@ -153,12 +153,11 @@ static char *read_ini_line(char *out, int num, void *stream)
  * memory. */
 struct route *config_route_for(struct config *c, const char *prefix)
 {
+    const struct route *had = config_route_at(c, prefix);
     struct route *grown, *r;
-    size_t i;
 
-    for (i = 0; i < c->nroutes; i++)
-        if (strcmp(c->routes[i].prefix, prefix) == 0)
-            return &c->routes[i];
+    if (had)
+        return &c->routes[had - c->routes];
     grown = realloc(c->routes, (c->nroutes + 1) * sizeof(*grown));
     if (!grown)
         return NULL;

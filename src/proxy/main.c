@@ -332,15 +332,11 @@ static void warn_fixed(const struct config *old, const struct config *c)
 /* Whether every route prefix of a is one of b's. */
 static bool prefixes_within(const struct config *a, const struct config *b)
 {
-    size_t i, j;
+    size_t i;
 
-    for (i = 0; i < a->nroutes; i++) {
-        for (j = 0; j < b->nroutes; j++)
-            if (strcmp(a->routes[i].prefix, b->routes[j].prefix) == 0)
-                break;
-        if (j == b->nroutes)
+    for (i = 0; i < a->nroutes; i++)
+        if (!config_route_at(b, a->routes[i].prefix))
             return false;
-    }
     return true;
 }
 
@@ -374,21 +370,20 @@ static bool names_within(char *const *a, size_t n, char *const *b, size_t m)
  * both have (a route without its own list follows the global one). */
 static bool methods_kept(const struct config *old, const struct config *c)
 {
-    size_t i, j;
+    const struct route *r, *s;
+    size_t i;
 
     if (!names_within(old->methods, old->nmethods, c->methods, c->nmethods))
         return false;
-    for (i = 0; i < old->nroutes; i++)
-        for (j = 0; j < c->nroutes; j++) {
-            const struct route *r = &old->routes[i], *s = &c->routes[j];
-
-            if (strcmp(r->prefix, s->prefix) == 0 &&
-                !names_within(r->methods ? r->methods : old->methods,
-                              r->methods ? r->nmethods : old->nmethods,
-                              s->methods ? s->methods : c->methods,
-                              s->methods ? s->nmethods : c->nmethods))
-                return false;
-        }
+    for (i = 0; i < old->nroutes; i++) {
+        r = &old->routes[i];
+        s = config_route_at(c, r->prefix);
+        if (s && !names_within(r->methods ? r->methods : old->methods,
+                               r->methods ? r->nmethods : old->nmethods,
+                               s->methods ? s->methods : c->methods,
+                               s->methods ? s->nmethods : c->nmethods))
+            return false;
+    }
     return true;
 }
 
