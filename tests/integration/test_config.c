@@ -114,6 +114,47 @@ static int count(const char *s, const char *needle)
     return n;
 }
 
+/* Rewrite the config file at path (the upstream up, then sections) and
+ * have px reload it (teardown stops px). */
+static void reload_with(struct h_proc *px, const struct h_proc *up,
+                        const char *path, const char *sections)
+{
+    char *text =
+        h_format("upstream = 127.0.0.1:%u\n%s", up->http_port, sections);
+
+    write_file(path, text);
+    free(text);
+    assert_int_equal(kill(px->pid, SIGHUP), 0);
+}
+
+/* POST target (no key) every 100 ms, up to 5 s, until it answers status:
+ * the reload has been taken. The last answer in *r. */
+static void await_status(struct h_proc *px, const char *target, int status,
+                         struct h_resp *r)
+{
+    for (int i = 0; i < 50; i++) {
+        send_with(px, "POST", target, NULL, r);
+        if (r->status == status)
+            return;
+        h_resp_free(r);
+        h_sleep_ms(100);
+    }
+    send_with(px, "POST", target, NULL, r);
+}
+
+/* px's stderr into err (cap bytes), polled every 100 ms, up to 5 s, until
+ * needle occurs n times in it. */
+static void await_log(struct h_proc *px, char *err, size_t cap,
+                      const char *needle, int n)
+{
+    h_stderr(px, err, cap);
+    for (int i = 0; i < 50 && count(err, needle) < n; i++) {
+        h_sleep_ms(100);
+        h_stderr(px, err, cap);
+    }
+}
+
+static const char reloaded[] = "reloaded the configuration";
 static const char rescoped[] = "reload: the route prefixes changed";
 static const char unkeyed[] = "reload: a key header is no longer honoured";
 static const char unmethoded[] = "reload: a method no longer honours keys";
@@ -122,7 +163,7 @@ static void test_sighup_reload(void **state)
 {
     struct h_proc *up, *px;
     struct h_resp r;
-    char err[8192] = "", *path, *text, *want;
+    char err[8192] = "", *path, *want;
 
     (void)state;
     px = proxy_with_file(&up, routes, &path);
@@ -131,19 +172,8 @@ static void test_sighup_reload(void **state)
     h_resp_free(&r);
 
     /* a new route, applied without a restart */
-    text = h_format("upstream = 127.0.0.1:%u\n[route /new]\n"
-                    "require-key = true\n",
-                    up->http_port);
-    write_file(path, text);
-    free(text);
-    assert_int_equal(kill(px->pid, SIGHUP), 0); /* teardown stops it */
-    for (int i = 0; i < 50; i++) {
-        send_with(px, "POST", "/new/a", NULL, &r);
-        if (r.status == 400)
-            break;
-        h_resp_free(&r);
-        h_sleep_ms(100);
-    }
+    reload_with(px, up, path, "[route /new]\nrequire-key = true\n");
+    await_status(px, "/new/a", 400, &r);
     assert_problem(&r, 400);
     h_resp_free(&r);
     /* /strict is gone with the old file; keys under it are out of reach
@@ -156,12 +186,9 @@ static void test_sighup_reload(void **state)
 
     /* a bad file: refused with FILE:LINE, the last good one serves */
     write_file(path, "[route /new]\nrequire-key = perhaps\n");
-    assert_int_equal(kill(px->pid, SIGHUP), 0);   /* teardown stops it */
+    assert_int_equal(kill(px->pid, SIGHUP), 0);
     want = h_format("%s:2: require-key: ", path); /* quotes escaped */
-    for (int i = 0; i < 50 && !strstr(err, want); i++) {
-        h_sleep_ms(100);
-        h_stderr(px, err, sizeof(err));
-    }
+    await_log(px, err, sizeof(err), want, 1);
     assert_non_null(strstr(err, want));
     assert_non_null(strstr(err, "the running configuration is kept"));
     send_with(px, "POST", "/new/a", NULL, &r);
@@ -169,40 +196,22 @@ static void test_sighup_reload(void **state)
     h_resp_free(&r);
 
     /* the same prefixes with another rule: applied, no word of scopes */
-    text = h_format("upstream = 127.0.0.1:%u\n[route /new]\n"
-                    "require-key = false\n",
-                    up->http_port);
-    write_file(path, text);
-    free(text);
-    assert_int_equal(kill(px->pid, SIGHUP), 0);
-    for (int i = 0; i < 50; i++) {
-        send_with(px, "POST", "/new/a", NULL, &r);
-        if (r.status == 200)
-            break;
-        h_resp_free(&r);
-        h_sleep_ms(100);
-    }
+    reload_with(px, up, path, "[route /new]\nrequire-key = false\n");
+    await_status(px, "/new/a", 200, &r);
     assert_int_equal(r.status, 200);
     h_resp_free(&r);
     h_stderr(px, err, sizeof(err));
-    assert_int_equal(count(err, "reloaded the configuration"), 2);
+    assert_int_equal(count(err, reloaded), 2);
     assert_int_equal(count(err, rescoped), 1);
     assert_int_equal(count(err, unkeyed), 0);
     assert_int_equal(count(err, unmethoded), 0);
 
     /* another key header and PUT alone: each said once */
-    text = h_format("upstream = 127.0.0.1:%u\nkey-header = X-Key\n"
-                    "methods = PUT\n[route /new]\nrequire-key = false\n",
-                    up->http_port);
-    write_file(path, text);
-    free(text);
-    assert_int_equal(kill(px->pid, SIGHUP), 0);
-    for (int i = 0; i < 50 && count(err, "reloaded the configuration") < 3;
-         i++) {
-        h_sleep_ms(100);
-        h_stderr(px, err, sizeof(err));
-    }
-    assert_int_equal(count(err, "reloaded the configuration"), 3);
+    reload_with(px, up, path,
+                "key-header = X-Key\nmethods = PUT\n"
+                "[route /new]\nrequire-key = false\n");
+    await_log(px, err, sizeof(err), reloaded, 3);
+    assert_int_equal(count(err, reloaded), 3);
     assert_int_equal(count(err, unkeyed), 1);
     assert_int_equal(count(err, unmethoded), 1);
     assert_int_equal(count(err, rescoped), 1);
