@@ -396,6 +396,33 @@ const char *h_tmpdir(void)
     return tmpdir;
 }
 
+char *h_tmp_path(const char *name)
+{
+    return h_format("%s/%s", h_tmpdir(), name);
+}
+
+void h_make_certs(const char *script)
+{
+    static const char fns[] =
+        "set -e\n"
+        "key() { openssl genpkey -algorithm EC -pkeyopt "
+        "ec_paramgen_curve:prime256v1 -out $1.key 2>/dev/null; }\n"
+        "ca() { key $1; openssl req -x509 -key $1.key -out $1.pem -days 2 "
+        "-subj /CN=$1 2>/dev/null; }\n"
+        "srv() { key $1; openssl req -new -key $1.key -out $1.csr "
+        "-subj /CN=$2 2>/dev/null; printf 'subjectAltName=%s\\n' $3 "
+        ">$1.ext; openssl x509 -req -in $1.csr -CA ca.pem -CAkey ca.key "
+        "-CAcreateserial -out $1.pem -days $4 -extfile $1.ext "
+        "2>/dev/null; }\n";
+    char *all = h_format("cd %s && %s%s", h_tmpdir(), fns, script);
+    const char *argv[] = { "sh", "-c", all, NULL };
+    char err[1024];
+
+    if (h_run("/bin/sh", argv, err, sizeof(err)) != 0)
+        fail_msg("harness: making certificates: %s", err);
+    free(all);
+}
+
 /* Remove h_tmpdir() and the files in it. */
 static void remove_tmpdir(void)
 {

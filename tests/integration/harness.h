@@ -71,6 +71,16 @@ int h_teardown(void **state);
  * it by h_teardown. Fails the test if it cannot be made. */
 const char *h_tmpdir(void);
 
+/* h_tmpdir()/name (free it). */
+char *h_tmp_path(const char *name);
+
+/* Make keys and certificates in h_tmpdir() with the openssl command (EC
+ * P-256): script's lines may call "key NAME" (NAME.key), "ca NAME" (a
+ * self-signed NAME.pem, valid 2 days) and "srv NAME CN SAN DAYS" (NAME.pem
+ * for CN, with subjectAltName SAN, signed by ca.pem). Fails the test if
+ * openssl does. */
+void h_make_certs(const char *script);
+
 /* Sleep ms milliseconds, whatever signals come. */
 void h_sleep_ms(long ms);
 

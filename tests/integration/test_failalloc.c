@@ -157,35 +157,15 @@ static unsigned long serial;    /* runs so far: keys are unique per run */
 
 /* -- Processes --------------------------------------------------------- */
 
-/* A CA, and a certificate it signed for 127.0.0.1, in h_tmpdir(). */
-static const char make_certs[] =
-    "set -e\n"
-    "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:prime256v1 "
-    "-out ca.key 2>/dev/null\n"
-    "openssl req -x509 -key ca.key -out ca.pem -days 2 -subj /CN=ca "
-    "2>/dev/null\n"
-    "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:prime256v1 "
-    "-out srv.key 2>/dev/null\n"
-    "openssl req -new -key srv.key -out srv.csr -subj /CN=localhost "
-    "2>/dev/null\n"
-    "printf 'subjectAltName=IP:127.0.0.1\\n' >srv.ext\n"
-    "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key "
-    "-CAcreateserial -out srv.pem -days 2 -extfile srv.ext 2>/dev/null\n";
-
-static char *tmp_path(const char *name)
-{
-    return h_format("%s/%s", h_tmpdir(), name);
-}
-
 /* What w's proxies forward to: demo_upstream, or for a TLS window an
- * idemproxy (never failed) terminating TLS in front of it, with the
- * certificates made here. */
+ * idemproxy (never failed) terminating TLS in front of it, with a CA and
+ * a certificate it signed for 127.0.0.1 made here. */
 static struct h_proc *start_upstream(const struct window *w)
 {
     const char *argv[] = { DEMO_UPSTREAM_PATH, "--listen", "127.0.0.1:0",
                            NULL };
     struct h_proc *demo, *back;
-    char *script, *cert, *key, upstream[32], err[1024];
+    char *cert, *key, upstream[32];
 
     if (w->tunnel)
         return h_start(PYTHON, (const char *const[]){ PYTHON, WS_ECHO_PATH,
@@ -193,20 +173,15 @@ static struct h_proc *start_upstream(const struct window *w)
     demo = h_start(DEMO_UPSTREAM_PATH, argv);
     if (!w->tls)
         return demo;
-    script = h_format("cd %s && %s", h_tmpdir(), make_certs);
-    cert = tmp_path("srv.pem");
-    key = tmp_path("srv.key");
-    assert_int_equal(h_run("/bin/sh",
-                           (const char *const[]){ "sh", "-c", script, NULL },
-                           err, sizeof(err)),
-                     0);
+    h_make_certs("ca ca\nsrv srv localhost IP:127.0.0.1 2\n");
+    cert = h_tmp_path("srv.pem");
+    key = h_tmp_path("srv.key");
     snprintf(upstream, sizeof(upstream), "127.0.0.1:%u", demo->http_port);
     back = h_start(IDEMPROXY_PATH,
                    (const char *const[]){
                        IDEMPROXY_PATH, "--listen", "127.0.0.1:0", "--workers",
                        "1", "--admin-listen", "off", "--upstream", upstream,
                        "--tls-cert", cert, "--tls-key", key, NULL });
-    free(script);
     free(cert);
     free(key);
     return back;
@@ -252,7 +227,7 @@ static struct h_proc *start_proxy(const struct window *w, uint16_t up,
         argv[k++] = REDIS_TIMEOUT;
     }
     if (w->tls) {
-        ca = tmp_path("ca.pem");
+        ca = h_tmp_path("ca.pem");
         argv[k++] = "--upstream-tls";
         argv[k++] = "--upstream-ca";
         argv[k++] = ca;

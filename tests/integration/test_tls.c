@@ -32,35 +32,13 @@
 /* The certificates, in h_tmpdir(): a CA and another; server certificates
  * for localhost and 127.0.0.1 signed by the CA (srv, and srv2 with
  * another subject), one expired, one for another name. */
-static const char make_certs[] =
-    "set -e\n"
-    "key() { openssl genpkey -algorithm EC -pkeyopt "
-    "ec_paramgen_curve:prime256v1 -out $1.key 2>/dev/null; }\n"
-    "ca() { key $1; openssl req -x509 -key $1.key -out $1.pem -days 2 "
-    "-subj /CN=$1 2>/dev/null; }\n"
-    "srv() { key $1; openssl req -new -key $1.key -out $1.csr "
-    "-subj /CN=$2 2>/dev/null; printf 'subjectAltName=%s\\n' $3 >$1.ext; "
-    "openssl x509 -req -in $1.csr -CA ca.pem -CAkey ca.key "
-    "-CAcreateserial -out $1.pem -days $4 -extfile $1.ext 2>/dev/null; }\n"
-    "ca ca; ca other\n"
-    "srv srv localhost DNS:localhost,IP:127.0.0.1 2\n"
-    "srv srv2 reloaded DNS:localhost,IP:127.0.0.1 2\n"
-    "srv expired localhost DNS:localhost,IP:127.0.0.1 0\n"
-    "srv wrong wrong.example DNS:wrong.example 2\n";
-
-static char *path_of(const char *name)
-{
-    return h_format("%s/%s", h_tmpdir(), name);
-}
-
 static void certs(void)
 {
-    char *script = h_format("cd %s && %s", h_tmpdir(), make_certs);
-    const char *argv[] = { "sh", "-c", script, NULL };
-    char err[1024];
-
-    assert_int_equal(h_run("/bin/sh", argv, err, sizeof(err)), 0);
-    free(script);
+    h_make_certs("ca ca; ca other\n"
+                 "srv srv localhost DNS:localhost,IP:127.0.0.1 2\n"
+                 "srv srv2 reloaded DNS:localhost,IP:127.0.0.1 2\n"
+                 "srv expired localhost DNS:localhost,IP:127.0.0.1 0\n"
+                 "srv wrong wrong.example DNS:wrong.example 2\n");
     sleep(1); /* "expired" is valid for its first second only */
 }
 
@@ -138,7 +116,7 @@ out:
  * was a replay. */
 static int tls_post(uint16_t port, const char *key, bool *replayed)
 {
-    char *ca = path_of("ca.pem");
+    char *ca = h_tmp_path("ca.pem");
     char *raw = h_format("POST /orders HTTP/1.1\r\nHost: localhost\r\n"
                          "Idempotency-Key: %s\r\nContent-Length: 2\r\n"
                          "Connection: close\r\n\r\nhi",
@@ -159,7 +137,7 @@ static int tls_post(uint16_t port, const char *key, bool *replayed)
 /* The subject CN of the certificate the listener on port serves. */
 static void served_cn(uint16_t port, char cn[64])
 {
-    char *ca = path_of("ca.pem");
+    char *ca = h_tmp_path("ca.pem");
     char *out = malloc(RESP_MAX);
 
     assert_non_null(out);
@@ -196,7 +174,7 @@ static void test_tls_listener_replays(void **state)
 static int curl_post(uint16_t port, const char *version, const char *key,
                      char proto[16], bool *replayed)
 {
-    char *ca = path_of("ca.pem"), *hdr = path_of("curl.hdr");
+    char *ca = h_tmp_path("ca.pem"), *hdr = h_tmp_path("curl.hdr");
     char *url = h_format("https://localhost:%u/orders", port);
     char *keyh = h_format("Idempotency-Key: %s", key);
     char *script =
@@ -204,7 +182,7 @@ static int curl_post(uint16_t port, const char *version, const char *key,
                  "%s --cacert %s -X POST -H '%s' -d hi %s > %s/curl.ver",
                  hdr, version, ca, keyh, url, h_tmpdir());
     const char *argv[] = { "sh", "-c", script, NULL };
-    char *ver = path_of("curl.ver"), buf[4096] = "";
+    char *ver = h_tmp_path("curl.ver"), buf[4096] = "";
     int status = -1;
     size_t n;
     FILE *f;
@@ -338,7 +316,7 @@ static void test_websocket_over_tls(void **state)
     certs();
     up = h_start("/usr/bin/python3", server);
     px = tls_proxy(up->http_port, "srv", NULL);
-    ca = path_of("ca.pem");
+    ca = h_tmp_path("ca.pem");
     url = h_format("wss://127.0.0.1:%u/chat", px->http_port);
     {
         const char *client[] = {
@@ -380,7 +358,7 @@ static void test_https_upstream_verified(void **state)
 
     (void)state;
     certs();
-    ca = path_of("ca.pem");
+    ca = h_tmp_path("ca.pem");
     px = https_chain(&up, "srv", FLAGS("--upstream-ca", ca));
     post(px, "/orders?status=201", "k-up", "x", &r);
     assert_int_equal(r.status, 201);
@@ -409,7 +387,7 @@ static void test_https_upstream_sni(void **state)
 
     (void)state;
     certs();
-    ca = path_of("ca.pem");
+    ca = h_tmp_path("ca.pem");
     px = https_chain(
         &up, "wrong",
         FLAGS("--upstream-ca", ca, "--upstream-sni", "wrong.example"));
@@ -424,7 +402,7 @@ static void test_https_upstream_sni(void **state)
 static void assert_refused(const char *cert, const char *ca_name,
                            const char *why)
 {
-    char *ca = path_of(ca_name), err[16384];
+    char *ca = h_tmp_path(ca_name), err[16384];
     struct h_proc *up, *px = https_chain(&up, cert, FLAGS("--upstream-ca", ca));
     struct h_resp r;
 
@@ -473,9 +451,9 @@ static void test_https_upstream_client_certificate(void **state)
 
     (void)state;
     certs();
-    ca = path_of("ca.pem");
-    cert = path_of("srv.pem");
-    key = path_of("srv.key");
+    ca = h_tmp_path("ca.pem");
+    cert = h_tmp_path("srv.pem");
+    key = h_tmp_path("srv.key");
     {
         const char *server[] = {
             "/usr/bin/python3", WS_ECHO_PATH, "server", cert, key, ca, NULL
