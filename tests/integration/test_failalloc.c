@@ -311,6 +311,13 @@ static bool wait_stored(const char *key, long ms)
 
 /* -- Requests ---------------------------------------------------------- */
 
+/* What an answer that did not come was, asked at start: HUNG if
+ * REQ_TIMEOUT_MS passed, else CLOSED (the proxy closed the connection). */
+static int no_answer(long start)
+{
+    return h_now_ms() - start >= REQ_TIMEOUT_MS ? HUNG : CLOSED;
+}
+
 /* Send raw (len bytes) on a fresh connection and read the answer into
  * *r: its status, CLOSED if the proxy closed the connection without a
  * whole response, HUNG if none came in REQ_TIMEOUT_MS, REFUSED if it
@@ -328,9 +335,7 @@ static int ask_raw(uint16_t port, const char *raw, size_t len, struct h_resp *r)
     if (h_send(c, raw, len) == 0)
         rc = h_read(c, r, false);
     h_close(c);
-    if (rc == 0)
-        return r->status;
-    return h_now_ms() - start >= REQ_TIMEOUT_MS ? HUNG : CLOSED;
+    return rc == 0 ? r->status : no_answer(start);
 }
 
 static int post(uint16_t port, const char *target, const char *key,
@@ -385,9 +390,7 @@ static int tunnel(uint16_t port)
     }
     h_resp_free(&r);
     h_close(c);
-    if (status == CLOSED && h_now_ms() - start >= REQ_TIMEOUT_MS)
-        return HUNG;
-    return status;
+    return status == CLOSED ? no_answer(start) : status;
 }
 
 /* A key unique to this run: "<what>-<window>-<N>-<serial>". */
