@@ -78,23 +78,37 @@ static void on_finished(int rc, bool stored, void *ud)
     a->done = true;
 }
 
+/* Start t on a fresh call and decide it, the answer left to the loop:
+ * a->done once it is in a->d (at once if the call needed no store, or
+ * the store answered before returning). Whether the call was decided (not
+ * PASS or INVALID at the start). */
+static bool decide_async(struct idem_engine *e, const struct treq *t,
+                         struct idem_call **call_out, struct answer *a)
+{
+    bool started = start_call(e, t, call_out, &a->d);
+    int rc;
+
+    a->done = !started;
+    if (!started)
+        return false;
+    rc = idem_call_decide(*call_out, on_decided, a, &a->d);
+    if (rc != IDEM_EINPROGRESS) {
+        assert_int_equal(rc, IDEM_OK);
+        a->done = true;
+    }
+    return true;
+}
+
 /* Start t on a fresh call and decide it, waiting for the answer. */
 static enum idem_outcome decide(struct idem_engine *e, const struct treq *t,
                                 struct idem_call **call_out,
                                 struct idem_decision *d)
 {
     struct answer a = { 0 };
-    int rc;
 
-    if (!start_call(e, t, call_out, d))
-        return d->outcome;
-    rc = idem_call_decide(*call_out, on_decided, &a, d);
-    if (rc == IDEM_EINPROGRESS) {
-        loop_until(&a.done);
-        *d = a.d;
-    } else {
-        assert_int_equal(rc, IDEM_OK);
-    }
+    decide_async(e, t, call_out, &a);
+    loop_until(&a.done);
+    *d = a.d;
     return d->outcome;
 }
 
@@ -823,19 +837,13 @@ static void decide_wave(struct idem_engine *e, const char *tag, char keys[][16],
                         struct treq *t, struct idem_call **calls,
                         struct answer *a)
 {
-    struct idem_decision d;
-    int i, rc;
+    int i;
 
     for (i = 0; i < WAVE; i++) {
         snprintf(keys[i], 16, "%s-%d", tag, i);
         treq_init(&t[i], "POST", "/o", keys[i], NULL, "{}");
         a[i] = (struct answer){ 0 };
-        assert_true(start_call(e, &t[i], &calls[i], &d));
-        rc = idem_call_decide(calls[i], on_decided, &a[i], &d);
-        if (rc != IDEM_EINPROGRESS) { /* answered at once: the link down */
-            a[i].d = d;
-            a[i].done = true;
-        }
+        assert_true(decide_async(e, &t[i], &calls[i], &a[i]));
     }
 }
 
