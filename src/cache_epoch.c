@@ -119,22 +119,20 @@ uint64_t idem__epoch_advance(struct idem__epoch *ep)
 }
 /* -- Time ------------------------------------------------------------ */
 
-void idem__cache_now_init(struct idem__cache_now *t, const struct idem_env *env)
-{
-    t->env = env;
-    t->now = 0;
-    if (idem__env_now_bounds(env, &t->lo, &t->hi))
-        return;
-    t->now = env->now_ms(env->ud);
-    t->lo = t->hi = t->now;
-}
-
 void idem__cache_now_init_exact(struct idem__cache_now *t,
                                 const struct idem_env *env)
 {
     t->env = env;
     t->now = env->now_ms(env->ud);
     t->lo = t->hi = t->now;
+}
+
+void idem__cache_now_init(struct idem__cache_now *t, const struct idem_env *env)
+{
+    t->env = env;
+    t->now = 0;
+    if (!idem__env_now_bounds(env, &t->lo, &t->hi))
+        idem__cache_now_init_exact(t, env); /* any other clock: read it */
 }
 
 uint64_t idem__cache_coarse_slack(const struct idem_env *env)
