@@ -101,29 +101,31 @@ extern atomic_bool idem__epoch_asym;
  * thread. */
 unsigned idem__epoch_claim(struct idem__epoch *ep);
 
-/* Enter a read-side section: returns this thread's slot, without a
- * locked instruction once the thread owns one; IDEM__EPOCH_SLOTS when
- * every slot belongs to another thread (the caller reads under the shard
- * lock instead). Never blocks. With the asymmetric fence, either the
+/* This thread's slot in ep when its memo names one (every read but the
+ * thread's first on this cache), else IDEM__EPOCH_SLOTS: then
+ * idem__epoch_claim. */
+static inline unsigned idem__epoch_mine(const struct idem__epoch *ep)
+{
+    return idem__epoch_memo.uid == ep->uid ? idem__epoch_memo.slot
+                                           : IDEM__EPOCH_SLOTS;
+}
+
+/* Enter a read-side section in this thread's slot i, without a locked
+ * instruction. Never blocks. With the asymmetric fence, either the
  * writer's scan (after its membarrier) sees the stamp, or this reader's
  * probe, after the compiler barrier, sees the writer's unlink: never
  * neither. Otherwise a sequentially consistent store does the same. */
-static inline unsigned idem__epoch_enter(struct idem__epoch *ep)
+static inline void idem__epoch_enter(struct idem__epoch *ep, unsigned i)
 {
-    unsigned i = idem__epoch_memo.uid == ep->uid ? idem__epoch_memo.slot
-                                                 : idem__epoch_claim(ep);
-    uint_fast64_t stamp;
+    uint_fast64_t stamp =
+        atomic_load_explicit(&ep->now, memory_order_relaxed) << 1 | 1;
 
-    if (i == IDEM__EPOCH_SLOTS)
-        return i;
-    stamp = atomic_load_explicit(&ep->now, memory_order_relaxed) << 1 | 1;
     if (atomic_load_explicit(&idem__epoch_asym, memory_order_relaxed)) {
         atomic_store_explicit(&ep->slot[i].state, stamp, memory_order_release);
         atomic_signal_fence(memory_order_seq_cst);
     } else {
         atomic_store(&ep->slot[i].state, stamp);
     }
-    return i;
 }
 
 static inline void idem__epoch_exit(struct idem__epoch *ep, unsigned slot)

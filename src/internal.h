@@ -35,6 +35,16 @@
 #define IDEM_TLS_FAST
 #endif
 
+/* Where a hot path's shape matters (cache.c's get): keep a slow case out
+ * of line, or a template's instances in. */
+#if defined(__GNUC__)
+#define IDEM_NOINLINE __attribute__((noinline))
+#define IDEM_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define IDEM_NOINLINE
+#define IDEM_ALWAYS_INLINE inline
+#endif
+
 /* Allocate n bytes through env, or NULL. */
 static inline void *idem__alloc(const struct idem_env *env, size_t n)
 {
