@@ -620,10 +620,11 @@ static IDEM_NOINLINE int get_first(struct idem_cache *c, const void *key,
  * unlinked after the probe found it, and its `expires` is a link now,
  * not a time: the locked path answers instead (acquire: it then sees the
  * table without the entry). The probe itself calls nothing: every other
- * case leaves it by a tail call, so a hit on an entry with no TTL saves
- * no register and spills nothing (166 instructions and 11 stores for a
- * get and its release, against 200 and 18 when it was one function
- * with calls inside; docs/internals/cache.md has the figures). Inlined
+ * case leaves it by a tail call, so a hit on an entry with no TTL spills
+ * nothing and keeps only what the probe's registers need (166
+ * instructions and 11 stores for a get and its release, against 200 and
+ * 18 when it was one function with calls inside; docs/internals/cache.md
+ * has the figures). Inlined
  * for 16-byte keys (hash and compare unrolled) and for any other length,
  * each counted or not. */
 static IDEM_ALWAYS_INLINE int probe(struct idem_cache *c, const void *key,
