@@ -149,11 +149,7 @@ uint64_t idem__cache_coarse_slack(const struct idem_env *env)
 
 uint64_t idem__cache_now_exact(struct idem__cache_now *t)
 {
-    if (t->lo == t->hi)
-        return t->lo;
-    if (!t->now) {
-        t->now = t->env->now_ms(t->env->ud);
-        t->lo = t->hi = t->now;
-    }
-    return t->now;
+    if (t->lo != t->hi) /* only bounds so far: read it, once */
+        idem__cache_now_init_exact(t, t->env);
+    return t->lo;
 }
