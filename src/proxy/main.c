@@ -563,19 +563,26 @@ static void join_workers(struct app *app)
     }
 }
 
-/* Join the workers, stop the resolver (it hands them address sets), then
- * free what a forced stop left on each: a request cut in flight is
- * recorded as "outcome unknown" then (idem_call_free), before the
- * snapshot is saved, so that its retry after a restart is not run again. */
-static void stop_workers(struct app *app)
+/* Stop the resolver (it hands the workers address sets), then free what
+ * each worker holds. Again is harmless. */
+static void release_workers(struct app *app)
 {
     unsigned i;
 
-    join_workers(app);
     resolver_stop(app->resolver);
     app->resolver = NULL;
-    for (i = 0; i < app->nworkers; i++)
+    for (i = 0; app->workers && i < app->nworkers; i++)
         worker_deinit(&app->workers[i]);
+}
+
+/* Join the workers, then release them: a request a forced stop cut in
+ * flight is recorded as "outcome unknown" then (idem_call_free), before
+ * the snapshot is saved, so that its retry after a restart is not run
+ * again. */
+static void stop_workers(struct app *app)
+{
+    join_workers(app);
+    release_workers(app);
 }
 
 /* The main loop's events: signals, the watchdog's (if systemd wants one)
@@ -691,12 +698,8 @@ static int app_init(struct app *app, int argc, char **argv, struct config *cfg)
 /* Everything app_init and the run made, in reverse order of need. */
 static void app_free(struct app *app)
 {
-    unsigned i;
-
-    resolver_stop(app->resolver); /* before the workers it hands sets to */
+    release_workers(app);
     resolver_addrs_unref(app->first);
-    for (i = 0; app->workers && i < app->nworkers; i++)
-        worker_deinit(&app->workers[i]);
     admin_close(app->admin);
     if (app->base)
         event_base_free(app->base);
