@@ -4,13 +4,13 @@
  * §22), once more reading the coarse clock per hit as a table with
  * expiry must (the baseline's terms for entries with a TTL), and the
  * cache's gets again on entries with no TTL (a get then reads no clock:
- * the plain baseline's terms); resident
- * bytes per entry beyond key and value; the gcache reproduction's resident
- * growth; and what is left after sustained unique keys with TTL 1 s expire.
- * Prints "name value unit" lines; best of REPS runs per speed. Sets twice:
- * cache.set_cold on a fresh heap (the first run, paying the kernel's first
- * touch of each page), cache.set on a heap that keeps its memory between runs
- * (the later ones). */
+ * the plain baseline's terms); resident bytes per entry beyond key and
+ * value; the gcache reproduction's resident growth; and what is left after
+ * sustained unique keys with TTL 1 s expire. Prints "name value unit"
+ * lines; best of REPS runs per speed. Sets twice: cache.set_cold on a
+ * fresh heap (the first run, paying the kernel's first touch of each
+ * page), cache.set on a heap that keeps its memory between runs (the
+ * later ones). */
 #include <limits.h>
 #include <malloc.h>
 #include <pthread.h>

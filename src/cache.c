@@ -624,9 +624,8 @@ static IDEM_NOINLINE int get_first(struct idem_cache *c, const void *key,
  * nothing and keeps only what the probe's registers need (166
  * instructions and 11 stores for a get and its release, against 200 and
  * 18 when it was one function with calls inside; docs/internals/cache.md
- * has the figures). Inlined
- * for 16-byte keys (hash and compare unrolled) and for any other length,
- * each counted or not. */
+ * has the figures). Inlined for 16-byte keys (hash and compare unrolled)
+ * and for any other length, each counted or not. */
 static IDEM_ALWAYS_INLINE int probe(struct idem_cache *c, const void *key,
                                     size_t klen, bool counted,
                                     struct idem_cache_value **value_out)
