@@ -246,6 +246,31 @@ void h_stderr(struct h_proc *p, char *buf, size_t cap)
     buf[n > 0 ? n : 0] = '\0';
 }
 
+int h_count(const char *s, const char *needle)
+{
+    int n = 0;
+
+    while ((s = strstr(s, needle)) != NULL) {
+        n++;
+        s += strlen(needle);
+    }
+    return n;
+}
+
+int h_stderr_await(struct h_proc *p, char *buf, size_t cap, const char *needle,
+                   int n)
+{
+    long end = h_now_ms() + H_IO_TIMEOUT_MS;
+    int seen;
+
+    h_stderr(p, buf, cap);
+    while ((seen = h_count(buf, needle)) < n && h_now_ms() < end) {
+        h_sleep_ms(20);
+        h_stderr(p, buf, cap);
+    }
+    return seen;
+}
+
 /* The last cap - 1 bytes of p's stderr into buf, NUL-terminated: where a
  * wrapper's report (valgrind's) is, after the program's own lines. */
 static void stderr_tail(struct h_proc *p, char *buf, size_t cap)

@@ -102,18 +102,6 @@ static void test_route_rules(void **state)
     free(path);
 }
 
-/* The times needle occurs in s. */
-static int count(const char *s, const char *needle)
-{
-    int n = 0;
-
-    while ((s = strstr(s, needle)) != NULL) {
-        n++;
-        s += strlen(needle);
-    }
-    return n;
-}
-
 /* Rewrite the config file at path (the upstream up, then sections) and
  * have px reload it (teardown stops px). */
 static void reload_with(struct h_proc *px, const struct h_proc *up,
@@ -140,18 +128,6 @@ static void await_status(struct h_proc *px, const char *target, int status,
         h_sleep_ms(100);
     }
     send_with(px, "POST", target, NULL, r);
-}
-
-/* px's stderr into err (cap bytes), polled every 100 ms, up to 5 s, until
- * needle occurs n times in it. */
-static void await_log(struct h_proc *px, char *err, size_t cap,
-                      const char *needle, int n)
-{
-    h_stderr(px, err, cap);
-    for (int i = 0; i < 50 && count(err, needle) < n; i++) {
-        h_sleep_ms(100);
-        h_stderr(px, err, cap);
-    }
 }
 
 static const char reloaded[] = "reloaded the configuration";
@@ -182,13 +158,13 @@ static void test_sighup_reload(void **state)
     assert_int_equal(r.status, 200);
     h_resp_free(&r);
     h_stderr(px, err, sizeof(err));
-    assert_int_equal(count(err, rescoped), 1);
+    assert_int_equal(h_count(err, rescoped), 1);
 
     /* a bad file: refused with FILE:LINE, the last good one serves */
     write_file(path, "[route /new]\nrequire-key = perhaps\n");
     assert_int_equal(kill(px->pid, SIGHUP), 0);
     want = h_format("%s:2: require-key: ", path); /* quotes escaped */
-    await_log(px, err, sizeof(err), want, 1);
+    h_stderr_await(px, err, sizeof(err), want, 1);
     assert_non_null(strstr(err, want));
     assert_non_null(strstr(err, "the running configuration is kept"));
     send_with(px, "POST", "/new/a", NULL, &r);
@@ -201,20 +177,20 @@ static void test_sighup_reload(void **state)
     assert_int_equal(r.status, 200);
     h_resp_free(&r);
     h_stderr(px, err, sizeof(err));
-    assert_int_equal(count(err, reloaded), 2);
-    assert_int_equal(count(err, rescoped), 1);
-    assert_int_equal(count(err, unkeyed), 0);
-    assert_int_equal(count(err, unmethoded), 0);
+    assert_int_equal(h_count(err, reloaded), 2);
+    assert_int_equal(h_count(err, rescoped), 1);
+    assert_int_equal(h_count(err, unkeyed), 0);
+    assert_int_equal(h_count(err, unmethoded), 0);
 
     /* another key header and PUT alone: each said once */
     reload_with(px, up, path,
                 "key-header = X-Key\nmethods = PUT\n"
                 "[route /new]\nrequire-key = false\n");
-    await_log(px, err, sizeof(err), reloaded, 3);
-    assert_int_equal(count(err, reloaded), 3);
-    assert_int_equal(count(err, unkeyed), 1);
-    assert_int_equal(count(err, unmethoded), 1);
-    assert_int_equal(count(err, rescoped), 1);
+    h_stderr_await(px, err, sizeof(err), reloaded, 3);
+    assert_int_equal(h_count(err, reloaded), 3);
+    assert_int_equal(h_count(err, unkeyed), 1);
+    assert_int_equal(h_count(err, unmethoded), 1);
+    assert_int_equal(h_count(err, rescoped), 1);
     free(want);
     free(path);
 }

@@ -432,9 +432,10 @@ static void test_h2_nghttp_and_log_line(void **state)
                            0),
                      0);
     free(cmd);
-    h_sleep_ms(200); /* the log is written once per loop pass */
-    h_stderr(px, err, sizeof(err));
-    assert_non_null(strstr(err, "method=POST target=/ng protocol=HTTP/2"));
+    assert_int_equal(h_stderr_await(px, err, sizeof(err),
+                                    "method=POST target=/ng protocol=HTTP/2",
+                                    1),
+                     1);
 }
 
 /* -- Bounds --------------------------------------------------------------- */

@@ -349,9 +349,10 @@ static void test_when_full_evict_says_so(void **state)
     assert_int_equal(
         h_metric(px->admin_port, "idem_store_youngest_eviction_age_seconds"),
         0);
-    h_sleep_ms(1200); /* the check runs every second */
-    h_stderr(px, err, sizeof(err));
-    assert_non_null(strstr(err, "younger than an hour evicted"));
+    /* the check runs every second */
+    assert_int_equal(
+        h_stderr_await(px, err, sizeof(err), "younger than an hour evicted", 1),
+        1);
 }
 
 #define T(f) cmocka_unit_test_setup_teardown(f, h_setup, h_teardown)

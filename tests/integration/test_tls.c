@@ -300,8 +300,9 @@ static void test_sighup_reloads_certificate(void **state)
     h_sleep_ms(300);
     served_cn(px->http_port, cn);
     assert_string_equal(cn, "reloaded");
-    h_stderr(px, err, sizeof(err));
-    assert_non_null(strstr(err, "the old one keeps serving"));
+    assert_int_equal(
+        h_stderr_await(px, err, sizeof(err), "the old one keeps serving", 1),
+        1);
 }
 
 /* A WebSocket over the TLS listener (wss://): the tunnel under TLS, with
@@ -413,8 +414,7 @@ static void assert_refused(const char *cert, const char *ca_name,
         h_resp_free(&r);
     }
     assert_int_equal(h_upstream_count(up->http_port), 0);
-    h_stderr(px, err, sizeof(err));
-    if (!strstr(err, why))
+    if (h_stderr_await(px, err, sizeof(err), why, 1) < 1)
         fail_msg("no \"%s\" in the log:\n%s", why, err);
     free(ca);
 }
