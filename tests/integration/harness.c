@@ -257,18 +257,17 @@ int h_count(const char *s, const char *needle)
     return n;
 }
 
-int h_stderr_await(struct h_proc *p, char *buf, size_t cap, const char *needle,
-                   int n)
+bool h_stderr_await(struct h_proc *p, char *buf, size_t cap, const char *needle,
+                    int n)
 {
     long end = h_now_ms() + H_IO_TIMEOUT_MS;
-    int seen;
 
     h_stderr(p, buf, cap);
-    while ((seen = h_count(buf, needle)) < n && h_now_ms() < end) {
+    while (h_count(buf, needle) < n && h_now_ms() < end) {
         h_sleep_ms(20);
         h_stderr(p, buf, cap);
     }
-    return seen;
+    return h_count(buf, needle) >= n;
 }
 
 /* The last cap - 1 bytes of p's stderr into buf, NUL-terminated: where a

@@ -63,13 +63,13 @@ void h_stderr(struct h_proc *p, char *buf, size_t cap);
 /* How many times needle occurs in s (not overlapping). */
 int h_count(const char *s, const char *needle);
 
-/* h_stderr, polled every 20 ms until needle occurs n times in buf or
- * H_IO_TIMEOUT_MS passes: idemproxy's workers write their lines in
- * batches, up to LOG_BATCH_MS after the event, and each worker on its
- * own, so lines need not land in the order of the events. Returns the
- * count in the last copy; asserts nothing. */
-int h_stderr_await(struct h_proc *p, char *buf, size_t cap, const char *needle,
-                   int n);
+/* h_stderr, polled every 20 ms until needle occurs at least n times in
+ * buf or H_IO_TIMEOUT_MS passes: idemproxy's workers write their lines
+ * in batches, up to LOG_BATCH_MS after the event, and each worker on its
+ * own, so lines need not land in the order of the events. Whether it
+ * did; asserts nothing. */
+bool h_stderr_await(struct h_proc *p, char *buf, size_t cap, const char *needle,
+                    int n);
 
 /* cmocka fixtures: h_setup arms a watchdog of H_TEST_SECONDS (past it the
  * test program prints a message and exits 124); h_teardown disarms it,

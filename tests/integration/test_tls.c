@@ -300,9 +300,8 @@ static void test_sighup_reloads_certificate(void **state)
     h_sleep_ms(300);
     served_cn(px->http_port, cn);
     assert_string_equal(cn, "reloaded");
-    assert_int_equal(
-        h_stderr_await(px, err, sizeof(err), "the old one keeps serving", 1),
-        1);
+    assert_true(
+        h_stderr_await(px, err, sizeof(err), "the old one keeps serving", 1));
 }
 
 /* A WebSocket over the TLS listener (wss://): the tunnel under TLS, with
@@ -414,7 +413,7 @@ static void assert_refused(const char *cert, const char *ca_name,
         h_resp_free(&r);
     }
     assert_int_equal(h_upstream_count(up->http_port), 0);
-    if (h_stderr_await(px, err, sizeof(err), why, 1) < 1)
+    if (!h_stderr_await(px, err, sizeof(err), why, 1))
         fail_msg("no \"%s\" in the log:\n%s", why, err);
     free(ca);
 }
