@@ -22,7 +22,7 @@ static void write_file(const char *path, const char *text)
 static struct h_proc *proxy_with_file(struct h_proc **up, const char *text,
                                       char **path_out)
 {
-    char *path = h_format("%s/idemproxy.conf", h_tmpdir());
+    char *path = h_tmp_path("idemproxy.conf");
     const char *argv[] = {
         IDEMPROXY_PATH,   "--config",    path,        "--listen", "127.0.0.1:0",
         "--admin-listen", "127.0.0.1:0", "--workers", "1",        NULL

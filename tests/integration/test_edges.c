@@ -387,8 +387,8 @@ static void get_ok(struct h_proc *px, const char *target)
 
 static void test_sigusr1_reopens_log(void **state)
 {
-    char *log = h_format("%s/proxy.log", h_tmpdir());
-    char *moved = h_format("%s/proxy.log.1", h_tmpdir());
+    char *log = h_tmp_path("proxy.log");
+    char *moved = h_tmp_path("proxy.log.1");
     struct h_proc *up, *px = pair_one_worker(&up, FLAGS("--log-file", log));
     bool reopened = false;
 

@@ -254,7 +254,7 @@ static void test_unfit_stored_body_refused_at_start(void **state)
  * the log says so exactly: never half of it. */
 static void test_snapshot_all_or_nothing(void **state)
 {
-    char *file = h_format("%s/snapshot", h_tmpdir());
+    char *file = h_tmp_path("snapshot");
     char *rejected = h_format("%s.rejected", file);
     struct h_proc *up, *px = pair(&up, FLAGS("--snapshot", file));
     char err[8192], key[16];

@@ -901,7 +901,7 @@ static void test_shutdown_timeout_cuts(void **state)
 static void test_graceful_shutdown_under_load(void **state)
 {
     enum { N = 20 };
-    char *file = h_format("%s/snapshot", h_tmpdir());
+    char *file = h_tmp_path("snapshot");
     struct h_proc *up, *px = pair(&up, FLAGS("--snapshot", file));
     struct h_conn *c[N];
     char key[N][16];
@@ -962,7 +962,7 @@ static void test_large_response_replays_without_body(void **state)
  * retry gets the 502 that says so and never reaches the upstream. */
 static void test_cut_request_unknown_after_restart(void **state)
 {
-    char *file = h_format("%s/snapshot", h_tmpdir());
+    char *file = h_tmp_path("snapshot");
     struct h_proc *up,
         *px =
             pair(&up, FLAGS("--snapshot", file, "--shutdown-timeout", "500ms"));
@@ -989,7 +989,7 @@ static void test_cut_request_unknown_after_restart(void **state)
 
 static void test_snapshot_survives_restart(void **state)
 {
-    char *file = h_format("%s/snapshot", h_tmpdir());
+    char *file = h_tmp_path("snapshot");
     struct h_proc *up, *px = pair(&up, FLAGS("--snapshot", file));
     struct h_resp first, r;
 

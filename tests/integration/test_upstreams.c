@@ -123,7 +123,7 @@ static void write_hosts(const char *path, const char *ip)
 static void test_name_moves(void **state)
 {
     uint16_t port = h_free_port();
-    char *hosts = h_format("%s/hosts", h_tmpdir());
+    char *hosts = h_tmp_path("hosts");
     char *l2 = h_format("127.0.0.2:%u", port),
          *l3 = h_format("127.0.0.3:%u", port);
     char *up = h_format("movingup:%u", port);
